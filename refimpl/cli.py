@@ -1,0 +1,158 @@
+"""The ``refimpl`` command.
+
+``refimpl check [--json PATH]``: every built-in case (:mod:`refimpl.cases`) through the
+gradient checker with the complex step and with central differences; one table, one summary
+line, exit status 1 on any failure.
+
+Other sub-commands live in their own modules, each exposing ``add_arguments(parser)`` and
+``run(args) -> int``; :data:`SUBCOMMANDS` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .cases import Case, all_cases
+from .gradcheck import check_gradients
+
+#: (sub-command, module, one-line help). The module defines add_arguments(parser), run(args).
+SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("check", "refimpl.cli", "verify every built-in model's gradients numerically"),
+)
+
+#: Above this many parameters a case is checked along random directions instead of
+#: coordinate by coordinate, to keep `refimpl check` well under a minute.
+FULL_CHECK_LIMIT = 2000
+DIRECTIONS = 16
+CHECK_METHODS = ("complex", "central")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the results as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--case", action="append", metavar="NAME",
+                        help="check only this case (repeatable); default: all")
+
+
+def check_case(case: Case, method: str) -> list[dict[str, Any]]:
+    """Rows (one per parameter, or per direction for large cases) for one case and method."""
+    mode = "full" if case.parameter_total() <= FULL_CHECK_LIMIT else "directional"
+    report = check_gradients(case.loss_and_grads, case.params, method=method, mode=mode,
+                             directions=DIRECTIONS, seed=0)
+    rows = []
+    for row in report.rows:
+        rows.append({
+            "case": case.name, "kind": case.kind, "method": method, "mode": mode,
+            "parameter": row.name, "max_rel_error": row.max_rel_error,
+            "max_abs_error": row.max_abs_error, "rtol": report.tolerance.rtol,
+            "status": row.status, "ok": row.status == "ok",
+        })
+    if report.problems:
+        rows.append({"case": case.name, "kind": case.kind, "method": method, "mode": mode,
+                     "parameter": "; ".join(report.problems), "max_rel_error": float("nan"),
+                     "max_abs_error": float("nan"), "rtol": report.tolerance.rtol,
+                     "status": "non-finite", "ok": False})
+    return rows
+
+
+def _format_table(rows: list[dict[str, Any]]) -> str:
+    columns = ("case", "method", "parameter", "max rel error", "tolerance", "result")
+    body = [columns] + [
+        (row["case"], row["method"] + ("" if row["mode"] == "full" else " (dir)"),
+        row["parameter"], f"{row['max_rel_error']:.2e}", f"{row['rtol']:.0e}",
+        "pass" if row["ok"] else f"FAIL ({row['status']})")
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in body)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename,
+    so that ``path`` never holds a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".refimpl-", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    cases = all_cases()
+    if args.case:
+        known = {case.name for case in cases}
+        unknown = [name for name in args.case if name not in known]
+        if unknown:
+            print(f"refimpl check: unknown case(s) {unknown}; known: {sorted(known)}",
+                  file=sys.stderr)
+            return 2
+        cases = [case for case in cases if case.name in args.case]
+    rows = [row for case in cases for method in CHECK_METHODS for row in check_case(case, method)]
+    failed_cases = sorted({row["case"] for row in rows if not row["ok"]})
+    elapsed = time.perf_counter() - start
+    summary = (f"{len(cases)} cases, {len(rows)} checks: "
+               f"{sum(row['ok'] for row in rows)} passed, {len(rows) - sum(row['ok'] for row in rows)} failed"
+               f" ({elapsed:.1f} s)" + (f"; failing cases: {', '.join(failed_cases)}"
+                                       if failed_cases else ""))
+    if args.json:
+        document = {
+            "refimpl": __version__, "numpy": np.__version__, "ok": not failed_cases,
+            "summary": summary,
+            "rows": [{key: _json_ready(value) for key, value in row.items()} for row in rows],
+        }
+        text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            write_text_atomically(args.json, text)
+    if args.json != "-":
+        print(_format_table(rows))
+        print(summary)
+    return 1 if failed_cases else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refimpl", description="Reference neural-network gradients, checked numerically.")
+    parser.add_argument("--version", action="version", version=f"refimpl {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name, help_text in SUBCOMMANDS:
+        module = sys.modules[__name__] if module_name == __name__ else \
+            importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

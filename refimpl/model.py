@@ -1,0 +1,389 @@
+"""Sequential models: layer specs + a loss + an optional sharing map.
+
+A model is a specification; parameters live in a plain ``dict[str, np.ndarray]`` keyed
+``"<layer>.<local>"`` (``"fc1.weight"``), as a PyTorch ``state_dict``.
+
+**Slots and unique parameters.** Every parameter a layer uses is a *slot*. Without sharing,
+each slot is its own unique parameter. ``share={slot: source}`` makes ``slot`` read the unique
+parameter ``source`` instead; ``params`` then holds only unique parameters, and
+
+    grads[source] = sum over every use u of source of  dL/d(slot u)   (transposed back
+                                                                        for transposed uses)
+
+— the ``+=`` of micrograd, which is all of parameter sharing. A use may be transposed
+(``share={"dec.weight": transposed("enc.weight")}``: a tied autoencoder whose decoder weight is
+the encoder weight transposed); its gradient is transposed back before it is summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._validate import as_float_array, check_shape
+from .nn.activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
+from .nn.base import Layer, layer_config, layer_from_config
+from .nn.dense import Dense
+from .nn.losses import LOSS_TYPES, MSE, Loss, SoftmaxCrossEntropy
+
+__all__ = ["Sequential", "MLP", "ShareSource", "transposed", "ParameterCount"]
+
+Params = dict[str, np.ndarray]
+
+
+class ShareSource(NamedTuple):
+    """The source of a shared slot: a unique parameter name, used as is or transposed."""
+
+    name: str
+    transpose: bool = False
+
+
+def transposed(name: str) -> ShareSource:
+    """Share a 2-D parameter transposed: ``share={"dec.weight": transposed("enc.weight")}``."""
+    return ShareSource(name, True)
+
+
+class ParameterCount(NamedTuple):
+    """Memory accounting of a model (or pair of models).
+
+    - unique: scalars stored (the size of ``params``)
+    - uses: scalars used by the layers (what an unshared model would store)
+    - bytes: bytes stored for the unique parameters (float64: 8 per scalar)
+    """
+
+    unique: int
+    uses: int
+    bytes: int
+
+    def __str__(self) -> str:
+        ratio = self.uses / self.unique if self.unique else float("nan")
+        return (f"{self.unique} unique parameters ({self.bytes} bytes), "
+                f"{self.uses} parameter uses ({ratio:.2f} uses per stored parameter)")
+
+
+class _Use(NamedTuple):
+    root: str        # the unique parameter a slot reads
+    transpose: bool  # whether the slot reads it transposed
+
+
+class Sequential:
+    """A chain of layer specs with an optional loss and an optional sharing map.
+
+    Parameters
+    ----------
+    layers: the layer specs, applied in order; parameterised layers need distinct names.
+    loss: a loss spec (``SoftmaxCrossEntropy()``, ``MSE()``) or None (then only ``forward``
+        and ``vjp`` are available).
+    share: ``{slot: source}`` with ``source`` a parameter name or ``transposed(name)``.
+        Chains (a -> b -> c) resolve to their root; cycles, unknown names, a slot shared onto
+        itself and shape mismatches are ``ValueError`` at construction.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        loss: Loss | None = None,
+        share: Mapping[str, str | ShareSource] | None = None,
+    ) -> None:
+        layers = tuple(layers)
+        if not layers:
+            raise ValueError("layers: expected at least one layer, got none")
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{index}]: expected a layer spec, got {layer!r}")
+        if loss is not None and not isinstance(loss, Loss):
+            raise TypeError(f"loss: expected a loss spec such as SoftmaxCrossEntropy(), got {loss!r}")
+        self.layers = layers
+        self.loss_spec = loss
+
+        self._slots: dict[str, tuple[int, ...]] = {}
+        seen_names: set[str] = set()
+        for layer in layers:
+            shapes = layer.parameter_shapes()
+            if not shapes:
+                continue
+            if layer.name in seen_names:
+                raise ValueError(f"layers: two layers are named {layer.name!r}; names must be unique")
+            seen_names.add(layer.name)
+            for local, shape in shapes.items():
+                self._slots[f"{layer.name}.{local}"] = tuple(shape)
+
+        self.share: dict[str, ShareSource] = self._check_share(share or {})
+        self._uses: dict[str, _Use] = {slot: self._resolve(slot) for slot in self._slots}
+        self._unique = {
+            slot: shape for slot, shape in self._slots.items() if slot not in self.share
+        }
+
+    # --- construction helpers ------------------------------------------------------------
+
+    def _check_share(self, share: Mapping[str, Any]) -> dict[str, ShareSource]:
+        if not isinstance(share, Mapping):
+            raise TypeError(f"share: expected a mapping {{slot: source}}, got {share!r}")
+        checked: dict[str, ShareSource] = {}
+        for slot, source in share.items():
+            if isinstance(source, str):
+                source = ShareSource(source)
+            if not isinstance(source, ShareSource):
+                raise TypeError(f"share[{slot!r}]: expected a parameter name or "
+                                f"transposed(name), got {source!r}")
+            for role, name in (("slot", slot), ("source", source.name)):
+                if name not in self._slots:
+                    raise ValueError(f"share: unknown {role} {name!r}; parameters are "
+                                     f"{sorted(self._slots)}")
+            if slot == source.name:
+                raise ValueError(f"share: slot {slot!r} is shared onto itself")
+            slot_shape, source_shape = self._slots[slot], self._slots[source.name]
+            if source.transpose:
+                if len(source_shape) != 2:
+                    raise ValueError(f"share[{slot!r}]: only 2-D parameters can be shared "
+                                     f"transposed; {source.name!r} has shape {source_shape}")
+                source_shape = source_shape[::-1]
+            if slot_shape != source_shape:
+                kind = "transposed " if source.transpose else ""
+                raise ValueError(f"share[{slot!r}]: slot shape {slot_shape} does not match "
+                                 f"the {kind}source {source.name!r} shape {source_shape}")
+            checked[slot] = source
+        return checked
+
+    def _resolve(self, slot: str) -> _Use:
+        transpose, path = False, [slot]
+        while slot in self.share:
+            source = self.share[slot]
+            transpose ^= source.transpose
+            slot = source.name
+            if slot in path:
+                raise ValueError(f"share: cycle {' -> '.join(path + [slot])}")
+            path.append(slot)
+        return _Use(slot, transpose)
+
+    # --- parameters ----------------------------------------------------------------------
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the unique parameters, the keys of ``params`` and ``grads``."""
+        return dict(self._unique)
+
+    def slot_uses(self) -> dict[str, tuple[str, bool]]:
+        """Every slot with the unique parameter it reads and whether transposed."""
+        return {slot: (use.root, use.transpose) for slot, use in self._uses.items()}
+
+    def parameter_count(self) -> ParameterCount:
+        unique = sum(int(np.prod(shape)) for shape in self._unique.values())
+        uses = sum(int(np.prod(shape)) for shape in self._slots.values())
+        return ParameterCount(unique, uses, 8 * unique)
+
+    def init(self, seed: int) -> Params:
+        """Fresh float64 parameters, deterministic for ``seed``.
+
+        Every layer draws from one ``numpy.random.default_rng(seed)`` in layer order, with
+        its own documented fan-in scaling (``Dense``: U(-1/sqrt(in), 1/sqrt(in))). Shared
+        slots draw too (their values are discarded), so sharing does not change the values
+        of the other parameters for a given seed.
+        """
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise TypeError(f"seed: expected a non-negative int, got {seed!r}")
+        rng = np.random.default_rng(int(seed))
+        params: Params = {}
+        for layer in self.layers:
+            for local, value in layer.init_parameters(rng).items():
+                name = f"{layer.name}.{local}"
+                if name in self._unique:
+                    params[name] = value
+        return params
+
+    def check_params(self, params: Mapping[str, Any], name: str = "params") -> Params:
+        """Validate ``params`` (exact keys, exact shapes, numeric, finite) and return them as
+        float64 / complex128 arrays. Raises ``ValueError`` / ``TypeError`` naming the key."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"{name}: expected a dict of arrays, got {type(params).__name__}")
+        missing = [key for key in self._unique if key not in params]
+        extra = [key for key in params if key not in self._unique]
+        if missing or extra:
+            detail = []
+            if missing:
+                detail.append(f"missing {missing}")
+            if extra:
+                shared = [key for key in extra if key in self.share]
+                detail.append(f"unexpected {extra}" + (
+                    f" ({shared} are shared slots: they read another parameter and are "
+                    f"not stored)" if shared else ""))
+            raise ValueError(f"{name}: {'; '.join(detail)}; expected exactly "
+                             f"{list(self._unique)}")
+        checked = {}
+        for key, shape in self._unique.items():
+            array = as_float_array(params[key], f"{name}[{key!r}]")
+            check_shape(array, shape, f"{name}[{key!r}]")
+            checked[key] = array
+        return checked
+
+    # --- forward / backward ----------------------------------------------------------------
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Validate an input shape through every layer (no arithmetic) and return the
+        output shape."""
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        x = as_float_array(x, "x")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"x: expected a non-empty batch (N >= 1 along axis 0), got shape "
+                             f"{x.shape}")
+        try:
+            self.output_shape(x.shape)
+        except ValueError as error:
+            raise ValueError(f"x: {error}") from None
+        return x
+
+    def _layer_params(self, layer: Layer, params: Params) -> Params:
+        local_params = {}
+        for local in layer.parameter_shapes():
+            use = self._uses[f"{layer.name}.{local}"]
+            value = params[use.root]
+            local_params[local] = value.T if use.transpose else value
+        return local_params
+
+    def _forward(self, params: Params, x: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+        caches = []
+        out = x
+        for layer in self.layers:
+            out, cache = layer.forward(out, self._layer_params(layer, params))
+            caches.append(cache)
+        return out, caches
+
+    def _backward(self, dout: np.ndarray, caches: list[Any]) -> tuple[np.ndarray, Params]:
+        grads: Params = {}
+        for layer, cache in zip(reversed(self.layers), reversed(caches)):
+            dout, local_grads = layer.backward(dout, cache)
+            for local, grad in local_grads.items():
+                use = self._uses[f"{layer.name}.{local}"]
+                grad = grad.T if use.transpose else grad
+                # Sharing: a unique parameter's gradient is the SUM over its uses. Never
+                # assign; never `+=` into an array a layer returned (it may alias).
+                grads[use.root] = grads[use.root] + grad if use.root in grads else grad
+        ordered = {name: np.ascontiguousarray(grads[name]) for name in self._unique}
+        return dout, ordered
+
+    def forward(self, params: Mapping[str, Any], x: Any) -> np.ndarray:
+        """Model output for the batch ``x`` (batch first; e.g. (N, D) or (N, C, H, W))."""
+        params = self.check_params(params)
+        x = self._check_input(x)
+        return self._forward(params, x)[0]
+
+    def vjp(
+        self, params: Mapping[str, Any], x: Any, dout: Any
+    ) -> tuple[np.ndarray, np.ndarray, Params]:
+        """Vector-Jacobian product of the model output (no loss).
+
+        Returns ``(out, dx, grads)``: the output, and the gradients of ``<out, dout>`` with
+        respect to ``x`` and to every unique parameter. ``dout`` has the output's shape.
+        """
+        params = self.check_params(params)
+        x = self._check_input(x)
+        out, caches = self._forward(params, x)
+        dout = as_float_array(dout, "dout")
+        check_shape(dout, out.shape, "dout")
+        dx, grads = self._backward(dout, caches)
+        return out, dx, grads
+
+    def _need_loss(self) -> Loss:
+        if self.loss_spec is None:
+            raise ValueError("loss: this model was built without a loss")
+        return self.loss_spec
+
+    def _loss_forward(self, params, x, y):
+        loss_spec = self._need_loss()
+        params = self.check_params(params)
+        x = self._check_input(x)
+        y = loss_spec.check_target(y, self.output_shape(x.shape))
+        out, caches = self._forward(params, x)
+        value, loss_cache = loss_spec.forward(out, y)
+        return value, caches, loss_cache
+
+    def loss(self, params: Mapping[str, Any], x: Any, y: Any) -> float | complex:
+        """The loss (a Python float; complex when ``params`` or ``x`` are complex)."""
+        return self._loss_forward(params, x, y)[0].item()
+
+    def loss_and_grads(
+        self, params: Mapping[str, Any], x: Any, y: Any
+    ) -> tuple[float | complex, Params]:
+        """The loss and its gradient with respect to every unique parameter.
+
+        ``grads`` has exactly the keys, order, shapes and (for real inputs) float64 dtype of
+        ``params``.
+        """
+        value, caches, loss_cache = self._loss_forward(params, x, y)
+        dout = self._need_loss().backward(1.0, loss_cache)
+        _, grads = self._backward(dout, caches)
+        return value.item(), grads
+
+    # --- configuration --------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which :meth:`from_config` rebuilds the same model."""
+        return {
+            "layers": [layer_config(layer) for layer in self.layers],
+            "loss": None if self.loss_spec is None else self.loss_spec.config(),
+            "share": {slot: {"source": src.name, "transpose": src.transpose}
+                      for slot, src in self.share.items()},
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Sequential:
+        loss = config.get("loss")
+        if loss is not None:
+            loss_type = loss.get("type")
+            if loss_type not in LOSS_TYPES:
+                raise ValueError(f"config: unknown loss type {loss_type!r}")
+            loss = LOSS_TYPES[loss_type]()
+        share = {slot: ShareSource(s["source"], bool(s["transpose"]))
+                 for slot, s in (config.get("share") or {}).items()}
+        return cls([layer_from_config(c) for c in config["layers"]], loss=loss, share=share)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        extra = f", share={self.share!r}" if self.share else ""
+        return f"Sequential([{inner}], loss={self.loss_spec!r}{extra})"
+
+
+ACTIVATIONS = {
+    "relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid,
+    "softplus": Softplus, "identity": Identity,
+}
+LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "mse": MSE}
+
+
+def MLP(
+    sizes: Sequence[int],
+    activation: str | Layer = "tanh",
+    loss: str | Loss | None = "cross_entropy",
+    bias: bool = True,
+    share: Mapping[str, str | ShareSource] | None = None,
+) -> Sequential:
+    """A multilayer perceptron ``Dense("fc1", sizes[0], sizes[1]) -> activation -> ... ->
+    Dense("fcL", sizes[-2], sizes[-1])`` (no activation after the last layer).
+
+    ``activation``: a name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a
+    parameter-free layer spec; ``loss``: "cross_entropy", "mse", a loss spec or None.
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"sizes: expected at least two sizes (in, out), got {sizes}")
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: unknown name {activation!r}; "
+                             f"expected one of {sorted(ACTIVATIONS)}")
+        activation = ACTIVATIONS[activation]()
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(LOSSES)}")
+        loss = LOSSES[loss]()
+    layers: list[Layer] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        if index > 1:
+            layers.append(activation)
+        layers.append(Dense(f"fc{index}", fan_in, fan_out, bias=bias))
+    return Sequential(layers, loss=loss, share=share)

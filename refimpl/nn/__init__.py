@@ -1,0 +1,19 @@
+"""Operations as forward/backward pairs of free functions, with thin layer specs.
+
+``nn.Sequential`` / ``nn.MLP`` are re-exported from :mod:`refimpl.model` for the public
+contract's spelling; ``nn`` itself knows nothing of models.
+"""
+
+from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
+from .base import Layer, ParameterFreeLayer
+from .dense import Dense
+from .losses import MSE, Loss, SoftmaxCrossEntropy
+
+__all__ = [
+    "Layer", "ParameterFreeLayer", "Dense",
+    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
+    "Loss", "SoftmaxCrossEntropy", "MSE",
+    "Sequential", "MLP", "transposed", "ShareSource",
+]
+
+from ..model import MLP, Sequential, ShareSource, transposed  # noqa: E402

@@ -1,0 +1,211 @@
+"""Element-wise activations as forward/backward pairs.
+
+Every forward works unchanged on complex128 input so the complex step applies: a branch is
+taken on the *real part* only (``x.real > 0`` as a mask, never as a value), and no ``abs``
+or ``conj`` is used. Shapes: any; ``out`` and ``dx`` have the shape of ``x``.
+
+Kinks (documented, and tested): at exactly ``x == 0``
+
+* ``relu'(0) = 0`` (PyTorch's ``threshold_backward``: the gradient passes only where x > 0);
+* ``leaky_relu'(0) = negative_slope`` (PyTorch: the slope 1 applies only where x > 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .base import ParameterFreeLayer, register
+
+__all__ = [
+    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
+    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+    "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
+    "softplus_forward", "softplus_backward", "identity_forward", "identity_backward",
+]
+
+
+class MaskCache(NamedTuple):
+    positive: np.ndarray  # bool, shape of x: where Re x > 0
+
+
+class SlopeCache(NamedTuple):
+    positive: np.ndarray  # bool, shape of x
+    negative_slope: float
+
+
+class OutputCache(NamedTuple):
+    out: np.ndarray  # the forward output, from which the derivative is computed
+
+
+class InputCache(NamedTuple):
+    x: np.ndarray
+
+
+# --- ReLU -----------------------------------------------------------------------------------
+
+def relu_forward(x: np.ndarray) -> tuple[np.ndarray, MaskCache]:
+    """``max(x, 0)``, branching on Re x."""
+    positive = x.real > 0
+    return np.where(positive, x, 0), MaskCache(positive)
+
+
+def relu_backward(dout: np.ndarray, cache: MaskCache) -> np.ndarray:
+    """``dout * [x > 0]``: relu'(0) = 0."""
+    return np.where(cache.positive, dout, 0)
+
+
+# --- LeakyReLU ------------------------------------------------------------------------------
+
+def leaky_relu_forward(x: np.ndarray, negative_slope: float) -> tuple[np.ndarray, SlopeCache]:
+    """``x`` where Re x > 0, else ``negative_slope * x``."""
+    positive = x.real > 0
+    return np.where(positive, x, negative_slope * x), SlopeCache(positive, negative_slope)
+
+
+def leaky_relu_backward(dout: np.ndarray, cache: SlopeCache) -> np.ndarray:
+    """``dout`` where x > 0, else ``negative_slope * dout`` (so the derivative at 0 is the slope)."""
+    return np.where(cache.positive, dout, cache.negative_slope * dout)
+
+
+# --- Tanh -----------------------------------------------------------------------------------
+
+def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
+    out = np.tanh(x)
+    return out, OutputCache(out)
+
+
+def tanh_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
+    """tanh' = 1 - tanh^2, from the cached output."""
+    return dout * (1 - cache.out * cache.out)
+
+
+# --- Sigmoid --------------------------------------------------------------------------------
+
+def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp(-s x) with s = sign(Re x) never overflows: its real exponent is <= 0.
+    # For Re x >= 0: 1 / (1 + e^-x); otherwise e^x / (1 + e^x). Same function, no overflow.
+    sign = np.where(x.real >= 0, 1.0, -1.0)
+    z = np.exp(-sign * x)
+    return np.where(sign > 0, 1 / (1 + z), z / (1 + z))
+
+
+def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
+    """``1 / (1 + exp(-x))``, evaluated without overflow for any finite x."""
+    out = _stable_sigmoid(x)
+    return out, OutputCache(out)
+
+
+def sigmoid_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
+    """sigma' = sigma (1 - sigma)."""
+    return dout * cache.out * (1 - cache.out)
+
+
+# --- Softplus -------------------------------------------------------------------------------
+
+def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
+    """``log(1 + exp(x))`` exactly (no linear threshold, unlike PyTorch's default of 20).
+
+    Evaluated as ``max(x, 0) + log1p(exp(-|x|))`` with |x| written ``s * x``, s = sign(Re x),
+    so that it stays complex-step safe and never overflows.
+    """
+    positive = x.real >= 0
+    sign = np.where(positive, 1.0, -1.0)
+    out = np.where(positive, x, 0) + np.log1p(np.exp(-sign * x))
+    return out, InputCache(x)
+
+
+def softplus_backward(dout: np.ndarray, cache: InputCache) -> np.ndarray:
+    """softplus' = sigmoid."""
+    return dout * _stable_sigmoid(cache.x)
+
+
+# --- Identity -------------------------------------------------------------------------------
+
+def identity_forward(x: np.ndarray) -> tuple[np.ndarray, None]:
+    return x, None
+
+
+def identity_backward(dout: np.ndarray, cache: None) -> np.ndarray:
+    return dout
+
+
+# --- Layer specs ----------------------------------------------------------------------------
+
+@register
+@dataclass(frozen=True)
+class ReLU(ParameterFreeLayer):
+    """``max(x, 0)``; relu'(0) = 0."""
+
+    def forward(self, x, params):
+        return relu_forward(x)
+
+    def backward(self, dout, cache):
+        return relu_backward(dout, cache), {}
+
+
+@register
+@dataclass(frozen=True)
+class LeakyReLU(ParameterFreeLayer):
+    """``x`` for x > 0, ``negative_slope * x`` otherwise; derivative at 0 = negative_slope."""
+
+    negative_slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        if isinstance(self.negative_slope, bool) or not isinstance(
+            self.negative_slope, (int, float)
+        ) or not np.isfinite(self.negative_slope):
+            raise ValueError(
+                f"negative_slope: expected a finite real number, got {self.negative_slope!r}"
+            )
+        object.__setattr__(self, "negative_slope", float(self.negative_slope))
+
+    def forward(self, x, params):
+        return leaky_relu_forward(x, self.negative_slope)
+
+    def backward(self, dout, cache):
+        return leaky_relu_backward(dout, cache), {}
+
+
+@register
+@dataclass(frozen=True)
+class Tanh(ParameterFreeLayer):
+    def forward(self, x, params):
+        return tanh_forward(x)
+
+    def backward(self, dout, cache):
+        return tanh_backward(dout, cache), {}
+
+
+@register
+@dataclass(frozen=True)
+class Sigmoid(ParameterFreeLayer):
+    def forward(self, x, params):
+        return sigmoid_forward(x)
+
+    def backward(self, dout, cache):
+        return sigmoid_backward(dout, cache), {}
+
+
+@register
+@dataclass(frozen=True)
+class Softplus(ParameterFreeLayer):
+    """``log(1 + exp(x))`` exactly (PyTorch's beta=1 without its linear threshold)."""
+
+    def forward(self, x, params):
+        return softplus_forward(x)
+
+    def backward(self, dout, cache):
+        return softplus_backward(dout, cache), {}
+
+
+@register
+@dataclass(frozen=True)
+class Identity(ParameterFreeLayer):
+    def forward(self, x, params):
+        return identity_forward(x)
+
+    def backward(self, dout, cache):
+        return identity_backward(dout, cache), {}

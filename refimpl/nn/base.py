@@ -1,0 +1,96 @@
+"""The layer-spec protocol that :class:`refimpl.nn.Sequential` composes.
+
+A layer spec is a small frozen dataclass holding hyper-parameters only (no arrays, no
+state). The maths lives in free ``*_forward`` / ``*_backward`` functions beside each spec;
+the spec's methods are one-line adapters to them, so ``Sequential`` can treat all layers
+alike:
+
+* ``parameter_shapes()`` -> ``{"weight": shape, ...}`` with *local* names; ``Sequential``
+  prefixes them with the layer's name (``"fc1.weight"``);
+* ``output_shape(input_shape)`` validates an input shape (batch first) and returns the
+  output shape *before any arithmetic*, raising ``ValueError`` on a mismatch;
+* ``init_parameters(rng)`` -> local parameter dict (float64);
+* ``forward(x, params) -> (out, cache)`` and ``backward(dout, cache) -> (dx, grads)``
+  with ``grads`` keyed by local name.
+
+Legend: ``N`` batch, ``D`` features, ``C`` channels, ``H``/``W`` height/width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["Layer", "ParameterFreeLayer", "layer_config", "LAYER_TYPES"]
+
+#: Registry of layer-spec classes by name, so that a configuration dict
+#: (``{"type": "Dense", ...}``) can be turned back into a spec. Filled by ``register``.
+LAYER_TYPES: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make ``cls`` constructible from :func:`layer_config` output."""
+    LAYER_TYPES[cls.__name__] = cls
+    return cls
+
+
+class Layer:
+    """Base class of layer specs (subclasses are frozen dataclasses)."""
+
+    #: Parameterised layers declare a ``name: str`` dataclass field (it prefixes their
+    #: parameter names); parameter-free layers inherit ``name = None`` from
+    #: :class:`ParameterFreeLayer`.
+    has_parameters: ClassVar[bool] = False
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def init_parameters(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {}
+
+    def forward(self, x: np.ndarray, params: dict[str, np.ndarray]) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def backward(self, dout: np.ndarray, cache: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+
+class ParameterFreeLayer(Layer):
+    """A layer without parameters whose output has the shape of its input (activations)."""
+
+    name: ClassVar[None] = None
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+
+def layer_config(layer: Layer) -> dict[str, Any]:
+    """JSON-able description of a layer spec: ``{"type": "Dense", "name": ..., ...}``."""
+    config: dict[str, Any] = {"type": type(layer).__name__}
+    for field in dataclasses.fields(layer):
+        value = getattr(layer, field.name)
+        config[field.name] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def layer_from_config(config: dict[str, Any]) -> Layer:
+    """Inverse of :func:`layer_config`."""
+    config = dict(config)
+    type_name = config.pop("type", None)
+    if type_name not in LAYER_TYPES:
+        raise ValueError(f"layer config: unknown layer type {type_name!r}; known: "
+                         f"{sorted(LAYER_TYPES)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return LAYER_TYPES[type_name](**kwargs)
+
+
+def check_name(name: Any) -> str:
+    """A layer name: a non-empty string without dots (dots separate layer and parameter)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"name: expected a non-empty string without '.', got {name!r}")
+    return name

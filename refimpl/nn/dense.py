@@ -1,0 +1,109 @@
+"""Dense (affine) layer: ``y = x @ W.T + b``, PyTorch's ``nn.Linear`` layout.
+
+Legend: ``N`` batch, ``D`` input features, ``F`` output features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validate import positive_int
+from .base import Layer, check_name, register
+
+__all__ = ["Dense", "DenseCache", "dense_forward", "dense_backward"]
+
+
+class DenseCache(NamedTuple):
+    x: np.ndarray       # (N, D)
+    weight: np.ndarray  # (F, D)
+    has_bias: bool
+
+
+def dense_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
+) -> tuple[np.ndarray, DenseCache]:
+    """Affine map.
+
+    - x: (N, D); weight: (F, D); bias: (F,) or None
+    - returns out: (N, F) = x @ weight.T + bias, and the cache for :func:`dense_backward`.
+    """
+    out = x @ weight.T  # (N, F)
+    if bias is not None:
+        out = out + bias  # (N, F) + (F,): the one intended broadcast, over the batch
+    return out, DenseCache(x, weight, bias is not None)
+
+
+def dense_backward(
+    dout: np.ndarray, cache: DenseCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of ``out = x @ W.T + b``.
+
+    - dout: (N, F), the upstream gradient dL/dout
+    - returns dx: (N, D) = dout @ W; dW: (F, D) = dout.T @ x; db: (F,) = sum over N of dout
+      (db is None without a bias).
+
+    Every output row uses the same ``W`` and ``b``: their gradients are the *sums* over the
+    batch (the batch is the first instance of parameter sharing).
+    """
+    dx = dout @ cache.weight   # (N, F) @ (F, D) -> (N, D)
+    dweight = dout.T @ cache.x  # (F, N) @ (N, D) -> (F, D)
+    dbias = dout.sum(axis=0) if cache.has_bias else None  # (F,)
+    return dx, dweight, dbias
+
+
+@register
+@dataclass(frozen=True)
+class Dense(Layer):
+    """Dense layer spec: parameters ``weight`` (out, in) and ``bias`` (out,).
+
+    Initialisation (:meth:`init_parameters`): both drawn from U(-1/sqrt(in), 1/sqrt(in)),
+    PyTorch's ``nn.Linear`` default distribution (fan-in scaling).
+    """
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool = True
+
+    has_parameters = True
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        positive_int(self.in_features, "in_features")
+        positive_int(self.out_features, "out_features")
+        if not isinstance(self.bias, bool):
+            raise TypeError(f"bias: expected a bool, got {self.bias!r}")
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = {"weight": (self.out_features, self.in_features)}
+        if self.bias:
+            shapes["bias"] = (self.out_features,)
+        return shapes
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 2 or input_shape[1] != self.in_features:
+            raise ValueError(
+                f"{self.name}: expected input of shape (N, {self.in_features}), "
+                f"got {tuple(input_shape)}"
+            )
+        return (input_shape[0], self.out_features)
+
+    def init_parameters(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        bound = 1.0 / np.sqrt(self.in_features)
+        return {
+            local: rng.uniform(-bound, bound, size=shape)
+            for local, shape in self.parameter_shapes().items()
+        }
+
+    def forward(self, x, params):
+        return dense_forward(x, params["weight"], params.get("bias"))
+
+    def backward(self, dout, cache):
+        dx, dweight, dbias = dense_backward(dout, cache)
+        grads = {"weight": dweight}
+        if dbias is not None:
+            grads["bias"] = dbias
+        return dx, grads

@@ -1,0 +1,136 @@
+"""Losses as forward/backward pairs, reduced by the mean as PyTorch's defaults.
+
+Legend: ``N`` batch, ``K`` classes, ``...`` any trailing shape.
+
+``*_forward(out, target) -> (loss, cache)`` returns a 0-d value (complex under the complex
+step); ``*_backward(dloss, cache) -> dout`` takes the upstream scalar ``dloss`` (1 for a
+plain loss; any number in a property test, which checks linearity in it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._validate import as_float_array, as_label_array, check_shape
+
+__all__ = [
+    "Loss", "SoftmaxCrossEntropy", "MSE",
+    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "mse_forward", "mse_backward", "LOSS_TYPES",
+]
+
+LOSS_TYPES: dict[str, type] = {}
+
+
+class CrossEntropyCache(NamedTuple):
+    probabilities: np.ndarray  # (N, K) softmax of the logits
+    labels: np.ndarray         # (N,) int64
+
+
+class MSECache(NamedTuple):
+    difference: np.ndarray  # out - target, any shape
+
+
+def softmax_cross_entropy_forward(
+    logits: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, CrossEntropyCache]:
+    """Mean over the batch of ``-log softmax(logits)[label]``.
+
+    - logits: (N, K), labels: (N,) integers in [0, K)
+    - returns loss (0-d) and the cache.
+
+    Stable through log-sum-exp: the row maximum of Re(logits) is subtracted first (a real
+    constant per row, so the complex step still sees an exact derivative), hence logits of
+    +-1e4 give finite results.
+    """
+    batch = logits.shape[0]
+    shift = logits.real.max(axis=1, keepdims=True)          # (N, 1), constant
+    shifted = logits - shift                                 # (N, K), Re <= 0
+    exponentials = np.exp(shifted)                           # (N, K), no overflow
+    total = exponentials.sum(axis=1, keepdims=True)          # (N, 1), >= 1
+    log_probabilities = shifted - np.log(total)              # (N, K)
+    picked = log_probabilities[np.arange(batch), labels]     # (N,)
+    loss = -picked.sum() / batch
+    return loss, CrossEntropyCache(exponentials / total, labels)
+
+
+def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.ndarray:
+    """dL/dlogits = dloss * (softmax - onehot(labels)) / N, shape (N, K)."""
+    probabilities, labels = cache
+    batch = probabilities.shape[0]
+    dlogits = probabilities.copy()
+    dlogits[np.arange(batch), labels] -= 1
+    return dlogits * (dloss / batch)
+
+
+def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECache]:
+    """Mean over *all* elements of ``(out - target)^2`` (PyTorch's ``reduction='mean'``)."""
+    difference = out - target
+    return (difference * difference).sum() / difference.size, MSECache(difference)
+
+
+def mse_backward(dloss: Any, cache: MSECache) -> np.ndarray:
+    """dL/dout = dloss * 2 (out - target) / size."""
+    return cache.difference * (2 * dloss / cache.difference.size)
+
+
+class Loss:
+    """Base of loss specs: validate the target, then forward/backward."""
+
+    def check_target(self, target: Any, output_shape: tuple[int, ...]) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def backward(self, dloss: Any, cache: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {"type": type(self).__name__}
+
+
+def _register_loss(cls: type) -> type:
+    LOSS_TYPES[cls.__name__] = cls
+    return cls
+
+
+@_register_loss
+@dataclass(frozen=True)
+class SoftmaxCrossEntropy(Loss):
+    """Softmax cross-entropy with integer labels, mean over the batch
+    (``torch.nn.CrossEntropyLoss()``). Model output must be ``(N, K)``."""
+
+    def check_target(self, target, output_shape):
+        if len(output_shape) != 2:
+            raise ValueError(
+                f"y: SoftmaxCrossEntropy needs model output (N, K), got {tuple(output_shape)}"
+            )
+        return as_label_array(target, "y", output_shape[0], output_shape[1])
+
+    def forward(self, out, target):
+        return softmax_cross_entropy_forward(out, target)
+
+    def backward(self, dloss, cache):
+        return softmax_cross_entropy_backward(dloss, cache)
+
+
+@_register_loss
+@dataclass(frozen=True)
+class MSE(Loss):
+    """Mean squared error over all elements (``torch.nn.MSELoss()``); target has the
+    model output's shape exactly (no broadcasting)."""
+
+    def check_target(self, target, output_shape):
+        array = as_float_array(target, "y", allow_complex=False)
+        check_shape(array, tuple(output_shape), "y")
+        return array
+
+    def forward(self, out, target):
+        return mse_forward(out, target)
+
+    def backward(self, dloss, cache):
+        return mse_backward(dloss, cache)
