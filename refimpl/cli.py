@@ -4,8 +4,8 @@
 gradient checker with the complex step and with central differences; one table, one summary
 line, exit status 1 on any failure.
 
-Other sub-commands live in their own modules, each exposing ``add_arguments(parser)`` and
-``run(args) -> int``; :data:`SUBCOMMANDS` lists them.
+Other sub-commands live in their own modules; :data:`SUBCOMMANDS` lists, for each, the
+module with its ``add_<command>_arguments(parser)`` and ``run_<command>(args) -> int``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from . import __version__
 from .cases import Case, all_cases
 from .gradcheck import check_gradients
 
-#: (sub-command, module, one-line help). The module defines add_arguments(parser), run(args).
+#: (sub-command, module, one-line help). The module defines add_<sub-command>_arguments(parser)
+#: and run_<sub-command>(args) -> int (exit status).
 SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("check", "refimpl.cli", "verify every built-in model's gradients numerically"),
 )
@@ -38,7 +39,7 @@ DIRECTIONS = 16
 CHECK_METHODS = ("complex", "central")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH",
                         help="also write the results as JSON to PATH ('-' for stdout)")
     parser.add_argument("--case", action="append", metavar="NAME",
@@ -100,7 +101,7 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def run(args: argparse.Namespace) -> int:
+def run_check(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     cases = all_cases()
     if args.case:
@@ -144,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = sys.modules[__name__] if module_name == __name__ else \
             importlib.import_module(module_name)
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(handler=module.run)
+        getattr(module, f"add_{name}_arguments")(sub)
+        sub.set_defaults(handler=getattr(module, f"run_{name}"))
     return parser
 
 
