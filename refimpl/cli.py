@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._table import format_table
 from .cases import Case, all_cases
 from .gradcheck import check_gradients
 
@@ -68,16 +69,11 @@ def check_case(case: Case, method: str) -> list[dict[str, Any]]:
 
 
 def _format_table(rows: list[dict[str, Any]]) -> str:
-    columns = ("case", "method", "parameter", "max rel error", "tolerance", "result")
-    body = [columns] + [
-        (row["case"], row["method"] + ("" if row["mode"] == "full" else " (dir)"),
-        row["parameter"], f"{row['max_rel_error']:.2e}", f"{row['rtol']:.0e}",
-        "pass" if row["ok"] else f"FAIL ({row['status']})")
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-                     for line in body)
+    return format_table(
+        ("case", "method", "parameter", "max rel error", "tolerance", "result"),
+        [(row["case"], row["method"] + ("" if row["mode"] == "full" else " (dir)"),
+          row["parameter"], f"{row['max_rel_error']:.2e}", f"{row['rtol']:.0e}",
+          "pass" if row["ok"] else f"FAIL ({row['status']})") for row in rows])
 
 
 def write_text_atomically(path: str, text: str) -> None:
@@ -115,10 +111,10 @@ def run_check(args: argparse.Namespace) -> int:
     rows = [row for case in cases for method in CHECK_METHODS for row in check_case(case, method)]
     failed_cases = sorted({row["case"] for row in rows if not row["ok"]})
     elapsed = time.perf_counter() - start
-    summary = (f"{len(cases)} cases, {len(rows)} checks: "
-               f"{sum(row['ok'] for row in rows)} passed, {len(rows) - sum(row['ok'] for row in rows)} failed"
-               f" ({elapsed:.1f} s)" + (f"; failing cases: {', '.join(failed_cases)}"
-                                       if failed_cases else ""))
+    passed = sum(row["ok"] for row in rows)
+    summary = (f"{len(cases)} cases, {len(rows)} checks: {passed} passed, "
+               f"{len(rows) - passed} failed ({elapsed:.1f} s)"
+               + (f"; failing cases: {', '.join(failed_cases)}" if failed_cases else ""))
     if args.json:
         document = {
             "refimpl": __version__, "numpy": np.__version__, "ok": not failed_cases,

@@ -51,9 +51,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._table import format_table
 from ._validate import as_float_array
 
-__all__ = ["check_gradients", "check_vjp", "GradcheckReport", "ParameterRow", "Tolerance", "TOLERANCES",
+__all__ = ["check_gradients", "check_vjp", "assert_close", "GradcheckReport", "ParameterRow",
+           "Tolerance", "TOLERANCES",
            "METHODS", "MODES"]
 
 EPS = np.finfo(np.float64).eps
@@ -147,18 +149,14 @@ class GradcheckReport:
         header = (f"gradient check: {'OK' if self.ok else 'FAILED'} (method={self.method}, "
                   f"mode={self.mode}, step={self.step:.3g}, rtol={self.tolerance.rtol:g}, "
                   f"atol={self.tolerance.atol:g}, loss={self.loss:.17g})")
-        columns = ("parameter", "shape", "max abs err", "max rel err", "worst index",
-                   "analytic", "numerical", "status")
-        body = [columns] + [(
+        table = format_table(("parameter", "shape", "max abs err", "max rel err", "worst index",
+                              "analytic", "numerical", "status"), [(
             row.name, "x".join(map(str, row.shape)) or "()", f"{row.max_abs_error:.3e}",
             f"{row.max_rel_error:.3e}", str(row.worst_index), f"{row.analytic:.17g}",
             f"{row.numerical:.17g}",
             row.status + (f" ({row.nondifferentiable} kinks)" if row.nondifferentiable else ""),
-        ) for row in self.rows]
-        widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
-        lines = [header] + ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
-                            for line in body]
-        lines += [f"problem: {problem}" for problem in self.problems]
+        ) for row in self.rows])
+        lines = [header, table] + [f"problem: {problem}" for problem in self.problems]
         return "\n".join(lines)
 
 
@@ -427,9 +425,9 @@ def _directional_rows(method: str, evaluator: _Evaluator, params: Params, grads:
             # The step is relative to the parameter scale, divided by the largest direction
             # entry so that no coordinate moves by more than the per-coordinate step.
             h = STEPS[method] * max(1.0, largest) / max(v_max, 1e-300)
-            def d(step: float) -> float:
-                return _central(_real_loss(evaluator.along(direction, step)),
-                                _real_loss(evaluator.along(direction, -step)), step)
+            def d(step: float, v: Params = direction) -> float:
+                return _central(_real_loss(evaluator.along(v, step)),
+                                _real_loss(evaluator.along(v, -step)), step)
             numerical = d(h) if method == "central" else (4 * d(h / 2) - d(h)) / 3
         error = abs(analytic - numerical)
         if not np.isfinite(numerical):
@@ -482,10 +480,37 @@ def check_vjp(
         analytic = (analytic,)
     if not isinstance(analytic, tuple) or len(analytic) < len(inputs):
         raise ValueError(f"backward: expected {len(inputs)} gradients, got {analytic!r:.200}")
-    grads = dict(zip(inputs, analytic))
+    grads = dict(zip(inputs, analytic, strict=False))  # extra None (no bias) ignored
 
     def scalar(p: Params) -> Any:
         return (np.asarray(forward(**p, **static)[0]) * dout).sum()
 
     return check_gradients(lambda p: (scalar(p), grads), inputs, method=method, loss_fn=scalar,
                            **options)
+
+
+def assert_close(actual: Any, expected: Any, tolerance: Tolerance = TOLERANCES["complex"],
+                 name: str = "array") -> None:
+    """Assert two arrays agree by this module's comparison rule, for results that should be
+    equal up to rounding (a different summation order, complex vs real BLAS kernels):
+
+        max_i |actual_i - expected_i|  <=  atol + rtol * max(max|actual|, max|expected|)
+
+    with the complex-step tolerances by default (rounding-level agreement). Shapes must be
+    equal exactly. Raises ``AssertionError`` naming the worst index and both values.
+    """
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {actual.shape} != expected {expected.shape}")
+    if actual.size == 0:
+        return
+    error = np.abs(actual - expected)
+    scale = float(max(np.max(np.abs(actual)), np.max(np.abs(expected))))
+    limit = tolerance.atol + tolerance.rtol * scale
+    worst = int(np.argmax(error))
+    if not error.flat[worst] <= limit:
+        index = _unravel(worst, actual.shape)
+        raise AssertionError(
+            f"{name}: max |error| {error.flat[worst]:.3e} at {index} exceeds "
+            f"{tolerance.atol:g} + {tolerance.rtol:g} * {scale:.3e}: "
+            f"actual {actual.flat[worst].item()!r}, expected {expected.flat[worst].item()!r}")

@@ -94,7 +94,8 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{index}]: expected a layer spec, got {layer!r}")
         if loss is not None and not isinstance(loss, Loss):
-            raise TypeError(f"loss: expected a loss spec such as SoftmaxCrossEntropy(), got {loss!r}")
+            raise TypeError(
+                f"loss: expected a loss spec such as SoftmaxCrossEntropy(), got {loss!r}")
         self.layers = layers
         self.loss_spec = loss
 
@@ -105,7 +106,8 @@ class Sequential:
             if not shapes:
                 continue
             if layer.name in seen_names:
-                raise ValueError(f"layers: two layers are named {layer.name!r}; names must be unique")
+                raise ValueError(
+                    f"layers: two layers are named {layer.name!r}; names must be unique")
             seen_names.add(layer.name)
             for local, shape in shapes.items():
                 self._slots[f"{layer.name}.{local}"] = tuple(shape)
@@ -256,7 +258,7 @@ class Sequential:
 
     def _backward(self, dout: np.ndarray, caches: list[Any]) -> tuple[np.ndarray, Params]:
         grads: Params = {}
-        for layer, cache in zip(reversed(self.layers), reversed(caches)):
+        for layer, cache in zip(reversed(self.layers), reversed(caches), strict=True):
             dout, local_grads = layer.backward(dout, cache)
             for local, grad in local_grads.items():
                 use = self._uses[f"{layer.name}.{local}"]
@@ -382,7 +384,7 @@ def MLP(
             raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(LOSSES)}")
         loss = LOSSES[loss]()
     layers: list[Layer] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
         if index > 1:
             layers.append(activation)
         layers.append(Dense(f"fc{index}", fan_in, fan_out, bias=bias))

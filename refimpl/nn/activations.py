@@ -66,7 +66,7 @@ def leaky_relu_forward(x: np.ndarray, negative_slope: float) -> tuple[np.ndarray
 
 
 def leaky_relu_backward(dout: np.ndarray, cache: SlopeCache) -> np.ndarray:
-    """``dout`` where x > 0, else ``negative_slope * dout`` (so the derivative at 0 is the slope)."""
+    """``dout`` where x > 0, else ``negative_slope * dout``: the derivative at 0 is the slope."""
     return np.where(cache.positive, dout, cache.negative_slope * dout)
 
 

@@ -1,0 +1,14 @@
+"""Plain-text tables for reports and the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, one line per row, header first."""
+    body = [tuple(header)] + [tuple(row) for row in rows]
+    widths = [max(len(line[i]) for line in body) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in body)

@@ -1,0 +1,305 @@
+"""Tests of refimpl/model.py: Sequential and MLP (sharing maps: tests/test_model_sharing.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import refimpl as ri
+from refimpl import nn
+from refimpl.gradcheck import TOLERANCES, assert_close
+
+COMPLEX = TOLERANCES["complex"]
+CENTRAL = TOLERANCES["central"]
+SMOOTH_ACTIVATIONS = ("tanh", "sigmoid", "softplus", "identity")
+ALL_ACTIVATIONS = SMOOTH_ACTIVATIONS + ("relu", "leaky_relu")
+
+
+@st.composite
+def mlp_problems(draw, activations=ALL_ACTIVATIONS):
+    """(model, params, x, y): an MLP of 1-4 dense layers with widths 1-6, its parameters
+    from a drawn seed, a batch of 1-6 standard-normal inputs and matching targets."""
+    sizes = draw(st.lists(st.integers(1, 6), min_size=2, max_size=5))
+    activation = draw(st.sampled_from(activations))
+    loss = draw(st.sampled_from(("cross_entropy", "mse")))
+    if loss == "cross_entropy" and sizes[-1] < 2:
+        sizes[-1] = 2
+    model = ri.MLP(sizes, activation=activation, loss=loss)
+    seed = draw(st.integers(0, 2**16))
+    batch = draw(st.integers(1, 6))
+    rng = np.random.default_rng(seed)
+    params = model.init(seed)
+    x = rng.standard_normal((batch, sizes[0]))
+    if loss == "cross_entropy":
+        y = rng.integers(0, sizes[-1], size=batch)
+    else:
+        y = rng.standard_normal((batch, sizes[-1]))
+    return model, params, x, y
+
+
+def tiny_problem(activation="tanh", loss="cross_entropy", sizes=(3, 4, 2), batch=5, seed=0):
+    model = ri.MLP(list(sizes), activation=activation, loss=loss)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, sizes[0]))
+    if loss == "cross_entropy":
+        y = rng.integers(0, sizes[-1], size=batch)
+    else:
+        y = rng.standard_normal((batch, sizes[-1]))
+    return model, model.init(seed), x, y
+
+
+# --- gradients against numerical differentiation -----------------------------------------
+
+@given(mlp_problems())
+@example(tiny_problem(sizes=(1, 1, 2), batch=1))   # one feature, one hidden unit, batch 1
+@example(tiny_problem(loss="mse", sizes=(1, 1), batch=1))  # a single affine unit
+def test_loss_and_grads_match_complex_step(problem):
+    model, params, x, y = problem
+    report = ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params,
+                                method="complex")
+    assert report.ok, report
+    assert max(row.max_rel_error for row in report.rows) <= COMPLEX.rtol
+
+
+@given(mlp_problems(activations=SMOOTH_ACTIVATIONS))
+def test_loss_and_grads_match_central_differences(problem):
+    # Smooth activations only: central differences straddle a kink (complex step does not).
+    model, params, x, y = problem
+    report = ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params,
+                                method="central")
+    assert report.ok, report
+
+
+@given(mlp_problems(), st.integers(0, 2**16))
+def test_vjp_matches_complex_step_with_random_upstream_gradient(problem, seed):
+    model, params, x, _ = problem
+    dout = np.random.default_rng(seed).standard_normal(model.output_shape(x.shape))
+    _, dx, grads = model.vjp(params, x, dout)
+
+    def scalar(p):
+        return (model.forward({k: v for k, v in p.items() if k != "x"}, p["x"]) * dout).sum()
+
+    point = {**params, "x": x}
+    report = ri.check_gradients(lambda p: (scalar(p), {**grads, "x": dx}), point,
+                                method="complex", loss_fn=scalar)
+    assert report.ok, report
+
+
+# --- structural properties ----------------------------------------------------------------
+
+@given(mlp_problems(), st.floats(-3, 3), st.floats(-3, 3), st.integers(0, 2**16))
+def test_vjp_is_linear_in_the_upstream_gradient(problem, a, b, seed):
+    model, params, x, _ = problem
+    rng = np.random.default_rng(seed)
+    shape = model.output_shape(x.shape)
+    d1, d2 = rng.standard_normal(shape), rng.standard_normal(shape)
+    _, dx1, g1 = model.vjp(params, x, d1)
+    _, dx2, g2 = model.vjp(params, x, d2)
+    _, dx, g = model.vjp(params, x, a * d1 + b * d2)
+    assert_close(dx, a * dx1 + b * dx2, name="dx")
+    for name in g:
+        assert_close(g[name], a * g1[name] + b * g2[name], name=name)
+
+
+@given(mlp_problems())
+def test_zero_upstream_gradient_gives_zero_gradients(problem):
+    model, params, x, _ = problem
+    _, dx, grads = model.vjp(params, x, np.zeros(model.output_shape(x.shape)))
+    assert not dx.any()
+    assert not any(grad.any() for grad in grads.values())
+
+
+@given(mlp_problems())
+def test_grads_have_exactly_the_keys_shapes_and_dtype_of_params(problem):
+    model, params, x, y = problem
+    loss, grads = model.loss_and_grads(params, x, y)
+    assert isinstance(loss, float)
+    assert list(grads) == list(params)
+    for name in params:
+        assert grads[name].shape == params[name].shape
+        assert grads[name].dtype == params[name].dtype == np.float64
+
+
+@given(mlp_problems())
+def test_inputs_are_never_mutated(problem):
+    model, params, x, y = problem
+    copies = ({k: v.copy() for k, v in params.items()}, x.copy(), y.copy())
+    for array in (*params.values(), x, y):
+        array.flags.writeable = False   # a write would raise
+    model.loss_and_grads(params, x, y)
+    model.vjp(params, x, np.ones(model.output_shape(x.shape)))
+    for name in params:
+        np.testing.assert_array_equal(params[name], copies[0][name])
+    np.testing.assert_array_equal(x, copies[1])
+    np.testing.assert_array_equal(y, copies[2])
+
+
+@given(mlp_problems())
+def test_results_are_bit_for_bit_deterministic(problem):
+    model, params, x, y = problem
+    loss1, grads1 = model.loss_and_grads(params, x, y)
+    loss2, grads2 = model.loss_and_grads(params, x, y)
+    assert loss1 == loss2
+    for name in grads1:
+        assert np.array_equal(grads1[name], grads2[name])
+
+
+@given(mlp_problems())
+def test_loss_equals_loss_and_grads_loss(problem):
+    model, params, x, y = problem
+    assert model.loss(params, x, y) == model.loss_and_grads(params, x, y)[0]
+
+
+def test_complex_input_gives_complex_output_and_loss():
+    model, params, x, y = tiny_problem()
+    complex_params = {k: v.astype(complex) for k, v in params.items()}
+    out = model.forward(complex_params, x)
+    assert out.dtype == np.complex128
+    assert isinstance(model.loss(complex_params, x, y), complex)
+    # With zero imaginary parts, the real parts are the real computation (to rounding:
+    # complex and real BLAS kernels sum in different orders).
+    assert not out.imag.any()
+    assert_close(out.real, model.forward(params, x))
+
+
+def test_float32_and_integer_inputs_are_widened_not_truncated():
+    model, params, x, y = tiny_problem()
+    x32 = x.astype(np.float32)
+    widened = model.forward(params, x32)
+    assert widened.dtype == np.float64
+    np.testing.assert_array_equal(widened, model.forward(params, x32.astype(np.float64)))
+    xi = np.arange(15).reshape(5, 3)
+    np.testing.assert_array_equal(model.forward(params, xi),
+                                  model.forward(params, xi.astype(np.float64)))
+
+
+# --- init ---------------------------------------------------------------------------------
+
+def test_init_is_deterministic_per_seed_and_uses_fan_in_scaling():
+    model = ri.MLP([50, 20, 3])
+    first, again, other = model.init(7), model.init(7), model.init(8)
+    for name in first:
+        assert np.array_equal(first[name], again[name])
+        assert not np.array_equal(first[name], other[name])
+    assert set(first) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    assert first["fc1.weight"].shape == (20, 50) and first["fc2.bias"].shape == (3,)
+    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)): bounded by, and reaching close to, the bound.
+    for name, fan_in in (("fc1.weight", 50), ("fc2.weight", 20), ("fc1.bias", 50)):
+        bound = 1 / np.sqrt(fan_in)
+        assert np.max(np.abs(first[name])) <= bound
+        if name.endswith("weight"):
+            assert np.max(np.abs(first[name])) > 0.9 * bound
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True, None])
+def test_init_rejects_bad_seeds(seed):
+    with pytest.raises(TypeError, match="seed"):
+        ri.MLP([2, 2]).init(seed)
+
+
+# --- configuration and construction -------------------------------------------------------
+
+def test_config_round_trips_through_json():
+    model = nn.Sequential(
+        [nn.Dense("a", 3, 4), nn.LeakyReLU(0.2), nn.Dense("b", 4, 4, bias=False), nn.Sigmoid(),
+         nn.Dense("c", 4, 2)],
+        loss=nn.MSE())
+    rebuilt = nn.Sequential.from_config(json.loads(json.dumps(model.config())))
+    assert rebuilt.config() == model.config()
+    params = model.init(3)
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    np.testing.assert_array_equal(rebuilt.forward(params, x), model.forward(params, x))
+
+
+def test_mlp_names_and_layer_order():
+    model = ri.MLP([3, 5, 4, 2], activation="relu", bias=False)
+    assert list(model.parameter_shapes()) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Dense", "ReLU", "Dense", "ReLU", "Dense"]
+    assert model.parameter_count() == ri.ParameterCount(15 + 20 + 8, 43, 8 * 43)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"sizes": [3]}, ValueError, "sizes"),
+    ({"sizes": [3, 0]}, ValueError, "out_features"),
+    ({"sizes": [3, 2], "activation": "gelu"}, ValueError, "activation"),
+    ({"sizes": [3, 2], "loss": "hinge"}, ValueError, "loss"),
+    ({"sizes": [3, 2.5]}, TypeError, "out_features"),
+])
+def test_mlp_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ri.MLP(**kwargs)
+
+
+def test_sequential_rejects_bad_layers_and_duplicate_names():
+    with pytest.raises(ValueError, match="layers"):
+        nn.Sequential([])
+    with pytest.raises(TypeError, match=r"layers\[1\]"):
+        nn.Sequential([nn.Dense("a", 2, 2), "relu"])
+    with pytest.raises(ValueError, match="named 'a'"):
+        nn.Sequential([nn.Dense("a", 2, 2), nn.Dense("a", 2, 2)])
+    with pytest.raises(TypeError, match="loss"):
+        nn.Sequential([nn.Dense("a", 2, 2)], loss="mse")
+    with pytest.raises(ValueError, match="without a loss"):
+        nn.Sequential([nn.Dense("a", 2, 2)]).loss({"a.weight": np.eye(2), "a.bias": np.zeros(2)},
+                                                  np.ones((1, 2)), np.ones((1, 2)))
+
+
+# --- bad input: each a clear error naming the argument -------------------------------------
+
+def bad_input_cases():
+    model, params, x, y = tiny_problem()   # MLP 3-4-2, batch 5, cross-entropy
+    nan_x = x.copy()
+    nan_x[1, 2] = np.nan
+    inf_w = dict(params, **{"fc1.weight": np.full((4, 3), np.inf)})
+    return model, params, x, y, [
+        ("x rank", params, x[0], y, ValueError, r"x: .*expected input of shape \(N, 3\)"),
+        ("x features", params, x[:, :2], y, ValueError, r"x: .*\(N, 3\), got \(5, 2\)"),
+        ("empty batch", params, x[:0], y[:0], ValueError, "x: expected a non-empty batch"),
+        ("NaN in x", params, nan_x, y, ValueError, "x: contains 1 NaN or Inf"),
+        ("string x", params, np.array([["a", "b", "c"]]), y[:1], TypeError,
+         "x: expected a numeric"),
+        ("bool x", params, np.ones((5, 3), dtype=bool), y, TypeError, "x: .*dtype bool"),
+        ("labels out of range", params, x, np.array([0, 1, 2, 0, 1]), ValueError,
+         r"y: labels must lie in \[0, 2\)"),
+        ("negative label", params, x, np.array([0, -1, 1, 0, 1]), ValueError, "y: labels"),
+        ("float labels", params, x, y.astype(float), TypeError, "y: expected integer"),
+        ("label shape", params, x, y[:4], ValueError, r"y: expected shape \(5,\)"),
+        ("missing parameter", {k: v for k, v in params.items() if k != "fc2.bias"}, x, y,
+         ValueError, r"params: missing \['fc2.bias'\]"),
+        ("extra parameter", {**params, "fc3.weight": np.zeros((2, 2))}, x, y, ValueError,
+         r"params: unexpected \['fc3.weight'\]"),
+        ("misshapen parameter", {**params, "fc1.weight": np.zeros((3, 4))}, x, y, ValueError,
+         r"params\['fc1.weight'\]: expected shape \(4, 3\), got \(3, 4\)"),
+        ("Inf in parameter", inf_w, x, y, ValueError, r"params\['fc1.weight'\]: contains 12"),
+        ("string parameter", {**params, "fc2.bias": np.array(["a", "b"])}, x, y, TypeError,
+         r"params\['fc2.bias'\]"),
+        ("params not a dict", list(params.values()), x, y, TypeError, "params: expected a dict"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(bad_input_cases()[4])),
+                         ids=[case[0] for case in bad_input_cases()[4]])
+def test_bad_input_gets_a_clear_error(index):
+    model, *_, cases = bad_input_cases()
+    _, params, x, y, error, match = cases[index]
+    with pytest.raises(error, match=match):
+        model.loss_and_grads(params, x, y)
+
+
+def test_mse_target_is_never_broadcast():
+    model, params, x, _ = tiny_problem(loss="mse")
+    with pytest.raises(ValueError, match=r"y: expected shape \(5, 2\), got \(1, 2\)"):
+        model.loss_and_grads(params, x, np.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"y: expected shape \(5, 2\), got \(2,\)"):
+        model.loss_and_grads(params, x, np.zeros(2))
+
+
+def test_vjp_rejects_misshapen_upstream_gradient():
+    model, params, x, _ = tiny_problem()
+    with pytest.raises(ValueError, match=r"dout: expected shape \(5, 2\)"):
+        model.vjp(params, x, np.zeros((5, 1)))
