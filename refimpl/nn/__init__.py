@@ -6,11 +6,14 @@ contract's spelling; ``nn`` itself knows nothing of models.
 
 from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from .base import Layer, ParameterFreeLayer
+from .conv import Conv2D, LocallyConnected2D
 from .dense import Dense
 from .losses import MSE, Loss, SoftmaxCrossEntropy
+from .pool import AvgPool2D, Flatten, MaxPool2D
 
 __all__ = [
     "Layer", "ParameterFreeLayer", "Dense",
+    "Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D", "Flatten",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
     "Loss", "SoftmaxCrossEntropy", "MSE",
     "Sequential", "MLP", "transposed", "ShareSource",

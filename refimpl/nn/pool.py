@@ -1,0 +1,322 @@
+"""2-D max and average pooling, and flattening, as forward/backward pairs.
+
+Legend: ``N`` batch, ``C`` channels, ``H``/``W`` input height/width, ``Hp``/``Wp`` padded,
+``Ho``/``Wo`` output height/width, ``kH``/``kW`` window height/width.
+
+Geometry (PyTorch's ``nn.MaxPool2d`` / ``nn.AvgPool2d`` with ``ceil_mode=False``), per axis
+with window ``k``, stride ``s`` (default ``k``) and padding ``p``::
+
+    Ho = floor((H + 2p - k) / s) + 1,     p <= k // 2 (PyTorch's limit)
+
+Output ``(ho, wo)`` pools the padded rows ``ho*s .. ho*s + k - 1`` (columns likewise).
+
+Max pooling
+    *Padding* counts as ``-inf`` (PyTorch): a padded position is never the maximum, and since
+    ``p <= k // 2`` every window holds at least one real input.
+    *Ties* (PyTorch's rule): the gradient goes to the **first** maximum of the window in scan
+    order — row by row, left to right within a row (offset ``i*kW + j``). The other tied
+    entries get zero. The comparison is strict (``>``), so a later equal value never
+    displaces an earlier one.
+    The forward compares ``Re x`` only (a mask), so it is complex-step safe: the complex step
+    does not move the real part, hence not the selection.
+
+Average pooling
+    ``count_include_pad=True`` (PyTorch's default, and ours): the divisor is always
+    ``kH * kW``, padded zeros included. ``count_include_pad=False`` divides by the number of
+    real (unpadded) inputs in each window.
+
+Both loop over the ``kH * kW`` window offsets, each handling one strided slice of the
+whole batch (never a Python loop over windows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .base import ParameterFreeLayer, register
+from .conv import Pair, _pad, _window_slice, as_pair, conv_output_size
+
+__all__ = [
+    "MaxPool2D", "AvgPool2D", "Flatten", "MaxPool2DCache", "AvgPool2DCache",
+    "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+    "flatten_forward", "flatten_backward", "pool2d_output_shape",
+]
+
+
+def _pool_geometry(kernel_size: Any, stride: Any, padding: Any) -> tuple[Pair, Pair, Pair]:
+    kernel = as_pair(kernel_size, "kernel_size", 1)
+    stride = kernel if stride is None else as_pair(stride, "stride", 1)
+    padding = as_pair(padding, "padding", 0)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"padding: expected at most half the kernel size {kernel} "
+                         f"(as PyTorch), got {padding}")
+    return kernel, stride, padding
+
+
+def pool2d_output_shape(input_shape: tuple[int, ...], kernel_size: Pair, stride: Pair,
+                        padding: Pair, who: str = "pool2d") -> tuple[int, int, int, int]:
+    """Validate (N, C, H, W) against a pooling geometry; return (N, C, Ho, Wo)."""
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"{who}: expected input of rank 4 (N, C, H, W), got shape {input_shape}")
+    batch, channels, height, width = input_shape
+    sizes = []
+    for axis, size, k, s, p in zip(("height", "width"), (height, width), kernel_size, stride,
+                                   padding, strict=True):
+        if k > size + 2 * p:
+            raise ValueError(f"{who}: kernel {axis} {k} is larger than the padded input "
+                             f"{axis} {size} + 2*{p} = {size + 2 * p}; input shape {input_shape}")
+        sizes.append(conv_output_size(size, k, s, p, 1))
+    return (batch, channels, sizes[0], sizes[1])
+
+
+def _check_input(x: Any, who: str) -> None:
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{who}: x: expected an array (N, C, H, W), got {type(x).__name__}")
+
+
+# --- max pooling -----------------------------------------------------------------------------
+
+class MaxPool2DCache(NamedTuple):
+    argmax: np.ndarray   # (N, C, Ho, Wo): window offset i*kW + j of the first maximum
+    x_shape: tuple[int, int, int, int]
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair
+
+
+def maxpool2d_forward(
+    x: np.ndarray, kernel_size: Any, stride: Any = None, padding: Any = 0
+) -> tuple[np.ndarray, MaxPool2DCache]:
+    """Max over each window (``torch.nn.functional.max_pool2d``, ceil_mode=False).
+
+    - x: (N, C, H, W); kernel_size, stride (default kernel_size), padding: int or (h, w)
+    - returns out: (N, C, Ho, Wo) and the cache (the offset of each window's first maximum).
+    """
+    _check_input(x, "maxpool2d")
+    kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
+    _, _, out_h, out_w = pool2d_output_shape(x.shape, kernel, stride, padding, "maxpool2d")
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    # Selection on the real part only (a mask, never a value): -inf padding never wins.
+    real = x.real
+    if ph or pw:
+        batch, channels, height, width = x.shape
+        real = np.full((batch, channels, height + 2 * ph, width + 2 * pw), -np.inf)
+        real[:, :, ph:ph + height, pw:pw + width] = x.real
+    complex_values = np.iscomplexobj(x)
+    if complex_values:
+        padded = _pad(x, padding)  # values are taken from here; its zeros are never selected
+    offset_type = np.min_scalar_type(kh * kw - 1)
+    best = argmax = out = None
+    for i in range(kh):
+        rows = _window_slice(i, sh, out_h)
+        for j in range(kw):
+            window = (slice(None), slice(None), rows, _window_slice(j, sw, out_w))
+            candidate = real[window]                                  # (N, C, Ho, Wo)
+            if best is None:
+                best = candidate.copy()
+                argmax = np.zeros(best.shape, dtype=offset_type)
+                if complex_values:
+                    out = padded[window].copy()
+                continue
+            # Strictly greater: on a tie the earlier offset (scan order) keeps the maximum.
+            better = candidate > best
+            np.copyto(best, candidate, where=better)
+            np.copyto(argmax, i * kw + j, where=better)
+            if complex_values:
+                np.copyto(out, padded[window], where=better)
+    if not complex_values:
+        out = best  # the real values of x themselves
+    return out, MaxPool2DCache(argmax, tuple(x.shape), kernel, stride, padding)
+
+
+def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
+    """Gradient of max pooling: each window's ``dout`` goes to its first maximum only.
+
+    - dout: (N, C, Ho, Wo); returns dx: (N, C, H, W). An input that is the maximum of
+      several (overlapping) windows receives the sum of their gradients.
+    """
+    batch, channels, height, width = cache.x_shape
+    (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
+    out_h, out_w = cache.argmax.shape[2:]
+    dpad = np.zeros((batch, channels, height + 2 * ph, width + 2 * pw), dtype=dout.dtype)
+    overlapping = sh < kh or sw < kw
+    for i in range(kh):
+        rows = _window_slice(i, sh, out_h)
+        for j in range(kw):
+            target = dpad[:, :, rows, _window_slice(j, sw, out_w)]    # (N, C, Ho, Wo) view
+            selected = cache.argmax == i * kw + j
+            if overlapping:
+                np.add(target, dout, out=target, where=selected)
+            else:  # disjoint windows: each input receives at most one gradient
+                np.copyto(target, dout, where=selected)
+    if ph or pw:
+        return dpad[:, :, ph:ph + height, pw:pw + width].copy()
+    return dpad
+
+
+# --- average pooling -------------------------------------------------------------------------
+
+class AvgPool2DCache(NamedTuple):
+    divisor: Any         # kH*kW (an int), or (Ho, Wo) counts of real inputs per window
+    x_shape: tuple[int, int, int, int]
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair
+
+
+def _real_counts(size: int, kernel: int, stride: int, padding: int, count: int) -> np.ndarray:
+    """Per output index along one axis: how many window taps fall on real (unpadded) input."""
+    starts = np.arange(count) * stride - padding                    # first tap, input coords
+    return np.minimum(starts + kernel, size) - np.maximum(starts, 0)
+
+
+def avgpool2d_forward(
+    x: np.ndarray, kernel_size: Any, stride: Any = None, padding: Any = 0,
+    count_include_pad: bool = True,
+) -> tuple[np.ndarray, AvgPool2DCache]:
+    """Mean over each window (``torch.nn.functional.avg_pool2d``, ceil_mode=False).
+
+    - x: (N, C, H, W); returns out: (N, C, Ho, Wo) and the cache.
+    - count_include_pad: True divides by kH*kW (PyTorch's default); False by the number of
+      unpadded inputs in the window.
+    """
+    _check_input(x, "avgpool2d")
+    kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
+    if not isinstance(count_include_pad, bool):
+        raise TypeError(f"count_include_pad: expected a bool, got {count_include_pad!r}")
+    batch, channels, out_h, out_w = pool2d_output_shape(x.shape, kernel, stride, padding,
+                                                        "avgpool2d")
+    (kh, kw), (sh, sw) = kernel, stride
+    padded = _pad(x, padding)
+    total = np.zeros((batch, channels, out_h, out_w), dtype=x.dtype)
+    for i in range(kh):
+        rows = _window_slice(i, sh, out_h)
+        for j in range(kw):
+            total += padded[:, :, rows, _window_slice(j, sw, out_w)]
+    if count_include_pad:
+        divisor: Any = kh * kw
+    else:
+        height, width = x.shape[2:]
+        divisor = np.outer(_real_counts(height, kh, sh, padding[0], out_h),
+                           _real_counts(width, kw, sw, padding[1], out_w)).astype(np.float64)
+    return total / divisor, AvgPool2DCache(divisor, tuple(x.shape), kernel, stride, padding)
+
+
+def avgpool2d_backward(dout: np.ndarray, cache: AvgPool2DCache) -> np.ndarray:
+    """Gradient of average pooling: every input of a window receives ``dout / divisor``
+    (summed over the windows that read it; padded positions are dropped).
+
+    - dout: (N, C, Ho, Wo); returns dx: (N, C, H, W)."""
+    batch, channels, height, width = cache.x_shape
+    (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
+    out_h, out_w = dout.shape[2:]
+    share = dout / cache.divisor                                      # (N, C, Ho, Wo)
+    dpad = np.zeros((batch, channels, height + 2 * ph, width + 2 * pw), dtype=share.dtype)
+    for i in range(kh):
+        rows = _window_slice(i, sh, out_h)
+        for j in range(kw):
+            dpad[:, :, rows, _window_slice(j, sw, out_w)] += share
+    if ph or pw:
+        return dpad[:, :, ph:ph + height, pw:pw + width].copy()
+    return dpad
+
+
+# --- flatten ---------------------------------------------------------------------------------
+
+class FlattenCache(NamedTuple):
+    x_shape: tuple[int, ...]
+
+
+def flatten_forward(x: np.ndarray) -> tuple[np.ndarray, FlattenCache]:
+    """(N, d1, d2, ...) -> (N, d1*d2*...), in C order (PyTorch's ``flatten(1)`` of NCHW)."""
+    return x.reshape(x.shape[0], -1), FlattenCache(tuple(x.shape))
+
+
+def flatten_backward(dout: np.ndarray, cache: FlattenCache) -> np.ndarray:
+    """(N, D) -> the input's shape."""
+    return dout.reshape(cache.x_shape)
+
+
+# --- layer specs -----------------------------------------------------------------------------
+
+class _Pool2D(ParameterFreeLayer):
+    def _normalise(self) -> None:
+        kernel, stride, padding = _pool_geometry(self.kernel_size, self.stride, self.padding)
+        # Stored normalised (stride=None becomes the kernel size) so that the config
+        # round-trips to an equal spec.
+        object.__setattr__(self, "kernel_size", kernel)
+        object.__setattr__(self, "stride", stride)
+        object.__setattr__(self, "padding", padding)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return pool2d_output_shape(input_shape, self.kernel_size, self.stride, self.padding,
+                                   type(self).__name__)
+
+
+@register
+@dataclass(frozen=True)
+class MaxPool2D(_Pool2D):
+    """Max pooling (``nn.MaxPool2d``); ties: the first maximum in scan order gets the
+    gradient; padding counts as -inf. ``stride`` defaults to ``kernel_size``."""
+
+    kernel_size: Any
+    stride: Any = None
+    padding: Any = 0
+
+    def __post_init__(self) -> None:
+        self._normalise()
+
+    def forward(self, x, params):
+        self.output_shape(x.shape)
+        return maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, dout, cache):
+        return maxpool2d_backward(dout, cache), {}
+
+
+@register
+@dataclass(frozen=True)
+class AvgPool2D(_Pool2D):
+    """Average pooling (``nn.AvgPool2d``); ``count_include_pad=True`` (PyTorch's default)
+    divides by kH*kW, padded zeros included. ``stride`` defaults to ``kernel_size``."""
+
+    kernel_size: Any
+    stride: Any = None
+    padding: Any = 0
+    count_include_pad: bool = True
+
+    def __post_init__(self) -> None:
+        self._normalise()
+        if not isinstance(self.count_include_pad, bool):
+            raise TypeError(f"count_include_pad: expected a bool, got {self.count_include_pad!r}")
+
+    def forward(self, x, params):
+        self.output_shape(x.shape)
+        return avgpool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                 self.count_include_pad)
+
+    def backward(self, dout, cache):
+        return avgpool2d_backward(dout, cache), {}
+
+
+@register
+@dataclass(frozen=True)
+class Flatten(ParameterFreeLayer):
+    """(N, C, H, W) -> (N, C*H*W) in C order, as PyTorch's ``nn.Flatten()``."""
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 2:
+            raise ValueError(f"Flatten: expected input of rank >= 2 (N, ...), got shape "
+                             f"{input_shape}")
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+    def forward(self, x, params):
+        return flatten_forward(x)
+
+    def backward(self, dout, cache):
+        return flatten_backward(dout, cache), {}
