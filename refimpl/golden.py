@@ -1,0 +1,757 @@
+"""Golden test vectors: every built-in case as ``.npy`` files any language can read.
+
+``refimpl golden --out DIR`` writes, for every case of :func:`refimpl.cases.all_cases`::
+
+    DIR/manifest.json              what everything is (see below)
+    DIR/SHA256SUMS                 `cd DIR && sha256sum -c SHA256SUMS` checks every file
+    DIR/<case>/input.<name>.npy    x, y (or xa, ya, xb, yb for a tied pair)
+    DIR/<case>/parameter.<name>.npy  the point: every unique parameter
+    DIR/<case>/output.<name>.npy   the forward outputs (e.g. output.out.npy, the logits)
+    DIR/<case>/loss.npy            the loss, a 0-d array
+    DIR/<case>/gradient.<name>.npy dLoss/d<name>, shaped like parameter.<name>.npy
+
+File format: NPY version 1.0, little-endian float64 (``<f8``) or int64 (``<i8``), C order,
+never pickled. ``<name>`` is the parameter name (``fc1.weight``) with every character other
+than ``A-Z a-z 0-9 . _ - ~`` percent-encoded (``A:fc1.weight`` -> ``A%3Afc1.weight``); the
+manifest maps each file to its name anyway.
+
+``manifest.json`` (sorted keys, no NaN/Inf) holds the schema version, the refimpl and NumPy
+versions, the generating command, the comparison rule and default tolerances per dtype, and
+per case: kind, model configuration (``Sequential.from_config`` rebuilds it; enough for any
+other implementation to build the same model), seed, layouts and conventions, the loss as
+a decimal and as ``float.hex()``, and every file with role, name, shape, dtype, size and
+SHA-256.
+
+Writes are atomic and reproducible: everything is written into a temporary sibling folder,
+then renamed into place; an existing non-empty folder is refused unless ``force=True``, and
+even then it is replaced only after the new folder is complete (and only if it is a golden
+folder). Two runs with the same refimpl and NumPy give byte-identical files.
+
+``refimpl verify DIR`` recomputes every case and compares every file by SHA-256 and by value
+(the float64 rule of :mod:`refimpl.testing`); ``.npy`` headers are checked before anything is
+loaded, so an object (pickle) array is refused without ever being unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import __version__
+from .testing import DTYPE_TOLERANCES, compare_tensor
+
+__all__ = [
+    "write", "verify", "read_manifest", "select_cases", "load_case", "load_npy",
+    "GoldenCase", "GoldenError", "VerifyReport", "VerifyEntry", "SCHEMA_VERSION", "FORMAT",
+    "add_golden_arguments", "run_golden", "add_verify_arguments", "run_verify",
+]
+
+FORMAT = "refimpl-golden"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CHECKSUMS = "SHA256SUMS"
+COMMAND = "refimpl golden --out DIR"
+
+#: The only array dtypes a golden folder may hold (little-endian, fixed width, no objects).
+ALLOWED_DTYPES = {"<f8": np.dtype("<f8"), "<i8": np.dtype("<i8")}
+
+#: Order of the files of a case in the manifest.
+ROLES = ("input", "parameter", "output", "loss", "gradient")
+
+COMPARISON_RULE = ("per tensor: pass iff max_i |actual_i - expected_i| <= atol + rtol * "
+                   "max_i |expected_i| (the expected tensor's largest entry sets the scale)")
+
+#: Layouts and conventions shared by every case (per-case notes are added from the layer and
+#: loss types a case uses).
+CONVENTIONS = {
+    "arrays": "batch first: dense inputs (N, D), images (N, C, H, W) (NCHW); C order",
+    "parameter_names": "'<layer>.weight' / '<layer>.bias' as in a PyTorch state_dict; the "
+                       "two models of a tied pair are prefixed 'A:' and 'B:'",
+    "dense": "weight (out_features, in_features), bias (out_features,): "
+             "y = x @ weight.T + bias (torch.nn.Linear)",
+    "conv2d": "weight (out_channels, in_channels / groups, kH, kW), cross-correlation, output "
+              "size floor((H + 2 padding - dilation (k - 1) - 1) / stride) + 1 "
+              "(torch.nn.Conv2d)",
+    "losses": "SoftmaxCrossEntropy: int64 class labels y (N,), mean over the batch "
+              "(torch.nn.CrossEntropyLoss()); MSE: mean over all elements "
+              "(torch.nn.MSELoss())",
+    "loss": "loss.npy is the total scalar loss the gradients differentiate (for a tied pair "
+            "L_A + L_B + penalty)",
+    "sharing": "a shared slot is not stored: only unique parameters have files, and the "
+               "gradient of a unique parameter is the sum over all its uses (a transposed "
+               "use's gradient transposed back)",
+    "gradients": "gradient.<name>.npy = dLoss/d<name>, the shape of parameter.<name>.npy",
+}
+
+
+class GoldenError(ValueError):
+    """A golden folder (or one of its files) is missing, malformed or unsafe; names the file."""
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    """NPY 1.0 bytes of ``array`` (already <f8 or <i8, C order); deterministic for a NumPy."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=(1, 0), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _golden_array(value: Any, what: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        target = ALLOWED_DTYPES["<f8"]
+    elif array.dtype.kind in "iu":
+        target = ALLOWED_DTYPES["<i8"]
+    else:
+        raise GoldenError(f"{what}: cannot store dtype {array.dtype} (only real floats and "
+                          f"integers)")
+    # np.array, not np.ascontiguousarray: the latter turns a 0-d loss into shape (1,).
+    array = np.array(array, dtype=target, order="C")
+    if target.kind == "f" and not np.isfinite(array).all():
+        raise GoldenError(f"{what}: holds NaN or Inf; golden values must be finite")
+    return array
+
+
+def _file_stem(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _json_value(value: float) -> dict[str, Any]:
+    return {"value": float(value), "hex": float(value).hex()}
+
+
+def _doc_summary(cls: type) -> str | None:
+    doc = cls.__doc__ or ""
+    # dataclasses invent a docstring "Name(field, ...)" for classes without one.
+    if not doc.strip() or doc.startswith(f"{cls.__name__}("):
+        return None
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def _types_in(config: Any) -> list[str]:
+    """Every ``"type"`` value in a (nested) configuration, in order of first appearance."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            kind = node.get("type")
+            if isinstance(kind, str) and kind not in found:
+                found.append(kind)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def _case_conventions(config: Mapping[str, Any]) -> dict[str, str]:
+    """A one-line description of each layer / loss type the case's configuration uses."""
+    from .nn.base import LAYER_TYPES
+    from .nn.losses import LOSS_TYPES
+
+    notes = {}
+    for kind in _types_in(config):
+        cls = LAYER_TYPES.get(kind) or LOSS_TYPES.get(kind)
+        summary = _doc_summary(cls) if cls is not None else None
+        if summary:
+            notes[kind] = summary
+    return notes
+
+
+def _normalised(config: Any) -> Any:
+    """The configuration as JSON sees it (tuples become lists); raises on NaN/Inf."""
+    return json.loads(json.dumps(config, sort_keys=True, allow_nan=False))
+
+
+def _tolerances_json() -> dict[str, dict[str, float]]:
+    return {name: {"rtol": tol.rtol, "atol": tol.atol} for name, tol in DTYPE_TOLERANCES.items()}
+
+
+class _Tensor(NamedTuple):
+    role: str
+    name: str
+    array: np.ndarray
+
+
+def _case_tensors(case: Any) -> list[_Tensor]:
+    """Every array of a case in the fixed file order, computed by refimpl."""
+    loss, grads = case.loss_and_grads(case.params)
+    outputs = case.outputs(case.params)
+    loss_array = np.asarray(loss)
+    if loss_array.dtype.kind == "c" or any(np.asarray(g).dtype.kind == "c"
+                                           for g in grads.values()):
+        raise GoldenError(f"case {case.name!r}: complex results for real parameters")
+    if list(grads) != list(case.params):
+        raise GoldenError(f"case {case.name!r}: gradient keys {list(grads)} differ from the "
+                          f"parameter keys {list(case.params)}")
+    tensors = [_Tensor("input", name, value) for name, value in case.inputs.items()]
+    tensors += [_Tensor("parameter", name, value) for name, value in case.params.items()]
+    tensors += [_Tensor("output", name, value) for name, value in outputs.items()]
+    tensors.append(_Tensor("loss", "loss", loss_array.reshape(())))
+    tensors += [_Tensor("gradient", name, value) for name, value in grads.items()]
+    return tensors
+
+
+def _file_name(role: str, name: str) -> str:
+    return "loss.npy" if role == "loss" else f"{role}.{_file_stem(name)}.npy"
+
+
+_CASE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def _write_case(case: Any, folder: Path) -> dict[str, Any]:
+    """Write one case's files into ``folder / case.name``; return its manifest entry."""
+    if not _CASE_NAME.match(case.name):
+        raise GoldenError(f"case {case.name!r}: a golden case name must match [a-z0-9-]+")
+    case_folder = folder / case.name
+    case_folder.mkdir()
+    files, seen = [], {}
+    loss_value = None
+    for tensor in _case_tensors(case):
+        array = _golden_array(tensor.array, f"case {case.name!r}, {tensor.role} "
+                                            f"{tensor.name!r}")
+        file_name = _file_name(tensor.role, tensor.name)
+        # Case-insensitive file systems (macOS, Windows) must not merge two files.
+        if file_name.lower() in seen:
+            raise GoldenError(f"case {case.name!r}: {tensor.name!r} and {seen[file_name.lower()]!r}"
+                              f" map to the same file name {file_name!r}")
+        seen[file_name.lower()] = tensor.name
+        data = _npy_bytes(array)
+        with open(case_folder / file_name, "xb") as handle:
+            handle.write(data)
+        entry = {
+            "path": f"{case.name}/{file_name}", "role": tensor.role, "name": tensor.name,
+            "shape": list(array.shape), "dtype": array.dtype.str, "bytes": len(data),
+            "sha256": _sha256(data),
+        }
+        if array.ndim == 0 and array.dtype.kind == "f":
+            entry.update(_json_value(array.item()))
+            if tensor.role == "loss":
+                loss_value = array.item()
+        files.append(entry)
+    config = _normalised(case.config)
+    return {
+        "kind": case.kind,
+        "config": config,
+        "seed": config.get("seed") if isinstance(config, Mapping) else None,
+        "conventions": _case_conventions(config),
+        "tolerances": _tolerances_json(),
+        "loss": _json_value(loss_value),
+        "inputs": list(case.inputs),
+        "parameters": list(case.params),
+        "files": files,
+    }
+
+
+def _looks_like_golden(folder: Path) -> bool:
+    try:
+        with open(folder / MANIFEST, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("format") == FORMAT
+
+
+def _check_target(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise GoldenError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"--out {out}: the folder exists and is not empty; pass "
+                                  f"--force to replace it (nothing was written)")
+        if not _looks_like_golden(out):
+            raise GoldenError(f"--out {out}: --force replaces only a golden folder (one with a "
+                              f"{MANIFEST} of format {FORMAT!r}); this one is not, so it was "
+                              f"left alone: remove it yourself or choose another folder")
+
+
+def _install(temporary: Path, out: Path) -> None:
+    """Move the complete ``temporary`` folder to ``out``; an old ``out`` survives any failure."""
+    if not out.exists():
+        os.rename(temporary, out)
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
+        os.rename(temporary, out)
+        return
+    backup_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    backup = backup_root / out.name
+    os.rename(out, backup)
+    try:
+        os.rename(temporary, out)
+    except BaseException:
+        os.rename(backup, out)
+        backup_root.rmdir()
+        raise
+    shutil.rmtree(backup_root)
+
+
+def write(out_dir: str | os.PathLike, force: bool = False,
+          cases: Iterable[str] | None = None) -> Path:
+    """Write the golden folder ``out_dir`` for every catalogue case (or the named ``cases``).
+
+    Raises ``FileExistsError`` if ``out_dir`` exists and is not empty (unless ``force``), and
+    :class:`GoldenError` if it is a file, or if ``force`` is asked for a non-empty folder that
+    is not a golden folder. Returns the folder's path.
+    """
+    from .cases import all_cases
+
+    out = Path(out_dir)
+    _check_target(out, force)
+    catalogue = all_cases()
+    command = COMMAND
+    if cases is not None:
+        wanted = [cases] if isinstance(cases, str) else list(cases)
+        known = [case.name for case in catalogue]
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise ValueError(f"cases: unknown case(s) {unknown}; known: {known}")
+        catalogue = [case for case in catalogue if case.name in wanted]
+        command += "".join(f" --case {name}" for name in wanted)
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "generator": {
+                "refimpl": __version__, "numpy": np.__version__, "command": command,
+                "seed": "each case is built by refimpl.cases from its own fixed seed, "
+                        "recorded as cases.<name>.seed (null when the case has none)",
+            },
+            "npy": {"version": "1.0", "dtypes": sorted(ALLOWED_DTYPES), "order": "C",
+                    "pickle": False},
+            "comparison_rule": COMPARISON_RULE,
+            "tolerances": _tolerances_json(),
+            "conventions": CONVENTIONS,
+            "case_order": [case.name for case in catalogue],
+            "cases": {case.name: _write_case(case, temporary) for case in catalogue},
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False,
+                          ensure_ascii=True) + "\n"
+        with open(temporary / MANIFEST, "x", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        lines = [f"{_sha256(text.encode('utf-8'))}  {MANIFEST}"]
+        for name in manifest["case_order"]:
+            lines += [f"{entry['sha256']}  {entry['path']}"
+                      for entry in manifest["cases"][name]["files"]]
+        with open(temporary / CHECKSUMS, "x", encoding="utf-8", newline="\n") as handle:
+            handle.write("\n".join(lines) + "\n")
+        _install(temporary, out)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return out
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def _safe_relative(path: Any, root: Path, what: str) -> Path:
+    """``root / path`` for a manifest path that stays inside ``root`` (no '..', not absolute)."""
+    if not isinstance(path, str) or not path:
+        raise GoldenError(f"{what}: expected a relative file path, got {path!r}")
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts) \
+            or re.match(r"^[A-Za-z]:", path):
+        raise GoldenError(f"{what}: unsafe path {path!r} (must stay inside the golden folder)")
+    return root.joinpath(*parts)
+
+
+def read_manifest(golden_dir: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check ``golden_dir/manifest.json``; :class:`GoldenError` names the file."""
+    path = Path(golden_dir) / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GoldenError(f"{path}: missing (not a golden folder?)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise GoldenError(f"{path}: cannot be read ({error})") from None
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as error:
+        raise GoldenError(f"{path}: does not parse as JSON ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise GoldenError(f"{path}: not a refimpl golden manifest (expected \"format\": "
+                          f"\"{FORMAT}\")")
+    if document.get("schema_version") != SCHEMA_VERSION:
+        raise GoldenError(f"{path}: schema_version {document.get('schema_version')!r}; this "
+                          f"refimpl reads version {SCHEMA_VERSION}")
+    cases = document.get("cases")
+    if not isinstance(cases, dict) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("files"), list)
+            and all(isinstance(f, dict) for f in entry["files"]) for entry in cases.values()):
+        raise GoldenError(f"{path}: \"cases\" must map case names to entries with a \"files\" "
+                          f"list")
+    for name in cases:
+        if not isinstance(name, str) or not _CASE_NAME.match(name):
+            raise GoldenError(f"{path}: invalid case name {name!r}")
+    return document
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a golden manifest")
+
+
+def select_cases(manifest: Mapping[str, Any], case: str | Iterable[str] | None) -> list[str]:
+    """Case names of ``manifest`` selected by a name, an iterable of names, or None (all)."""
+    available = list(manifest["cases"])
+    if case is None:
+        return available
+    wanted = [case] if isinstance(case, str) else list(case)
+    unknown = [name for name in wanted if name not in manifest["cases"]]
+    if unknown:
+        raise ValueError(f"case: unknown case(s) {unknown}; this golden folder has {available}")
+    return wanted
+
+
+def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                return np.lib.format.read_array_header_1_0(handle)
+            if version == (2, 0):
+                return np.lib.format.read_array_header_2_0(handle)
+        except ValueError as error:
+            raise GoldenError(f"{path}: not a valid .npy file ({error})") from None
+    raise GoldenError(f"{path}: unsupported .npy format version {version}")
+
+
+def load_npy(path: str | os.PathLike, dtype: str | None = None,
+             shape: Iterable[int] | None = None) -> np.ndarray:
+    """Load a golden ``.npy`` safely: the header is read and checked *first* (dtype ``<f8``
+    or ``<i8``, C order, and ``dtype`` / ``shape`` if given); only then is the data read, with
+    ``allow_pickle=False``. An object (pickle) array is refused without being loaded."""
+    path = Path(path)
+    header_shape, fortran_order, header_dtype = _read_header(path)
+    if header_dtype.hasobject or header_dtype.str not in ALLOWED_DTYPES:
+        raise GoldenError(f"{path}: dtype {header_dtype.str!r} refused (golden files hold only "
+                          f"{sorted(ALLOWED_DTYPES)}; object arrays would need pickle and are "
+                          f"never loaded)")
+    if fortran_order:
+        raise GoldenError(f"{path}: Fortran order refused (golden files are C order)")
+    if dtype is not None and header_dtype.str != dtype:
+        raise GoldenError(f"{path}: dtype {header_dtype.str!r}, the manifest says {dtype!r}")
+    if shape is not None and tuple(header_shape) != tuple(shape):
+        raise GoldenError(f"{path}: shape {tuple(header_shape)}, the manifest says "
+                          f"{tuple(shape)}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise GoldenError(f"{path}: cannot be read ({error})") from None
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """One case read from a golden folder (every file checked against its SHA-256)."""
+
+    name: str
+    kind: str
+    config: dict[str, Any]
+    inputs: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    loss: float
+    grads: dict[str, np.ndarray]
+
+
+def _checked_file(root: Path, entry: Mapping[str, Any], what: str) -> Path:
+    path = _safe_relative(entry.get("path"), root, what)
+    if not path.is_file():
+        raise GoldenError(f"{path}: missing ({what})")
+    digest = _file_sha256(path)
+    if digest != entry.get("sha256"):
+        raise GoldenError(f"{path}: SHA-256 {digest} differs from the manifest's "
+                          f"{entry.get('sha256')} (the file changed)")
+    return path
+
+
+def load_case(golden_dir: str | os.PathLike, name: str,
+              manifest: Mapping[str, Any] | None = None) -> GoldenCase:
+    """Read case ``name`` of a golden folder, checking every file's SHA-256 and header."""
+    root = Path(golden_dir)
+    manifest = read_manifest(root) if manifest is None else manifest
+    if name not in manifest["cases"]:
+        raise ValueError(f"name: unknown case {name!r}; this golden folder has "
+                         f"{list(manifest['cases'])}")
+    entry = manifest["cases"][name]
+    groups: dict[str, dict[str, np.ndarray]] = {role: {} for role in ROLES}
+    for file_entry in entry["files"]:
+        role = file_entry.get("role")
+        if role not in groups:
+            raise GoldenError(f"{root / MANIFEST}: case {name!r}: unknown role {role!r}")
+        path = _checked_file(root, file_entry, f"case {name!r}")
+        groups[role][file_entry.get("name")] = load_npy(path, file_entry.get("dtype"),
+                                                        file_entry.get("shape"))
+    if "loss" not in groups["loss"]:
+        raise GoldenError(f"{root / MANIFEST}: case {name!r} has no loss file")
+    return GoldenCase(name, entry.get("kind", ""), entry.get("config", {}), groups["input"],
+                      groups["parameter"], groups["output"], float(groups["loss"]["loss"]),
+                      groups["gradient"])
+
+
+# --- verifying --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VerifyEntry:
+    case: str   # "" for folder-level files (manifest.json, SHA256SUMS)
+    file: str   # path relative to the golden folder
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    folder: str
+    entries: tuple[VerifyEntry, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.entries) and all(entry.ok for entry in self.entries)
+
+    @property
+    def failures(self) -> tuple[VerifyEntry, ...]:
+        return tuple(entry for entry in self.entries if not entry.ok)
+
+    def __str__(self) -> str:
+        lines = []
+        for entry in self.entries:
+            where = f"{entry.case}: " if entry.case else ""
+            lines.append(f"{'ok  ' if entry.ok else 'FAIL'}  {where}{entry.file}: "
+                         f"{entry.message}")
+        cases = sorted({entry.case for entry in self.entries if entry.case})
+        failed_cases = sorted({entry.case or "(folder)" for entry in self.failures})
+        lines.append(
+            f"refimpl verify {self.folder}: {'OK' if self.ok else 'FAILED'} - {len(cases)} "
+            f"cases, {len(self.entries)} checks, {len(self.failures)} failed"
+            + (f" (in {', '.join(failed_cases)})" if failed_cases else ""))
+        return "\n".join(lines)
+
+
+def _read_checksums(root: Path) -> tuple[dict[str, str], list[VerifyEntry]]:
+    path = root / CHECKSUMS
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, [VerifyEntry("", CHECKSUMS, False, "missing")]
+    except (OSError, UnicodeDecodeError) as error:
+        return {}, [VerifyEntry("", CHECKSUMS, False, f"cannot be read ({error})")]
+    sums, problems = {}, []
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = re.match(r"^([0-9a-f]{64}) [ *](.+)$", line)
+        if not match:
+            problems.append(VerifyEntry("", CHECKSUMS, False,
+                                        f"line {number} is not '<sha256>  <path>': {line!r:.80}"))
+            continue
+        sums[match.group(2)] = match.group(1)
+    return sums, problems
+
+
+def _files_on_disk(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
+
+
+def _verify_file(root: Path, case: Any, entry: Mapping[str, Any], expected: Mapping[str, Any],
+                 sums: Mapping[str, str]) -> VerifyEntry:
+    relative = str(entry.get("path"))
+    try:
+        path = _safe_relative(entry.get("path"), root, f"case {case.name!r}")
+    except GoldenError as error:
+        return VerifyEntry(case.name, relative, False, str(error))
+    if not path.is_file():
+        return VerifyEntry(case.name, relative, False, "missing")
+    problems = []
+    digest = _file_sha256(path)
+    if digest != entry.get("sha256"):
+        problems.append(f"SHA-256 {digest[:16]}... differs from the manifest's "
+                        f"{str(entry.get('sha256'))[:16]}... (the file changed)")
+    if sums.get(relative) != entry.get("sha256"):
+        problems.append(f"{CHECKSUMS} lists {str(sums.get(relative))[:16]}... for it, the "
+                        f"manifest {str(entry.get('sha256'))[:16]}...")
+    key = (entry.get("role"), entry.get("name"))
+    if key not in expected:
+        problems.append(f"this refimpl computes no {key[0]} named {key[1]!r} for the case")
+        return VerifyEntry(case.name, relative, False, "; ".join(problems))
+    try:
+        stored = load_npy(path, entry.get("dtype"), entry.get("shape"))
+    except GoldenError as error:
+        problems.append(str(error).replace(f"{path}: ", ""))
+        return VerifyEntry(case.name, relative, False, "; ".join(problems))
+    reference = _golden_array(expected[key], relative)
+    if reference.dtype != stored.dtype:
+        problems.append(f"dtype {stored.dtype.str}, this refimpl computes {reference.dtype.str}")
+    elif reference.dtype.kind == "i":
+        if reference.shape != stored.shape or not np.array_equal(reference, stored):
+            problems.append("integer values differ from the recomputed ones")
+        detail = "values equal"
+    else:
+        comparison = compare_tensor(str(entry.get("role")), str(entry.get("name")), reference,
+                                    stored, DTYPE_TOLERANCES["float64"])
+        if not comparison.ok:
+            problems.append(f"recomputed values differ: {comparison.describe()}")
+        detail = f"max relative error {comparison.relative_error:.1e} against the recomputation"
+    if "hex" in entry and stored.ndim == 0 and stored.dtype.kind == "f":
+        if float.fromhex(str(entry["hex"])) != float(stored):
+            problems.append(f"the manifest's hex {entry['hex']} differs from the file's value "
+                            f"{float(stored).hex()}")
+    if problems:
+        return VerifyEntry(case.name, relative, False, "; ".join(problems))
+    return VerifyEntry(case.name, relative, True, f"SHA-256 ok, {detail}")
+
+
+def _verify_case(root: Path, case: Any, entry: Mapping[str, Any],
+                 sums: Mapping[str, str]) -> list[VerifyEntry]:
+    results = []
+    config = _normalised(case.config)
+    if entry.get("config") != config:
+        results.append(VerifyEntry(case.name, MANIFEST, False,
+                                   "the case's configuration differs from this refimpl's "
+                                   "catalogue"))
+    tensors = _case_tensors(case)
+    expected = {(t.role, t.name): t.array for t in tensors}
+    listed = {(f.get("role"), f.get("name")) for f in entry["files"]}
+    for role, name in expected:
+        if (role, name) not in listed:
+            results.append(VerifyEntry(case.name, f"{case.name}/{_file_name(role, name)}", False,
+                                       f"the manifest lists no file for {role} {name!r}"))
+    for file_entry in entry["files"]:
+        results.append(_verify_file(root, case, file_entry, expected, sums))
+    return results
+
+
+def verify(golden_dir: str | os.PathLike) -> VerifyReport:
+    """Recompute every case of a golden folder and compare every file (SHA-256 and values).
+
+    Never raises for a bad folder: every problem is an entry of the report naming the file.
+    """
+    from .cases import all_cases
+
+    root = Path(golden_dir)
+    folder = str(golden_dir)
+    if not root.is_dir():
+        return VerifyReport(folder, (VerifyEntry("", folder, False, "not a folder"),))
+    try:
+        manifest = read_manifest(root)
+    except GoldenError as error:
+        return VerifyReport(folder, (VerifyEntry("", MANIFEST, False,
+                                                 str(error).replace(f"{root / MANIFEST}: ", "")),))
+    entries: list[VerifyEntry] = []
+    sums, problems = _read_checksums(root)
+    entries += problems
+    manifest_sum = _file_sha256(root / MANIFEST)
+    if not sums:
+        pass  # SHA256SUMS is missing or unreadable: already reported
+    elif sums.get(MANIFEST) != manifest_sum:
+        entries.append(VerifyEntry("", MANIFEST, False,
+                                   f"SHA-256 {manifest_sum[:16]}... differs from the one in "
+                                   f"{CHECKSUMS} (the manifest changed)"))
+    else:
+        entries.append(VerifyEntry("", MANIFEST, True, f"SHA-256 matches {CHECKSUMS}"))
+    listed_files = {f.get("path") for entry in manifest["cases"].values()
+                    for f in entry["files"]}
+    for path in sorted(set(sums) - listed_files - {MANIFEST}):
+        entries.append(VerifyEntry("", CHECKSUMS, False,
+                                   f"lists {path!r}, which the manifest does not"))
+    for path in sorted(_files_on_disk(root) - listed_files - {MANIFEST, CHECKSUMS}):
+        entries.append(VerifyEntry("", path, False, "unexpected file (not in the manifest)"))
+
+    catalogue = {case.name: case for case in all_cases()}
+    order = manifest.get("case_order")
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(manifest["cases"]):
+        order = list(manifest["cases"])
+    for name in order:
+        entry = manifest["cases"][name]
+        if name not in catalogue:
+            entries.append(VerifyEntry(name, MANIFEST, False,
+                                       "no case of this name in this refimpl's catalogue"))
+            continue
+        try:
+            entries += _verify_case(root, catalogue[name], entry, sums)
+        except Exception as error:  # noqa: BLE001 - one broken case must not hide the others
+            entries.append(VerifyEntry(name, MANIFEST, False,
+                                       f"could not be verified: {type(error).__name__}: {error}"))
+    for name in catalogue:
+        if name not in manifest["cases"]:
+            entries.append(VerifyEntry(name, "-", True,
+                                       "not in this golden folder (written by another "
+                                       "refimpl version?); nothing to compare"))
+    return VerifyReport(folder, tuple(entries))
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def add_golden_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder to create (must not exist or be empty, unless --force)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing golden folder (only once the new one is "
+                             "complete)")
+    parser.add_argument("--case", action="append", metavar="NAME",
+                        help="write only this case (repeatable); default: every case")
+
+
+def run_golden(args: argparse.Namespace) -> int:
+    try:
+        out = write(args.out, force=bool(getattr(args, "force", False)),
+                    cases=getattr(args, "case", None))
+    except (FileExistsError, GoldenError, ValueError) as error:
+        print(f"refimpl golden: {error}", file=sys.stderr)
+        return 2
+    manifest = read_manifest(out)
+    files = sum(len(entry["files"]) for entry in manifest["cases"].values())
+    print(f"refimpl golden: wrote {len(manifest['cases'])} cases, {files} .npy files, "
+          f"{MANIFEST} and {CHECKSUMS} to {out}")
+    print(f"check the files with: (cd {out} && sha256sum -c {CHECKSUMS}); "
+          f"check the values with: refimpl verify {out}")
+    return 0
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="a folder written by refimpl golden")
+    parser.add_argument("--quiet", action="store_true", help="print only failures and the "
+                                                             "summary line")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    report = verify(args.dir)
+    if getattr(args, "quiet", False):
+        lines = str(report).splitlines()
+        shown = [line for line in lines[:-1] if line.startswith("FAIL")] + lines[-1:]
+        print("\n".join(shown))
+    else:
+        print(report)
+    return 0 if report.ok else 1

@@ -1,0 +1,518 @@
+"""Assertions that check *another* implementation's loss and gradients against refimpl.
+
+The implementation protocol
+---------------------------
+An implementation under test is any callable::
+
+    impl(params, inputs) -> (loss, grads)            # or (loss, grads, outputs)
+
+- ``params``: ``dict[str, np.ndarray]`` keyed like a PyTorch ``state_dict``
+  (``"fc1.weight"`` of shape ``(out, in)``, ...); tied pairs use the prefixes ``"A:"`` / ``"B:"``.
+  Fresh copies, cast to the ``dtype`` under test (float arrays only); the callable may keep
+  or modify them.
+- ``inputs``: ``dict[str, np.ndarray]``: ``{"x": ..., "y": ...}`` for one model (``x`` batch
+  first, ``(N, D)`` or ``(N, C, H, W)``; ``y`` int64 class labels for cross-entropy, float
+  targets for MSE), ``{"xa", "ya", "xb", "yb"}`` for a tied pair. Float inputs are cast to the
+  ``dtype`` under test; integer labels stay int64.
+- returns ``loss``: a number (Python float, NumPy scalar or 0-d / 1-element array) and
+  ``grads``: a mapping with exactly the keys of ``params``, each array of its parameter's
+  shape. Optionally a third element ``outputs``, a mapping such as ``{"out": logits}``,
+  compared with the reference's forward outputs.
+
+Everything must be NumPy: a PyTorch user returns ``loss.item()`` and
+``{name: p.grad.detach().cpu().numpy() for name, p in module.named_parameters()}``.
+
+The comparison rule (tolerances live in :data:`DTYPE_TOLERANCES`, nowhere else)
+-------------------------------------------------------------------------------
+For every compared tensor (the loss, each gradient, each output), with ``r`` the reference
+and ``c`` the implementation's value, both as float64::
+
+    scale = max_i |r_i|                                  # the reference tensor's scale
+    pass  iff  max_i |c_i - r_i|  <=  atol + rtol * scale
+
+The scale is the *reference's* largest entry, never the candidate's (a wildly wrong candidate
+must not widen its own tolerance), and it is per tensor rather than per entry: a gradient
+entry that is ~0 is computed to an absolute accuracy of about ``eps * scale`` by any
+implementation, so an entry-wise relative error would blow up there without meaning anything.
+
+Why these defaults
+~~~~~~~~~~~~~~~~~~
+``float64`` (rtol 1e-10): two correct float64 implementations differ only by summation order
+(BLAS blocking, a different reduction tree). A length-``n`` sum accumulates at most ~``n * u``
+relative rounding (``u = 1.1e-16``), typically ``sqrt(n) * u``; over several layers and
+``n`` up to ~1e5 that stays below ~1e-11. 1e-10 leaves one order of margin, yet it is ~1000
+times tighter than anything a float32 intermediate (``u = 6e-8``) or a wrong formula can pass.
+
+``float32`` (rtol 1e-5): unit roundoff ``u = 6.0e-8``; with the same reasoning a few layers
+of sums of tens to hundreds of terms give ~1e-6, plus the rounding of the inputs and
+parameters to float32 (the reference is computed at the exact float64 values).
+
+``tf32`` (rtol 1e-2): NVIDIA TF32 tensor cores round the *inputs* of every matrix product
+and convolution to a 10-bit mantissa (``u = 2**-11 = 4.9e-4``) and accumulate in float32;
+each product then carries ~1e-3 relative error, which compounds over the layers of the
+forward and the backward pass (observed up to ~3e-3 on the built-in cases with a simulated
+TF32, see ``tests/test_testing.py``). Use it for ``torch.backends.cuda.matmul.allow_tf32``.
+
+The ``atol`` terms only matter for tensors whose reference is exactly or nearly zero
+(a gradient nothing flows into): a few units of roundoff of an O(1) loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .gradcheck import Tolerance
+
+__all__ = [
+    "DTYPE_TOLERANCES", "Tolerance", "Implementation", "TensorComparison", "ComparisonReport",
+    "compare_tensor", "compare_with_oracle", "assert_matches_oracle", "compare_with_golden",
+    "assert_matches_golden", "resolve_tolerance",
+]
+
+#: Default tolerances per dtype of the implementation under test: the one place they are set.
+#: Rule: ``pass iff max|impl - oracle| <= atol + rtol * max|oracle|`` per tensor (module docs).
+DTYPE_TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(rtol=1e-10, atol=1e-13),
+    "float32": Tolerance(rtol=1e-5, atol=1e-7),
+    "tf32": Tolerance(rtol=1e-2, atol=1e-5),
+}
+
+#: NumPy dtype in which params and float inputs are handed to an implementation under test.
+_HAND_OVER_DTYPE = {"float64": np.float64, "float32": np.float32, "tf32": np.float32}
+
+#: Implementation protocol: ``impl(params, inputs) -> (loss, grads)`` or
+#: ``(loss, grads, outputs)`` (see the module docstring).
+Implementation = Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], tuple[Any, ...]]
+
+
+def resolve_tolerance(dtype: Any = "float64", rtol: float | None = None,
+                      atol: float | None = None) -> tuple[str, Tolerance]:
+    """The dtype name and the tolerance for it, with optional overrides.
+
+    ``dtype``: "float64", "float32", "tf32", or ``np.float64`` / ``np.float32``.
+    """
+    name = dtype if isinstance(dtype, str) else None
+    if name is None:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = repr(dtype)
+    if name not in DTYPE_TOLERANCES:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPE_TOLERANCES)}, got {dtype!r}")
+    default = DTYPE_TOLERANCES[name]
+    values = []
+    for label, value, fallback in (("rtol", rtol, default.rtol), ("atol", atol, default.atol)):
+        if value is None:
+            values.append(fallback)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{label}: expected a finite non-negative number, got {value!r}")
+        values.append(float(value))
+    return name, Tolerance(*values)
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """One compared tensor: the loss (role "loss"), a gradient, or a forward output."""
+
+    role: str                       # "loss" | "gradient" | "output"
+    name: str
+    shape: tuple[int, ...]
+    ok: bool
+    max_abs_error: float
+    scale: float                    # max |reference|
+    limit: float                    # atol + rtol * scale
+    worst_index: tuple[int, ...]
+    actual: float                   # the implementation's value at the worst index
+    expected: float                 # the reference value there
+    problem: str = ""               # a structural problem (missing, shape, dtype, non-finite)
+
+    @property
+    def label(self) -> str:
+        return "loss" if self.role == "loss" else f"{self.role} {self.name!r}"
+
+    @property
+    def relative_error(self) -> float:
+        if self.scale > 0:
+            return self.max_abs_error / self.scale
+        return 0.0 if self.max_abs_error == 0 else math.inf
+
+    def describe(self) -> str:
+        if self.problem:
+            return f"{self.label}: {self.problem}"
+        verdict = "<=" if self.ok else ">"
+        return (f"{self.label} shape {self.shape}: worst index {self.worst_index}: "
+                f"implementation {self.actual!r}, oracle {self.expected!r}; "
+                f"max abs error {self.max_abs_error:.3e} {verdict} tolerance {self.limit:.3e} "
+                f"(scale max|oracle| {self.scale:.3e}, relative error "
+                f"{self.relative_error:.3e})")
+
+
+def _structural(role: str, name: str, shape: tuple[int, ...], problem: str) -> TensorComparison:
+    nan = float("nan")
+    return TensorComparison(role, name, tuple(shape), False, nan, nan, nan, (), nan, nan, problem)
+
+
+def compare_tensor(role: str, name: str, expected: Any, actual: Any, tolerance: Tolerance,
+                   *, require_float64: bool = False) -> TensorComparison:
+    """Compare one tensor by the module's rule; never raises on a mismatch, reports it."""
+    reference = np.asarray(expected)
+    shape = tuple(reference.shape)
+    try:
+        candidate = np.asarray(actual)
+    except Exception as error:  # noqa: BLE001 - anything a foreign implementation returns
+        return _structural(role, name, shape, f"could not be converted to an array ({error})")
+    if candidate.dtype.kind not in "fiu":
+        return _structural(role, name, shape, f"expected a real floating-point array, got "
+                                              f"dtype {candidate.dtype}")
+    if require_float64 and candidate.dtype != np.float64:
+        return _structural(role, name, shape, f"expected dtype float64 for a float64 "
+                                              f"implementation, got {candidate.dtype} "
+                                              f"(precision already lost)")
+    if role == "loss" and candidate.size == 1:
+        candidate = candidate.reshape(shape)
+    if tuple(candidate.shape) != shape:
+        hint = " (transposed?)" if tuple(candidate.shape) == shape[::-1] and len(shape) > 1 \
+            else ""
+        return _structural(role, name, shape, f"expected shape {shape}, got "
+                                              f"{tuple(candidate.shape)}{hint}")
+    candidate = candidate.astype(np.float64)
+    reference = reference.astype(np.float64)
+    if not np.isfinite(candidate).all():
+        bad = np.argwhere(~np.isfinite(candidate))
+        index = tuple(int(i) for i in bad[0]) if bad.size else ()
+        return _structural(role, name, shape, f"{len(bad) or 1} non-finite value(s), first at "
+                                              f"index {index}: {candidate[index]!r}")
+    error = np.abs(candidate - reference)
+    scale = float(np.max(np.abs(reference), initial=0.0))
+    limit = tolerance.atol + tolerance.rtol * scale
+    if error.size:
+        flat = int(np.argmax(error))
+        worst = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+        max_error = float(error.reshape(-1)[flat])
+        actual_value = float(candidate.reshape(-1)[flat])
+        expected_value = float(reference.reshape(-1)[flat])
+    else:
+        worst, max_error, actual_value, expected_value = (), 0.0, 0.0, 0.0
+    return TensorComparison(role, name, shape, max_error <= limit, max_error, scale, limit,
+                            worst, actual_value, expected_value)
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    """Result of comparing one case: ``ok`` and one :class:`TensorComparison` per tensor."""
+
+    case: str
+    dtype: str
+    tolerance: Tolerance
+    rows: tuple[TensorComparison, ...]
+    problems: tuple[str, ...] = ()  # problems not tied to one tensor (bad return value)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(row.ok for row in self.rows)
+
+    @property
+    def failures(self) -> tuple[TensorComparison, ...]:
+        bad = [row for row in self.rows if not row.ok]
+        # Structural problems first, then the largest relative error first.
+        return tuple(sorted(bad, key=lambda row: (not row.problem, -_sort_key(row))))
+
+    def __str__(self) -> str:
+        rule = (f"dtype {self.dtype}: pass iff max|impl - oracle| <= atol + rtol * max|oracle| "
+                f"per tensor, rtol={self.tolerance.rtol:g}, atol={self.tolerance.atol:g}")
+        if self.ok:
+            return (f"case {self.case!r} matches the oracle ({rule}); {len(self.rows)} tensors "
+                    f"compared, worst relative error "
+                    f"{max((r.relative_error for r in self.rows), default=0.0):.3e}")
+        lines = [f"case {self.case!r}: the implementation does not match the oracle ({rule})"]
+        lines += [f"  {problem}" for problem in self.problems]
+        lines += [f"  {row.describe()}" for row in self.failures]
+        passed = [row.label for row in self.rows if row.ok]
+        if passed:
+            lines.append(f"  matching: {', '.join(passed)}")
+        return "\n".join(lines)
+
+
+def _sort_key(row: TensorComparison) -> float:
+    value = row.relative_error
+    return value if math.isfinite(value) else math.inf
+
+
+# --- running an implementation -----------------------------------------------------------------
+
+def _hand_over(arrays: Mapping[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """Fresh copies for the implementation; float arrays cast to the dtype under test."""
+    target = _HAND_OVER_DTYPE[dtype]
+    return {name: np.array(value, dtype=target if np.asarray(value).dtype.kind == "f"
+                           else np.asarray(value).dtype)
+            for name, value in arrays.items()}
+
+
+def _run_and_compare(impl: Any, case_name: str, params: Mapping[str, np.ndarray],
+                     inputs: Mapping[str, np.ndarray], expected_loss: Any,
+                     expected_grads: Mapping[str, np.ndarray],
+                     expected_outputs: Mapping[str, np.ndarray], dtype: str,
+                     tolerance: Tolerance) -> ComparisonReport:
+    if not callable(impl):
+        raise TypeError(f"impl: expected a callable impl(params, inputs) -> (loss, grads), got "
+                        f"{impl!r}")
+    result = impl(_hand_over(params, dtype), _hand_over(inputs, dtype))
+
+    def bad_return(message: str) -> ComparisonReport:
+        return ComparisonReport(case_name, dtype, tolerance, (), (message,))
+
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        return bad_return(f"impl returned {type(result).__name__}; expected a tuple "
+                          f"(loss, grads) or (loss, grads, outputs)")
+    loss, grads = result[0], result[1]
+    outputs = result[2] if len(result) == 3 else None
+    if not isinstance(grads, Mapping):
+        return bad_return(f"impl returned grads of type {type(grads).__name__}; expected a "
+                          f"dict {{parameter name: array}}")
+    float64 = dtype == "float64"
+    rows = []
+    loss_array = np.asarray(expected_loss, dtype=np.float64)
+    try:
+        actual_loss = np.asarray(loss)
+    except Exception:  # noqa: BLE001
+        actual_loss = None
+    if actual_loss is None or actual_loss.size != 1:
+        rows.append(_structural("loss", "loss", (), f"expected one number, got {loss!r:.80}"))
+    else:
+        # A Python float is float64 already; a NumPy/torch scalar shows its own dtype.
+        rows.append(compare_tensor("loss", "loss", loss_array, actual_loss, tolerance,
+                                   require_float64=float64 and not isinstance(loss, float)))
+    problems = []
+    missing = [name for name in expected_grads if name not in grads]
+    extra = [name for name in grads if name not in expected_grads]
+    if extra:
+        problems.append(f"unexpected gradient(s) {sorted(map(str, extra))}; the parameters are "
+                        f"{list(expected_grads)}")
+    for name, reference in expected_grads.items():
+        if name in missing:
+            rows.append(_structural("gradient", name, np.shape(reference), "missing from grads"))
+            continue
+        rows.append(compare_tensor("gradient", name, reference, grads[name], tolerance,
+                                   require_float64=float64))
+    if outputs is not None:
+        if not isinstance(outputs, Mapping):
+            problems.append(f"impl returned outputs of type {type(outputs).__name__}; expected "
+                            f"a dict such as {{'out': array}}")
+        else:
+            unknown = [name for name in outputs if name not in expected_outputs]
+            if unknown:
+                problems.append(f"unexpected output(s) {sorted(map(str, unknown))}; the "
+                                f"reference has {list(expected_outputs)}")
+            for name, value in outputs.items():
+                if name in expected_outputs:
+                    rows.append(compare_tensor("output", name, expected_outputs[name], value,
+                                               tolerance, require_float64=float64))
+    return ComparisonReport(case_name, dtype, tolerance, tuple(rows), tuple(problems))
+
+
+def _as_case(case_or_model: Any, params: Mapping[str, Any] | None,
+             inputs: Mapping[str, Any] | None, seed: int) -> Any:
+    """A :class:`refimpl.cases.Case` from a case, a case name, or a model + data."""
+    from .cases import Case, get_case
+
+    if isinstance(case_or_model, str):
+        case = get_case(case_or_model)
+    elif isinstance(case_or_model, Case):
+        case = case_or_model
+    else:
+        return _case_from_model(case_or_model, params, inputs, seed)
+    if params is not None or inputs is not None:
+        raise ValueError("params, inputs: a catalogue case carries its own point and data; "
+                         "pass a model instead to choose them")
+    return case
+
+
+def _case_from_model(model: Any, params: Mapping[str, Any] | None,
+                     inputs: Mapping[str, Any] | None, seed: int) -> Any:
+    from .cases import Case
+    from .model import Sequential
+
+    if inputs is None or not isinstance(inputs, Mapping):
+        raise TypeError("inputs: with a model, pass the data as a dict such as "
+                        "{'x': x, 'y': y}")
+    if isinstance(model, Sequential):
+        unknown = sorted(set(inputs) - {"x", "y"})
+        if unknown or "x" not in inputs or "y" not in inputs:
+            raise ValueError(f"inputs: a Sequential model takes exactly {{'x', 'y'}}, got "
+                             f"{sorted(inputs)}")
+        params = model.init(seed) if params is None else model.check_params(params)
+        x, y = np.asarray(inputs["x"]), np.asarray(inputs["y"])
+        model.loss_and_grads(params, x, y)  # validates everything before the impl runs
+        return Case(name="model", kind="model", config={"model": model.config()},
+                    params=dict(params), inputs={"x": x, "y": y},
+                    loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
+                    outputs=lambda p: {"out": model.forward(p, x)})
+    pair_case = _tied_pair_case(model, params, inputs, seed)
+    if pair_case is not None:
+        return pair_case
+    raise TypeError(f"case_or_model: expected a refimpl.cases.Case, a case name, a "
+                    f"Sequential or a TiedPair, got {type(model).__name__}")
+
+
+def _tied_pair_case(pair: Any, params: Mapping[str, Any] | None,
+                    inputs: Mapping[str, Any], seed: int) -> Any:
+    """A Case for a :class:`refimpl.tying.TiedPair` (``None`` if ``pair`` is not one)."""
+    try:
+        from . import tying
+    except ImportError:
+        return None
+    if not isinstance(pair, getattr(tying, "TiedPair", ())):
+        return None
+    from .cases import Case
+
+    expected = {"xa", "ya", "xb", "yb"}
+    if set(inputs) != expected:
+        raise ValueError(f"inputs: a TiedPair takes exactly {sorted(expected)}, got "
+                         f"{sorted(inputs)}")
+    data = {name: np.asarray(value) for name, value in inputs.items()}
+    if params is None:
+        params_a, params_b = pair.init(seed)
+        params = {**{f"A:{k}": v for k, v in params_a.items()},
+                  **{f"B:{k}": v for k, v in params_b.items()}}
+    params = {name: np.asarray(value) for name, value in params.items()}
+    bad = [name for name in params if not name.startswith(("A:", "B:"))]
+    if bad:
+        raise ValueError(f"params: a TiedPair's parameters are prefixed 'A:' / 'B:', got {bad}")
+
+    def split(p: Mapping[str, Any]) -> tuple[dict, dict]:
+        return ({k[2:]: v for k, v in p.items() if k.startswith("A:")},
+                {k[2:]: v for k, v in p.items() if k.startswith("B:")})
+
+    def loss_and_grads(p: Mapping[str, Any]) -> tuple[Any, dict]:
+        pa, pb = split(p)
+        total, grads_a, grads_b = pair.loss_and_grads(pa, pb, (data["xa"], data["ya"]),
+                                                      (data["xb"], data["yb"]))
+        return total, {**{f"A:{k}": v for k, v in grads_a.items()},
+                       **{f"B:{k}": v for k, v in grads_b.items()}}
+
+    def outputs(p: Mapping[str, Any]) -> dict:
+        pa, pb = split(p)
+        return {"out_a": pair.model_a.forward(pa, data["xa"]),
+                "out_b": pair.model_b.forward(pair.params_for_b(pa, pb), data["xb"])
+                if hasattr(pair, "params_for_b") else pair.model_b.forward(pb, data["xb"])}
+
+    loss_and_grads(params)  # validates before the impl runs
+    config = pair.config() if hasattr(pair, "config") else {}
+    return Case(name="tied-pair", kind="tied", config=config, params=params, inputs=data,
+                loss_and_grads=loss_and_grads, outputs=outputs)
+
+
+def compare_with_oracle(impl: Implementation, case_or_model: Any,
+                        params: Mapping[str, Any] | None = None,
+                        inputs: Mapping[str, Any] | None = None, *, dtype: Any = "float64",
+                        rtol: float | None = None, atol: float | None = None, seed: int = 0,
+                        outputs: bool = True) -> ComparisonReport:
+    """Like :func:`assert_matches_oracle` but returns the report instead of raising."""
+    dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
+    case = _as_case(case_or_model, params, inputs, seed)
+    loss, grads = case.loss_and_grads(case.params)
+    expected_outputs = case.outputs(case.params) if outputs else {}
+    return _run_and_compare(impl, case.name, case.params, case.inputs, loss, grads,
+                            expected_outputs, dtype_name, tolerance)
+
+
+def assert_matches_oracle(impl: Implementation, case_or_model: Any,
+                          params: Mapping[str, Any] | None = None,
+                          inputs: Mapping[str, Any] | None = None, *, dtype: Any = "float64",
+                          rtol: float | None = None, atol: float | None = None,
+                          seed: int = 0, outputs: bool = True) -> ComparisonReport:
+    """Assert that ``impl`` computes refimpl's loss, gradients (and outputs) for a case.
+
+    - impl: ``impl(params, inputs) -> (loss, grads)`` or ``(loss, grads, outputs)``
+      (see the module docstring for the protocol).
+    - case_or_model: a :class:`refimpl.cases.Case`, the name of a built-in case
+      (``"mlp-tanh-ce"``; see ``refimpl.cases.all_cases()``), a ``Sequential`` or a
+      ``TiedPair``. For a model pass ``inputs`` (``{"x", "y"}``, or ``{"xa", "ya", "xb",
+      "yb"}`` for a pair) and optionally ``params`` (default ``model.init(seed)``; for a pair
+      keys prefixed ``"A:"`` / ``"B:"``).
+    - dtype: the precision ``impl`` computes in: "float64", "float32" or "tf32". Params and
+      float inputs are handed over in that dtype (float32 for "tf32"); the reference is
+      always refimpl's float64 result at the exact values.
+    - rtol, atol: override :data:`DTYPE_TOLERANCES` ``[dtype]``.
+    - outputs: also compare forward outputs when ``impl`` returns them.
+
+    Returns the :class:`ComparisonReport` when everything matches; otherwise raises
+    ``AssertionError`` naming the case, each failing tensor, its worst index, both values and
+    the error against the tolerance.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from refimpl import MLP
+        >>> from refimpl.testing import assert_matches_oracle
+        >>> model = MLP([3, 4, 2], activation="tanh", loss="cross_entropy")
+        >>> x, y = np.ones((5, 3)), np.array([0, 1, 1, 0, 1])
+        >>> def impl(params, inputs):          # here refimpl itself stands in for yours
+        ...     return model.loss_and_grads(params, inputs["x"], inputs["y"])
+        >>> assert_matches_oracle(impl, model, inputs={"x": x, "y": y}).ok
+        True
+    """
+    report = compare_with_oracle(impl, case_or_model, params, inputs, dtype=dtype, rtol=rtol,
+                                 atol=atol, seed=seed, outputs=outputs)
+    if not report.ok:
+        raise AssertionError(str(report))
+    return report
+
+
+# --- golden folders -----------------------------------------------------------------------------
+
+def compare_with_golden(impl: Implementation, golden_dir: Any,
+                        case: str | Iterable[str] | None = None, *, dtype: Any = "float64",
+                        rtol: float | None = None, atol: float | None = None,
+                        outputs: bool = True) -> list[ComparisonReport]:
+    """Like :func:`assert_matches_golden` but returns one report per case."""
+    from . import golden
+
+    dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
+    manifest = golden.read_manifest(golden_dir)
+    names = golden.select_cases(manifest, case)
+    reports = []
+    for name in names:
+        data = golden.load_case(golden_dir, name, manifest=manifest)
+        reports.append(_run_and_compare(
+            impl, name, data.params, data.inputs, data.loss, data.grads,
+            data.outputs if outputs else {}, dtype_name, tolerance))
+    return reports
+
+
+def assert_matches_golden(impl: Implementation, golden_dir: Any,
+                          case: str | Iterable[str] | None = None, *, dtype: Any = "float64",
+                          rtol: float | None = None, atol: float | None = None,
+                          outputs: bool = True) -> list[ComparisonReport]:
+    """Assert that ``impl`` reproduces the expected values stored in a golden folder.
+
+    ``golden_dir`` is a folder written by ``refimpl golden --out DIR``; ``case`` selects one
+    case by name, several (an iterable of names), or all (None). Every file is checked
+    against its SHA-256 in the manifest and read without pickle before ``impl`` runs. The
+    implementation protocol, ``dtype`` and tolerances are those of
+    :func:`assert_matches_oracle`; the reference is the stored float64 result.
+
+    Example (one implementation per model configuration)::
+
+        from refimpl import golden
+        from refimpl.testing import assert_matches_golden
+        manifest = golden.read_manifest("golden")
+        for name, entry in manifest["cases"].items():
+            if entry["kind"] == "mlp":
+                assert_matches_golden(build_my_impl(entry["config"]), "golden", case=name)
+    """
+    reports = compare_with_golden(impl, golden_dir, case, dtype=dtype, rtol=rtol, atol=atol,
+                                  outputs=outputs)
+    failed = [report for report in reports if not report.ok]
+    if failed:
+        header = (f"{len(failed)} of {len(reports)} golden case(s) in {str(golden_dir)!r} do not "
+                  f"match:\n")
+        raise AssertionError(header + "\n".join(str(report) for report in failed))
+    return reports
