@@ -1,0 +1,160 @@
+"""Built-in tied-pair cases: soft (L2, L1, per-pair strengths), hard, transposed, a CNN pair,
+and the anchored penalty (L2-SP, L1 weight decay).
+
+A pair's two parameter dicts are one flat dict with keys ``"A:<name>"`` / ``"B:<name>"``
+(:func:`refimpl.tying.join_params`), so that the case is a function of one parameter dict.
+In hard mode the ``"B:"`` keys omit the shared parameters (B reads them from A).
+
+The L1 penalty has a kink at ``a == b`` (and the L1 weight decay at ``w == 0``): those cases
+place every paired entry at least 0.1 away from it by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..model import CNN, MLP, Sequential, transposed
+from ..nn.activations import Tanh
+from ..nn.dense import Dense
+from ..nn.losses import MSE
+from ..tying import AnchoredModel, TiedPair
+from . import Case
+
+#: Entries of a difference that must stay away from the L1 kink are at least this large.
+KINK_MARGIN = 0.1
+
+
+def _away_from(center: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``center`` plus offsets of random sign and size in [KINK_MARGIN, 0.5]: every entry
+    differs from ``center`` by at least ``KINK_MARGIN``."""
+    sizes = rng.uniform(KINK_MARGIN, 0.5, size=center.shape)
+    signs = np.where(rng.random(center.shape) < 0.5, -1.0, 1.0)
+    return center + signs * sizes
+
+
+def _batch(model: Sequential, input_shape: tuple[int, ...], batch: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.standard_normal((batch, *input_shape))
+    out_shape = model.output_shape(x.shape)
+    if model.loss_spec.config()["type"] == "SoftmaxCrossEntropy":
+        return x, rng.integers(0, out_shape[1], size=batch).astype(np.int64)
+    return x, rng.standard_normal(out_shape)
+
+
+def pair_case(name: str, pair: TiedPair, input_a: tuple[int, ...], input_b: tuple[int, ...],
+              batch_a: int, batch_b: int, seed: int, autoencoder_b: bool = False,
+              away_from_kink: bool = False) -> Case:
+    """A case for a :class:`TiedPair`: ``pair.init(seed)``, standard-normal inputs, labels or
+    targets from ``seed``. ``autoencoder_b``: B's target is its input (unlabelled data).
+    ``away_from_kink``: B's paired parameters are moved to differ from A's by at least
+    :data:`KINK_MARGIN` in every entry (for the L1 penalty)."""
+    rng = np.random.default_rng(seed)
+    params_a, params_b = pair.init(seed)
+    if away_from_kink:
+        for p in pair.pairs:
+            a = params_a[p.name_a]
+            params_b[p.name_b] = _away_from(a.T if p.transpose else a, rng)
+    xa, ya = _batch(pair.model_a, input_a, batch_a, rng)
+    if autoencoder_b:
+        xb = rng.standard_normal((batch_b, *input_b))
+        yb = xb
+    else:
+        xb, yb = _batch(pair.model_b, input_b, batch_b, rng)
+    inputs = {"xa": xa, "ya": ya, "xb": xb} if autoencoder_b else \
+        {"xa": xa, "ya": ya, "xb": xb, "yb": yb}
+    config = {"pair": pair.config(), "input_shape_a": [batch_a, *input_a],
+              "input_shape_b": [batch_b, *input_b], "seed": seed,
+              "params": "keys 'A:<name>' for model_a, 'B:<name>' for model_b",
+              "target_b": "xb (autoencoder)" if autoencoder_b else "yb"}
+
+    def outputs(joined: dict[str, Any]) -> dict[str, np.ndarray]:
+        out_a, out_b = pair.forward(*pair.split(joined), xa, xb)
+        return {"out_a": out_a, "out_b": out_b}
+
+    return Case(
+        name=name, kind="tied", config=config, params=pair.join(params_a, params_b),
+        inputs=inputs,
+        loss_and_grads=lambda joined: pair.joined_loss_and_grads(joined, (xa, ya), (xb, yb)),
+        outputs=outputs,
+    )
+
+
+def anchored_case(name: str, anchored: AnchoredModel, input_shape: tuple[int, ...], batch: int,
+                  seed: int, reference_given: bool) -> Case:
+    """A case for an :class:`AnchoredModel` at a point at least :data:`KINK_MARGIN` away from
+    its reference in every entry; the reference arrays are inputs ``"w0:<name>"``."""
+    rng = np.random.default_rng(seed)
+    params = anchored.model.init(seed)
+    for key in anchored.names:
+        params[key] = _away_from(anchored.reference[key], rng)
+    x, y = _batch(anchored.model, input_shape, batch, rng)
+    inputs = {"x": x, "y": y}
+    if reference_given:
+        inputs.update({f"w0:{key}": anchored.reference[key] for key in anchored.names})
+    config = {"anchored": anchored.config(), "input_shape": [batch, *input_shape],
+              "seed": seed,
+              "reference": "inputs 'w0:<name>'" if reference_given else "zero (weight decay)"}
+    return Case(
+        name=name, kind="tied", config=config, params=params, inputs=inputs,
+        loss_and_grads=lambda p: anchored.loss_and_grads(p, x, y),
+        outputs=lambda p: {"out": anchored.model.forward(p, x)},
+    )
+
+
+def _autoencoder(features: int, code: int) -> Sequential:
+    return Sequential([Dense("enc", features, code), Tanh(), Dense("dec", code, features)],
+                      loss=MSE())
+
+
+def cases() -> list[Case]:
+    classifier_a = MLP([4, 6, 3], activation="tanh")
+    classifier_b = MLP([4, 6, 2], activation="sigmoid")
+    deep_a = MLP([3, 5, 5, 2], activation="tanh")
+    both_layers = {"fc1.weight": "fc1.weight", "fc1.bias": "fc1.bias",
+                   "fc2.weight": "fc2.weight", "fc2.bias": "fc2.bias"}
+    first_layer = {"fc1.weight": "fc1.weight", "fc1.bias": "fc1.bias"}
+    autoencoder = _autoencoder(4, 6)
+    lasserre = {"fc1.weight": "enc.weight", "fc1.bias": "enc.bias"}
+    cnn_a = CNN((1, 5, 5), [2], [3], activation="tanh", pool=None)
+    cnn_b = CNN((1, 5, 5), [2], [4], activation="softplus", pool=None)
+    conv_layer = {"conv1.weight": "conv1.weight", "conv1.bias": "conv1.bias"}
+    pretrained = MLP([4, 6, 3], activation="tanh").init(99)
+
+    return [
+        pair_case("tied-soft-l2", TiedPair(classifier_a, classifier_b, first_layer, lam=0.3),
+                  (4,), (4,), 5, 4, seed=100),
+        pair_case("tied-soft-l2-same-architecture",
+                  TiedPair(deep_a, deep_a, {**both_layers, "fc3.weight": "fc3.weight"},
+                           lam={"fc1.weight": 0.5, "fc1.bias": 0.05, "fc2.weight": 2.0,
+                                "fc2.bias": 0.0, "fc3.weight": 0.1}),
+                  (3,), (3,), 6, 3, seed=101),
+        pair_case("tied-soft-l1",
+                  TiedPair(classifier_a, classifier_b, first_layer,
+                           lam={"fc1.weight": 0.2, "fc1.bias": 0.7}, penalty="l1"),
+                  (4,), (4,), 5, 4, seed=102, away_from_kink=True),
+        pair_case("tied-hard", TiedPair(classifier_a, classifier_b, first_layer, mode="hard"),
+                  (4,), (4,), 5, 4, seed=103),
+        pair_case("tied-soft-lasserre", TiedPair(classifier_a, autoencoder, lasserre, lam=0.4),
+                  (4,), (4,), 5, 7, seed=104, autoencoder_b=True),
+        pair_case("tied-hard-lasserre-transposed",
+                  TiedPair(classifier_a, autoencoder, {"fc1.weight": transposed("dec.weight")},
+                           mode="hard"),
+                  (4,), (4,), 5, 7, seed=105, autoencoder_b=True),
+        pair_case("tied-soft-l1-transposed",
+                  TiedPair(classifier_a, autoencoder, {"fc1.weight": transposed("dec.weight")},
+                           lam=0.25, penalty="l1"),
+                  (4,), (4,), 5, 7, seed=106, autoencoder_b=True, away_from_kink=True),
+        pair_case("tied-soft-cnn", TiedPair(cnn_a, cnn_b, conv_layer, lam=0.5),
+                  (1, 5, 5), (1, 5, 5), 3, 2, seed=107),
+        pair_case("tied-hard-cnn", TiedPair(cnn_a, cnn_b, conv_layer, mode="hard"),
+                  (1, 5, 5), (1, 5, 5), 3, 2, seed=108),
+        anchored_case("tied-anchored-l2sp",
+                      AnchoredModel(classifier_a, lam=0.3, reference=pretrained),
+                      (4,), 5, seed=109, reference_given=True),
+        anchored_case("tied-anchored-l1-weight-decay",
+                      AnchoredModel(classifier_a, lam={"fc1.weight": 0.1, "fc2.weight": 0.05},
+                                    names=["fc1.weight", "fc2.weight"], penalty="l1"),
+                      (4,), 5, seed=110, reference_given=False),
+    ]
