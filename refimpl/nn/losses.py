@@ -42,27 +42,41 @@ def softmax_cross_entropy_forward(
     - logits: (N, K), labels: (N,) integers in [0, K)
     - returns loss (0-d) and the cache.
 
-    Stable through log-sum-exp: the row maximum of Re(logits) is subtracted first (a real
-    constant per row, so the complex step still sees an exact derivative), hence logits of
-    +-1e4 give finite results.
+    Stable through log-sum-exp: each row's largest logit (largest real part; the index is
+    chosen on Re only) is subtracted first, hence logits of +-1e4 give finite results. The
+    shift is the logit itself, complex under the complex step: log-softmax is invariant under
+    any per-row shift, and the top entry becomes exactly 0, so ``log(total)`` is
+    ``log1p(sum of the other terms)`` without rounding 1 + tiny. That keeps a confident right
+    prediction (loss ~ e^-margin) accurate *relatively*, in value and in complex-step
+    derivative (``Im log(total) - h`` would cancel).
     """
     batch = logits.shape[0]
-    shift = logits.real.max(axis=1, keepdims=True)          # (N, 1), constant
-    shifted = logits - shift                                 # (N, K), Re <= 0
-    exponentials = np.exp(shifted)                           # (N, K), no overflow
-    total = exponentials.sum(axis=1, keepdims=True)          # (N, 1), >= 1
-    log_probabilities = shifted - np.log(total)              # (N, K)
-    picked = log_probabilities[np.arange(batch), labels]     # (N,)
+    rows = np.arange(batch)
+    top = logits.real.argmax(axis=1)                         # (N,), index on Re only
+    shifted = logits - logits[rows, top][:, None]            # (N, K), Re <= 0, 0 at top
+    exponentials = np.exp(shifted)                           # (N, K), no overflow, 1 at top
+    is_top = np.zeros(logits.shape, dtype=bool)
+    is_top[rows, top] = True
+    rest = np.where(is_top, 0, exponentials).sum(axis=1, keepdims=True)  # (N, 1) = total - 1
+    log_probabilities = shifted - np.log1p(rest)             # (N, K)
+    picked = log_probabilities[rows, labels]                 # (N,)
     loss = -picked.sum() / batch
-    return loss, CrossEntropyCache(exponentials / total, labels)
+    return loss, CrossEntropyCache(exponentials / (1 + rest), labels)
 
 
 def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.ndarray:
-    """dL/dlogits = dloss * (softmax - onehot(labels)) / N, shape (N, K)."""
+    """dL/dlogits = dloss * (softmax - onehot(labels)) / N, shape (N, K).
+
+    The label entry p_y - 1 is computed as -(sum of the other probabilities), equal since the
+    probabilities sum to 1: ``p_y - 1`` cancels when p_y ~ 1 (a confident right prediction)
+    and is then right only to eps absolutely; the sum of positive terms is right relatively.
+    """
     probabilities, labels = cache
     batch = probabilities.shape[0]
+    rows = np.arange(batch)
     dlogits = probabilities.copy()
-    dlogits[np.arange(batch), labels] -= 1
+    dlogits[rows, labels] = 0
+    dlogits[rows, labels] = -dlogits.sum(axis=1)
     return dlogits * (dloss / batch)
 
 
