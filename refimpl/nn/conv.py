@@ -104,6 +104,8 @@ def conv2d_output_shape(
     if channels != in_channels:
         raise ValueError(f"{who}: expected {in_channels} input channels (N, {in_channels}, H, W), "
                          f"got shape {input_shape}")
+    if height < 1 or width < 1:
+        raise ValueError(f"{who}: expected a non-empty input (H, W >= 1), got shape {input_shape}")
     out_size = []
     for axis, size, k, s, p, d in zip(("height", "width"), (height, width), kernel_size, stride,
                                       padding, dilation, strict=True):

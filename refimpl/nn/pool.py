@@ -63,6 +63,8 @@ def pool2d_output_shape(input_shape: tuple[int, ...], kernel_size: Pair, stride:
     if len(input_shape) != 4:
         raise ValueError(f"{who}: expected input of rank 4 (N, C, H, W), got shape {input_shape}")
     batch, channels, height, width = input_shape
+    if height < 1 or width < 1:
+        raise ValueError(f"{who}: expected a non-empty input (H, W >= 1), got shape {input_shape}")
     sizes = []
     for axis, size, k, s, p in zip(("height", "width"), (height, width), kernel_size, stride,
                                    padding, strict=True):
