@@ -620,3 +620,25 @@ def test_cnn_constructor_layers_and_errors():
         CNN((1, 8, 8), [4], [2], pool="max")
     with pytest.raises(TypeError, match=r"convs\[0\]: expected an int"):
         CNN((1, 8, 8), ["4"], [2])
+
+
+# --- the built-in CNN cases (refimpl check) --------------------------------------------------
+
+def test_cnn_cases_are_deterministic_serialisable_and_pass_the_complex_step():
+    from refimpl.cases import cnn
+
+    cases, again = cnn.cases(), cnn.cases()
+    assert len({case.name for case in cases}) == len(cases) >= 6
+    for case, same in zip(cases, again, strict=True):
+        assert case.kind == "cnn" and case.name.startswith("cnn-")
+        config = json.loads(json.dumps(case.config))
+        assert ri.Sequential.from_config(config["model"]).config() == case.config["model"]
+        for key in case.params:
+            assert np.array_equal(case.params[key], same.params[key])
+        mode = "full" if case.parameter_total() <= 2000 else "directional"
+        report = check_gradients(case.loss_and_grads, case.params, mode=mode)
+        assert report.ok, f"{case.name}\n{report}"
+    kinds = {type(layer).__name__ for case in cases
+             for layer in ri.Sequential.from_config(case.config["model"]).layers}
+    assert {"Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D", "Flatten", "ReLU",
+            "Tanh"} <= kinds
