@@ -336,77 +336,54 @@ def _as_case(case_or_model: Any, params: Mapping[str, Any] | None,
 
 def _case_from_model(model: Any, params: Mapping[str, Any] | None,
                      inputs: Mapping[str, Any] | None, seed: int) -> Any:
+    """A Case for a model with ``loss_and_grads(params, x, y)`` (``Sequential``,
+    ``AnchoredModel``) or for a ``TiedPair`` (``joined_loss_and_grads``)."""
     from .cases import Case
-    from .model import Sequential
 
     if inputs is None or not isinstance(inputs, Mapping):
         raise TypeError("inputs: with a model, pass the data as a dict such as "
                         "{'x': x, 'y': y}")
-    if isinstance(model, Sequential):
-        unknown = sorted(set(inputs) - {"x", "y"})
-        if unknown or "x" not in inputs or "y" not in inputs:
-            raise ValueError(f"inputs: a Sequential model takes exactly {{'x', 'y'}}, got "
-                             f"{sorted(inputs)}")
-        params = model.init(seed) if params is None else model.check_params(params)
-        x, y = np.asarray(inputs["x"]), np.asarray(inputs["y"])
-        model.loss_and_grads(params, x, y)  # validates everything before the impl runs
-        return Case(name="model", kind="model", config={"model": model.config()},
-                    params=dict(params), inputs={"x": x, "y": y},
-                    loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
-                    outputs=lambda p: {"out": model.forward(p, x)})
-    pair_case = _tied_pair_case(model, params, inputs, seed)
-    if pair_case is not None:
-        return pair_case
-    raise TypeError(f"case_or_model: expected a refimpl.cases.Case, a case name, a "
-                    f"Sequential or a TiedPair, got {type(model).__name__}")
-
-
-def _tied_pair_case(pair: Any, params: Mapping[str, Any] | None,
-                    inputs: Mapping[str, Any], seed: int) -> Any:
-    """A Case for a :class:`refimpl.tying.TiedPair` (``None`` if ``pair`` is not one)."""
-    try:
-        from . import tying
-    except ImportError:
-        return None
-    if not isinstance(pair, getattr(tying, "TiedPair", ())):
-        return None
-    from .cases import Case
-
-    expected = {"xa", "ya", "xb", "yb"}
-    if set(inputs) != expected:
-        raise ValueError(f"inputs: a TiedPair takes exactly {sorted(expected)}, got "
-                         f"{sorted(inputs)}")
     data = {name: np.asarray(value) for name, value in inputs.items()}
+    config = model.config() if hasattr(model, "config") else {}
+    if hasattr(model, "joined_loss_and_grads"):          # a TiedPair
+        expected = {"xa", "ya", "xb", "yb"}
+        if set(data) != expected:
+            raise ValueError(f"inputs: a TiedPair takes exactly {sorted(expected)}, got "
+                             f"{sorted(data)}")
+        joined = model.join(*model.init(seed)) if params is None else dict(params)
+        batch_a, batch_b = (data["xa"], data["ya"]), (data["xb"], data["yb"])
+
+        def pair_loss_and_grads(p: Mapping[str, Any]) -> tuple[Any, dict]:
+            return model.joined_loss_and_grads(p, batch_a, batch_b)
+
+        def pair_outputs(p: Mapping[str, Any]) -> dict[str, np.ndarray]:
+            out_a, out_b = model.forward(*model.split(p), data["xa"], data["xb"])
+            return {"out_a": out_a, "out_b": out_b}
+
+        pair_loss_and_grads(joined)  # validates everything before the impl runs
+        return Case(name="tied-pair", kind="tied", config={"pair": config},
+                    params={k: np.asarray(v) for k, v in joined.items()}, inputs=data,
+                    loss_and_grads=pair_loss_and_grads, outputs=pair_outputs)
+    if not (hasattr(model, "loss_and_grads") and hasattr(model, "init")
+            or hasattr(model, "model")):
+        raise TypeError(f"case_or_model: expected a refimpl.cases.Case, a case name, a "
+                        f"Sequential, an AnchoredModel or a TiedPair, got "
+                        f"{type(model).__name__}")
+    if set(data) != {"x", "y"}:
+        raise ValueError(f"inputs: a single model takes exactly {{'x', 'y'}}, got "
+                         f"{sorted(data)}")
+    x, y = data["x"], data["y"]
+    network = model if hasattr(model, "forward") else model.model  # AnchoredModel wraps one
     if params is None:
-        params_a, params_b = pair.init(seed)
-        params = {**{f"A:{k}": v for k, v in params_a.items()},
-                  **{f"B:{k}": v for k, v in params_b.items()}}
+        params = network.init(seed)
     params = {name: np.asarray(value) for name, value in params.items()}
-    bad = [name for name in params if not name.startswith(("A:", "B:"))]
-    if bad:
-        raise ValueError(f"params: a TiedPair's parameters are prefixed 'A:' / 'B:', got {bad}")
-
-    def split(p: Mapping[str, Any]) -> tuple[dict, dict]:
-        return ({k[2:]: v for k, v in p.items() if k.startswith("A:")},
-                {k[2:]: v for k, v in p.items() if k.startswith("B:")})
-
-    def loss_and_grads(p: Mapping[str, Any]) -> tuple[Any, dict]:
-        pa, pb = split(p)
-        total, grads_a, grads_b = pair.loss_and_grads(pa, pb, (data["xa"], data["ya"]),
-                                                      (data["xb"], data["yb"]))
-        return total, {**{f"A:{k}": v for k, v in grads_a.items()},
-                       **{f"B:{k}": v for k, v in grads_b.items()}}
-
-    def outputs(p: Mapping[str, Any]) -> dict:
-        pa, pb = split(p)
-        return {"out_a": pair.model_a.forward(pa, data["xa"]),
-                "out_b": pair.model_b.forward(pair.params_for_b(pa, pb), data["xb"])
-                if hasattr(pair, "params_for_b") else pair.model_b.forward(pb, data["xb"])}
-
-    loss_and_grads(params)  # validates before the impl runs
-    config = pair.config() if hasattr(pair, "config") else {}
-    return Case(name="tied-pair", kind="tied", config=config, params=params, inputs=data,
-                loss_and_grads=loss_and_grads, outputs=outputs)
+    model.loss_and_grads(params, x, y)  # validates everything before the impl runs
+    if "model" not in config:            # a Sequential's configuration: wrap it as cases do
+        config = {"model": config}
+    return Case(name="model", kind="model", config=config, params=params,
+                inputs={"x": x, "y": y},
+                loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
+                outputs=lambda p: {"out": network.forward(p, x)})
 
 
 def compare_with_oracle(impl: Implementation, case_or_model: Any,
