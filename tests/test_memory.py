@@ -1,0 +1,87 @@
+"""Tests of refimpl/memory.py: the `refimpl memory` table (counts checked by hand)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from refimpl.memory import (
+    add_memory_arguments,
+    convolution_count,
+    memory_examples,
+    run_memory,
+)
+from refimpl.model import ParameterCount
+from refimpl.nn import Conv2D, LocallyConnected2D
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add_memory_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def counts():
+    return dict(memory_examples())
+
+
+def test_counts_by_hand():
+    table = counts()
+    # 784*256+256 + 256*128+128 + 128*10+10
+    assert table["MLP 784-256-128-10 (nothing shared)"] == ParameterCount(235146, 235146,
+                                                                           8 * 235146)
+    # the shared fc3 (256*256+256 = 65792) is stored once
+    deep = table["MLP 784-256-256-256-10"]
+    shared = table["  same, fc3 shares fc2 (identity)"]
+    assert shared.uses == deep.unique and deep.unique - shared.unique == 65792
+    # tied autoencoder: the decoder weight (784*256) is not stored
+    plain = table["autoencoder 784-256-784"]
+    tied = table["  same, dec.weight = enc.weight^T"]
+    assert plain.unique - tied.unique == 784 * 256 and tied.uses == plain.unique
+    # pair: two separate models vs fc1 (784*256+256) stored once
+    soft = table["two MLPs 784-256-10 and 784-256-5 (soft tying)"]
+    hard = table["  same pair, fc1 hard-shared"]
+    separate = (784 * 256 + 256 + 256 * 10 + 10) + (784 * 256 + 256 + 256 * 5 + 5)
+    assert soft == ParameterCount(separate, separate, 8 * separate)
+    assert hard == ParameterCount(separate - 784 * 256 - 256, separate,
+                                  8 * (separate - 784 * 256 - 256))
+
+
+def test_a_convolution_stores_what_one_position_of_the_locally_connected_layer_stores():
+    conv = Conv2D("c", 3, 16, kernel_size=3, padding=1)
+    count = convolution_count(conv, (3, 32, 32))
+    assert count.unique == 16 * 3 * 3 * 3 + 16
+    assert count.uses == 32 * 32 * count.unique
+    table = counts()
+    local = table["  LocallyConnected2D, same geometry"]
+    assert local.unique == local.uses == count.uses
+
+
+@pytest.mark.parametrize("stride, padding, size", [(2, 0, 9), (1, 0, 5), (3, 1, 7)])
+def test_convolution_uses_equal_the_locally_connected_parameters_for_any_geometry(
+        stride, padding, size):
+    conv = Conv2D("c", 2, 3, kernel_size=3, stride=stride, padding=padding)
+    local = LocallyConnected2D("l", 2, 3, kernel_size=3, input_size=size, stride=stride,
+                               padding=padding)
+    local_total = sum(math.prod(s) for s in local.parameter_shapes().values())
+    assert convolution_count(conv, (2, size, size)).uses == local_total
+
+
+def test_run_memory_prints_the_table(capsys):
+    assert run_memory(parse([])) == 0
+    out = capsys.readouterr().out
+    assert "uses / unique" in out
+    assert "1024.00" in out            # the 3x3 kernel used at 32x32 positions
+    assert len(out.splitlines()) == 2 + len(memory_examples())
+
+
+def test_run_memory_json(tmp_path, capsys):
+    assert run_memory(parse(["--json", "-"])) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [row["model"] for row in document] == [name for name, _ in memory_examples()]
+    path = tmp_path / "memory.json"
+    assert run_memory(parse(["--json", str(path)])) == 0
+    assert json.loads(path.read_text()) == document
