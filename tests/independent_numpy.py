@@ -342,6 +342,8 @@ def make_impl(case_config: Mapping[str, Any], dtype: str = "float64",
     """The ``refimpl.testing`` protocol for one case configuration (a catalogue case's
     ``config`` or a golden manifest's ``cases[name]["config"]``)."""
     s = Settings(dtype, frozenset(bugs))
+    if "anchored" in case_config:
+        return _anchored_impl(case_config["anchored"], s)
     if "model" in case_config:
         network = Network(case_config["model"], s)
 
@@ -371,7 +373,8 @@ def _pair_impl(config: Mapping[str, Any], s: Settings):
             for name_a, name_b, transpose in pairs:
                 pb[name_b] = pa[name_a].T if transpose else pa[name_a]
         loss_a, grads_a, out_a = net_a.run(pa, data["xa"], data["ya"])
-        loss_b, grads_b, out_b = net_b.run(pb, data["xb"], data["yb"])
+        # An autoencoder B (no "yb") reconstructs its input.
+        loss_b, grads_b, out_b = net_b.run(pb, data["xb"], data.get("yb", data["xb"]))
         total = loss_a + loss_b
         for name_a, name_b, transpose in pairs:
             if hard:
@@ -396,5 +399,28 @@ def _pair_impl(config: Mapping[str, Any], s: Settings):
         grads = {f"A:{k}": v for k, v in grads_a.items()}
         grads.update({f"B:{k}": v for k, v in grads_b.items() if f"B:{k}" in p})
         return float(total), {name: grads[name] for name in p}, {"out_a": out_a, "out_b": out_b}
+
+    return impl
+
+
+def _anchored_impl(config: Mapping[str, Any], s: Settings):
+    """``L(w) + sum lam_n ||w_n - w0_n||`` with ``w0_n`` the input ``"w0:<name>"`` (0 if absent)."""
+    network = Network(config["model"], s)
+    lams = config["lam"]
+    l1 = config.get("penalty", "l2") == "l1"
+    factor = 1.0 if "penalty_without_factor_2" in s.bugs else 2.0
+
+    def impl(params, inputs):
+        p, data = _cast(params, s), _cast(inputs, s)
+        loss, grads, out = network.run(p, data["x"], data["y"])
+        for name, lam in lams.items():
+            diff = p[name] - data.get(f"w0:{name}", 0.0)
+            if l1:
+                loss = loss + lam * np.abs(diff).sum()
+                grads[name] = grads[name] + lam * np.sign(diff)
+            else:
+                loss = loss + lam * (diff ** 2).sum()
+                grads[name] = grads[name] + factor * lam * diff
+        return float(loss), {name: grads[name] for name in p}, {"out": out}
 
     return impl
