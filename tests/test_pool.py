@@ -344,3 +344,37 @@ def test_padding_counts_towards_the_input_size():
 def test_flatten_rejects_rank_one():
     with pytest.raises(ValueError, match=r"Flatten: expected input of rank >= 2"):
         nn.Flatten().output_shape((5,))
+
+
+def test_maxpool_gradient_zeros_are_positive_and_non_finite_upstream_stays_local():
+    # The fast disjoint-window path multiplies dout by the selection mask: unselected inputs
+    # must still get +0.0 (not -0.0 from a negative dout), and an infinite dout must reach
+    # only its window's maximum (0 * inf would be NaN everywhere else).
+    x = tie_free((2, 3, 4, 6), 0)
+    out, cache = maxpool2d_forward(x, 2)
+    dout = -1.0 - np.random.default_rng(0).random(out.shape)       # all negative
+    dx = maxpool2d_backward(dout, cache)
+    assert not np.signbit(dx[dx == 0]).any()
+    assert (dx != 0).sum() == out.size
+    dout[0, 0, 0, 0] = np.inf
+    dx = maxpool2d_backward(dout, cache)
+    assert not np.isnan(dx).any()
+    assert np.isinf(dx).sum() == 1 and np.isinf(dx[0, 0, :2, :2]).sum() == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 5, 4), (2, 3, 4, 7), (1, 2, 9, 9)])
+def test_unread_rows_get_exact_zeros_even_from_dirty_memory(shape):
+    # Stride = kernel = 2 with an odd size: the last row/column is read by no window. The
+    # backward writes disjoint windows without a zero fill only when they tile the input;
+    # freeing NaN-filled arrays of dx's size first makes a missing fill visible (the
+    # allocator hands the same memory back).
+    x = tie_free(shape, 1)
+    out, cache = maxpool2d_forward(x, 2)
+    dout = np.random.default_rng(2).standard_normal(out.shape)
+    expected = maxpool_reference(x, make_geometry(shape[0], shape[1], out=out.shape[2:],
+                                                  remainder=(shape[2] % 2, shape[3] % 2)),
+                                 dout)[1]
+    for _ in range(5):
+        junk = [np.full(shape, np.nan) for _ in range(3)]
+        del junk
+        assert np.array_equal(maxpool2d_backward(dout, cache), expected)

@@ -90,13 +90,45 @@ class MaxPool2DCache(NamedTuple):
     padding: Pair
 
 
+def _first_maximum(real_candidates, value_candidates, offset_type):
+    """Running first maximum over a sequence of equally shaped candidates.
+
+    - real_candidates: the real parts (compared); value_candidates: the values (selected) —
+      the same list object for real input, complex arrays under the complex step
+    - returns (best real parts, best values, index of the first maximum as ``offset_type``).
+
+    Strictly greater replaces: on a tie the earlier candidate keeps the maximum.
+    """
+    best_real, best_value, index = real_candidates[0], value_candidates[0], None
+    for position in range(1, len(real_candidates)):
+        candidate_real, candidate_value = real_candidates[position], value_candidates[position]
+        better = candidate_real > best_real
+        best_real = np.where(better, candidate_real, best_real)
+        best_value = (best_real if value_candidates is real_candidates
+                      else np.where(better, candidate_value, best_value))
+        if index is None:  # position 1: the offset is the comparison itself
+            index = better.astype(offset_type)
+        else:
+            index = np.where(better, offset_type.type(position), index)
+    if index is None:
+        index = np.zeros(np.shape(best_real), dtype=offset_type)
+    return best_real, best_value, index
+
+
 def maxpool2d_forward(
     x: np.ndarray, kernel_size: Any, stride: Any = None, padding: Any = 0
 ) -> tuple[np.ndarray, MaxPool2DCache]:
     """Max over each window (``torch.nn.functional.max_pool2d``, ceil_mode=False).
 
     - x: (N, C, H, W); kernel_size, stride (default kernel_size), padding: int or (h, w)
-    - returns out: (N, C, Ho, Wo) and the cache (the offset of each window's first maximum).
+    - returns out: (N, C, Ho, Wo) and the cache (the offset ``i*kW + j`` of each window's
+      first maximum in row-major scan order).
+
+    Separable: first the first maximum of every padded row's kW taps (column offset ``j``,
+    (N, C, Hp, Wo)), then the first of the kH row maxima (row offset ``i``, (N, C, Ho, Wo)).
+    That is the row-major first maximum of the window: a maximum in an earlier row comes
+    first, and within the first row holding the maximum its first column does. kH + kW - 2
+    comparisons per output instead of kH*kW - 1.
     """
     _check_input(x, "maxpool2d")
     kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
@@ -108,30 +140,29 @@ def maxpool2d_forward(
         batch, channels, height, width = x.shape
         real = np.full((batch, channels, height + 2 * ph, width + 2 * pw), -np.inf)
         real[:, :, ph:ph + height, pw:pw + width] = x.real
-    complex_values = np.iscomplexobj(x)
-    if complex_values:
-        padded = _pad(x, padding)  # values are taken from here; its zeros are never selected
+    # The values are taken from here; for real x they are the compared array itself. Zeros
+    # padded into a complex copy are never selected (their real part is -inf above).
+    values = _pad(x, padding) if np.iscomplexobj(x) else real
     offset_type = np.min_scalar_type(kh * kw - 1)
-    best = argmax = out = None
-    for i in range(kh):
-        rows = _window_slice(i, sh, out_h)
-        for j in range(kw):
-            window = (slice(None), slice(None), rows, _window_slice(j, sw, out_w))
-            candidate = real[window]                                  # (N, C, Ho, Wo)
-            if best is None:
-                best = candidate.copy()
-                argmax = np.zeros(best.shape, dtype=offset_type)
-                if complex_values:
-                    out = padded[window].copy()
-                continue
-            # Strictly greater: on a tie the earlier offset (scan order) keeps the maximum.
-            better = candidate > best
-            np.copyto(best, candidate, where=better)
-            np.copyto(argmax, i * kw + j, where=better)
-            if complex_values:
-                np.copyto(out, padded[window], where=better)
-    if not complex_values:
-        out = best  # the real values of x themselves
+    # Stage 1, along each row: (N, C, Hp, Wo) row maxima and their column offsets j.
+    columns = [(Ellipsis, _window_slice(j, sw, out_w)) for j in range(kw)]
+    real_columns = [real[c] for c in columns]
+    row_real, row_value, column_offset = _first_maximum(
+        real_columns, real_columns if values is real else [values[c] for c in columns],
+        offset_type)
+    # Stage 2, across the kH rows of each window: (N, C, Ho, Wo).
+    rows = [(slice(None), slice(None), _window_slice(i, sh, out_h)) for i in range(kh)]
+    real_rows = [row_real[r] for r in rows]
+    _, out, row_offset = _first_maximum(
+        real_rows, real_rows if row_value is row_real else [row_value[r] for r in rows],
+        offset_type)
+    # The winning row's column offset, then the flat offset i*kW + j.
+    column = column_offset[rows[0]]
+    for i in range(1, kh):
+        column = np.where(row_offset == i, column_offset[rows[i]], column)
+    argmax = row_offset * offset_type.type(kw) + column
+    if not out.flags.owndata:  # a 1x1 window: a view of x, which the caller may change
+        out = out.copy()
     return out, MaxPool2DCache(argmax, tuple(x.shape), kernel, stride, padding)
 
 
@@ -144,17 +175,29 @@ def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     batch, channels, height, width = cache.x_shape
     (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
     out_h, out_w = cache.argmax.shape[2:]
-    dpad = np.zeros((batch, channels, height + 2 * ph, width + 2 * pw), dtype=dout.dtype)
     overlapping = sh < kh or sw < kw
+    # Windows that tile the input exactly write every element once: no zero fill needed.
+    tiling = ((sh, sw) == (kh, kw) and ph == pw == 0 and height == out_h * kh
+              and width == out_w * kw)
+    shape = (batch, channels, height + 2 * ph, width + 2 * pw)
+    dpad = np.empty(shape, dtype=dout.dtype) if tiling else np.zeros(shape, dtype=dout.dtype)
+    # Disjoint windows: each input receives at most one gradient, so it can be written, not
+    # added; dout * mask is ~2.5x faster than np.where(mask, dout, 0) (measured), and exact
+    # for finite dout (its -0.0 for negative dout are made +0.0 by the final + 0.0).
+    multiply = not overlapping and np.isfinite(dout).all()
     for i in range(kh):
         rows = _window_slice(i, sh, out_h)
         for j in range(kw):
             target = dpad[:, :, rows, _window_slice(j, sw, out_w)]    # (N, C, Ho, Wo) view
             selected = cache.argmax == i * kw + j
-            if overlapping:
-                np.add(target, dout, out=target, where=selected)
-            else:  # disjoint windows: each input receives at most one gradient
-                np.copyto(target, dout, where=selected)
+            if multiply:
+                np.multiply(dout, selected, out=target)
+            elif overlapping:
+                target += np.where(selected, dout, 0)
+            else:
+                np.copyto(target, np.where(selected, dout, 0))
+    if multiply:
+        dpad += 0.0  # -0.0 + 0.0 = +0.0: unselected inputs get an exact (positive) zero
     if ph or pw:
         return dpad[:, :, ph:ph + height, pw:pw + width].copy()
     return dpad
