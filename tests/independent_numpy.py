@@ -101,7 +101,8 @@ def _conv_core(x, p, cfg, s: Settings, local: bool):
     kh, kw = weight.shape[-2:]
     f = weight.shape[-4]
     cg, fg = c // groups, f // groups
-    before = (ph + 1, pw + 1) if "conv_padding_off_by_one" in s.bugs and ph >= 1 else (ph, pw)
+    shift = "conv_padding_off_by_one" in s.bugs
+    before = (ph + 1 if shift and ph >= 1 else ph, pw + 1 if shift and pw >= 1 else pw)
     after = (2 * ph - before[0], 2 * pw - before[1])
     xp = np.pad(x, ((0, 0), (0, 0), (before[0], after[0]), (before[1], after[1])))
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
