@@ -51,8 +51,10 @@ follow a layer with its own (unshared) bias, so kink-free cases are built with b
 never share or pair a bias. The L1 tying penalty's kink (``a == b``) is kept ``margin`` away
 by construction too. Max pooling *after* a layer cannot be made tie-free by moving a bias (it
 shifts a whole window at once); there a near-tie (two positive window values closer than
-``margin * 1e-3``) is rejected with ``hypothesis.reject()`` — a measure-zero event for
-continuous draws, observed well below one example in a thousand.
+``margin * 1e-3`` but not equal) is rejected with ``hypothesis.reject()``, a measure-zero
+event for continuous draws (none in 1,500 drawn kink-free CNN cases). Exact ties are kept:
+they come from windows that read only zero padding, whose values are all the bias — one
+function of the parameters, so whichever entry wins gets the same gradient.
 """
 
 from __future__ import annotations
@@ -804,7 +806,11 @@ def _has_pool_near_tie(model: Sequential, params: Mapping[str, np.ndarray], x: n
                                 for i in range(kh) for j in range(kw)], axis=-1)
             ordered = np.sort(windows, axis=-1)
             top, second = ordered[..., -1], ordered[..., -2] if kh * kw > 1 else None
-            if second is not None and np.any((second > 0) & (top - second < gap)):
+            # Exact ties are allowed: they come from windows that read only zero padding
+            # (both values are the bias: one function of the parameters, one gradient).
+            close = (second > 0) & (top - second < gap) & (top != second) \
+                if second is not None else None
+            if close is not None and np.any(close):
                 return True
         h = layer.forward(h, _layer_params(model, layer, params))[0]
     return False
@@ -977,7 +983,8 @@ def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin
     ``kink_free`` builds the point away from every kink (and then never shares or pairs a
     bias, and always uses biases). ``activations`` restricts the activations drawn;
     ``geometries`` the convolution geometries of "cnn" cases (a strategy of
-    :class:`ConvGeometry`).
+    :class:`ConvGeometry`; default: kernels <= 3, strides <= 2, padding <= 1, dilation <= 2,
+    groups <= 2 and <= 2 channels per group, so a full complex-step check stays fast).
 
     >>> from hypothesis import given
     >>> import refimpl
@@ -992,6 +999,10 @@ def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin
     margin = _positive_float(margin, "margin")
     min_batch, max_batch = _range(min_batch, max_batch, "min_batch", "max_batch", 1)
     activations = _choices(activations, "activations", ACTIVATIONS)
+    if geometries is None:
+        # Small enough for a full complex-step check of every parameter in a test.
+        geometries = conv_geometries(max_kernel=3, max_stride=2, max_padding=1, max_dilation=2,
+                                     max_channels=2, max_groups=2)
     bias = True if kink_free else None
     model_strategies = {
         "mlp": lambda: mlps(activations=activations, bias=bias),
