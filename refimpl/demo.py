@@ -124,12 +124,34 @@ def _pair(model_a: Sequential, model_b: Sequential, pairs: dict[str, str], lam: 
     return TiedPair(model_a, model_b, pairs, lam=float(lam), penalty=penalty)
 
 
+def check_stability(settings: DemoSettings) -> None:
+    """Refuse a strength for which the optimizer provably diverges on the penalty alone.
+
+    The squared-L2 penalty's Hessian ``2 lam [[I, -I], [-I, I]]`` has largest eigenvalue
+    ``4 lam``; heavy-ball momentum on a quadratic of curvature ``L`` is stable only for
+    ``learning_rate * L < 2 (1 + momentum)``. (The losses add curvature of their own, so the
+    check is necessary, not sufficient: :func:`_fit` also checks the result.)"""
+    if settings.penalty != "l2" or not settings.lams:
+        return
+    limit = 2 * (1 + settings.momentum) / (4 * max(settings.lams))
+    if settings.learning_rate >= limit:
+        raise ValueError(
+            f"--lams: lambda = {max(settings.lams):g} needs learning_rate < 2 (1 + momentum) / "
+            f"(4 lambda) = {limit:.3g} (the penalty's curvature is 4 lambda), got "
+            f"{settings.learning_rate:g}; pass a smaller --learning-rate")
+
+
 def _fit(pair: TiedPair, seed: int, batch_a: tuple, batch_b: tuple,
-         settings: DemoSettings) -> tuple[dict, dict]:
+         settings: DemoSettings, what: str) -> tuple[dict, dict]:
     params_a, params_b = pair.init(seed)
     result = train(lambda joined, step: pair.joined_loss_and_grads(joined, batch_a, batch_b),
                    pair.join(params_a, params_b),
                    SGD(settings.learning_rate, settings.momentum), settings.steps)
+    final = pair.joined_loss_and_grads(result.params, batch_a, batch_b)[0]
+    if not final < result.losses[0]:
+        raise FloatingPointError(
+            f"training did not decrease the objective ({result.losses[0]:.4g} -> {final:.4g}) "
+            f"in the {what}, seed {seed}; pass a smaller --learning-rate")
     return pair.split(result.params)
 
 
@@ -139,7 +161,8 @@ def run_shifted(seed: int, lam: Any, settings: DemoSettings = DEFAULT) -> dict[s
     tasks = make_shifted_tasks(seed, s)
     model = MLP([s.dim, s.hidden, s.classes], activation="tanh")
     pair = _pair(model, model, {name: name for name in model.parameter_shapes()}, lam, s.penalty)
-    params_a, params_b = _fit(pair, seed, tasks.train_a, tasks.train_b, s)
+    params_a, params_b = _fit(pair, seed, tasks.train_a, tasks.train_b, s,
+                              f"shifted task at lambda = {lam}")
     logits_a, logits_b = pair.forward(params_a, params_b, tasks.test_a[0], tasks.test_b[0])
     return {"b_accuracy": accuracy(logits_b, tasks.test_b[1]),
             "a_accuracy": accuracy(logits_a, tasks.test_a[1]),
@@ -159,7 +182,8 @@ def run_lasserre(seed: int, lam: Any, settings: DemoSettings = DEFAULT) -> dict[
                               Dense("dec", s.lasserre_hidden, s.dim)], loss=MSE())
     pair = _pair(classifier, autoencoder, {"fc1.weight": "enc.weight", "fc1.bias": "enc.bias"},
                  lam, s.penalty)
-    params_c, params_e = _fit(pair, seed, (x[picked], y[picked]), (x, x), s)
+    params_c, params_e = _fit(pair, seed, (x[picked], y[picked]), (x, x), s,
+                              f"Lasserre variant at lambda = {lam}")
     logits = classifier.forward(params_c, tasks.test_a[0])
     return {"accuracy": accuracy(logits, tasks.test_a[1]),
             "distance": pair.distance(params_c, params_e)}
@@ -307,6 +331,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lams", type=_positive_float_list, metavar="L1,L2,...",
                         help="soft tying strengths besides 0 and hard sharing "
                              f"(default {','.join(f'{v:g}' for v in DEFAULT.lams)})")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULT.learning_rate,
+                        help="SGD step size (default %(default)s)")
+    parser.add_argument("--momentum", type=float, default=DEFAULT.momentum,
+                        help="SGD momentum in [0, 1) (default %(default)s)")
     parser.add_argument("--penalty", choices=sorted(PENALTIES), default="l2",
                         help="the tying penalty (default l2: squared L2)")
     parser.add_argument("--angle", type=float, default=DEFAULT.angle,
@@ -330,7 +358,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         value = getattr(args, key, None)
         if value is not None:
             changes[key] = value
-    for key in ("penalty", "angle", "shift", "dim", "noise"):
+    for key in ("penalty", "angle", "shift", "dim", "noise", "learning_rate", "momentum"):
         value = getattr(args, key, None)
         if value is not None:
             changes[key] = value
@@ -339,13 +367,15 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         raise ValueError("--angle, --shift, --noise: expected finite numbers")
     if settings.noise <= 0:
         raise ValueError(f"--noise: expected a number > 0, got {settings.noise:g}")
+    SGD(settings.learning_rate, settings.momentum)  # validates both (ValueError / TypeError)
+    check_stability(settings)
     return settings
 
 
 def run_demo(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         print(f"refimpl demo: {error}", file=sys.stderr)
         return 2
     plot = getattr(args, "plot", None)
@@ -356,7 +386,11 @@ def run_demo(args: argparse.Namespace) -> int:
             print("refimpl demo: --plot needs matplotlib, which is not installed "
                   "(pip install 'refimpl[plot]')", file=sys.stderr)
             return 2
-    results = sweep(settings)
+    try:
+        results = sweep(settings)
+    except FloatingPointError as error:
+        print(f"refimpl demo: {error}", file=sys.stderr)
+        return 1
     print(format_report(results, settings))
     if getattr(args, "json", None):
         from .cli import write_text_atomically

@@ -171,7 +171,30 @@ def test_bad_arguments_are_refused_by_the_parser(argv):
 
 
 @pytest.mark.parametrize("argv, match", [(["--noise", "0"], "--noise: expected a number > 0"),
+                                         (["--momentum", "1"], "momentum: expected a finite"),
+                                         (["--learning-rate", "0"], "learning_rate: expected"),
                                          (["--angle", "nan"], "expected finite numbers")])
 def test_bad_values_exit_with_status_2(argv, match, capsys):
     assert run_demo(parse(argv)) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_strength_beyond_the_stability_limit_is_refused_before_training(capsys):
+    # curvature 4 lam = 40; heavy ball with momentum 0.9 is stable only for lr * 40 < 3.8
+    assert run_demo(parse(["--quick", "--lams", "10"])) == 2
+    assert "lambda = 10 needs learning_rate < 2 (1 + momentum) / (4 lambda) = 0.095" in \
+        capsys.readouterr().err
+
+
+def test_a_diverging_run_is_reported_not_tabulated(capsys):
+    assert run_demo(parse(["--seeds", "1", "--steps", "40", "--lams", "0.001",
+                           "--learning-rate", "30"])) == 1
+    captured = capsys.readouterr()
+    assert "training did not decrease the objective" in captured.err
+    assert "B test accuracy" not in captured.out
+
+
+def test_l1_penalty_runs():
+    results = sweep(DemoSettings(seeds=1, steps=20, n_a=60, n_test=50, penalty="l1",
+                                 lams=(0.01,)))
+    assert [row["lam"] for row in results["shifted"]] == [0.0, 0.01, "hard"]
