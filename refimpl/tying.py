@@ -200,18 +200,20 @@ def _check_model(model: Any, name: str) -> Sequential:
     return model
 
 
-def _unique_parameter(model: Sequential, name: Any, role: str) -> tuple[int, ...]:
-    """Shape of the unique parameter ``name`` of ``model``, or a clear error."""
+def _unique_parameter(model: Sequential, name: Any, role: str,
+                      argument: str = "pairs") -> tuple[int, ...]:
+    """Shape of the unique parameter ``name`` of ``model``, or a clear error naming
+    ``argument``."""
     shapes = model.parameter_shapes()
     if isinstance(name, str) and name in shapes:
         return shapes[name]
     uses = model.slot_uses()
     if isinstance(name, str) and name in uses:
         root, transpose = uses[name]
-        raise ValueError(f"pairs: {name!r} is a shared slot of {role} (it reads "
+        raise ValueError(f"{argument}: {name!r} is a shared slot of {role} (it reads "
                          f"{'transposed ' if transpose else ''}{root!r}); pair the unique "
                          f"parameter {root!r} instead")
-    raise ValueError(f"pairs: unknown parameter {name!r} of {role}; its parameters are "
+    raise ValueError(f"{argument}: unknown parameter {name!r} of {role}; its parameters are "
                      f"{sorted(shapes)}")
 
 
@@ -622,7 +624,7 @@ class AnchoredModel:
         if not names:
             raise ValueError("names: expected at least one parameter to anchor")
         for name in names:
-            _unique_parameter(model, name, "model")
+            _unique_parameter(model, name, "model", "names")
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ValueError(f"names: {duplicated} anchored twice")

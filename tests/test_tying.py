@@ -707,7 +707,8 @@ def test_batches_must_be_pairs():
      r"reference\['fc1.weight'\]: contains 12 NaN or Inf"),
     (dict(lam=1.0, reference={"fc1.weight": np.ones((4, 3))}, names=["fc2.weight"]),
      ValueError, r"reference: expected exactly the keys \['fc2.weight'\]"),
-    (dict(lam=1.0, names=["fc7.weight"]), ValueError, r"unknown parameter 'fc7.weight'"),
+    (dict(lam=1.0, names=["fc7.weight"]), ValueError,
+     r"names: unknown parameter 'fc7.weight' of model"),
     (dict(lam=1.0, names=["fc1.weight", "fc1.weight"]), ValueError, r"anchored twice"),
     (dict(lam=1.0, names=[]), ValueError, r"names: expected at least one"),
     (dict(lam=1.0, names="fc1.weight"), TypeError, r"names: expected a list"),
@@ -719,3 +720,10 @@ def test_batches_must_be_pairs():
 def test_bad_anchored_models_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
         AnchoredModel(ri.MLP([3, 4, 2]), **kwargs)
+
+
+def test_anchoring_a_shared_slot_is_refused():
+    _, autoencoder = models()
+    with pytest.raises(ValueError, match=r"names: 'dec.weight' is a shared slot of model \(it "
+                                         r"reads transposed 'enc.weight'\)"):
+        AnchoredModel(autoencoder, 1.0, names=["dec.weight"])
