@@ -31,6 +31,9 @@ from .gradcheck import check_gradients
 #: and run_<sub-command>(args) -> int (exit status).
 SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("check", "refimpl.cli", "verify every built-in model's gradients numerically"),
+    ("golden", "refimpl.golden",
+     "write golden test vectors (.npy, manifest.json, SHA256SUMS) for every built-in case"),
+    ("verify", "refimpl.golden", "recompute every case of a golden folder and check every file"),
 )
 
 #: Above this many parameters a case is checked along random directions instead of

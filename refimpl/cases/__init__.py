@@ -49,7 +49,7 @@ class Case:
 
 
 #: Modules of ``refimpl.cases`` that define ``cases() -> list[Case]``, in catalogue order.
-CASE_MODULES = ("mlp",)
+CASE_MODULES = ("mlp", "cnn", "tied", "shared")
 
 
 def all_cases() -> list[Case]:
