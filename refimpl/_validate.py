@@ -29,6 +29,9 @@ def as_float_array(value: Any, name: str, *, allow_complex: bool = True) -> np.n
     except Exception as error:  # ragged lists and the like
         raise TypeError(f"{name}: expected a numeric array, could not convert ({error})") from None
     kind = array.dtype.kind
+    if kind in "fc" and array.dtype.itemsize > (16 if kind == "c" else 8):
+        raise TypeError(f"{name}: extended precision {array.dtype} would be truncated to "
+                        f"float64; convert it explicitly if that is intended")
     if kind == "c":
         if not allow_complex:
             raise TypeError(f"{name}: expected a real array, got dtype {array.dtype}")

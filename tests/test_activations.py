@@ -340,8 +340,15 @@ def test_leaky_relu_slope_is_stored_as_float():
     assert layer.negative_slope == 1.0 and type(layer.negative_slope) is float
 
 
-@pytest.mark.parametrize("slope", [float("nan"), float("inf"), -float("inf"), np.nan, "0.1",
-                                   True, None, [0.1]])
-def test_leaky_relu_rejects_bad_slopes(slope):
-    with pytest.raises(ValueError, match="negative_slope: expected a finite real number"):
+@pytest.mark.parametrize("slope, error", [
+    (float("nan"), ValueError), (float("inf"), ValueError), (-float("inf"), ValueError),
+    (np.nan, ValueError), ("0.1", TypeError), (True, TypeError), (None, TypeError),
+    ([0.1], TypeError)])
+def test_leaky_relu_rejects_bad_slopes(slope, error):
+    with pytest.raises(error, match="negative_slope: expected a finite real number"):
         nn.LeakyReLU(slope)
+
+
+def test_leaky_relu_accepts_numpy_scalars():
+    assert nn.LeakyReLU(np.float32(0.25)).negative_slope == 0.25
+    assert type(nn.LeakyReLU(np.int64(0)).negative_slope) is float

@@ -323,3 +323,9 @@ def test_frozen_spec():
     layer = nn.Dense("fc", 2, 3)
     with pytest.raises(AttributeError):
         layer.in_features = 5
+
+
+def test_numpy_integer_sizes_are_stored_as_ints():
+    layer = nn.Dense("fc", np.int64(3), np.int32(2))
+    assert type(layer.in_features) is int and type(layer.out_features) is int
+    json.dumps(layer_config(layer))

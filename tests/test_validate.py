@@ -223,3 +223,11 @@ def test_positive_int_returns_a_python_int(value):
 def test_positive_int_rejects_bad_values(value, error, match):
     with pytest.raises(error, match=match):
         positive_int(value, "size")
+
+
+@pytest.mark.parametrize("dtype", [np.longdouble, np.clongdouble])
+def test_extended_precision_is_refused_not_truncated(dtype):
+    if np.dtype(dtype).itemsize <= (16 if np.dtype(dtype).kind == "c" else 8):
+        pytest.skip("long double is float64 on this platform")
+    with pytest.raises(TypeError, match="x: extended precision .* would be truncated"):
+        as_float_array(np.ones(3, dtype=dtype), "x")

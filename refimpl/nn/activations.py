@@ -13,6 +13,7 @@ Kinks (documented, and tested): at exactly ``x == 0``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 from typing import NamedTuple
 
 import numpy as np
@@ -154,12 +155,13 @@ class LeakyReLU(ParameterFreeLayer):
     negative_slope: float = 0.01
 
     def __post_init__(self) -> None:
-        if isinstance(self.negative_slope, bool) or not isinstance(
-            self.negative_slope, (int, float)
-        ) or not np.isfinite(self.negative_slope):
+        # Any real number, NumPy scalars included; bools are not numbers here.
+        if isinstance(self.negative_slope, bool) or not isinstance(self.negative_slope, Real):
+            raise TypeError(
+                f"negative_slope: expected a finite real number, got {self.negative_slope!r}")
+        if not np.isfinite(self.negative_slope):
             raise ValueError(
-                f"negative_slope: expected a finite real number, got {self.negative_slope!r}"
-            )
+                f"negative_slope: expected a finite real number, got {self.negative_slope!r}")
         object.__setattr__(self, "negative_slope", float(self.negative_slope))
 
     def forward(self, x, params):

@@ -91,6 +91,8 @@ def layer_from_config(config: dict[str, Any]) -> Layer:
 
 def check_name(name: Any) -> str:
     """A layer name: a non-empty string without dots (dots separate layer and parameter)."""
-    if not isinstance(name, str) or not name or "." in name:
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a non-empty string without '.', got {name!r}")
+    if not name or "." in name:
         raise ValueError(f"name: expected a non-empty string without '.', got {name!r}")
     return name

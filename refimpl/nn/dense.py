@@ -72,8 +72,10 @@ class Dense(Layer):
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        positive_int(self.in_features, "in_features")
-        positive_int(self.out_features, "out_features")
+        # Stored as plain ints (a NumPy integer would not survive json.dumps of the config).
+        object.__setattr__(self, "in_features", positive_int(self.in_features, "in_features"))
+        object.__setattr__(self, "out_features",
+                           positive_int(self.out_features, "out_features"))
         if not isinstance(self.bias, bool):
             raise TypeError(f"bias: expected a bool, got {self.bias!r}")
 
