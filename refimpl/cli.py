@@ -34,6 +34,10 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("golden", "refimpl.golden",
      "write golden test vectors (.npy, manifest.json, SHA256SUMS) for every built-in case"),
     ("verify", "refimpl.golden", "recompute every case of a golden folder and check every file"),
+    ("demo", "refimpl.demo",
+     "the parameter-tying experiment: a lambda sweep and hard sharing, and the Lasserre variant"),
+    ("memory", "refimpl.memory",
+     "unique parameters vs parameter uses and bytes, with and without sharing"),
 )
 
 #: Above this many parameters a case is checked along random directions instead of

@@ -96,3 +96,19 @@ def test_cli_without_a_command_prints_usage(capsys):
         cli.main([])
     assert raised.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["memory"], "LocallyConnected2D"),
+    (["demo", "--quick"], "hard sharing"),
+])
+def test_registered_sub_commands_run_through_main(argv, expected, capsys):
+    assert cli.main(argv) == 0
+    assert expected in capsys.readouterr().out
+
+
+def test_every_registered_sub_command_has_its_hooks():
+    parser = cli.build_parser()
+    for name, _, _ in cli.SUBCOMMANDS:
+        args = parser.parse_args([name] + {"golden": ["--out", "x"], "verify": ["x"]}.get(name, []))
+        assert callable(args.handler)

@@ -19,4 +19,4 @@ __all__ = [
     "Sequential", "MLP", "transposed", "ShareSource",
 ]
 
-from ..model import MLP, Sequential, ShareSource, transposed  # noqa: E402
+from ..model import CNN, MLP, Sequential, ShareSource, transposed  # noqa: E402
