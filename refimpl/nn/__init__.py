@@ -16,7 +16,7 @@ __all__ = [
     "Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D", "Flatten",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
     "Loss", "SoftmaxCrossEntropy", "MSE",
-    "Sequential", "MLP", "transposed", "ShareSource",
+    "Sequential", "MLP", "CNN", "transposed", "ShareSource",
 ]
 
 from ..model import CNN, MLP, Sequential, ShareSource, transposed  # noqa: E402
