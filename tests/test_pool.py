@@ -346,20 +346,26 @@ def test_flatten_rejects_rank_one():
         nn.Flatten().output_shape((5,))
 
 
-def test_maxpool_gradient_zeros_are_positive_and_non_finite_upstream_stays_local():
-    # The fast disjoint-window path multiplies dout by the selection mask: unselected inputs
-    # must still get +0.0 (not -0.0 from a negative dout), and an infinite dout must reach
-    # only its window's maximum (0 * inf would be NaN everywhere else).
+@pytest.mark.parametrize("stride", [2, 1])     # disjoint and overlapping windows
+def test_maxpool_gradient_zeros_are_positive_and_non_finite_upstream_stays_local(stride):
+    # The fast paths multiply dout by the selection mask: unselected inputs must still get
+    # +0.0 (not -0.0 from a negative dout), and an infinite dout must reach only its
+    # window's maximum (0 * inf would be NaN everywhere else).
     x = tie_free((2, 3, 4, 6), 0)
-    out, cache = maxpool2d_forward(x, 2)
+    out, cache = maxpool2d_forward(x, 2, stride=stride)
     dout = -1.0 - np.random.default_rng(0).random(out.shape)       # all negative
     dx = maxpool2d_backward(dout, cache)
     assert not np.signbit(dx[dx == 0]).any()
-    assert (dx != 0).sum() == out.size
+    geometry = make_geometry(2, 3, stride=(stride, stride), out=out.shape[2:])
+    assert_close(dx, maxpool_reference(x, geometry, dout)[1])  # sums in another order
     dout[0, 0, 0, 0] = np.inf
     dx = maxpool2d_backward(dout, cache)
+    expected = maxpool_reference(x, geometry, dout)[1]
     assert not np.isnan(dx).any()
     assert np.isinf(dx).sum() == 1 and np.isinf(dx[0, 0, :2, :2]).sum() == 1
+    assert np.array_equal(np.isinf(dx), np.isinf(expected))
+    assert_close(dx[np.isfinite(dx)], expected[np.isfinite(expected)])
+    assert not np.signbit(dx[dx == 0]).any()
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 5, 4), (2, 3, 4, 7), (1, 2, 9, 9)])
