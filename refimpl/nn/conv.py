@@ -25,11 +25,12 @@ Layouts:
   kernel used at output position ``(i, j)`` only; bias (F, Ho, Wo), one per output value;
 * im2col columns (C*kH*kW, M): row ``(c, i, j)`` (c slowest), column ``(n, ho, wo)`` (n
   slowest). Because ``c`` is the slowest row index, the rows of group ``g`` are one
-  contiguous block, so a grouped convolution is one matrix product per group.
+  contiguous block, so a grouped convolution is one matrix product per group (in the
+  forward pass a stacked product over the examples, so that the output is born NCHW).
 
 Parameter sharing: ``Conv2D`` uses one kernel at all ``P`` positions, so its weight gradient
 is the *sum* over positions (and over the batch) of the per-position gradients — which the
-matrix product ``dout (F, M) @ cols.T (M, C*kH*kW)`` computes in one step. The locally
+one matrix product ``cols (C*kH*kW, M) @ dout.T (M, F)`` computes in one step. The locally
 connected layer keeps the ``P`` terms apart (one gradient per kernel). ``tests/test_conv.py``
 checks that the first is the sum of the second.
 
@@ -241,22 +242,22 @@ def conv2d_forward(
     batch, _, out_h, out_w = conv2d_output_shape(x.shape, channels, filters, (kh, kw), stride,
                                                  padding, dilation)
     cols = im2col(x, (kh, kw), stride, padding, dilation)      # (C*kH*kW, M)
-    if groups == 1:
-        out2d = weight.reshape(filters, -1) @ cols              # (F, K) @ (K, M) -> (F, M)
-    else:
-        # One product per group: rows g*Kg .. (g+1)*Kg - 1 of cols are group g's channels.
-        out2d = (weight.reshape(groups, filters // groups, -1)  # (G, Fg, Kg)
-                 @ cols.reshape(groups, -1, cols.shape[1])      # (G, Kg, M)
-                 ).reshape(filters, -1)                         # (G, Fg, M) -> (F, M)
+    positions = out_h * out_w
+    # One product per group: rows g*Kg .. (g+1)*Kg - 1 of cols are group g's channels. The
+    # columns are read per example, (Kg, P) blocks of the same array, so the product lands
+    # in NCHW order with no transposing copy (measured in isolation against (F, M) and a
+    # copy: 4-6x faster for a thin 16 x 27 weight, equal to 15% slower for 32 x 144).
+    out = (weight.reshape(groups, filters // groups, -1)                      # (G, Fg, Kg)
+           @ cols.reshape(groups, -1, batch, positions).transpose(2, 0, 1, 3)  # (N, G, Kg, P)
+           )                                                                 # (N, G, Fg, P)
     if bias is not None:
-        # (F, M) + (F, 1): the bias of each filter. In place into our own fresh array unless
+        # + (G, Fg, 1): the bias of each filter. In place into our own fresh array unless
         # only the bias is complex (a complex step on the bias alone).
-        in_place = out2d.dtype == np.result_type(out2d, bias)
-        out2d = np.add(out2d, bias[:, None], out=out2d if in_place else None)
-    out = out2d.reshape(filters, batch, out_h, out_w).transpose(1, 0, 2, 3)  # (N, F, Ho, Wo)
+        in_place = out.dtype == np.result_type(out, bias)
+        out = np.add(out, bias.reshape(groups, -1, 1), out=out if in_place else None)
     cache = Conv2DCache(cols, weight, tuple(x.shape), (kh, kw), stride, padding, dilation,
                         groups, bias is not None)
-    return np.ascontiguousarray(out), cache
+    return out.reshape(batch, filters, out_h, out_w), cache
 
 
 def conv2d_backward(
@@ -279,15 +280,13 @@ def conv2d_backward(
     filters = weight.shape[0]
     dout2d = dout.transpose(1, 0, 2, 3).reshape(filters, -1)          # (F, M)
     cols = cache.cols                                                  # (K, M)
-    if groups == 1:
-        dweight = (dout2d @ cols.T).reshape(weight.shape)              # term 1: (F, K)
-        dcols = weight.reshape(filters, -1).T @ dout2d                 # term 2: (K, M)
-    else:
-        dout_g = dout2d.reshape(groups, filters // groups, -1)         # (G, Fg, M)
-        cols_g = cols.reshape(groups, -1, cols.shape[1])               # (G, Kg, M)
-        weight_g = weight.reshape(groups, filters // groups, -1)       # (G, Fg, Kg)
-        dweight = (dout_g @ cols_g.transpose(0, 2, 1)).reshape(weight.shape)   # (G, Fg, Kg)
-        dcols = (weight_g.transpose(0, 2, 1) @ dout_g).reshape(cols.shape)     # (G, Kg, M)
+    dout_g = dout2d.reshape(groups, filters // groups, -1)             # (G, Fg, M)
+    cols_g = cols.reshape(groups, -1, cols.shape[1])                   # (G, Kg, M)
+    weight_g = weight.reshape(groups, filters // groups, -1)           # (G, Fg, Kg)
+    # term 1 computed as its transpose, X_g @ D_g.T (Kg, Fg): measured as fast as, or up to
+    # 1.9x faster than, D_g @ X_g.T for these long, thin operands.
+    dweight = (cols_g @ dout_g.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(weight.shape)
+    dcols = (weight_g.transpose(0, 2, 1) @ dout_g).reshape(cols.shape)   # term 2: (K, M)
     dx = col2im(dcols, cache.x_shape, cache.kernel_size, cache.stride, cache.padding,
                 cache.dilation)
     dbias = dout.sum(axis=(0, 2, 3)) if cache.has_bias else None     # term 3: (F,)
