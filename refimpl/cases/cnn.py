@@ -38,7 +38,10 @@ def cases() -> list[Case]:
         ("cnn-relu-maxpool",
          CNN((1, 6, 6), [3], [4]), (1, 6, 6), 4),
         ("cnn-batch1-one-channel",
-         CNN((1, 4, 4), [{"out_channels": 1, "kernel_size": 2}], [2]), (1, 4, 4), 1),
+         # Tanh: behind a single pooled unit a ReLU was dead at this point, which left every
+         # convolution gradient exactly 0 and so checked nothing (tests/test_cases.py).
+         CNN((1, 4, 4), [{"out_channels": 1, "kernel_size": 2}], [2], activation="tanh"),
+         (1, 4, 4), 1),
         ("cnn-tanh-strided-avgpool",
          CNN((2, 9, 8), [{"out_channels": 3, "kernel_size": (3, 2), "stride": 2}], [5, 3],
              activation="tanh", pool=AvgPool2D(2)), (2, 9, 8), 3),
