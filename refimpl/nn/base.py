@@ -89,6 +89,12 @@ def layer_from_config(config: dict[str, Any]) -> Layer:
     return LAYER_TYPES[type_name](**kwargs)
 
 
+def weight_and_bias(weight: Any, bias: Any) -> dict[str, Any]:
+    """``{"weight": weight, "bias": bias}`` without the bias entry when ``bias`` is None: the
+    local gradient (or parameter) dict of a layer with an optional bias."""
+    return {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+
+
 def check_name(name: Any) -> str:
     """A layer name: a non-empty string without dots (dots separate layer and parameter)."""
     if not isinstance(name, str):

@@ -53,7 +53,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._validate import positive_int
-from .base import Layer, check_name, register
+from .base import Layer, check_name, register, weight_and_bias
 
 __all__ = [
     "Conv2D", "LocallyConnected2D", "Conv2DCache", "LocallyConnected2DCache",
@@ -373,10 +373,7 @@ class Conv2D(_ConvGeometry, Layer):
 
     def backward(self, dout, cache):
         dx, dweight, dbias = conv2d_backward(dout, cache)
-        grads = {"weight": dweight}
-        if dbias is not None:
-            grads["bias"] = dbias
-        return dx, grads
+        return dx, weight_and_bias(dweight, dbias)
 
 
 # --- LocallyConnected2D ------------------------------------------------------------------------
@@ -531,7 +528,4 @@ class LocallyConnected2D(_ConvGeometry, Layer):
 
     def backward(self, dout, cache):
         dx, dweight, dbias = locally_connected2d_backward(dout, cache)
-        grads = {"weight": dweight}
-        if dbias is not None:
-            grads["bias"] = dbias
-        return dx, grads
+        return dx, weight_and_bias(dweight, dbias)

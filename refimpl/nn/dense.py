@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import positive_int
-from .base import Layer, check_name, register
+from .base import Layer, check_name, register, weight_and_bias
 
 __all__ = ["Dense", "DenseCache", "dense_forward", "dense_backward"]
 
@@ -105,7 +105,4 @@ class Dense(Layer):
 
     def backward(self, dout, cache):
         dx, dweight, dbias = dense_backward(dout, cache)
-        grads = {"weight": dweight}
-        if dbias is not None:
-            grads["bias"] = dbias
-        return dx, grads
+        return dx, weight_and_bias(dweight, dbias)
