@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from drawing import arrays
 from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -27,14 +28,6 @@ from refimpl.nn.losses import (
 
 COMPLEX = TOLERANCES["complex"]
 CE_FORWARD, CE_BACKWARD = softmax_cross_entropy_forward, softmax_cross_entropy_backward
-
-
-def arrays(shape, low=-10.0, high=10.0):
-    """Values in [low, high] that are 0 or of magnitude >= 1e-100: a derivative ~1e-300 would
-    make the complex step's imaginary part (derivative * 1e-20) subnormal, a limit of the
-    step, not of the formula under test."""
-    elements = st.floats(low, high).map(lambda v: 0.0 if abs(v) < 1e-100 else v)
-    return hnp.arrays(np.float64, shape, elements=elements)
 
 
 @st.composite
