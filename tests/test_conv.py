@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from typing import NamedTuple
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -25,14 +26,18 @@ import refimpl as ri
 from refimpl import nn
 from refimpl.gradcheck import TOLERANCES, assert_close, check_gradients, check_vjp
 from refimpl.model import CNN
+from refimpl.nn import conv as conv_module
 from refimpl.nn.base import layer_config, layer_from_config
 from refimpl.nn.conv import (
+    INPUT_GRADIENT_METHODS,
     col2im,
     conv2d_backward,
     conv2d_forward,
+    conv2d_input_gradient,
     im2col,
     locally_connected2d_backward,
     locally_connected2d_forward,
+    positions_first,
 )
 
 COMPLEX = TOLERANCES["complex"]
@@ -225,6 +230,91 @@ def test_conv2d_matches_nested_loop_reference(geometry, seed):
     for name, actual, wanted in zip(("out", "dx", "dweight", "dbias"),
                                     (out, dx, dweight, dbias), expected, strict=True):
         assert_close(actual, wanted, name=name)
+
+
+# The input gradient has two implementations ("columns", "positions"), which conv2d_backward
+# picks between by shape (positions_first). The drawn geometries are small, so "auto" would
+# almost always pick "columns": every test below forces each method in turn.
+
+def backward_through(method):
+    """conv2d_backward with its input gradient forced through ``method``."""
+    def backward(dout, cache):
+        with mock.patch.object(conv_module, "positions_first",
+                               lambda *_: method == "positions"):
+            return conv2d_backward(dout, cache)
+    return backward
+
+
+@pytest.mark.parametrize("method", ["columns", "positions"])
+@given(geometries(max_channels=9), st.integers(0, 2**16), st.booleans())
+@example(EDGE_GEOMETRIES[3], 3, True)
+@example(EDGE_GEOMETRIES[5], 5, True)
+def test_conv2d_backward_matches_complex_step_through_each_method(method, geometry, seed,
+                                                                  with_bias):
+    x, weight, bias = conv_arrays(geometry, seed, with_bias)
+    inputs = {"x": x, "weight": weight} | ({"bias": bias} if with_bias else {})
+    static = geometry.conv_kwargs | ({} if with_bias else {"bias": None})
+    report = check_vjp(conv2d_forward, backward_through(method), inputs, static=static,
+                       seed=seed)
+    assert report.ok, report
+    assert max(row.max_rel_error for row in report.rows) <= COMPLEX.rtol, report
+
+
+@pytest.mark.parametrize("method", INPUT_GRADIENT_METHODS)
+@given(geometries(max_channels=9), st.integers(0, 2**16))
+@example(EDGE_GEOMETRIES[1], 0)
+@example(EDGE_GEOMETRIES[5], 0)
+def test_conv2d_input_gradient_matches_nested_loop_reference(method, geometry, seed):
+    x, weight, bias = conv_arrays(geometry, seed)
+    g = geometry
+    dout = np.random.default_rng(seed + 1).standard_normal(
+        (g.batch, g.out_channels, g.out_h, g.out_w))
+    dx = conv2d_input_gradient(dout, weight, x.shape, **g.conv_kwargs, method=method)
+    assert dx.shape == x.shape and dx.flags.c_contiguous
+    assert_close(dx, reference(x, weight, bias, g, dout)[1], name="dx")
+
+
+def test_auto_takes_positions_for_narrow_outputs_and_many_channels_per_group():
+    # The documented rule, at its edges; and conv2d_backward follows it.
+    assert positions_first(8, 12) and positions_first(64, 1)
+    assert not positions_first(7, 12) and not positions_first(8, 13)
+    calls = []
+    by_positions = conv_module._input_gradient_by_positions
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return by_positions(*args)
+
+    rng = np.random.default_rng(0)
+    with mock.patch.object(conv_module, "_input_gradient_by_positions", counting):
+        for channels, groups, picked in ((8, 1, True), (16, 2, True), (16, 4, False),
+                                         (7, 1, False)):
+            x = rng.standard_normal((2, channels, 27, 27))              # Wo = 12
+            weight = rng.standard_normal((4, channels // groups, 5, 5))
+            out, cache = conv2d_forward(x, weight, None, stride=2, groups=groups)
+            dout = rng.standard_normal(out.shape)
+            calls.clear()
+            dx = conv2d_backward(dout, cache)[0]
+            assert len(calls) == picked
+            assert_close(dx, conv2d_input_gradient(dout, weight, x.shape, stride=2,
+                                                   groups=groups, method="columns"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="fast"), r"method must be one of \('auto', 'columns', 'positions'\)"),
+    (dict(x_shape=(2, 8, 9)), r"\(x_shape\): expected input of rank 4"),
+    (dict(x_shape=(2, 4, 9, 9)), r"\(x_shape\): expected 8 input channels"),
+    (dict(x_shape=(2, 8, 10, 9)), r"dout: expected shape \(2, 4, 4, 4\), got \(2, 4, 3, 4\)"),
+    (dict(groups=3), "groups=3 does not divide F=4"),
+    (dict(groups=2), r"\(x_shape\): expected 16 input channels"),
+    (dict(dout=np.zeros((2, 4, 3))), "dout: expected a 4-d array"),
+    (dict(weight=np.zeros((4, 8, 3))), "weight: expected a 4-d array"),
+])
+def test_conv2d_input_gradient_rejects_bad_arguments(kwargs, match):
+    arguments = dict(dout=np.zeros((2, 4, 3, 4)), weight=np.zeros((4, 8, 3, 3)),
+                     x_shape=(2, 8, 9, 10), stride=2) | kwargs
+    with pytest.raises(ValueError, match=f"conv2d_input_gradient.*{match}"):
+        conv2d_input_gradient(**arguments)
 
 
 def read_indices(size, kernel, stride, padding, dilation, out):
