@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import refimpl as ri
 from refimpl import nn
 from refimpl.gradcheck import TOLERANCES, assert_close, check_vjp
 from refimpl.nn.base import layer_config, layer_from_config
 from refimpl.nn.pool import (
+    _gather_rows,
     avgpool2d_backward,
     avgpool2d_forward,
     flatten_backward,
@@ -182,6 +184,25 @@ def test_maxpool_matches_nested_loop_reference_ties_included(geometry, seed, tie
     expected_out, expected_dx = maxpool_reference(x, geometry, dout)
     assert np.array_equal(out, expected_out)  # a selection: exact
     assert_close(maxpool2d_backward(dout, cache), expected_dx, name="dx")
+
+
+@given(st.data())
+def test_gathered_rows_are_the_strided_slice_bit_for_bit(data):
+    # The forward's stage 2 reads window rows through _gather_rows (whole rows copied as
+    # opaque items, or the slice itself): the same rows, for each dtype it gathers (real
+    # parts, complex values, uint8 column offsets), NaN payloads and zero signs included.
+    start, step, count = (data.draw(st.integers(low, 3)) for low in (0, 1, 1))
+    height = start + step * (count - 1) + 1 + data.draw(st.integers(0, 2))  # unread rows
+    dtype = data.draw(st.sampled_from([np.float64, np.complex128, np.uint8]))
+    shape = (data.draw(st.integers(0, 2)), data.draw(st.integers(1, 3)), height,
+             data.draw(st.integers(1, 5)))
+    a = data.draw(hnp.arrays(dtype, shape))
+    if data.draw(st.booleans()):                       # a strided view, as for kW = 1
+        a = np.repeat(a, 2, axis=-1)[..., ::2]
+    gathered = _gather_rows(a, start, step, count)
+    expected = a[:, :, start::step][:, :, :count]
+    assert gathered.shape == expected.shape and gathered.dtype == expected.dtype
+    assert np.ascontiguousarray(gathered).tobytes() == np.ascontiguousarray(expected).tobytes()
 
 
 def test_ties_send_the_gradient_to_the_first_maximum_in_scan_order():
