@@ -75,12 +75,14 @@ def make_geometry(batch=1, channels=1, kernel=(2, 2), stride=(2, 2), padding=(0,
 
 
 @st.composite
-def geometries(draw):
-    """Window 1..4, stride 1..3, padding 0..k//2 (PyTorch's limit), output 1..3, any
-    round-down remainder; batch 1..2, channels 1..3."""
+def geometries(draw, disjoint=False):
+    """Window 1..4, stride 1..3 (``disjoint``: window..window + 2, so that no two windows
+    overlap), padding 0..k//2 (PyTorch's limit), output 1..3, any round-down remainder;
+    batch 1..2, channels 1..3."""
     axes = []
     for _ in range(2):
-        kernel, stride = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+        kernel = draw(st.integers(1, 4))
+        stride = draw(st.integers(kernel, kernel + 2) if disjoint else st.integers(1, 3))
         padding = draw(st.integers(0, kernel // 2))
         axes.append((kernel, stride, padding, draw(st.integers(1, 3)),
                      draw(st.integers(0, stride - 1))))
@@ -184,6 +186,24 @@ def test_maxpool_matches_nested_loop_reference_ties_included(geometry, seed, tie
     expected_out, expected_dx = maxpool_reference(x, geometry, dout)
     assert np.array_equal(out, expected_out)  # a selection: exact
     assert_close(maxpool2d_backward(dout, cache), expected_dx, name="dx")
+
+
+@given(geometries(disjoint=True), st.integers(0, 2**16), st.booleans())
+@example(make_geometry(2, 3, out=(3, 4)), 0, True)                  # 2x2 windows tiling x
+@example(make_geometry(kernel=(2, 3), stride=(3, 3), padding=(1, 1), out=(2, 2),
+                       remainder=(2, 1)), 0, True)                  # gaps, padding, round-down
+@example(make_geometry(1, 2, out=(10, 13)), 0, True)    # Hp*Wp > 256: positions past uint8
+def test_disjoint_windows_pass_dout_exactly_to_their_first_maximum(geometry, seed, ties):
+    # Each input receives at most one window's dout: no sum to round, so dx equals the
+    # reference bit for bit (a position one row or column off fails). A -0.0 arrives as
+    # +0.0 (0.0 + -0.0), as in the reference: no gradient is a negative zero.
+    x = with_ties(geometry.shape, seed) if ties else tie_free(geometry.shape, seed)
+    out, cache = maxpool2d_forward(x, **geometry.kwargs)
+    rng = np.random.default_rng(seed + 1)
+    dout = np.where(rng.random(out.shape) < 0.2, -0.0, rng.standard_normal(out.shape))
+    dx = maxpool2d_backward(dout, cache)
+    assert np.array_equal(dx, maxpool_reference(x, geometry, dout)[1])
+    assert not np.signbit(dx[dx == 0]).any()
 
 
 @given(st.data())

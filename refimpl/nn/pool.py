@@ -26,7 +26,9 @@ Average pooling
     real (unpadded) inputs in each window.
 
 Both loop over the window offsets (max pooling: ``kH + kW``, separably), each handling one
-strided slice of the whole batch (never a Python loop over windows).
+strided slice of the whole batch (never a Python loop over windows). The max-pooling
+gradient of disjoint windows (stride >= window, the common 2x2 / stride 2 included) is one
+scatter of ``dout`` to the maxima's positions instead.
 """
 
 from __future__ import annotations
@@ -193,6 +195,25 @@ def maxpool2d_forward(
     return out, MaxPool2DCache(argmax, tuple(x.shape), kernel, stride, padding)
 
 
+def _maximum_positions(cache: MaxPool2DCache) -> np.ndarray:
+    """(N, C, Ho, Wo) flat indices of the windows' first maxima in the padded (N, C, Hp, Wp)
+    input."""
+    batch, channels, height, width = cache.x_shape
+    (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
+    out_h, out_w = cache.argmax.shape[2:]
+    padded_h, padded_w = height + 2 * ph, width + 2 * pw
+    # Within one (Hp, Wp) image, in the smallest unsigned type that holds Hp*Wp - 1 (fewer
+    # bytes to write; the intp arithmetic took ~2x as long): window (ho, wo) starts at
+    # ho*sh*Wp + wo*sw, and its offset i*kW + j is the input i*Wp + j further on.
+    local_type = np.min_scalar_type(padded_h * padded_w - 1)
+    starts = np.arange(out_h)[:, None] * (sh * padded_w) + np.arange(out_w) * sw  # (Ho, Wo)
+    local = cache.argmax + starts.astype(local_type)                      # (N, C, Ho, Wo)
+    if kh > 1:
+        local += (cache.argmax // kw) * local_type.type(padded_w - kw)
+    images = np.arange(batch * channels).reshape(batch, channels, 1, 1) * (padded_h * padded_w)
+    return images + local
+
+
 def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     """Gradient of max pooling: each window's ``dout`` goes to its first maximum only.
 
@@ -202,34 +223,29 @@ def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     batch, channels, height, width = cache.x_shape
     (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
     out_h, out_w = cache.argmax.shape[2:]
-    overlapping = sh < kh or sw < kw
-    # Windows that tile the input exactly write every element once: no zero fill needed.
-    tiling = ((sh, sw) == (kh, kw) and ph == pw == 0 and height == out_h * kh
-              and width == out_w * kw)
     shape = (batch, channels, height + 2 * ph, width + 2 * pw)
-    dpad = np.empty(shape, dtype=dout.dtype) if tiling else np.zeros(shape, dtype=dout.dtype)
-    # dout * mask is ~4x faster than np.where(mask, dout, 0) (whose branches mispredict on a
-    # random mask) and exact for finite dout; an infinite dout takes np.where, as 0 * inf
-    # would spread NaN. Disjoint windows give each input at most one gradient: written, not
-    # added, and the -0.0 of negative unselected products made +0.0 by a final + 0.0.
+    dpad = np.zeros(shape, dtype=dout.dtype)
+    # A finite dout reaches its maximum as 0.0 + dout: its value, with a -0.0 made +0.0 (no
+    # gradient is a negative zero). A non-finite one goes through np.where, as dout * mask
+    # would spread NaN (0 * inf) over the window; np.where passes dout on as it is, and so
+    # (as before, bit for bit) does the scatter below when any dout is non-finite.
     finite = bool(np.isfinite(dout).all())
-    for i in range(kh):
-        rows = _window_slice(i, sh, out_h)
-        for j in range(kw):
-            target = dpad[:, :, rows, _window_slice(j, sw, out_w)]    # (N, C, Ho, Wo) view
-            selected = cache.argmax == i * kw + j
-            if not finite:
-                contribution = np.where(selected, dout, 0)
-                if overlapping:
-                    target += contribution
-                else:
-                    np.copyto(target, contribution)
-            elif overlapping:
-                target += dout * selected   # 0.0 + -0.0 = +0.0: the zeros stay positive
-            else:
-                np.multiply(dout, selected, out=target)
-    if finite and not overlapping:
-        dpad += 0.0  # -0.0 + 0.0 = +0.0: unselected inputs get an exact (positive) zero
+    if sh >= kh and sw >= kw:
+        # Disjoint windows give each input at most one gradient: one scatter of dout into
+        # zeros, at the maxima's flat positions. The per-offset masked products it replaced
+        # wrote kH*kW strided (N, C, Ho, Wo) slices of Wo-element inner loops: ~0.67 ms
+        # against ~0.36 ms on the (64, 32, 16, 16) benchmark input (2x2, stride 2).
+        dpad.reshape(-1)[_maximum_positions(cache)] = dout + 0.0 if finite else dout
+    else:
+        for i in range(kh):
+            rows = _window_slice(i, sh, out_h)
+            for j in range(kw):
+                target = dpad[:, :, rows, _window_slice(j, sw, out_w)]  # (N, C, Ho, Wo) view
+                selected = cache.argmax == i * kw + j
+                # dout * mask is ~4x faster than np.where(mask, dout, 0) (whose branches
+                # mispredict on a random mask) and exact for finite dout; 0.0 + -0.0 = +0.0
+                # keeps the zeros positive.
+                target += dout * selected if finite else np.where(selected, dout, 0)
     if ph or pw:
         return dpad[:, :, ph:ph + height, pw:pw + width].copy()
     return dpad
