@@ -437,7 +437,12 @@ def test_loss_and_grads_never_mutates_its_inputs(problem):
 def test_tied_mlp_pair_matches_complex_step(problem):
     report = joined_check(problem)
     assert report.ok, report
-    assert max(row.max_rel_error for row in report.rows) <= COMPLEX.rtol
+    # The relative bound wherever it means something. A row whose every entry is below atol
+    # is judged by atol alone, as the report does: e.g. a dead ReLU unit whose only gradient
+    # is the penalty of a tiny lam (Hypothesis found lam = 9.45e-306: 2 lam (a - b) ~ 1e-305,
+    # below the complex step's range, which underflows to 0 there; relative error 1).
+    assert max((row.max_rel_error for row in report.rows if row.scale > COMPLEX.atol),
+               default=0.0) <= COMPLEX.rtol, report
 
 
 @given(cnn_pair_problems())
