@@ -45,8 +45,8 @@ stride-2 kernel (0.28 vs 0.45 ms) and lost by 1.1-1.4x for 3x3 stride 1.
 For narrow outputs (Wo <= 12) with at least 8 input channels per group, the input gradient
 is computed in another order ("positions", see :func:`conv2d_input_gradient`): col2im's inner
 loops then run over N*C contiguous elements instead of Wo strided ones. The same sums, bit
-for bit on every shape compared; 17-34% faster forward + backward on such shapes
-(``benchmarks/bench_conv_input_gradient.py``), slower on most others.
+for bit on every shape compared; forward + backward took 0.66-1.06x the time on such shapes
+(``benchmarks/bench_conv_input_gradient.py``) and up to 1.73x on others.
 """
 
 from __future__ import annotations
@@ -286,15 +286,15 @@ def conv2d_backward(
     * term 3, dbias[f] = sum over (n, ho, wo) of dout[n, f].
     """
     weight, groups = cache.weight, cache.groups
-    filters, _, kh, kw = weight.shape
+    _, group_channels, kh, kw = weight.shape
     geometry = (cache.x_shape, (kh, kw), cache.stride, cache.padding, cache.dilation)
     # dout as (G, Fg, M) for term 1, and for term 2 by columns; made after term 2 by positions
     # so that the two methods' temporaries are never alive together.
-    if positions_first(weight.shape[1], dout.shape[3]):
+    if positions_first(group_channels, dout.shape[3]):
         dx = _input_gradient_by_positions(dout, weight, groups, *geometry)   # term 2
-        dout_g = dout.transpose(1, 0, 2, 3).reshape(groups, filters // groups, -1)
+        dout_g = _dout_by_group(dout, groups)
     else:
-        dout_g = dout.transpose(1, 0, 2, 3).reshape(groups, filters // groups, -1)
+        dout_g = _dout_by_group(dout, groups)
         dx = _input_gradient_by_columns(dout_g, weight, groups, *geometry)   # term 2
     cols = cache.cols                                                  # (K, M)
     cols_g = cols.reshape(groups, -1, cols.shape[1])                   # (G, Kg, M)
@@ -313,10 +313,10 @@ def positions_first(group_channels: int, out_width: int) -> bool:
     ``"positions"``) when the output is at most 12 wide and a group has at least 8 input
     channels; else ``"columns"``.
 
-    The two methods compute the same sums, adding the kernel offsets in the same order.
-    They differ in the runs NumPy
-    adds in one inner loop: ``Wo`` elements (strided by the stride) for ``"columns"``,
-    ``N*C`` contiguous elements for ``"positions"``; short runs cost a loop overhead each.
+    The two methods compute the same sums, adding the kernel offsets in the same order. They
+    differ in the runs NumPy adds in one inner loop: ``Wo`` elements (strided by the stride)
+    for ``"columns"``, ``N*C`` contiguous elements for ``"positions"``; short runs cost a
+    loop overhead each.
     ``"positions"`` pays for its long runs with a transposing copy of ``dout`` and of ``dx``,
     more memory at its peak, and matrix products only ``Cg`` wide. Measured by
     ``benchmarks/bench_conv_input_gradient.py`` (conv forward + backward, 2 cores, NumPy 2.4,
@@ -371,9 +371,14 @@ def conv2d_input_gradient(
         method = "positions" if positions_first(group_channels, expected[3]) else "columns"
     geometry = (tuple(x_shape), (kh, kw), stride, padding, dilation)
     if method == "columns":
-        dout_g = dout.transpose(1, 0, 2, 3).reshape(groups, filters // groups, -1)
+        dout_g = _dout_by_group(dout, groups)
         return _input_gradient_by_columns(dout_g, weight, groups, *geometry)
     return _input_gradient_by_positions(dout, weight, groups, *geometry)
+
+
+def _dout_by_group(dout: np.ndarray, groups: int) -> np.ndarray:
+    """dout (N, F, Ho, Wo) as (G, Fg, M), columns (n, ho, wo): one copy."""
+    return dout.transpose(1, 0, 2, 3).reshape(groups, dout.shape[1] // groups, -1)
 
 
 def _input_gradient_by_columns(dout_g: np.ndarray, weight: np.ndarray, groups: int,
