@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_float_array", "as_label_array", "check_shape", "check_finite"]
+__all__ = ["as_float_array", "as_label_array", "check_shape", "check_finite", "positive_int",
+           "check_int", "check_tolerance", "check_seed"]
 
 
 def as_float_array(value: Any, name: str, *, allow_complex: bool = True) -> np.ndarray:
@@ -74,10 +75,40 @@ def check_finite(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: contains {bad} NaN or Inf value(s); all values must be finite")
 
 
+def check_int(value: Any, name: str, minimum: int | None = None) -> int:
+    """An ``int`` (Python or NumPy integer, never ``bool``) ``>= minimum``, as a Python int.
+
+    ``TypeError`` for a non-integer (a float such as ``3.0`` included), ``ValueError`` below
+    ``minimum``; both name the argument.
+    """
+    bound = "" if minimum is None else f" >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int{bound}, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an int{bound}, got {value}")
+    return int(value)
+
+
 def positive_int(value: Any, name: str) -> int:
     """Validate a positive integer hyper-parameter (layer sizes, counts)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
-    return int(value)
+    return check_int(value, name, minimum=1)
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A random seed: a non-negative int (what ``np.random.default_rng`` accepts)."""
+    return check_int(value, name, minimum=0)
+
+
+def check_tolerance(value: Any, name: str) -> float:
+    """A tolerance: a finite, non-negative real number (int or float, not bool), as a float.
+
+    NaN would make every comparison ``error <= limit`` False *and* hide it when negated; an
+    infinite or negative tolerance accepts everything or nothing. All three are refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a finite non-negative number, got "
+                        f"{type(value).__name__} {value!r}")
+    number = float(value)
+    if not np.isfinite(number) or number < 0:
+        raise ValueError(f"{name}: expected a finite non-negative number, got {value!r}")
+    return number
