@@ -81,11 +81,12 @@ def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     ``TypeError`` for a non-integer (a float such as ``3.0`` included), ``ValueError`` below
     ``minimum``; both name the argument.
     """
-    bound = "" if minimum is None else f" >= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int{bound}, got {type(value).__name__} {value!r}")
+    wanted = {None: "an int", 0: "a non-negative int", 1: "a positive int"}.get(
+        minimum, f"an int >= {minimum}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {wanted}, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name}: expected an int{bound}, got {value}")
+        raise ValueError(f"{name}: expected {wanted}, got {value}")
     return int(value)
 
 
