@@ -491,3 +491,34 @@ def test_check_vjp_names_backward_when_it_returns_too_few_gradients():
     with pytest.raises(TypeError, match=r"^backward: expected a tuple of 3 gradients \(one per "
                                         r"input \['x', 'weight', 'bias'\]\), got None"):
         check_vjp(dense_forward, lambda dout, cache: None, DENSE_INPUTS)
+
+
+# --- a wrong gradient at a smooth point is a mismatch, not a kink ---------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("weight", [1e-5, 1e-7, 1e-9])
+def test_a_wrong_small_gradient_is_a_mismatch_not_a_kink(method, weight):
+    # w enters the O(1) loss with a small weight: its gradients are small next to the loss,
+    # whose rounding noise (~eps |f| / h in the kink probes) exceeds KINK_RTOL * their scale.
+    # A factor-2 error there is a mismatch: the function is a polynomial in w, kink-free.
+    def f(p):
+        x, w = p["x"], p["w"]
+        return (np.sum(np.sin(x)) + weight * np.sum(w ** 2),
+                {"x": np.cos(x), "w": 2 * (2 * weight * w)})
+
+    report = ri.check_gradients(f, {"x": np.array([0.3, 1.0, 2.0]),
+                                    "w": np.array([0.4, -0.5, 0.9, 0.1])}, method=method)
+    assert [(row.status, row.nondifferentiable) for row in report.rows] == [
+        ("ok", 0), ("mismatch", 0)], report
+
+
+def test_rounding_noise_in_the_loss_does_not_pass_for_a_kink():
+    # The loss is computed as (1e6 + q) - 1e6: real differences of it carry rounding noise of
+    # ~eps * 1e6 / h ~ 4e-5, far above any fixed floor; the complex step is untouched by it.
+    # A gradient wrong by 30% is not explained by what the noisy probes see.
+    def f(p):
+        w = p["w"]
+        return (1e6 + np.sum(np.sin(w))) - 1e6, {"w": 1.3 * np.cos(w)}
+
+    report = ri.check_gradients(f, {"w": np.array([0.4, -0.5, 0.9])}, method="complex")
+    assert report.rows[0].status == "mismatch" and report.rows[0].nondifferentiable == 0, report
