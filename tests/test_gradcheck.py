@@ -493,6 +493,61 @@ def test_check_vjp_names_backward_when_it_returns_too_few_gradients():
         check_vjp(dense_forward, lambda dout, cache: None, DENSE_INPUTS)
 
 
+# --- check_vjp's upstream gradient --------------------------------------------------------
+
+def dense_backward_spy(seen):
+    def backward(dout, cache):
+        seen.append(dout.copy())
+        return dense_backward(dout, cache)
+    return backward
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_default_upstream_gradient_is_the_seeded_standard_normal_never_constant(seed):
+    seen = []
+    assert check_vjp(dense_forward, dense_backward_spy(seen), DENSE_INPUTS, seed=seed).ok
+    (dout,) = seen
+    out, _ = dense_forward(**DENSE_INPUTS)
+    # As documented: np.random.default_rng(seed).standard_normal(out.shape).
+    assert dout.shape == out.shape == (2, 4)
+    assert np.array_equal(dout, np.random.default_rng(seed).standard_normal((2, 4)))
+    assert np.unique(dout).size == dout.size           # no two entries alike, let alone all
+    assert not np.array_equal(dout[0], dout[1])        # rows differ: row mix-ups are visible
+
+
+def reversed_rows_backward(dout, cache):
+    dx, _, dbias = dense_backward(dout, cache)
+    return dx, dout[::-1].T @ cache.x, dbias          # batch rows of dout in the wrong order
+
+
+def first_row_times_n_backward(dout, cache):
+    dx, dweight, _ = dense_backward(dout, cache)
+    return dx, dweight, len(dout) * dout[0]           # N * dout[0] instead of sum over N
+
+
+BATCH_INPUTS = {"x": np.random.default_rng(3).standard_normal((5, 3)),
+                "weight": np.random.default_rng(4).standard_normal((4, 3)),
+                "bias": np.random.default_rng(5).standard_normal(4)}
+
+
+@pytest.mark.parametrize("backward, wrong", [(reversed_rows_backward, "weight"),
+                                             (first_row_times_n_backward, "bias")])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_check_vjp_rejects_batch_rows_mixed_up_or_replaced(backward, wrong, seed):
+    report = check_vjp(dense_forward, backward, BATCH_INPUTS, seed=seed)
+    assert not report.ok
+    assert {row.name: row.status for row in report.rows} == {
+        "x": "ok", "weight": "ok", "bias": "ok", wrong: "mismatch"}, report
+
+
+@pytest.mark.parametrize("backward", [reversed_rows_backward, first_row_times_n_backward])
+def test_an_all_ones_upstream_gradient_would_hide_those_bugs(backward):
+    # Why the default is random: with dout = ones, dout[::-1] == dout and N * dout[0] ==
+    # sum over N of dout, so both bugs give exactly the right gradients.
+    out, _ = dense_forward(**BATCH_INPUTS)
+    assert check_vjp(dense_forward, backward, BATCH_INPUTS, dout=np.ones(out.shape)).ok
+
+
 # --- a wrong gradient at a smooth point is a mismatch, not a kink ---------------------------
 
 @pytest.mark.parametrize("method", METHODS)
