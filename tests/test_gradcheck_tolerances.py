@@ -18,6 +18,8 @@ The documented defaults being pinned (module docstring of refimpl.gradcheck):
 The test function is smooth with an exactly known O(1) gradient, so the numerical
 derivative is accurate far below each tolerance (``test_the_numerical_derivative_is_far_
 more_accurate_than_the_planted_errors`` checks that), and the planted error is what decides.
+``pytest.approx`` is given ``abs=0`` throughout: its default absolute tolerance, 1e-12, would
+swallow the differences pinned here.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def test_full_mode_rejects_ten_times_rtol_and_accepts_a_tenth(method):
     assert [row.status for row in report.rows] == ["mismatch", "mismatch"], report
     # error / scale = rejected / (1 + rejected): the reported figure is the planted one.
     for row in report.rows:
-        assert row.max_rel_error == pytest.approx(rejected, rel=1e-2)
+        assert row.max_rel_error == pytest.approx(rejected, rel=1e-2, abs=0)
     report = ri.check_gradients(planted(1 + accepted), POINT, method=method)
     assert report.ok, report
 
@@ -209,7 +211,8 @@ def test_directional_mode_rejects_ten_times_atol_and_accepts_a_tenth_where_the_g
     f_bad, _ = plant_along_directions(square_of_w, point, method, lambda g, v: rejected)
     report = ri.check_gradients(f_bad, point, method=method, mode="directional")
     assert {row.status for row in report.rows} == {"mismatch"}, report
-    assert [row.max_abs_error for row in report.rows] == pytest.approx([rejected] * 8, rel=1e-6)
+    assert [row.max_abs_error for row in report.rows] == pytest.approx([rejected] * 8,
+                                                                        rel=1e-6, abs=0)
     f_good, _ = plant_along_directions(square_of_w, point, method, lambda g, v: accepted)
     report = ri.check_gradients(f_good, point, method=method, mode="directional")
     assert report.ok, report
@@ -227,4 +230,4 @@ def test_directional_scale_is_the_sum_of_the_terms_of_the_inner_product(method):
     assert {row.status for row in report.rows} == {"mismatch"}, report
     # error / scale is the planted 3 rtol only if the scale is sum_i |g_i v_i|.
     assert [row.max_rel_error for row in report.rows] == pytest.approx([three_rtol] * 8,
-                                                                        rel=1e-2)
+                                                                        rel=1e-2, abs=0)
