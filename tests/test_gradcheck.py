@@ -577,3 +577,14 @@ def test_rounding_noise_in_the_loss_does_not_pass_for_a_kink():
 
     report = ri.check_gradients(f, {"w": np.array([0.4, -0.5, 0.9])}, method="complex")
     assert report.rows[0].status == "mismatch" and report.rows[0].nondifferentiable == 0, report
+
+
+def test_check_vjp_seeds_the_directions_too():
+    # dout fixed, so only the directions can make the two seeds' rows differ.
+    out, _ = dense_forward(**BATCH_INPUTS)
+    dout = np.random.default_rng(9).standard_normal(out.shape)
+    reports = [check_vjp(dense_forward, dense_backward, BATCH_INPUTS, dout=dout, seed=seed,
+                         mode="directional", directions=3) for seed in (0, 0, 1)]
+    assert all(report.ok for report in reports)
+    assert reports[0].to_dict() == reports[1].to_dict()
+    assert reports[0].rows[0].analytic != reports[2].rows[0].analytic
