@@ -27,6 +27,13 @@ For one parameter with analytic gradient ``g`` and numerical gradient ``n`` (arr
     scale = max(max_i |g_i|, max_i |n_i|)            # the parameter's largest gradient
     pass  iff  max_i |g_i - n_i|  <=  atol + rtol * scale
 
+with the defaults of :data:`TOLERANCES` (each pinned by a test from both sides)::
+
+    method       rtol    atol
+    complex      1e-12   1e-14
+    central      1e-6    1e-9
+    richardson   1e-9    1e-11
+
 and the reported relative error is ``max_i |g_i - n_i| / scale``. Scaling by the parameter's
 largest gradient, not by ``|g_i|``, keeps the relative error from blowing up where a single
 gradient entry is ~0 (a quantity computed to absolute accuracy ~eps * scale). In directional
@@ -37,10 +44,25 @@ Kinks and non-finite values
 ---------------------------
 A coordinate that disagrees is examined with real differences: if the one-sided,
 extrapolated derivatives from the left and from the right differ, or the central
-derivative jumps between steps ``h`` and ``h/2``, the point is within one step of a kink and
-is reported as ``"non-differentiable"``, not as a mismatch. A non-finite loss or gradient
-(at ``p`` or at a perturbed point) is reported as ``"non-finite"``. ``ok`` is True only when
-every checked coordinate agreed.
+derivative jumps between steps ``h`` and ``h/2`` (by more than rounding can explain), and
+that slope jump is large enough to explain the disagreement, the point is within one step of
+a kink and is reported as ``"non-differentiable"``, not as a mismatch. A wrong gradient at a
+smooth point stays a mismatch however small the parameter's gradients are. A non-finite
+loss or gradient (at ``p`` or at a perturbed point) is reported as ``"non-finite"``. ``ok``
+is True only when every checked coordinate agreed.
+
+Bad arguments are errors, never a verdict
+-----------------------------------------
+Everything is checked before ``f`` is first called: a tolerance must be a finite,
+non-negative number (with a NaN limit every test ``error > limit`` is False, so nothing
+could fail; ``inf`` accepts anything), ``seed`` a non-negative int, ``directions`` a
+positive int (NumPy integers accepted, ``bool`` and ``float`` refused), every parameter a
+finite real array with at least one entry. Then ``f(params)`` must return a pair
+``(loss, grads)`` with a scalar loss (shape ``()``; an array of shape ``(1,)`` or ``(N,)``
+is refused, not reduced) and grads with exactly the keys and shapes of ``params``, and every
+loss evaluated at a perturbed point must be a scalar too. Each violation is a ``TypeError``
+or ``ValueError`` naming the argument (``f``, ``loss_fn``, ``forward``, ``backward``,
+``rtol``, ...) and saying what was expected.
 """
 
 from __future__ import annotations
@@ -52,7 +74,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._table import format_table
-from ._validate import as_float_array
+from ._validate import as_float_array, check_int, check_seed, check_tolerance
 
 __all__ = ["check_gradients", "check_vjp", "assert_close", "GradcheckReport", "ParameterRow",
            "Tolerance", "TOLERANCES",
@@ -88,6 +110,20 @@ STEPS: dict[str, float] = {
 #: central ones at h and h/2) differ by more than this times the parameter's scale: smooth
 #: functions give ~1e-10 there, a kink gives the jump in slope.
 KINK_RTOL = 1e-6
+
+#: A kink at distance d < h from the point, whose slope jumps by J, moves the central
+#: derivative by J (h - d) / (2h) and shows in the probes of :func:`_near_kink` (built on the
+#: same step h) as max(|right - left|, |jump|) >= J (h - d) / (2.5 h): a kink explains at
+#: most 2.5x what the probes see. A disagreement more than this many times larger is not a
+#: kink's doing and stays a mismatch. (Richardson's longer step reaches kinks the probes
+#: cannot see; those disagreements are mismatches too: a fail, never a pass.)
+KINK_EXPLAINS = 10
+
+#: Rounding floor of the kink probes, in units of eps * max|f| / h: each loss value carries
+#: a rounding error of a few eps * |f|, and the probes combine five of them with weights
+#: summing to 16 / h (right - left). Below this floor a "jump" is rounding noise, however
+#: small the parameter's own gradient scale is.
+KINK_ROUNDING = 64
 
 METHODS = tuple(TOLERANCES)
 MODES = ("full", "directional")
@@ -169,37 +205,107 @@ def _json_float(value: float) -> float | str:
     return value
 
 
-def _real_loss(value: Any) -> float:
-    return float(np.asarray(value).real)
+def _scalar_loss(value: Any, who: str) -> np.ndarray:
+    """The loss returned by ``who`` as a 0-d numeric array, or a clear error.
+
+    A loss of shape (1,) or (N,) is refused rather than reduced: summing or taking the first
+    entry would check a different function from the one the caller meant.
+    """
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiuc":
+        raise TypeError(f"{who}: expected the loss to be a real (or complex) scalar, got "
+                        f"{type(value).__name__} {value!r:.80}")
+    if array.shape != ():
+        raise ValueError(f"{who}: expected the loss to be a scalar (shape ()), got an array "
+                         f"of shape {array.shape}")
+    return array
 
 
-def _imag_loss(value: Any) -> float:
-    return float(np.asarray(value).imag)
+def _real_loss(value: Any, who: str) -> float:
+    return float(_scalar_loss(value, who).real)
 
 
-def _check_params(params: Mapping[str, Any]) -> Params:
+def _imag_loss(value: Any, who: str) -> float:
+    return float(_scalar_loss(value, who).imag)
+
+
+def _pair(result: Any, who: str, call: str, names: str) -> tuple[Any, Any]:
+    """Unpack the 2-tuple ``result`` of ``call``, or raise naming ``who``."""
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        described = (f"a {type(result).__name__} of length {len(result)}"
+                     if isinstance(result, (tuple, list)) else
+                     f"{type(result).__name__} {result!r:.80}")
+        raise TypeError(f"{who}: expected {call} to return a pair {names}, got {described}")
+    return result[0], result[1]
+
+
+def _loss_of_f(f: GradFunction, params: Params) -> Any:
+    return _pair(f(params), "f", "f(params)", "(loss, grads)")[0]
+
+
+def _check_params(params: Mapping[str, Any], argument: str = "params") -> Params:
     if not isinstance(params, Mapping) or not params:
-        raise TypeError("params: expected a non-empty dict of arrays")
-    return {name: np.array(as_float_array(value, f"params[{name!r}]", allow_complex=False))
-            for name, value in params.items()}
+        raise TypeError(f"{argument}: expected a non-empty dict of arrays, got "
+                        f"{type(params).__name__} {params!r:.80}")
+    checked = {}
+    for name, value in params.items():
+        label = f"{argument}[{name!r}]"
+        array = np.array(as_float_array(value, label, allow_complex=False))
+        if array.size == 0:
+            raise ValueError(f"{label}: expected an array with at least one entry, got shape "
+                             f"{array.shape}; a parameter without entries has no gradient "
+                             f"to check")
+        checked[name] = array
+    return checked
 
 
-def _check_grads(grads: Any, params: Params) -> Params:
+def _check_grads(grads: Any, params: Params, who: str = "f") -> Params:
     if not isinstance(grads, Mapping):
-        raise TypeError(f"f: expected f(params) to return (loss, grads dict), got grads of type "
-                        f"{type(grads).__name__}")
-    if set(grads) != set(params):
-        raise ValueError(f"f: grads keys {sorted(grads)} differ from params keys {sorted(params)}")
+        raise TypeError(f"{who}: expected a dict of gradients keyed like the parameters, got "
+                        f"{type(grads).__name__} {grads!r:.80}")
+    missing = [name for name in params if name not in grads]
+    extra = [name for name in grads if name not in params]
+    if missing or extra:
+        raise ValueError(f"{who}: grads must have exactly the keys of params {list(params)}; "
+                         f"missing {missing}, extra {extra}")
     checked = {}
     for name, value in params.items():
         grad = np.asarray(grads[name])
-        if grad.shape != value.shape:
-            raise ValueError(f"f: grads[{name!r}] has shape {grad.shape}, params[{name!r}] "
-                             f"has {value.shape}")
         if grad.dtype.kind not in "fiuc":
-            raise TypeError(f"f: grads[{name!r}] has non-numeric dtype {grad.dtype}")
+            raise TypeError(f"{who}: grads[{name!r}] is not a numeric array (got "
+                            f"{type(grads[name]).__name__} of dtype {grad.dtype}); expected "
+                            f"shape {value.shape}")
+        if grad.shape != value.shape:
+            raise ValueError(f"{who}: grads[{name!r}] has shape {grad.shape}, params[{name!r}] "
+                             f"has {value.shape}")
         checked[name] = np.asarray(grad.real if grad.dtype.kind == "c" else grad, np.float64)
     return checked
+
+
+def _check_options(method: Any, mode: Any, names: Any, directions: Any, seed: Any,
+                   rtol: Any, atol: Any, params: Params) -> tuple[list[str], int, int, Tolerance]:
+    """Validate the options shared by :func:`check_gradients` and :func:`check_vjp`."""
+    if not isinstance(method, str) or method not in TOLERANCES:
+        raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"mode: unknown mode {mode!r}; expected one of {list(MODES)}")
+    default = TOLERANCES[method]
+    tolerance = Tolerance(default.rtol if rtol is None else check_tolerance(rtol, "rtol"),
+                          default.atol if atol is None else check_tolerance(atol, "atol"))
+    seed = check_seed(seed, "seed")
+    directions = check_int(directions, "directions", minimum=1)
+    if names is None:
+        return list(params), directions, seed, tolerance
+    if mode != "full":
+        raise ValueError("names: only meaningful with mode='full'")
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(f"names: expected an iterable of parameter names, got "
+                        f"{type(names).__name__} {names!r}")
+    names = list(names)
+    unknown = [name for name in names if name not in params]
+    if unknown:
+        raise ValueError(f"names: unknown parameters {unknown}; params has {list(params)}")
+    return names, directions, seed, tolerance
 
 
 class _Evaluator:
@@ -209,16 +315,17 @@ class _Evaluator:
     so a full check allocates nothing per coordinate.
     """
 
-    def __init__(self, loss_fn: Callable[[Params], Any], params: Params):
+    def __init__(self, loss_fn: Callable[[Params], Any], params: Params, who: str):
         self.loss_fn = loss_fn
         self.params = params
+        self.who = who  # the argument named in errors: "f" or "loss_fn"
 
     def complex_coordinate(self, work: Params, name: str, index: int, h: float) -> float:
         flat = work[name].reshape(-1)
         original = flat[index]
         flat[index] = original + 1j * h
         try:
-            return _imag_loss(self.loss_fn(work)) / h
+            return _imag_loss(self.loss_fn(work), self.who) / h
         finally:
             flat[index] = original
 
@@ -227,13 +334,13 @@ class _Evaluator:
         original = flat[index]
         flat[index] = original + delta
         try:
-            return _real_loss(self.loss_fn(work))
+            return _real_loss(self.loss_fn(work), self.who)
         finally:
             flat[index] = original
 
-    def along(self, direction: Params, t: complex) -> Any:
+    def along(self, direction: Params, t: complex) -> np.ndarray:
         shifted = {name: value + t * direction[name] for name, value in self.params.items()}
-        return self.loss_fn(shifted)
+        return _scalar_loss(self.loss_fn(shifted), self.who)
 
 
 def _central(f_plus: float, f_minus: float, h: float) -> float:
@@ -255,23 +362,28 @@ def _numerical_coordinate(method: str, evaluator: _Evaluator, work: Params, name
 
 
 def _near_kink(evaluator: _Evaluator, work: Params, name: str, index: int, value: float,
-               scale: float, atol: float) -> bool:
-    """True when the loss is not smooth within one central step of the point."""
+               scale: float, atol: float, error: float) -> bool:
+    """True when the loss is not smooth within one central step of the point and that
+    explains the disagreement ``error`` = |analytic - numerical| at the coordinate."""
     h = STEPS["central"] * max(1.0, abs(value))
     f0 = evaluator.real_coordinate(work, name, index, 0.0)
     f_p, f_m = (evaluator.real_coordinate(work, name, index, s * h) for s in (1, -1))
     f_p2, f_m2 = (evaluator.real_coordinate(work, name, index, s * h / 2) for s in (1, -1))
+    values = (f0, f_p, f_m, f_p2, f_m2)
+    if not all(np.isfinite(values)):
+        return False
     # One-sided differences extrapolated to O(h^2): from the right and from the left. They
-    # agree (to ~1e-10) where f is smooth and differ by the jump in slope at a kink.
+    # agree (to rounding) where f is smooth and differ by the jump in slope at a kink.
     right = 2 * (f_p2 - f0) / (h / 2) - (f_p - f0) / h
     left = 2 * (f0 - f_m2) / (h / 2) - (f0 - f_m) / h
     # Central differences at h and h/2: they jump when a kink lies between h/2 and h.
     jump = _central(f_p, f_m, h) - _central(f_p2, f_m2, h / 2)
-    threshold = KINK_RTOL * scale + atol
-    values = (f0, f_p, f_m, f_p2, f_m2)
-    if not all(np.isfinite(values)):
-        return False
-    return abs(right - left) > threshold or abs(jump) > threshold
+    # The rounding floor matters where the parameter's gradients are small next to the loss:
+    # there KINK_RTOL * scale + atol alone would call rounding noise a kink.
+    rounding = KINK_ROUNDING * EPS * max(abs(v) for v in values) / h
+    threshold = KINK_RTOL * scale + atol + rounding
+    seen = max(abs(right - left), abs(jump))
+    return seen > threshold and error <= KINK_EXPLAINS * seen
 
 
 def check_gradients(
@@ -294,42 +406,34 @@ def check_gradients(
     - params: the point, a dict of real arrays (converted to float64; not modified).
     - method: "complex", "central" or "richardson"; mode: "full" or "directional".
     - names: in full mode, check only these parameters (default: all).
-    - directions, seed: in directional mode, how many seeded Gaussian directions.
-    - rtol, atol: override :data:`TOLERANCES` ``[method]``.
+    - directions, seed: in directional mode, how many seeded Gaussian directions (a
+      positive int) and their seed (a non-negative int); both are validated in every mode.
+    - rtol, atol: override :data:`TOLERANCES` ``[method]``; finite, non-negative numbers.
     - loss_fn: optional cheaper ``loss_fn(params) -> loss`` for the numerical evaluations
       (default: ``f(params)[0]``).
-    """
-    if method not in TOLERANCES:
-        raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
-    if mode not in MODES:
-        raise ValueError(f"mode: unknown mode {mode!r}; expected one of {list(MODES)}")
-    if not callable(f):
-        raise TypeError(f"f: expected a callable f(params) -> (loss, grads), got {f!r}")
-    params = _check_params(params)
-    default = TOLERANCES[method]
-    tolerance = Tolerance(default.rtol if rtol is None else float(rtol),
-                          default.atol if atol is None else float(atol))
-    if tolerance.rtol < 0 or tolerance.atol < 0:
-        raise ValueError(f"rtol, atol: expected non-negative tolerances, got {tolerance}")
-    if names is not None:
-        if mode != "full":
-            raise ValueError("names: only meaningful with mode='full'")
-        names = list(names)
-        unknown = [name for name in names if name not in params]
-        if unknown:
-            raise ValueError(f"names: unknown parameters {unknown}; params has {list(params)}")
-    else:
-        names = list(params)
-    if isinstance(directions, bool) or not isinstance(directions, int) or directions < 1:
-        raise ValueError(f"directions: expected a positive int, got {directions!r}")
 
-    loss, grads = f({name: value.copy() for name, value in params.items()})
+    Raises ``TypeError`` / ``ValueError`` naming the argument, before ``f`` is called, for a
+    bad option or parameter (see the module docstring), and as soon as ``f`` or ``loss_fn``
+    returns something other than a pair ``(scalar loss, grads keyed and shaped like
+    params)`` / a scalar loss.
+    """
+    if not callable(f):
+        raise TypeError(f"f: expected a callable f(params) -> (loss, grads), got {f!r:.80}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable loss_fn(params) -> loss or None, got "
+                        f"{loss_fn!r:.80}")
+    params = _check_params(params)
+    names, directions, seed, tolerance = _check_options(method, mode, names, directions, seed,
+                                                        rtol, atol, params)
+
+    loss, grads = _pair(f({name: value.copy() for name, value in params.items()}), "f",
+                        "f(params)", "(loss, grads)")
+    loss_value = _real_loss(loss, "f")
     grads = _check_grads(grads, params)
-    loss_value = _real_loss(loss)
     if loss_fn is None:
-        def loss_fn(p: Params) -> Any:
-            return f(p)[0]
-    evaluator = _Evaluator(loss_fn, params)
+        evaluator = _Evaluator(lambda p: _loss_of_f(f, p), params, "f")
+    else:
+        evaluator = _Evaluator(loss_fn, params, "loss_fn")
 
     problems = []
     if not np.isfinite(loss_value):
@@ -382,7 +486,7 @@ def _full_row(method: str, evaluator: _Evaluator, params: Params, grads: Params,
         real_work = {key: value.copy() for key, value in params.items()}
         for index in failing:
             kinks[index] = _near_kink(evaluator, real_work, name, int(index), point[index],
-                                      scale, tolerance.atol)
+                                      scale, tolerance.atol, float(error[index]))
     mismatched = failing[~kinks[failing]]
     # The statistics describe the coordinates that could be compared (kinks excluded).
     compared = np.where(kinks, 0.0, error)
@@ -420,14 +524,14 @@ def _directional_rows(method: str, evaluator: _Evaluator, params: Params, grads:
         v_max = max(float(np.max(np.abs(v), initial=0.0)) for v in direction.values())
         if method == "complex":
             h = STEPS["complex"]
-            numerical = _imag_loss(evaluator.along(direction, 1j * h)) / h
+            numerical = float(evaluator.along(direction, 1j * h).imag) / h
         else:
             # The step is relative to the parameter scale, divided by the largest direction
             # entry so that no coordinate moves by more than the per-coordinate step.
             h = STEPS[method] * max(1.0, largest) / max(v_max, 1e-300)
             def d(step: float, v: Params = direction) -> float:
-                return _central(_real_loss(evaluator.along(v, step)),
-                                _real_loss(evaluator.along(v, -step)), step)
+                return _central(float(evaluator.along(v, step).real),
+                                float(evaluator.along(v, -step).real), step)
             numerical = d(h) if method == "central" else (4 * d(h / 2) - d(h)) / 3
         error = abs(analytic - numerical)
         if not np.isfinite(numerical):
@@ -451,7 +555,11 @@ def check_vjp(
     dout: Any = None,
     seed: int = 0,
     method: str = "complex",
-    **options: Any,
+    mode: str = "full",
+    names: Iterable[str] | None = None,
+    directions: int = 8,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> GradcheckReport:
     """Check one operation's backward pass (a vector-Jacobian product) numerically.
 
@@ -460,16 +568,33 @@ def check_vjp(
       ``inputs`` (a tuple; a single array when there is one input)
     - inputs: the differentiable arguments by name (real arrays)
     - static: non-differentiable keyword arguments (labels, strides, ...)
-    - dout: the upstream gradient; default a seeded standard-normal array of ``out``'s
-      shape — never all-ones, which hides transposes and mixed-up rows.
+    - dout: the upstream gradient; default ``np.random.default_rng(seed).standard_normal(
+      out.shape)`` — never all-ones, which hides mixed-up batch rows (``dout[::-1]``) and
+      sums replaced by ``N * dout[0]``.
+    - seed: a non-negative int; seeds the default ``dout`` and, in directional mode, the
+      directions.
+    - method, mode, names, directions, rtol, atol: as in :func:`check_gradients`.
 
     The scalar checked is ``<forward(inputs), dout>``, whose gradient is exactly what
-    ``backward(dout, ...)`` returns. ``options`` go to :func:`check_gradients`.
+    ``backward(dout, ...)`` returns. Every argument is validated before ``forward`` is called.
     """
+    if not callable(forward):
+        raise TypeError(f"forward: expected a callable forward(**inputs, **static) -> "
+                        f"(out, cache), got {forward!r:.80}")
+    if not callable(backward):
+        raise TypeError(f"backward: expected a callable backward(dout, cache), got "
+                        f"{backward!r:.80}")
+    if static is not None and not isinstance(static, Mapping):
+        raise TypeError(f"static: expected a dict of keyword arguments or None, got "
+                        f"{type(static).__name__}")
     static = dict(static or {})
-    inputs = _check_params(inputs)
-    out, cache = forward(**inputs, **static)
+    inputs = _check_params(inputs, "inputs")
+    _check_options(method, mode, names, directions, seed, rtol, atol, inputs)
+    out, cache = _pair(forward(**inputs, **static), "forward", "forward(**inputs, **static)",
+                       "(out, cache)")
     out = np.asarray(out)
+    if out.dtype.kind not in "fiuc":
+        raise TypeError(f"forward: expected out to be a numeric array, got dtype {out.dtype}")
     if dout is None:
         dout = np.random.default_rng(seed).standard_normal(out.shape)
     dout = as_float_array(dout, "dout", allow_complex=False)
@@ -479,14 +604,27 @@ def check_vjp(
     if len(inputs) == 1 and not isinstance(analytic, tuple):
         analytic = (analytic,)
     if not isinstance(analytic, tuple) or len(analytic) < len(inputs):
-        raise ValueError(f"backward: expected {len(inputs)} gradients, got {analytic!r:.200}")
-    grads = dict(zip(inputs, analytic, strict=False))  # extra None (no bias) ignored
+        raise TypeError(f"backward: expected a tuple of {len(inputs)} gradients (one per "
+                        f"input {list(inputs)}), got {analytic!r:.200}")
+    # Gradients past the inputs (a None bias gradient, or one for an argument passed in
+    # ``static``) are not checked.
+    grads = _check_grads(dict(zip(inputs, analytic, strict=False)), inputs, "backward")
 
     def scalar(p: Params) -> Any:
-        return (np.asarray(forward(**p, **static)[0]) * dout).sum()
+        value, _ = _pair(forward(**p, **static), "forward", "forward(**inputs, **static)",
+                         "(out, cache)")
+        value = np.asarray(value)
+        if value.shape != out.shape:
+            raise ValueError(f"forward: out has shape {value.shape} at a perturbed point, "
+                             f"{out.shape} at the point itself")
+        return (value * dout).sum()
 
-    return check_gradients(lambda p: (scalar(p), grads), inputs, method=method, loss_fn=scalar,
-                           **options)
+    def f(p: Params) -> tuple[Any, Params]:
+        return scalar(p), grads
+
+    return check_gradients(f, inputs, method=method, mode=mode, names=names,
+                           directions=directions, seed=seed, rtol=rtol, atol=atol,
+                           loss_fn=scalar)
 
 
 def assert_close(actual: Any, expected: Any, tolerance: Tolerance = TOLERANCES["complex"],
@@ -499,6 +637,10 @@ def assert_close(actual: Any, expected: Any, tolerance: Tolerance = TOLERANCES["
     with the complex-step tolerances by default (rounding-level agreement). Shapes must be
     equal exactly. Raises ``AssertionError`` naming the worst index and both values.
     """
+    if not isinstance(tolerance, tuple) or len(tolerance) != 2:
+        raise TypeError(f"tolerance: expected a Tolerance(rtol, atol), got {tolerance!r:.80}")
+    tolerance = Tolerance(check_tolerance(tolerance[0], "tolerance.rtol"),
+                          check_tolerance(tolerance[1], "tolerance.atol"))
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {actual.shape} != expected {expected.shape}")

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refimpl as ri
-from refimpl.gradcheck import METHODS, TOLERANCES, assert_close, check_vjp
+from refimpl.gradcheck import METHODS, TOLERANCES, Tolerance, assert_close, check_vjp
 from refimpl.nn.dense import dense_backward, dense_forward
 
 
@@ -243,9 +243,8 @@ def test_bad_arguments_get_clear_errors():
         ri.check_gradients("f", params)
     with pytest.raises(ValueError, match=r"params\['fc1.bias'\]: contains 1 NaN"):
         ri.check_gradients(f, {**params, "fc1.bias": np.array([np.nan, 0, 0, 0])})
-    with pytest.raises(ValueError, match="rtol, atol"):
-        ri.check_gradients(f, params, rtol=-1)
-    with pytest.raises(ValueError, match="f: grads keys"):
+    with pytest.raises(ValueError, match=r"f: grads must have exactly the keys of params .*"
+                                         r"missing \['fc1.bias', 'fc2.weight', 'fc2.bias'\]"):
         ri.check_gradients(lambda p: (f(p)[0], {"fc1.weight": f(p)[1]["fc1.weight"]}), params)
     with pytest.raises(ValueError, match=r"f: grads\['fc1.bias'\] has shape \(1, 4\)"):
         ri.check_gradients(lambda p: (f(p)[0], {**f(p)[1], "fc1.bias": np.zeros((1, 4))}),
@@ -280,3 +279,312 @@ def test_assert_close_uses_the_scaled_rule():
         assert_close(np.array([0.0, 2.0]), np.array([0.0, 1.0]))
     with pytest.raises(AssertionError, match="shape"):
         assert_close(np.zeros(2), np.zeros((2, 1)))
+
+
+# --- bad tolerances, seeds and counts are errors, never a verdict ---------------------------
+
+def sine(p):
+    return np.sum(np.sin(p["x"])), {"x": np.cos(p["x"])}
+
+
+def sine_with_a_flipped_sign(p):
+    loss, grads = sine(p)
+    return loss, {"x": -grads["x"]}
+
+
+SINE_POINT = {"x": np.array([0.3, -1.1, 2.0])}
+DENSE_INPUTS = {"x": np.arange(6.0).reshape(2, 3) / 7, "weight": np.ones((4, 3)) / 3,
+                "bias": np.zeros(4)}
+
+
+def test_a_nan_tolerance_no_longer_passes_a_wrong_gradient():
+    # The demonstration: this wrong gradient is rejected by the defaults, and rtol=nan made
+    # every comparison vacuous (NaN > limit is False), so it used to pass.
+    assert not ri.check_gradients(sine_with_a_flipped_sign, SINE_POINT).ok
+    with pytest.raises(ValueError, match="rtol: expected a finite non-negative number, got nan"):
+        ri.check_gradients(sine_with_a_flipped_sign, SINE_POINT, rtol=float("nan"))
+
+
+# (value, exception, message): every way a tolerance can be wrong.
+BAD_TOLERANCES = [
+    (float("nan"), ValueError, "finite non-negative number, got nan"),
+    (float("inf"), ValueError, "finite non-negative number, got inf"),
+    (-1e-3, ValueError, "finite non-negative number, got -0.001"),
+    ("x", TypeError, "finite non-negative number, got str 'x'"),
+    (True, TypeError, "finite non-negative number, got bool True"),
+    ([1e-6], TypeError, "finite non-negative number, got list"),
+]
+BAD_SEEDS = [(-1, ValueError, "non-negative int, got -1"),
+             (1.0, TypeError, "non-negative int, got float 1.0"),
+             (True, TypeError, "non-negative int, got bool True")]
+BAD_DIRECTIONS = [(0, ValueError, "positive int, got 0"), (-3, ValueError, "positive int, got -3"),
+                  (2.0, TypeError, "positive int, got float 2.0"),
+                  (True, TypeError, "positive int, got bool True"),
+                  ("4", TypeError, "positive int, got str '4'")]
+BAD_ARGUMENTS = ([("rtol", *bad) for bad in BAD_TOLERANCES]
+                 + [("atol", *bad) for bad in BAD_TOLERANCES]
+                 + [("seed", *bad) for bad in BAD_SEEDS]
+                 + [("directions", *bad) for bad in BAD_DIRECTIONS])
+
+
+@pytest.mark.parametrize("mode", ["full", "directional"])
+@pytest.mark.parametrize("argument, value, error, message", BAD_ARGUMENTS)
+def test_check_gradients_refuses_bad_tolerances_seeds_and_directions(argument, value, error,
+                                                                     message, mode):
+    calls = []
+
+    def f(p):
+        calls.append(1)
+        return sine_with_a_flipped_sign(p)
+
+    with pytest.raises(error, match=f"^{argument}: expected a {message}"):
+        ri.check_gradients(f, SINE_POINT, mode=mode, **{argument: value})
+    assert not calls  # refused before f is evaluated
+
+
+@pytest.mark.parametrize("argument, value, error, message", BAD_ARGUMENTS)
+def test_check_vjp_refuses_bad_tolerances_seeds_and_directions(argument, value, error,
+                                                               message):
+    calls = []
+
+    def forward(**inputs):
+        calls.append(1)
+        return dense_forward(**inputs)
+
+    with pytest.raises(error, match=f"^{argument}: expected a {message}"):
+        check_vjp(forward, dense_backward, DENSE_INPUTS, **{argument: value})
+    assert not calls
+
+
+@pytest.mark.parametrize("field", ["rtol", "atol"])
+@pytest.mark.parametrize("value, error, message", BAD_TOLERANCES)
+def test_assert_close_refuses_bad_tolerances(field, value, error, message):
+    tolerance = Tolerance(**{"rtol": 1e-12, "atol": 1e-14, field: value})
+    # Would pass with rtol = nan or inf if the tolerance were used unchecked.
+    with pytest.raises(error, match=f"^tolerance.{field}: expected a {message}"):
+        assert_close(np.array([1.0, 2.0]), np.array([1.0, -2.0]), tolerance)
+
+
+def test_assert_close_refuses_a_tolerance_that_is_not_a_pair():
+    with pytest.raises(TypeError,
+                       match=r"tolerance: expected a Tolerance\(rtol, atol\), got 1e-06"):
+        assert_close(np.ones(2), np.ones(2), 1e-6)
+
+
+def test_numpy_integers_and_floats_are_accepted():
+    for mode in ("full", "directional"):
+        report = ri.check_gradients(sine, SINE_POINT, mode=mode, directions=np.int64(3),
+                                    seed=np.uint8(5), rtol=np.float64(1e-12), atol=0)
+        assert report.ok and report.tolerance == (1e-12, 0.0), report
+    assert len(ri.check_gradients(sine, SINE_POINT, mode="directional",
+                                  directions=np.int32(3)).rows) == 3
+    assert check_vjp(dense_forward, dense_backward, DENSE_INPUTS, seed=np.int64(2),
+                     mode="directional", directions=np.int16(2)).ok
+    assert_close(np.ones(2), np.ones(2), Tolerance(np.float32(1e-6), 0))
+
+
+# --- what f returns is checked, with errors that say what was expected -----------------------
+
+def shape_2_loss(p):
+    return np.sin(p["x"][:2]), {"x": np.cos(p["x"])}
+
+
+@pytest.mark.parametrize("f, error, message", [
+    (lambda p: 1.0, TypeError,
+     r"^f: expected f\(params\) to return a pair \(loss, grads\), got float 1.0$"),
+    (lambda p: None, TypeError,
+     r"^f: expected f\(params\) to return a pair \(loss, grads\), got NoneType None$"),
+    (lambda p: (1.0, {"x": 0}, 2), TypeError,
+     r"^f: expected f\(params\) to return a pair \(loss, grads\), got a tuple of length 3$"),
+    (shape_2_loss, ValueError,
+     r"^f: expected the loss to be a scalar \(shape \(\)\), got an array of shape \(2,\)$"),
+    (lambda p: (None, sine(p)[1]), TypeError,
+     r"^f: expected the loss to be a real \(or complex\) scalar, got NoneType None$"),
+    (lambda p: ("x", sine(p)[1]), TypeError,
+     r"^f: expected the loss to be a real \(or complex\) scalar, got str 'x'$"),
+    (lambda p: (sine(p)[0], None), TypeError,
+     r"^f: expected a dict of gradients keyed like the parameters, got NoneType None$"),
+    (lambda p: (sine(p)[0], {"x": None}), TypeError,
+     r"^f: grads\['x'\] is not a numeric array \(got NoneType of dtype object\); "
+     r"expected shape \(3,\)$"),
+    (lambda p: (sine(p)[0], {}), ValueError,
+     r"^f: grads must have exactly the keys of params \['x'\]; missing \['x'\], extra \[\]$"),
+    (lambda p: (sine(p)[0], {**sine(p)[1], "b": 0.0}), ValueError,
+     r"^f: grads must have exactly the keys of params \['x'\]; missing \[\], extra \['b'\]$"),
+    (lambda p: (sine(p)[0], {"x": np.cos(p["x"])[:, None]}), ValueError,
+     r"^f: grads\['x'\] has shape \(3, 1\), params\['x'\] has \(3,\)$"),
+])
+def test_a_bad_return_value_of_f_is_a_clear_error(f, error, message):
+    with pytest.raises(error, match=message):
+        ri.check_gradients(f, SINE_POINT)
+
+
+@pytest.mark.parametrize("loss_fn, error, message", [
+    (lambda p: None, TypeError,
+     r"^loss_fn: expected the loss to be a real \(or complex\) scalar, got NoneType None$"),
+    (lambda p: np.sin(p["x"]), ValueError,
+     r"^loss_fn: expected the loss to be a scalar \(shape \(\)\), got an array of shape \(3,\)$"),
+    (lambda p: np.sum(np.sin(p["x"]), keepdims=True), ValueError,
+     r"^loss_fn: expected the loss to be a scalar \(shape \(\)\), got an array of shape \(1,\)$"),
+])
+@pytest.mark.parametrize("mode", ["full", "directional"])
+def test_a_bad_return_value_of_loss_fn_is_a_clear_error(loss_fn, error, message, mode):
+    with pytest.raises(error, match=message):
+        ri.check_gradients(sine, SINE_POINT, loss_fn=loss_fn, mode=mode)
+
+
+def test_f_is_checked_at_the_perturbed_points_too():
+    def f(p):   # right at the point, None once perturbed (e.g. a branch on the dtype)
+        return sine(p) if p["x"].dtype == np.float64 else None
+
+    with pytest.raises(TypeError, match=r"^f: expected f\(params\) to return a pair"):
+        ri.check_gradients(f, SINE_POINT)
+
+
+@pytest.mark.parametrize("argument, call", [
+    ("params", lambda: ri.check_gradients(sine, {"x": np.zeros(0)})),
+    ("params", lambda: ri.check_gradients(sine, {"x": np.zeros((2, 0))})),
+    ("inputs", lambda: check_vjp(dense_forward, dense_backward,
+                                 {**DENSE_INPUTS, "x": np.zeros((0, 3))})),
+])
+def test_a_parameter_without_entries_is_a_clear_error(argument, call):
+    with pytest.raises(ValueError, match=rf"^{argument}\['x'\]: expected an array with at "
+                                         r"least one entry, got shape \("):
+        call()
+
+
+def test_other_bad_arguments_of_check_gradients():
+    with pytest.raises(TypeError, match="^loss_fn: expected a callable"):
+        ri.check_gradients(sine, SINE_POINT, loss_fn="sum")
+    with pytest.raises(TypeError, match="^names: expected an iterable of parameter names, got "
+                                        "str 'x'"):
+        ri.check_gradients(sine, SINE_POINT, names="x")
+    with pytest.raises(TypeError, match="^params: expected a non-empty dict of arrays"):
+        ri.check_gradients(sine, {})
+    with pytest.raises(TypeError, match=r"^params\['x'\]: expected a real array"):
+        ri.check_gradients(sine, {"x": np.ones(2, complex)})
+
+
+@pytest.mark.parametrize("forward, backward, error, message", [
+    (lambda x: None, lambda dout, cache: dout, TypeError,
+     r"^forward: expected forward\(\*\*inputs, \*\*static\) to return a pair "
+     r"\(out, cache\), got NoneType None$"),
+    (lambda x: x, lambda dout, cache: dout, TypeError,
+     r"^forward: expected forward\(\*\*inputs, \*\*static\) to return a pair "
+     r"\(out, cache\), got ndarray"),
+    (lambda x: ("out", None), lambda dout, cache: dout, TypeError,
+     r"^forward: expected out to be a numeric array, got dtype <U3$"),
+    (lambda x: (2 * x, None), lambda dout, cache: None, TypeError,
+     r"^backward: grads\['x'\] is not a numeric array \(got NoneType of dtype object\)"),
+    (lambda x: (2 * x, None), lambda dout, cache: 2 * dout[:1], ValueError,
+     r"^backward: grads\['x'\] has shape \(1,\), params\['x'\] has \(2,\)$"),
+    ("forward", lambda dout, cache: dout, TypeError, "^forward: expected a callable"),
+    (lambda x: (2 * x, None), None, TypeError, "^backward: expected a callable"),
+])
+def test_check_vjp_gives_clear_errors_for_a_bad_forward_or_backward(forward, backward, error,
+                                                                    message):
+    with pytest.raises(error, match=message):
+        check_vjp(forward, backward, {"x": np.array([0.5, -1.0])})
+
+
+def test_check_vjp_names_backward_when_it_returns_too_few_gradients():
+    with pytest.raises(TypeError, match=r"^backward: expected a tuple of 3 gradients \(one per "
+                                        r"input \['x', 'weight', 'bias'\]\), got None"):
+        check_vjp(dense_forward, lambda dout, cache: None, DENSE_INPUTS)
+
+
+# --- check_vjp's upstream gradient --------------------------------------------------------
+
+def dense_backward_spy(seen):
+    def backward(dout, cache):
+        seen.append(dout.copy())
+        return dense_backward(dout, cache)
+    return backward
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_default_upstream_gradient_is_the_seeded_standard_normal_never_constant(seed):
+    seen = []
+    assert check_vjp(dense_forward, dense_backward_spy(seen), DENSE_INPUTS, seed=seed).ok
+    (dout,) = seen
+    out, _ = dense_forward(**DENSE_INPUTS)
+    # As documented: np.random.default_rng(seed).standard_normal(out.shape).
+    assert dout.shape == out.shape == (2, 4)
+    assert np.array_equal(dout, np.random.default_rng(seed).standard_normal((2, 4)))
+    assert np.unique(dout).size == dout.size           # no two entries alike, let alone all
+    assert not np.array_equal(dout[0], dout[1])        # rows differ: row mix-ups are visible
+
+
+def reversed_rows_backward(dout, cache):
+    dx, _, dbias = dense_backward(dout, cache)
+    return dx, dout[::-1].T @ cache.x, dbias          # batch rows of dout in the wrong order
+
+
+def first_row_times_n_backward(dout, cache):
+    dx, dweight, _ = dense_backward(dout, cache)
+    return dx, dweight, len(dout) * dout[0]           # N * dout[0] instead of sum over N
+
+
+BATCH_INPUTS = {"x": np.random.default_rng(3).standard_normal((5, 3)),
+                "weight": np.random.default_rng(4).standard_normal((4, 3)),
+                "bias": np.random.default_rng(5).standard_normal(4)}
+
+
+@pytest.mark.parametrize("backward, wrong", [(reversed_rows_backward, "weight"),
+                                             (first_row_times_n_backward, "bias")])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_check_vjp_rejects_batch_rows_mixed_up_or_replaced(backward, wrong, seed):
+    report = check_vjp(dense_forward, backward, BATCH_INPUTS, seed=seed)
+    assert not report.ok
+    assert {row.name: row.status for row in report.rows} == {
+        "x": "ok", "weight": "ok", "bias": "ok", wrong: "mismatch"}, report
+
+
+@pytest.mark.parametrize("backward", [reversed_rows_backward, first_row_times_n_backward])
+def test_an_all_ones_upstream_gradient_would_hide_those_bugs(backward):
+    # Why the default is random: with dout = ones, dout[::-1] == dout and N * dout[0] ==
+    # sum over N of dout, so both bugs give exactly the right gradients.
+    out, _ = dense_forward(**BATCH_INPUTS)
+    assert check_vjp(dense_forward, backward, BATCH_INPUTS, dout=np.ones(out.shape)).ok
+
+
+# --- a wrong gradient at a smooth point is a mismatch, not a kink ---------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("weight", [1e-5, 1e-7, 1e-9])
+def test_a_wrong_small_gradient_is_a_mismatch_not_a_kink(method, weight):
+    # w enters the O(1) loss with a small weight: its gradients are small next to the loss,
+    # whose rounding noise (~eps |f| / h in the kink probes) exceeds KINK_RTOL * their scale.
+    # A factor-2 error there is a mismatch: the function is a polynomial in w, kink-free.
+    def f(p):
+        x, w = p["x"], p["w"]
+        return (np.sum(np.sin(x)) + weight * np.sum(w ** 2),
+                {"x": np.cos(x), "w": 2 * (2 * weight * w)})
+
+    report = ri.check_gradients(f, {"x": np.array([0.3, 1.0, 2.0]),
+                                    "w": np.array([0.4, -0.5, 0.9, 0.1])}, method=method)
+    assert [(row.status, row.nondifferentiable) for row in report.rows] == [
+        ("ok", 0), ("mismatch", 0)], report
+
+
+def test_rounding_noise_in_the_loss_does_not_pass_for_a_kink():
+    # The loss is computed as (1e6 + q) - 1e6: real differences of it carry rounding noise of
+    # ~eps * 1e6 / h ~ 4e-5, far above any fixed floor; the complex step is untouched by it.
+    # A gradient wrong by 30% is not explained by what the noisy probes see.
+    def f(p):
+        w = p["w"]
+        return (1e6 + np.sum(np.sin(w))) - 1e6, {"w": 1.3 * np.cos(w)}
+
+    report = ri.check_gradients(f, {"w": np.array([0.4, -0.5, 0.9])}, method="complex")
+    assert report.rows[0].status == "mismatch" and report.rows[0].nondifferentiable == 0, report
+
+
+def test_check_vjp_seeds_the_directions_too():
+    # dout fixed, so only the directions can make the two seeds' rows differ.
+    out, _ = dense_forward(**BATCH_INPUTS)
+    dout = np.random.default_rng(9).standard_normal(out.shape)
+    reports = [check_vjp(dense_forward, dense_backward, BATCH_INPUTS, dout=dout, seed=seed,
+                         mode="directional", directions=3) for seed in (0, 0, 1)]
+    assert all(report.ok for report in reports)
+    assert reports[0].to_dict() == reports[1].to_dict()
+    assert reports[0].rows[0].analytic != reports[2].rows[0].analytic
