@@ -226,7 +226,23 @@ def _real_loss(value: Any, who: str) -> float:
 
 
 def _imag_loss(value: Any, who: str) -> float:
-    return float(_scalar_loss(value, who).imag)
+    return float(_complex_loss(value, who).imag)
+
+
+def _complex_loss(value: Any, who: str) -> np.ndarray:
+    """The loss at a complex point, which must itself be complex.
+
+    A real loss there means ``who`` dropped the imaginary part (``float()``, ``np.real``,
+    ``abs``): the complex step would then read a derivative of exactly 0 and pass an analytic
+    gradient that is wrongly 0. That is refused, never judged.
+    """
+    array = _scalar_loss(value, who)
+    if array.dtype.kind != "c":
+        raise TypeError(f"{who}: returned a real loss (dtype {array.dtype}) at complex "
+                        f"parameters, so the complex step cannot see its derivative (an "
+                        f"imaginary part was dropped: float(), np.real, abs, ...); make the "
+                        f"forward pass complex-safe or use method='central'")
+    return array
 
 
 def _pair(result: Any, who: str, call: str, names: str) -> tuple[Any, Any]:
@@ -524,7 +540,8 @@ def _directional_rows(method: str, evaluator: _Evaluator, params: Params, grads:
         v_max = max(float(np.max(np.abs(v), initial=0.0)) for v in direction.values())
         if method == "complex":
             h = STEPS["complex"]
-            numerical = float(evaluator.along(direction, 1j * h).imag) / h
+            numerical = float(_complex_loss(evaluator.along(direction, 1j * h),
+                                            evaluator.who).imag) / h
         else:
             # The step is relative to the parameter scale, divided by the largest direction
             # entry so that no coordinate moves by more than the per-coordinate step.

@@ -588,3 +588,20 @@ def test_check_vjp_seeds_the_directions_too():
     assert all(report.ok for report in reports)
     assert reports[0].to_dict() == reports[1].to_dict()
     assert reports[0].rows[0].analytic != reports[2].rows[0].analytic
+
+
+@pytest.mark.parametrize("mode", ["full", "directional"])
+def test_a_loss_that_drops_the_imaginary_part_is_refused_not_passed(mode):
+    """A real loss at complex points reads as a derivative of 0: a wrongly-0 gradient
+    would pass. The complex step refuses such an f instead of judging it."""
+    weights = np.array([0.5, -1.5, 2.0])
+
+    def f(params):
+        loss = np.sum(np.sin(params["w"]) * weights)
+        wrong = {"w": np.zeros(3)}                  # the true gradient is cos(w) * weights
+        return float(np.real(loss)), wrong
+
+    params = {"w": np.array([0.1, 0.2, 0.3])}
+    with pytest.raises(TypeError, match=r"^f: returned a real loss .* method='central'"):
+        ri.check_gradients(f, params, method="complex", mode=mode)
+    assert not ri.check_gradients(f, params, method="central", mode=mode).ok
