@@ -440,3 +440,309 @@ def test_command_line_golden_and_verify(tmp_path, capsys):
     assert "FAIL  manifest.json" in output and "FAILED" in output
     args = _parser().parse_args(["golden", "--out", str(out), "--force"])
     assert args.force
+
+
+# --- tampering that re-hashes everything consistently (as an attacker would) -------------------
+
+def _tamper(folder: Path, edit=None) -> None:
+    """Apply ``edit(manifest)``, then make every listed file's SHA-256 and size, the manifest
+    and SHA256SUMS agree with what is on disk, so that only verify's own checks can tell."""
+    manifest_path = folder / golden.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    if edit is not None:
+        edit(manifest)
+    for entry in manifest["cases"].values():
+        for file_entry in entry["files"]:
+            path = folder / file_entry["path"]
+            if path.is_file():
+                file_entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+                file_entry["bytes"] = path.stat().st_size
+    text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    manifest_path.write_text(text)
+    lines = [f"{hashlib.sha256(text.encode()).hexdigest()}  {golden.MANIFEST}"]
+    for name in manifest["case_order"]:
+        lines += [f"{f['sha256']}  {f['path']}" for f in manifest["cases"][name]["files"]]
+    (folder / golden.CHECKSUMS).write_text("\n".join(lines) + "\n")
+
+
+def _case_entry(manifest, case_name):
+    return manifest["cases"][case_name]
+
+
+def _first_case_with(fresh: Path, file_name: str) -> str:
+    manifest = golden.read_manifest(fresh)
+    return next(name for name in manifest["case_order"]
+                if (fresh / name / file_name).is_file())
+
+
+def test_tampering_helper_alone_keeps_the_folder_valid(copy):
+    """The control for every test below: re-hashing an untouched folder changes nothing."""
+    _tamper(copy)
+    assert golden.verify(copy).ok
+
+
+@pytest.mark.parametrize("file_name", ["input.y.npy", "input.ya.npy", "input.yb.npy"])
+def test_changed_labels_with_consistent_hashes_fail_naming_the_file(fresh, copy, file_name):
+    case = _first_case_with(fresh, file_name)
+    relative = f"{case}/{file_name}"
+    labels = np.load(copy / relative)
+    assert labels.dtype == np.int64
+    labels[0] = labels[0] + 1
+    np.save(copy / relative, labels, allow_pickle=False)
+    _tamper(copy)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert "integer values differ" in failed[relative][0]
+
+
+@pytest.mark.parametrize("role", golden.ROLES)
+def test_a_removed_tensor_fails_naming_it(copy, role):
+    case = all_cases()[0].name
+
+    def remove(manifest):
+        files = _case_entry(manifest, case)["files"]
+        removed = next(f for f in files if f["role"] == role)
+        files.remove(removed)
+        (copy / removed["path"]).unlink()
+        names.append(removed["path"])
+
+    names: list[str] = []
+    _tamper(copy, remove)
+    failed = _failures(golden.verify(copy))
+    assert names[0] in failed, failed
+    assert any("the manifest lists no file" in m for m in failed[names[0]])
+
+
+def test_a_removed_case_fails_naming_it(copy):
+    name = all_cases()[1].name
+
+    def remove(manifest):
+        del manifest["cases"][name]
+        manifest["case_order"].remove(name)
+        shutil.rmtree(copy / name)
+
+    _tamper(copy, remove)
+    report = golden.verify(copy)
+    failed = _failures(report)
+    assert list(failed) == [f"{name}/"], failed
+    assert "missing" in failed[f"{name}/"][0]
+
+
+def test_a_declared_subset_passes_but_lists_what_it_lacks(copy):
+    """--case folders are legitimate; verify says which catalogue cases they do not hold."""
+    names = [case.name for case in all_cases()]
+    kept = names[:2]
+
+    def keep_two(manifest):
+        for name in names[2:]:
+            del manifest["cases"][name]
+            shutil.rmtree(copy / name)
+        manifest["case_order"] = kept
+        manifest["generator"]["command"] += "".join(f" --case {name}" for name in kept)
+
+    _tamper(copy, keep_two)
+    report = golden.verify(copy)
+    assert report.ok, str(report)
+    lacking = {e.case for e in report.entries if "not in this golden folder" in e.message}
+    assert lacking == set(names[2:])
+
+
+def _loss_edits():
+    def case_hex(entry):
+        entry["loss"]["hex"] = (entry["loss"]["value"] * 2).hex()
+
+    def case_value(entry):
+        entry["loss"]["value"] *= 2
+
+    def file_hex(entry):
+        loss = next(f for f in entry["files"] if f["role"] == "loss")
+        loss["hex"] = (loss["value"] * 2).hex()
+
+    def file_value(entry):
+        loss = next(f for f in entry["files"] if f["role"] == "loss")
+        loss["value"] *= 2
+
+    def file_hex_removed(entry):
+        del next(f for f in entry["files"] if f["role"] == "loss")["hex"]
+
+    return [case_hex, case_value, file_hex, file_value, file_hex_removed]
+
+
+@pytest.mark.parametrize("edit", _loss_edits(), ids=lambda edit: edit.__name__)
+def test_an_edited_loss_in_the_manifest_fails_naming_the_file(copy, edit):
+    case = all_cases()[0].name
+    _tamper(copy, lambda manifest: edit(_case_entry(manifest, case)))
+    failed = _failures(golden.verify(copy))
+    assert set(failed) & {golden.MANIFEST, f"{case}/loss.npy"}, failed
+    assert all(path in (golden.MANIFEST, f"{case}/loss.npy") for path in failed), failed
+
+
+def test_a_consistently_changed_dtype_fails_naming_the_file(fresh, copy):
+    case = _first_case_with(fresh, "input.y.npy")
+    relative = f"{case}/input.y.npy"
+    np.save(copy / relative, np.load(copy / relative).astype(np.float64), allow_pickle=False)
+
+    def retype(manifest):
+        next(f for f in _case_entry(manifest, case)["files"]
+             if f["path"] == relative)["dtype"] = "<f8"
+
+    _tamper(copy, retype)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert any("dtype" in m for m in failed[relative])
+
+
+def test_a_consistently_changed_shape_fails_naming_the_file(copy):
+    case = all_cases()[0].name
+    relative = f"{case}/input.x.npy"
+    flat = np.load(copy / relative).reshape(-1)
+    np.save(copy / relative, flat, allow_pickle=False)
+
+    def reshape(manifest):
+        next(f for f in _case_entry(manifest, case)["files"]
+             if f["path"] == relative)["shape"] = list(flat.shape)
+
+    _tamper(copy, reshape)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert any("shape" in m for m in failed[relative])
+
+
+def _manifest_edits():
+    first = all_cases()[0].name
+
+    def loosened_tolerances(manifest):
+        manifest["tolerances"]["float64"]["rtol"] = 1.0
+
+    def case_tolerances(manifest):
+        manifest["cases"][first]["tolerances"]["float64"]["atol"] = 1.0
+
+    def comparison_rule(manifest):
+        manifest["comparison_rule"] = "pass iff anything"
+
+    def conventions(manifest):
+        manifest["conventions"]["dense"] = "weight (in, out)"
+
+    def case_conventions(manifest):
+        manifest["cases"][first]["conventions"] = {}
+
+    def npy(manifest):
+        manifest["npy"]["pickle"] = True
+
+    def command(manifest):
+        manifest["generator"]["command"] = "something else"
+
+    def kind(manifest):
+        manifest["cases"][first]["kind"] = "cnn"
+
+    def seed(manifest):
+        manifest["cases"][first]["seed"] = 12345
+
+    def config(manifest):
+        manifest["cases"][first]["config"]["seed"] = 12345
+
+    def parameter_list(manifest):
+        manifest["cases"][first]["parameters"].reverse()
+
+    def case_order(manifest):
+        manifest["case_order"].reverse()
+
+    def extra_field(manifest):
+        manifest["note"] = "trust me"
+
+    def extra_case_field(manifest):
+        manifest["cases"][first]["rtol"] = 1.0
+
+    def file_order(manifest):
+        manifest["cases"][first]["files"].reverse()
+
+    return [loosened_tolerances, case_tolerances, comparison_rule, conventions,
+            case_conventions, npy, command, kind, seed, config, parameter_list, case_order,
+            extra_field, extra_case_field, file_order]
+
+
+@pytest.mark.parametrize("edit", _manifest_edits(), ids=lambda edit: edit.__name__)
+def test_an_edited_manifest_field_fails_on_the_manifest(copy, edit):
+    _tamper(copy, edit)
+    report = golden.verify(copy)
+    failed = _failures(report)
+    assert golden.MANIFEST in failed, str(report)
+
+
+def test_bytes_after_the_data_fail_naming_the_file(copy):
+    relative = f"{all_cases()[0].name}/input.y.npy"
+    (copy / relative).write_bytes((copy / relative).read_bytes() + b"\0" * 8)
+    _tamper(copy)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert any("not the NPY 1.0 bytes refimpl writes" in m for m in failed[relative])
+
+
+def test_a_rewritten_header_fails_naming_the_file(copy):
+    relative = f"{all_cases()[0].name}/gradient.{next(iter(all_cases()[0].params))}.npy"
+    array = np.load(copy / relative)
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=(2, 0), allow_pickle=False)
+    (copy / relative).write_bytes(buffer.getvalue())
+    _tamper(copy)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+
+
+def test_a_sha256sums_line_listed_twice_fails(copy):
+    sums = copy / golden.CHECKSUMS
+    lines = sums.read_text().splitlines()
+    sums.write_text("\n".join(lines + [lines[1]]) + "\n")
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [golden.CHECKSUMS]
+    assert "a second time" in failed[golden.CHECKSUMS][0]
+
+
+# --- a golden folder is a plain tree: no symbolic links ---------------------------------------
+
+def test_a_symlinked_npy_file_is_refused_naming_it(copy, tmp_path):
+    relative = f"{all_cases()[0].name}/input.x.npy"
+    outside = tmp_path / "elsewhere.npy"
+    shutil.copy(copy / relative, outside)
+    (copy / relative).unlink()
+    (copy / relative).symlink_to(outside)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert all("symbolic link" in m for m in failed[relative])
+    with pytest.raises(golden.GoldenError, match="symbolic link"):
+        golden.load_case(copy, all_cases()[0].name)
+    with pytest.raises(golden.GoldenError, match="symbolic link"):
+        golden.load_npy(copy / relative)
+
+
+def test_a_symlinked_case_folder_is_refused_naming_it(copy, tmp_path):
+    name = all_cases()[0].name
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(copy / name, outside)
+    shutil.rmtree(copy / name)
+    (copy / name).symlink_to(outside, target_is_directory=True)
+    report = golden.verify(copy)
+    failed = _failures(report)
+    assert name in failed and "symbolic link" in failed[name][0], str(report)
+    assert all(path == name or path.startswith(f"{name}/") for path in failed)
+    with pytest.raises(golden.GoldenError, match=f"{name}: a symbolic link"):
+        golden.load_case(copy, name)
+
+
+def test_a_symlinked_manifest_is_refused(copy, tmp_path):
+    outside = tmp_path / "manifest.json"
+    shutil.copy(copy / golden.MANIFEST, outside)
+    (copy / golden.MANIFEST).unlink()
+    (copy / golden.MANIFEST).symlink_to(outside)
+    failed = _failures(golden.verify(copy))
+    assert "symbolic link" in failed[golden.MANIFEST][0]
+    with pytest.raises(golden.GoldenError, match="symbolic link"):
+        golden.read_manifest(copy)
+
+
+def test_a_fifo_under_a_golden_name_is_refused_without_hanging(copy):
+    relative = f"{all_cases()[0].name}/input.x.npy"
+    (copy / relative).unlink()
+    os.mkfifo(copy / relative)
+    failed = _failures(golden.verify(copy))
+    assert relative in failed
