@@ -455,7 +455,11 @@ def _install(temporary: Path, out: Path) -> None:
     else:
         backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-",
                                        dir=out.absolute().parent))
-        os.rename(out, backup)     # replaces the empty folder mkdtemp made
+        try:
+            os.rename(out, backup)     # replaces the empty folder mkdtemp made
+        except BaseException:
+            os.rmdir(backup)
+            raise
         try:
             os.rename(temporary, out)
         except BaseException:

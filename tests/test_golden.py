@@ -4,12 +4,14 @@ never unpickle anything."""
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -746,3 +748,222 @@ def test_a_fifo_under_a_golden_name_is_refused_without_hanging(copy):
     os.mkfifo(copy / relative)
     failed = _failures(golden.verify(copy))
     assert relative in failed
+
+
+# --- interrupted and concurrent writers: all or nothing, nothing left behind ------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CRASHED = 77
+
+
+def _names(folder: Path) -> list[str]:
+    return golden.read_manifest(folder)["case_order"]
+
+
+def _assert_whole(out: Path, allowed: list[list[str]]) -> None:
+    """``out`` is a complete golden folder holding one of the ``allowed`` case lists."""
+    report = golden.verify(out)
+    assert report.ok, str(report)
+    assert _names(out) in allowed
+
+
+def _write_and_crash_after(step: int, out: Path, cases: list[str], force: bool,
+                           exchange: bool) -> int:
+    """Run golden.write in a forked child that dies (os._exit, no clean-up, as SIGKILL) right
+    after the ``step``-th file-system step; return the child's exit status."""
+    pid = os.fork()
+    if pid == 0:   # the child: never returns into pytest
+        try:
+            count = [0]
+            if not exchange:
+                golden._exchange = lambda first, second: False
+            for module, name in ((golden.tempfile, "mkdtemp"), (os, "fsync"), (os, "rename"),
+                                 (golden, "_exchange"), (shutil, "rmtree")):
+                original = getattr(module, name)
+
+                def crashing(*args, _original=original, **kwargs):
+                    result = _original(*args, **kwargs)
+                    count[0] += 1
+                    if count[0] == step:
+                        os._exit(CRASHED)
+                    return result
+
+                setattr(module, name, crashing)
+            golden.write(out, force=force, cases=cases)
+            os._exit(0)
+        except BaseException:   # noqa: BLE001 - any exception is a failure of the child
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("scenario", ["fresh", "replace-exchange", "replace-two-renames"])
+def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario):
+    names = [case.name for case in all_cases()]
+    old_cases, new_cases = [names[0]], [names[1]]
+    exchange = scenario != "replace-two-renames"
+    if exchange and scenario != "fresh" and not golden._exchange(tmp_path, tmp_path):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    crashes = 0
+    for step in range(1, 200):
+        case_root = tmp_path / f"step{step}"
+        case_root.mkdir()
+        out = case_root / "X"
+        if scenario != "fresh":
+            golden.write(out, cases=old_cases)
+        status = _write_and_crash_after(step, out, new_cases, force=scenario != "fresh",
+                                        exchange=exchange)
+        if status == 0:
+            _assert_whole(out, [new_cases])
+            assert os.listdir(case_root) == ["X"]
+            break
+        assert status == CRASHED
+        crashes += 1
+        allowed = [new_cases] if scenario == "fresh" else [old_cases, new_cases]
+        if out.exists():
+            _assert_whole(out, allowed)
+        elif scenario != "fresh":
+            # Only between the two renames: verify names the copy set aside, and the next
+            # writer puts it back before anything else.
+            assert scenario == "replace-two-renames"
+            assert ".X.old-" in str(golden.verify(out))
+            with pytest.raises(FileExistsError):
+                golden.write(out, cases=new_cases)
+            _assert_whole(out, [old_cases])
+        golden.write(out, force=True, cases=new_cases)
+        _assert_whole(out, [new_cases])
+        assert os.listdir(case_root) == ["X"], os.listdir(case_root)
+    else:
+        pytest.fail("the write never completed")
+    assert crashes >= 5   # mkdtemp, the files' fsyncs, the switch, the clean-up
+
+
+def test_leftovers_of_dead_writers_are_removed_and_others_kept(tmp_path):
+    out = tmp_path / "X"
+    golden.write(out, cases=[all_cases()[0].name])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    leftovers = [f".X.tmp-{dead}-a1b2", f".X.tmp-{dead}-c3d4", f".X.old-{dead}-e5f6"]
+    kept = [".Y.tmp-123-abc", ".X.tmp-notapid", "X.tmp-1-abc", "unrelated"]
+    for name in leftovers + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text("partial")
+    golden.write(out, force=True, cases=[all_cases()[1].name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["X"] + kept)
+    _assert_whole(out, [[all_cases()[1].name]])
+
+
+def test_an_old_copy_set_aside_is_restored_when_the_folder_is_missing(tmp_path):
+    name = all_cases()[0].name
+    out = tmp_path / "X"
+    golden.write(out, cases=[name])
+    aside = tmp_path / ".X.old-999999999-abcd"   # a pid no process has
+    os.rename(out, aside)
+    report = golden.verify(out)
+    assert not report.ok and ".X.old-999999999-abcd" in str(report)
+    with pytest.raises(FileExistsError):
+        golden.write(out)
+    assert os.listdir(tmp_path) == ["X"]
+    _assert_whole(out, [[name]])
+
+
+def test_the_exchange_swaps_two_folders(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "one").write_text("1")
+    (second / "two").write_text("2")
+    if not golden._exchange(first, second):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    assert os.listdir(first) == ["two"] and os.listdir(second) == ["one"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_force_replaces_with_or_without_the_exchange(copy, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(golden, "_exchange", lambda first, second: False)
+    name = all_cases()[0].name
+    golden.write(copy, force=True, cases=[name])
+    _assert_whole(copy, [[name]])
+    assert os.listdir(copy.parent) == ["copy"]
+
+
+def _golden_process(out: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "refimpl", "golden", "--out", str(out),
+                             *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_writers_killed_at_random_moments_leave_a_whole_folder(tmp_path):
+    import random
+
+    generator = random.Random(20261129)
+    names = [case.name for case in all_cases()]
+    out = tmp_path / "X"
+    golden.write(out, cases=[names[0]])
+    for _ in range(5):
+        process = _golden_process(out, "--force")
+        try:
+            process.wait(timeout=generator.uniform(0.2, 0.9))
+        except subprocess.TimeoutExpired:
+            process.kill()
+        process.communicate(timeout=60)
+        _assert_whole(out, [[names[0]], names])
+    golden.write(out, force=True)
+    _assert_whole(out, [names])
+    assert os.listdir(tmp_path) == ["X"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_concurrent_writers_of_a_fresh_folder(tmp_path, force):
+    name = all_cases()[0].name
+    for attempt in range(3):
+        out = tmp_path / f"X{attempt}"
+        processes = [_golden_process(out, "--case", name, *(["--force"] if force else []))
+                     for _ in range(3)]
+        results = [(process.wait(timeout=120), *process.communicate()) for process in processes]
+        for _, out_text, err_text in results:
+            assert "Traceback" not in out_text + err_text, err_text
+        statuses = sorted(status for status, _, _ in results)
+        if force:
+            assert statuses == [0, 0, 0], results
+        else:
+            assert statuses == [0, 2, 2], results
+            for status, _, err_text in results:
+                if status == 2:
+                    assert len(err_text.splitlines()) == 1
+                    assert "exists and is not empty" in err_text
+        _assert_whole(out, [[name]])
+    assert sorted(os.listdir(tmp_path)) == ["X0", "X1", "X2"]
+
+
+@pytest.mark.parametrize("target, number", [
+    ("mkdtemp", errno.EACCES), ("mkdtemp", errno.EROFS), ("fsync", errno.ENOSPC),
+    ("rename", errno.EROFS), ("exchange", errno.EACCES),
+])
+def test_golden_on_a_refusing_file_system_is_one_line_naming_out(copy, monkeypatch, capsys,
+                                                                 target, number):
+    before = _files(copy)
+
+    def refuse(*args, **kwargs):
+        raise OSError(number, os.strerror(number), str(args[0]) if args else None)
+
+    module, name = {"mkdtemp": (golden.tempfile, "mkdtemp"), "fsync": (os, "fsync"),
+                    "rename": (os, "rename"), "exchange": (golden, "_exchange")}[target]
+    if target == "rename":
+        monkeypatch.setattr(golden, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(module, name, refuse)
+    args = argparse.Namespace(out=str(copy), force=True, case=[all_cases()[0].name])
+    assert golden.run_golden(args) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"refimpl golden: --out {copy}: {os.strerror(number)}\n"
+    assert _files(copy) == before
+    assert os.listdir(copy.parent) == ["copy"]
+
+
+def test_golden_into_a_path_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "X"
+    assert golden.run_golden(argparse.Namespace(out=str(out), force=False, case=None)) == 1
+    assert capsys.readouterr().err == f"refimpl golden: --out {out}: File exists\n"
