@@ -385,9 +385,10 @@ def run_demo(args: argparse.Namespace) -> int:
     plot = getattr(args, "plot", None)
     destination = getattr(args, "json", None)
     # Output paths are checked before the sweep (minutes with the defaults), not after it.
-    for path in (destination, plot):
-        if path and path != "-":
-            check_destination(path)
+    if destination and destination != "-":
+        check_destination(destination)
+    if plot:
+        check_destination(plot)
     if plot:
         try:
             import matplotlib  # noqa: F401

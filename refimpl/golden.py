@@ -491,7 +491,8 @@ def write(out_dir: str | os.PathLike, force: bool = False,
     :class:`GoldenError` if it is a file, or if ``force`` is asked for a non-empty folder that
     is not a golden folder; :class:`refimpl._io.OutputError` (an ``OSError`` naming
     ``out_dir``) if the file system refuses (permission, read-only, full). Leftovers of
-    interrupted earlier writes of ``out_dir`` are cleaned up first. Returns the folder's path.
+    interrupted earlier writes of ``out_dir`` are cleaned up first. Returns the folder's
+    absolute path.
     """
     from .cases import all_cases
 
@@ -506,16 +507,24 @@ def write(out_dir: str | os.PathLike, force: bool = False,
             raise ValueError(f"cases: unknown case(s) {unknown}; known: {known}")
         catalogue = [case for case in catalogue if case.name in wanted]
         selection = [case.name for case in catalogue]   # catalogue order, as case_order
+    # Every name is derived from the absolute, normalised path ("DIR/." and "." have no name
+    # of their own); messages keep the user's spelling.
+    target = Path(os.path.abspath(out))
+    if Path(os.path.abspath(os.curdir)).is_relative_to(target):
+        raise GoldenError(f"--out {out}: is the current folder or contains it; replacing it "
+                          f"would leave this process (and your shell) in a deleted folder: "
+                          f"choose a folder outside it")
     with contextlib.ExitStack() as stack:
         with _naming_errors(out):
-            parent = out.absolute().parent
-            parent.mkdir(parents=True, exist_ok=True)
-            locked = stack.enter_context(_writer_lock(parent))
-            _recover(out, locked)
+            if os.path.lexists(target.parent) and not target.parent.is_dir():
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            locked = stack.enter_context(_writer_lock(target.parent))
+            _recover(target, locked)
         _check_target(out, force)
         with _naming_errors(out):
-            _build_and_install(out, catalogue, _command(selection))
-    return out
+            _build_and_install(target, catalogue, _command(selection))
+    return target
 
 
 @contextlib.contextmanager
@@ -772,6 +781,8 @@ class VerifyEntry:
 class VerifyReport:
     folder: str
     entries: tuple[VerifyEntry, ...] = field(default=())
+    #: Catalogue cases a declared subset (written with --case) does not hold.
+    absent: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -787,12 +798,14 @@ class VerifyReport:
             where = f"{entry.case}: " if entry.case else ""
             lines.append(f"{'ok  ' if entry.ok else 'FAIL'}  {where}{entry.file}: "
                          f"{entry.message}")
-        cases = sorted({entry.case for entry in self.entries if entry.case})
+        cases = sorted({entry.case for entry in self.entries if entry.case} - set(self.absent))
         failed_cases = sorted({entry.case or "(folder)" for entry in self.failures})
         lines.append(
             f"refimpl verify {self.folder}: {'OK' if self.ok else 'FAILED'} - {len(cases)} "
             f"cases, {len(self.entries)} checks, {len(self.failures)} failed"
-            + (f" (in {', '.join(failed_cases)})" if failed_cases else ""))
+            + (f" (in {', '.join(failed_cases)})" if failed_cases else "")
+            + (f"; a --case subset: {len(self.absent)} catalogue cases not in it"
+               if self.absent else ""))
         return "\n".join(lines)
 
 
@@ -1014,7 +1027,7 @@ def _verify_header(manifest: Mapping[str, Any], catalogue: list[str]) -> list[Ve
             continue
         if subset:
             results.append(VerifyEntry(name, "-", True,
-                                       f"not in this golden folder (written with --case: "
+                                       f"{ABSENT} (written with --case: "
                                        f"{len(cases)} of the {len(catalogue)} catalogue "
                                        f"cases); nothing to compare"))
         else:
@@ -1022,6 +1035,9 @@ def _verify_header(manifest: Mapping[str, Any], catalogue: list[str]) -> list[Ve
                                        f"missing: the manifest's command {command!r} writes "
                                        f"every catalogue case, and this folder has no {name!r}"))
     return results
+
+
+ABSENT = "not in this golden folder"
 
 
 def _interrupted_backups(folder: Path) -> list[str]:
@@ -1112,7 +1128,9 @@ def verify(golden_dir: str | os.PathLike) -> VerifyReport:
         except Exception as error:  # noqa: BLE001 - one broken case must not hide the others
             entries.append(VerifyEntry(name, MANIFEST, False,
                                        f"could not be verified: {type(error).__name__}: {error}"))
-    return VerifyReport(folder, tuple(entries))
+    absent = tuple(entry.case for entry in entries
+                   if entry.ok and entry.message.startswith(ABSENT))
+    return VerifyReport(folder, tuple(entries), absent)
 
 
 def _checksums_text(manifest: Mapping[str, Any], manifest_sum: str) -> str | None:
@@ -1152,9 +1170,9 @@ def run_golden(args: argparse.Namespace) -> int:
     manifest = read_manifest(out)
     files = sum(len(entry["files"]) for entry in manifest["cases"].values())
     print(f"refimpl golden: wrote {len(manifest['cases'])} cases, {files} .npy files, "
-          f"{MANIFEST} and {CHECKSUMS} to {out}")
-    print(f"check the files with: (cd {out} && sha256sum -c {CHECKSUMS}); "
-          f"check the values with: refimpl verify {out}")
+          f"{MANIFEST} and {CHECKSUMS} to {args.out}")
+    print(f"check the files with: (cd {args.out} && sha256sum -c {CHECKSUMS}); "
+          f"check the values with: refimpl verify {args.out}")
     return 0
 
 

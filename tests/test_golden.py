@@ -546,7 +546,10 @@ def test_a_declared_subset_passes_but_lists_what_it_lacks(copy):
     report = golden.verify(copy)
     assert report.ok, str(report)
     lacking = {e.case for e in report.entries if "not in this golden folder" in e.message}
-    assert lacking == set(names[2:])
+    assert lacking == set(names[2:]) == set(report.absent)
+    assert str(report).splitlines()[-1].endswith(
+        f"OK - 2 cases, {len(report.entries)} checks, 0 failed; a --case subset: "
+        f"{len(names) - 2} catalogue cases not in it")
 
 
 def _loss_edits():
@@ -966,4 +969,14 @@ def test_golden_into_a_path_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "X"
     assert golden.run_golden(argparse.Namespace(out=str(out), force=False, case=None)) == 1
-    assert capsys.readouterr().err == f"refimpl golden: --out {out}: File exists\n"
+    assert capsys.readouterr().err == f"refimpl golden: --out {out}: Not a directory\n"
+
+
+def test_out_may_not_be_the_current_folder(tmp_path, monkeypatch):
+    inside = tmp_path / "X" / "sub"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    for out in (".", "..", str(tmp_path / "X")):
+        with pytest.raises(golden.GoldenError, match="is the current folder or contains it"):
+            golden.write(out, force=True)
+    assert os.listdir(tmp_path / "X") == ["sub"]
