@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._io import JSON_HELP, OutputError, check_destination, write_text_atomically
+from ._io import JSON_HELP, check_destination, write_text_atomically
 from ._table import format_table
 from .cases import Case, all_cases
 from .gradcheck import check_gradients
@@ -149,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A bare ``refimpl`` prints the usage and the list of commands on stderr (status 2: no
     command was given, which is a usage error). An ``OSError`` (including
-    :class:`refimpl._io.OutputError`) is printed as one line naming the path, never as a
-    traceback.
+    :class:`refimpl._io.OutputError`) is printed as one line naming the path and the reason,
+    never as a traceback.
     """
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -160,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     try:
         return int(args.handler(args))
-    except OutputError as error:
-        print(f"refimpl {args.command}: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
+    except OSError as error:   # refimpl._io.OutputError included: it names the user's path
         print(f"refimpl {args.command}: {_describe_os_error(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -215,3 +215,12 @@ def test_every_registered_sub_command_has_its_hooks():
     for name, _, _ in cli.SUBCOMMANDS:
         args = parser.parse_args([name] + {"golden": ["--out", "x"], "verify": ["x"]}.get(name, []))
         assert callable(args.handler)
+
+
+def test_any_os_error_of_a_command_is_one_line(monkeypatch, capsys):
+    def refused():
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/some/where")
+
+    monkeypatch.setattr(cli, "all_cases", refused)
+    line = _one_line_error(capsys, ["check"])
+    assert line == "refimpl check: /some/where: Permission denied"

@@ -980,3 +980,43 @@ def test_out_may_not_be_the_current_folder(tmp_path, monkeypatch):
         with pytest.raises(golden.GoldenError, match="is the current folder or contains it"):
             golden.write(out, force=True)
     assert os.listdir(tmp_path / "X") == ["sub"]
+
+
+def test_sha256sums_lines_out_of_order_fail(copy):
+    sums = copy / golden.CHECKSUMS
+    lines = sums.read_text().splitlines()
+    sums.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [golden.CHECKSUMS]
+    assert "not the text refimpl writes" in failed[golden.CHECKSUMS][0]
+
+
+def test_a_consistently_renamed_file_fails_naming_it(copy):
+    """The manifest's path of every tensor is the one refimpl writes, not any file that
+    happens to hold the right values."""
+    case = all_cases()[0].name
+    relative, renamed = f"{case}/input.x.npy", f"{case}/input.z.npy"
+    os.rename(copy / relative, copy / renamed)
+
+    def rename(manifest):
+        next(f for f in _case_entry(manifest, case)["files"]
+             if f["path"] == relative)["path"] = renamed
+
+    _tamper(copy, rename)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [renamed], failed
+    assert "manifest path" in failed[renamed][0]
+
+
+def test_an_extra_field_in_a_file_entry_fails_naming_the_file(copy):
+    case = all_cases()[0].name
+    relative = f"{case}/gradient.{next(iter(all_cases()[0].params))}.npy"
+
+    def add_field(manifest):
+        next(f for f in _case_entry(manifest, case)["files"]
+             if f["path"] == relative)["rtol"] = 1.0
+
+    _tamper(copy, add_field)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert "manifest fields" in failed[relative][0]
