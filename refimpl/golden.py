@@ -22,14 +22,21 @@ other implementation to build the same model), seed, layouts and conventions, th
 a decimal and as ``float.hex()``, and every file with role, name, shape, dtype, size and
 SHA-256.
 
-Writes are atomic and reproducible: everything is written into a temporary sibling folder,
-then renamed into place; an existing non-empty folder is refused unless ``force=True``, and
-even then it is replaced only after the new folder is complete (and only if it is a golden
-folder). Two runs with the same refimpl and NumPy give byte-identical files.
+Writes are all-or-nothing and reproducible: everything is written (and fsynced) into a
+temporary sibling folder ``.DIR.tmp-<pid>-<random>``, then switched into place; an existing
+non-empty folder is refused unless ``force=True``, and even then it is replaced only after the
+new folder is complete (and only if it is a golden folder). On Linux the switch is one
+``renameat2(RENAME_EXCHANGE)``, so DIR always exists; writers of one folder take turns (a lock
+on its parent folder), and each removes what killed writers left behind, or puts back an old
+copy an interrupted replacement had set aside (the crash states are listed at
+:func:`_install`). Two runs with the same refimpl and NumPy give byte-identical files.
 
-``refimpl verify DIR`` recomputes every case and compares every file by SHA-256 and by value
-(the float64 rule of :mod:`refimpl.testing`); ``.npy`` headers are checked before anything is
-loaded, so an object (pickle) array is refused without ever being unpickled.
+``refimpl verify DIR`` trusts nothing in DIR: it recomputes every case and compares every file
+by SHA-256, by its exact NPY bytes and by value (the float64 rule of :mod:`refimpl.testing`),
+rebuilds every manifest field from the catalogue, and fails on extra files and on symbolic
+links (a golden folder is a plain tree; DIR itself may be a link). ``.npy`` headers are
+checked before anything is loaded, so an object (pickle) array is refused without ever being
+unpickled. A folder written with ``--case`` passes and says which catalogue cases it lacks.
 """
 
 from __future__ import annotations
