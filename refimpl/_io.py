@@ -82,6 +82,14 @@ def atomic_output(path: str) -> Iterator[str]:
     except OSError as error:
         raise _output_error(error, path) from None
     try:
+        # mkstemp makes the file private (0600); the output gets the mode any new file gets.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+    except OSError as error:
+        _remove_quietly(temporary)
+        raise _output_error(error, path) from None
+    try:
         yield temporary
         os.replace(temporary, path)
     except OSError as error:

@@ -34,6 +34,15 @@ def test_write_replaces_the_file_and_leaves_nothing_else(tmp_path):
     assert os.listdir(tmp_path) == ["out.json"]
 
 
+def test_the_file_gets_the_mode_of_any_new_file(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        _io.write_text_atomically(str(tmp_path / "out.json"), "x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o640
+
+
 @pytest.mark.parametrize("where, number, after", [
     ("mkstemp", errno.EACCES, 0), ("mkstemp", errno.EROFS, 0), ("mkstemp", errno.ENOSPC, 1),
     ("fsync", errno.ENOSPC, 0), ("replace", errno.EROFS, 0), ("replace", errno.EACCES, 0),
