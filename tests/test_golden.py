@@ -808,13 +808,14 @@ def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario
     exchange = scenario != "replace-two-renames"
     if exchange and scenario != "fresh" and not golden._exchange(tmp_path, tmp_path):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    template = golden.write(tmp_path / "old", cases=old_cases)
     crashes = 0
     for step in range(1, 200):
         case_root = tmp_path / f"step{step}"
         case_root.mkdir()
         out = case_root / "X"
         if scenario != "fresh":
-            golden.write(out, cases=old_cases)
+            shutil.copytree(template, out)
         status = _write_and_crash_after(step, out, new_cases, force=scenario != "fresh",
                                         exchange=exchange)
         if status == 0:
