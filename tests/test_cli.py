@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_io import read_only_folder
 
 import refimpl.cli as cli
 from refimpl.cases import all_cases
@@ -224,3 +225,10 @@ def test_any_os_error_of_a_command_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "all_cases", refused)
     line = _one_line_error(capsys, ["check"])
     assert line == "refimpl check: /some/where: Permission denied"
+
+
+def test_check_json_into_a_read_only_folder_is_one_line(tmp_path, capsys, no_work):
+    with read_only_folder(tmp_path / "read-only") as folder:
+        path = folder / "r.json"
+        line = _one_line_error(capsys, ["check", "--json", str(path)])
+        assert line.startswith(f"refimpl check: {path}: ")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_io import read_only_folder
 
 from refimpl import golden
 from refimpl.cases import all_cases
@@ -1021,3 +1022,13 @@ def test_an_extra_field_in_a_file_entry_fails_naming_the_file(copy):
     failed = _failures(golden.verify(copy))
     assert list(failed) == [relative], failed
     assert "manifest fields" in failed[relative][0]
+
+
+def test_golden_into_a_read_only_folder_is_one_line(tmp_path, capsys):
+    with read_only_folder(tmp_path / "read-only") as folder:
+        out = folder / "X"
+        args = argparse.Namespace(out=str(out), force=False, case=[all_cases()[0].name])
+        assert golden.run_golden(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"refimpl golden: --out {out}: ") and len(err.splitlines()) == 1
+        assert os.listdir(folder) == []

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
+import subprocess
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -98,19 +103,41 @@ def test_check_destination_creates_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_read_only_folder_is_refused(tmp_path):
-    folder = tmp_path / "read-only"
-    folder.mkdir()
+@contextlib.contextmanager
+def read_only_folder(folder: Path) -> Iterator[Path]:
+    """``folder`` made to refuse new files for real: by its permission bits, or, for root
+    (whom those do not stop), by the immutable attribute (``chattr +i``, ext2/3/4, XFS,
+    btrfs); skips the test where neither works."""
+    folder.mkdir(exist_ok=True)
     folder.chmod(0o555)
+    immutable = False
     try:
-        try:
-            (folder / "probe").write_text("x")
-        except PermissionError:
-            pass
-        else:
-            pytest.skip("permission bits do not stop this user (root): see the injected "
-                        "EACCES / EROFS cases")
-        with pytest.raises(_io.OutputError, match="Permission denied"):
-            _io.write_text_atomically(str(folder / "out.json"), "x")
+        if _takes_a_file(folder) and shutil.which("chattr"):
+            immutable = subprocess.run(["chattr", "+i", str(folder)],
+                                       capture_output=True).returncode == 0
+        if _takes_a_file(folder):
+            pytest.skip("no way to make a read-only folder here (root, no chattr +i)")
+        yield folder
     finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
         folder.chmod(0o755)
+
+
+def _takes_a_file(folder: Path) -> bool:
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return False
+    os.close(descriptor)
+    os.unlink(probe)
+    return True
+
+
+def test_a_read_only_folder_is_refused(tmp_path):
+    with read_only_folder(tmp_path / "read-only") as folder:
+        with pytest.raises(_io.OutputError) as raised:
+            _io.write_text_atomically(str(folder / "out.json"), "x")
+        assert str(raised.value).startswith(f"{folder / 'out.json'}: ")
+        assert raised.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        assert os.listdir(folder) == []
