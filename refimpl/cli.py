@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._io import JSON_HELP, check_destination, write_text_atomically
 from ._table import format_table
 from .cases import Case, all_cases
 from .gradcheck import check_gradients
@@ -48,10 +47,11 @@ CHECK_METHODS = ("complex", "central")
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="PATH",
-                        help="also write the results as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--json", metavar="PATH", help=JSON_HELP.format(what="results"))
     parser.add_argument("--case", action="append", metavar="NAME",
                         help="check only this case (repeatable); default: all")
+    parser.add_argument("--list", action="store_true",
+                        help="print the name of every built-in case, one per line, and exit")
 
 
 def check_case(case: Case, method: str) -> list[dict[str, Any]]:
@@ -83,21 +83,6 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
           "pass" if row["ok"] else f"FAIL ({row['status']})") for row in rows])
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename,
-    so that ``path`` never holds a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".refimpl-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _json_ready(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
@@ -107,6 +92,9 @@ def _json_ready(value: Any) -> Any:
 def run_check(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     cases = all_cases()
+    if getattr(args, "list", False):
+        print("\n".join(case.name for case in cases))
+        return 0
     if args.case:
         known = {case.name for case in cases}
         unknown = [name for name in args.case if name not in known]
@@ -115,6 +103,8 @@ def run_check(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         cases = [case for case in cases if case.name in args.case]
+    if args.json and args.json != "-":
+        check_destination(args.json)   # before the work, not after it
     rows = [row for case in cases for method in CHECK_METHODS for row in check_case(case, method)]
     failed_cases = sorted({row["case"] for row in rows if not row["ok"]})
     elapsed = time.perf_counter() - start
@@ -154,8 +144,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    """Run the command line; the exit status: 0 success, 1 a failed check or an error of the
+    environment (a path that cannot be written, a full disk), 2 a usage error.
+
+    A bare ``refimpl`` prints the usage and the list of commands on stderr (status 2: no
+    command was given, which is a usage error). An ``OSError`` (including
+    :class:`refimpl._io.OutputError`) is printed as one line naming the path and the reason,
+    never as a traceback.
+    """
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments:
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(arguments)
+    try:
+        return int(args.handler(args))
+    except OSError as error:   # refimpl._io.OutputError included: it names the user's path
+        print(f"refimpl {args.command}: {_describe_os_error(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"refimpl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _describe_os_error(error: OSError) -> str:
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename else reason
 
 
 if __name__ == "__main__":

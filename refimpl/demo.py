@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._io import JSON_HELP, atomic_output, check_destination, write_text_atomically
 from ._table import format_table
 from .model import MLP, Sequential
 from .nn.activations import Tanh
@@ -297,8 +298,11 @@ def _plot(results: dict[str, list[dict[str, Any]]], path: str) -> None:
     for axis in axes:
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        with atomic_output(path) as temporary:
+            figure.savefig(temporary)
+    finally:
+        plt.close(figure)
 
 
 def _positive_float_list(text: str) -> tuple[float, ...]:
@@ -345,7 +349,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input features of both experiments (default %(default)s)")
     parser.add_argument("--noise", type=float, default=DEFAULT.noise,
                         help="standard deviation of the class clusters (default %(default)s)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--json", metavar="PATH", help=JSON_HELP.format(what="results"))
     parser.add_argument("--plot", metavar="PATH",
                         help="also plot accuracy and distance against lambda to PATH (needs "
                              "matplotlib: pip install 'refimpl[plot]')")
@@ -379,6 +383,12 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"refimpl demo: {error}", file=sys.stderr)
         return 2
     plot = getattr(args, "plot", None)
+    destination = getattr(args, "json", None)
+    # Output paths are checked before the sweep (minutes with the defaults), not after it.
+    if destination and destination != "-":
+        check_destination(destination)
+    if plot:
+        check_destination(plot)
     if plot:
         try:
             import matplotlib  # noqa: F401
@@ -391,13 +401,14 @@ def run_demo(args: argparse.Namespace) -> int:
     except FloatingPointError as error:
         print(f"refimpl demo: {error}", file=sys.stderr)
         return 1
-    print(format_report(results, settings))
-    if getattr(args, "json", None):
-        from .cli import write_text_atomically
-
-        document = {"settings": asdict(settings), "results": results}
-        write_text_atomically(args.json, json.dumps(document, indent=2) + "\n")
+    document = {"settings": asdict(settings), "results": results}
+    if destination == "-":
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        print(format_report(results, settings))
+    if destination and destination != "-":
+        write_text_atomically(destination, json.dumps(document, indent=2) + "\n")
     if plot:
         _plot(results, plot)
-        print(f"plot written to {plot}")
+        print(f"plot written to {plot}", file=sys.stderr if destination == "-" else sys.stdout)
     return 0

@@ -22,36 +22,53 @@ other implementation to build the same model), seed, layouts and conventions, th
 a decimal and as ``float.hex()``, and every file with role, name, shape, dtype, size and
 SHA-256.
 
-Writes are atomic and reproducible: everything is written into a temporary sibling folder,
-then renamed into place; an existing non-empty folder is refused unless ``force=True``, and
-even then it is replaced only after the new folder is complete (and only if it is a golden
-folder). Two runs with the same refimpl and NumPy give byte-identical files.
+Writes are all-or-nothing and reproducible: everything is written (and fsynced) into a
+temporary sibling folder ``.DIR.tmp-<pid>-<random>``, then switched into place; an existing
+non-empty folder is refused unless ``force=True``, and even then it is replaced only after the
+new folder is complete (and only if it is a golden folder). On Linux the switch is one
+``renameat2(RENAME_EXCHANGE)``, so DIR always exists; writers of one folder take turns (a lock
+on its parent folder), and each removes what killed writers left behind, or puts back an old
+copy an interrupted replacement had set aside (the crash states are listed at
+:func:`_install`). Two runs with the same refimpl and NumPy give byte-identical files.
 
-``refimpl verify DIR`` recomputes every case and compares every file by SHA-256 and by value
-(the float64 rule of :mod:`refimpl.testing`); ``.npy`` headers are checked before anything is
-loaded, so an object (pickle) array is refused without ever being unpickled.
+``refimpl verify DIR`` trusts nothing in DIR: it recomputes every case and compares every file
+by SHA-256, by its exact NPY bytes and by value (the float64 rule of :mod:`refimpl.testing`),
+rebuilds every manifest field from the catalogue, and fails on extra files and on symbolic
+links (a golden folder is a plain tree; DIR itself may be a link). ``.npy`` headers are
+checked before anything is loaded, so an object (pickle) array is refused without ever being
+unpickled. A folder written with ``--case`` passes and says which catalogue cases it lacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import errno
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:   # not POSIX: writers are told apart by the pid in their names
+    fcntl = None  # type: ignore[assignment]
+
 from . import __version__
+from ._io import OutputError
 from .testing import DTYPE_TOLERANCES, compare_tensor
 
 __all__ = [
@@ -106,14 +123,6 @@ class GoldenError(ValueError):
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -229,14 +238,20 @@ def _file_name(role: str, name: str) -> str:
 _CASE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
-def _write_case(case: Any, folder: Path) -> dict[str, Any]:
-    """Write one case's files into ``folder / case.name``; return its manifest entry."""
+class _File(NamedTuple):
+    """One file of a case as refimpl writes it: its manifest entry, array and NPY bytes."""
+
+    entry: dict[str, Any]
+    array: np.ndarray
+    data: bytes
+
+
+def _case_files(case: Any) -> list[_File]:
+    """Every file of one case, computed (nothing written), in manifest order."""
     if not _CASE_NAME.match(case.name):
         raise GoldenError(f"case {case.name!r}: a golden case name must match [a-z0-9-]+")
-    case_folder = folder / case.name
-    case_folder.mkdir()
-    files, seen = [], {}
-    loss_value = None
+    files: list[_File] = []
+    seen: dict[str, str] = {}
     for tensor in _case_tensors(case):
         array = _golden_array(tensor.array, f"case {case.name!r}, {tensor.role} "
                                             f"{tensor.name!r}")
@@ -247,8 +262,6 @@ def _write_case(case: Any, folder: Path) -> dict[str, Any]:
                               f" map to the same file name {file_name!r}")
         seen[file_name.lower()] = tensor.name
         data = _npy_bytes(array)
-        with open(case_folder / file_name, "xb") as handle:
-            handle.write(data)
         entry = {
             "path": f"{case.name}/{file_name}", "role": tensor.role, "name": tensor.name,
             "shape": list(array.shape), "dtype": array.dtype.str, "bytes": len(data),
@@ -256,9 +269,13 @@ def _write_case(case: Any, folder: Path) -> dict[str, Any]:
         }
         if array.ndim == 0 and array.dtype.kind == "f":
             entry.update(_json_value(array.item()))
-            if tensor.role == "loss":
-                loss_value = array.item()
-        files.append(entry)
+        files.append(_File(entry, array, data))
+    return files
+
+
+def _case_entry(case: Any, files: list[_File]) -> dict[str, Any]:
+    """The manifest entry of one case whose files are ``files``."""
+    loss = next(file.array.item() for file in files if file.entry["role"] == "loss")
     config = _normalised(case.config)
     return {
         "kind": case.kind,
@@ -266,10 +283,47 @@ def _write_case(case: Any, folder: Path) -> dict[str, Any]:
         "seed": config.get("seed") if isinstance(config, Mapping) else None,
         "conventions": _case_conventions(config),
         "tolerances": _tolerances_json(),
-        "loss": _json_value(loss_value),
+        "loss": _json_value(loss),
         "inputs": list(case.inputs),
         "parameters": list(case.params),
-        "files": files,
+        "files": [file.entry for file in files],
+    }
+
+
+def _write_case(case: Any, folder: Path) -> dict[str, Any]:
+    """Write one case's files into ``folder / case.name``; return its manifest entry."""
+    files = _case_files(case)
+    case_folder = folder / case.name
+    case_folder.mkdir()
+    for file in files:
+        with open(folder / file.entry["path"], "xb") as handle:
+            handle.write(file.data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return _case_entry(case, files)
+
+
+def _command(case_names: list[str] | None) -> str:
+    """The generating command: every case, or a selection named by ``--case`` flags."""
+    return COMMAND + "".join(f" --case {name}" for name in case_names or ())
+
+
+def _manifest_header(command: str, case_order: list[str]) -> dict[str, Any]:
+    """Everything in the manifest but the cases (so that verify can rebuild it)."""
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "generator": {
+            "refimpl": __version__, "numpy": np.__version__, "command": command,
+            "seed": "each case is built by refimpl.cases from its own fixed seed, "
+                    "recorded as cases.<name>.seed (null when the case has none)",
+        },
+        "npy": {"version": "1.0", "dtypes": sorted(ALLOWED_DTYPES), "order": "C",
+                "pickle": False},
+        "comparison_rule": COMPARISON_RULE,
+        "tolerances": _tolerances_json(),
+        "conventions": CONVENTIONS,
+        "case_order": list(case_order),
     }
 
 
@@ -283,8 +337,9 @@ def _looks_like_golden(folder: Path) -> bool:
 
 
 def _check_target(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise GoldenError(f"--out {out}: exists and is not a folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise GoldenError(f"--out {out}: exists and is not a folder"
+                          + (" (a symbolic link)" if out.is_symlink() else ""))
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise FileExistsError(f"--out {out}: the folder exists and is not empty; pass "
@@ -295,25 +350,144 @@ def _check_target(out: Path, force: bool) -> None:
                               f"left alone: remove it yourself or choose another folder")
 
 
-def _install(temporary: Path, out: Path) -> None:
-    """Move the complete ``temporary`` folder to ``out``; an old ``out`` survives any failure."""
-    if not out.exists():
-        os.rename(temporary, out)
-        return
-    if not any(out.iterdir()):
-        out.rmdir()
-        os.rename(temporary, out)
-        return
-    backup_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    backup = backup_root / out.name
-    os.rename(out, backup)
+# --- replacing a folder atomically --------------------------------------------------------------
+#
+# A writer of DIR holds an exclusive lock (flock) on DIR's parent folder from before it looks
+# at DIR until it has installed its copy and cleaned up, so writers of one folder run one after
+# the other. It builds the new copy in `.DIR.tmp-<pid>-<random>` and installs it:
+#
+# * DIR absent or empty: one rename(2) (POSIX replaces an empty folder atomically).
+# * DIR a golden folder (--force): on Linux, renameat2(RENAME_EXCHANGE) swaps the two names
+#   atomically, then the temporary name (now the old copy) is removed. DIR always exists.
+#   Elsewhere, or on a file system without the call, two renames: DIR -> `.DIR.old-<pid>-<r>`,
+#   then the temporary -> DIR.
+#
+# Crash states (SIGKILL, power loss), and what the next writer of DIR does under the lock:
+#
+# * while building: DIR untouched (absent or the old copy); `.DIR.tmp-*` partial -> removed.
+# * after the exchange, before the removal ends: DIR is the new copy; `.DIR.tmp-*` holds all or
+#   part of the old one -> removed.
+# * (two renames only) between them: DIR absent, `.DIR.old-*` the complete old copy -> renamed
+#   back to DIR (verify reports DIR missing and names the backup until then). After the second
+#   rename: DIR new, `.DIR.old-*` the old copy -> removed.
+#
+# Under the lock every `.DIR.tmp-*` / `.DIR.old-*` is a dead writer's: a live one holds the
+# lock. Without flock (not POSIX) the pid in the name is checked instead, and a leftover of a
+# live process is left alone.
+
+_LOCKING = fcntl is not None
+
+
+def _leftover_pattern(out: Path) -> re.Pattern[str]:
+    return re.compile(rf"^\.{re.escape(out.name)}\.(?P<kind>tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # e.g. EPERM: the process exists
+        return True
+    return True
+
+
+def _leftovers(out: Path, locked: bool) -> list[tuple[str, Path]]:
+    """``(kind, path)`` of every leftover of a dead writer of ``out``, oldest first."""
+    pattern = _leftover_pattern(out)
+    parent = out.absolute().parent
+    found = []
+    for entry in os.scandir(parent):
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        if not locked and _process_alive(int(match.group("pid"))):
+            continue
+        found.append((entry.stat(follow_symlinks=False).st_mtime, match.group("kind"),
+                      parent / entry.name))
+    return [(kind, path) for _, kind, path in sorted(found)]
+
+
+def _empty_or_missing(folder: Path) -> bool:
+    if not os.path.lexists(folder):
+        return True
+    return folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
+
+
+def _recover(out: Path, locked: bool) -> None:
+    """Undo what interrupted writers of ``out`` left: put back an old copy that was moved
+    aside when ``out`` is missing, and remove every other leftover."""
+    for kind, path in _leftovers(out, locked):
+        if kind == "old" and _empty_or_missing(out) and _looks_like_golden(path):
+            os.rename(path, out)
+        else:
+            shutil.rmtree(path)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or the file system has no such call, so that the caller falls back."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):   # glibc < 2.28, musl without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                 _RENAME_EXCHANGE) == 0:
+        return True
+    number = ctypes.get_errno()
+    if number in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(number, os.strerror(number), str(second))
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _install(temporary: Path, out: Path) -> None:
+    """Put the complete ``temporary`` folder in the place of ``out`` (see the crash states
+    above); an old ``out`` survives any failure before the switch."""
+    if _empty_or_missing(out):
         os.rename(temporary, out)
-    except BaseException:
-        os.rename(backup, out)
-        backup_root.rmdir()
-        raise
-    shutil.rmtree(backup_root)
+    elif _exchange(temporary, out):
+        shutil.rmtree(temporary)   # the old copy, now under the temporary name
+    else:
+        backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-",
+                                       dir=out.absolute().parent))
+        try:
+            os.rename(out, backup)     # replaces the empty folder mkdtemp made
+        except BaseException:
+            os.rmdir(backup)
+            raise
+        try:
+            os.rename(temporary, out)
+        except BaseException:
+            os.rename(backup, out)
+            raise
+        shutil.rmtree(backup)
+
+
+@contextlib.contextmanager
+def _writer_lock(parent: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the folder ``parent`` (released when the process dies, so a
+    killed writer never blocks the next one); yields whether a lock is held."""
+    if not _LOCKING:
+        yield False
+        return
+    descriptor = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(descriptor)
 
 
 def write(out_dir: str | os.PathLike, force: bool = False,
@@ -322,14 +496,16 @@ def write(out_dir: str | os.PathLike, force: bool = False,
 
     Raises ``FileExistsError`` if ``out_dir`` exists and is not empty (unless ``force``), and
     :class:`GoldenError` if it is a file, or if ``force`` is asked for a non-empty folder that
-    is not a golden folder. Returns the folder's path.
+    is not a golden folder; :class:`refimpl._io.OutputError` (an ``OSError`` naming
+    ``out_dir``) if the file system refuses (permission, read-only, full). Leftovers of
+    interrupted earlier writes of ``out_dir`` are cleaned up first. Returns the folder's
+    absolute path.
     """
     from .cases import all_cases
 
     out = Path(out_dir)
-    _check_target(out, force)
     catalogue = all_cases()
-    command = COMMAND
+    selection = None
     if cases is not None:
         wanted = [cases] if isinstance(cases, str) else list(cases)
         known = [case.name for case in catalogue]
@@ -337,48 +513,73 @@ def write(out_dir: str | os.PathLike, force: bool = False,
         if unknown:
             raise ValueError(f"cases: unknown case(s) {unknown}; known: {known}")
         catalogue = [case for case in catalogue if case.name in wanted]
-        command += "".join(f" --case {name}" for name in wanted)
+        selection = [case.name for case in catalogue]   # catalogue order, as case_order
+    # Every name is derived from the absolute, normalised path ("DIR/." and "." have no name
+    # of their own); messages keep the user's spelling.
+    target = Path(os.path.abspath(out))
+    if Path(os.path.abspath(os.curdir)).is_relative_to(target):
+        raise GoldenError(f"--out {out}: is the current folder or contains it; replacing it "
+                          f"would leave this process (and your shell) in a deleted folder: "
+                          f"choose a folder outside it")
+    with contextlib.ExitStack() as stack:
+        with _naming_errors(out):
+            if os.path.lexists(target.parent) and not target.parent.is_dir():
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            locked = stack.enter_context(_writer_lock(target.parent))
+            _recover(target, locked)
+        _check_target(out, force)
+        with _naming_errors(out):
+            _build_and_install(target, catalogue, _command(selection))
+    return target
+
+
+@contextlib.contextmanager
+def _naming_errors(out: Path) -> Iterator[None]:
+    """Turn an ``OSError`` into :class:`OutputError` naming ``out`` (the user's path, not a
+    temporary's)."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as error:
+        number = error.errno if error.errno is not None else errno.EIO
+        raise OutputError(number, error.strerror or os.strerror(number), str(out)) from None
+
+
+def _build_and_install(out: Path, catalogue: list[Any], command: str) -> None:
     parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o777 & ~umask)
-        manifest = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "generator": {
-                "refimpl": __version__, "numpy": np.__version__, "command": command,
-                "seed": "each case is built by refimpl.cases from its own fixed seed, "
-                        "recorded as cases.<name>.seed (null when the case has none)",
-            },
-            "npy": {"version": "1.0", "dtypes": sorted(ALLOWED_DTYPES), "order": "C",
-                    "pickle": False},
-            "comparison_rule": COMPARISON_RULE,
-            "tolerances": _tolerances_json(),
-            "conventions": CONVENTIONS,
-            "case_order": [case.name for case in catalogue],
-            "cases": {case.name: _write_case(case, temporary) for case in catalogue},
-        }
+        manifest = _manifest_header(command, [case.name for case in catalogue])
+        manifest["cases"] = {case.name: _write_case(case, temporary) for case in catalogue}
         text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False,
                           ensure_ascii=True) + "\n"
-        with open(temporary / MANIFEST, "x", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
         lines = [f"{_sha256(text.encode('utf-8'))}  {MANIFEST}"]
         for name in manifest["case_order"]:
             lines += [f"{entry['sha256']}  {entry['path']}"
                       for entry in manifest["cases"][name]["files"]]
-        with open(temporary / CHECKSUMS, "x", encoding="utf-8", newline="\n") as handle:
-            handle.write("\n".join(lines) + "\n")
+        for name, content in ((MANIFEST, text), (CHECKSUMS, "\n".join(lines) + "\n")):
+            with open(temporary / name, "x", encoding="utf-8", newline="\n") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
         _install(temporary, out)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return out
 
 
 # --- reading ----------------------------------------------------------------------------------
+
+#: Why a symbolic link inside a golden folder is refused: the folder is a plain tree, and a
+#: link would let the checked file be something other than the file that was hashed (or a
+#: file outside the folder).
+LINK_REFUSED = "a symbolic link; a golden folder is a plain tree and links are never followed"
+
 
 def _safe_relative(path: Any, root: Path, what: str) -> Path:
     """``root / path`` for a manifest path that stays inside ``root`` (no '..', not absolute)."""
@@ -391,11 +592,41 @@ def _safe_relative(path: Any, root: Path, what: str) -> Path:
     return root.joinpath(*parts)
 
 
+def _read_plain(path: Path, root: Path | None = None) -> bytes:
+    """The bytes of the regular file ``path``, refusing a symbolic link at ``path`` or at any
+    folder between ``root`` and it (:class:`GoldenError`); ``FileNotFoundError`` if absent.
+
+    The file is opened once (``O_NOFOLLOW``) and everything (hash, header, values) is taken
+    from the bytes read, so that nothing can be swapped between the checks and the load.
+    """
+    if root is not None:
+        current = root
+        for part in path.relative_to(root).parts[:-1]:
+            current = current / part
+            if current.is_symlink():
+                raise GoldenError(f"{current}: {LINK_REFUSED}")
+    if path.is_symlink():
+        raise GoldenError(f"{path}: {LINK_REFUSED}")
+    # O_NONBLOCK: opening a FIFO planted under a golden name must not hang the reader.
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_BINARY", 0))
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP:   # became a link after the check above
+            raise GoldenError(f"{path}: {LINK_REFUSED}") from None
+        raise
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise GoldenError(f"{path}: not a regular file")
+        return handle.read()
+
+
 def read_manifest(golden_dir: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``golden_dir/manifest.json``; :class:`GoldenError` names the file."""
     path = Path(golden_dir) / MANIFEST
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_plain(path).decode("utf-8")
     except FileNotFoundError:
         raise GoldenError(f"{path}: missing (not a golden folder?)") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -438,28 +669,24 @@ def select_cases(manifest: Mapping[str, Any], case: str | Iterable[str] | None) 
     return wanted
 
 
-def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
-    with open(path, "rb") as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                return np.lib.format.read_array_header_1_0(handle)
-            if version == (2, 0):
-                return np.lib.format.read_array_header_2_0(handle)
-        except Exception as error:  # noqa: BLE001 - a corrupt header raises ValueError,
-            # SyntaxError or tokenize.TokenError from NumPy's parser: all mean "not valid"
-            raise GoldenError(f"{path}: not a valid .npy file ({type(error).__name__}: "
-                              f"{error})") from None
+def _read_header(data: bytes, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    handle = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(handle)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(handle)
+    except Exception as error:  # noqa: BLE001 - a corrupt header raises ValueError,
+        # SyntaxError or tokenize.TokenError from NumPy's parser: all mean "not valid"
+        raise GoldenError(f"{path}: not a valid .npy file ({type(error).__name__}: "
+                          f"{error})") from None
     raise GoldenError(f"{path}: unsupported .npy format version {version}")
 
 
-def load_npy(path: str | os.PathLike, dtype: str | None = None,
-             shape: Iterable[int] | None = None) -> np.ndarray:
-    """Load a golden ``.npy`` safely: the header is read and checked *first* (dtype ``<f8``
-    or ``<i8``, C order, and ``dtype`` / ``shape`` if given); only then is the data read, with
-    ``allow_pickle=False``. An object (pickle) array is refused without being loaded."""
-    path = Path(path)
-    header_shape, fortran_order, header_dtype = _read_header(path)
+def _load_npy_bytes(data: bytes, path: Path, dtype: str | None,
+                    shape: Iterable[int] | None) -> np.ndarray:
+    header_shape, fortran_order, header_dtype = _read_header(data, path)
     if header_dtype.hasobject or header_dtype.str not in ALLOWED_DTYPES:
         raise GoldenError(f"{path}: dtype {header_dtype.str!r} refused (golden files hold only "
                           f"{sorted(ALLOWED_DTYPES)}; object arrays would need pickle and are "
@@ -472,9 +699,19 @@ def load_npy(path: str | os.PathLike, dtype: str | None = None,
         raise GoldenError(f"{path}: shape {tuple(header_shape)}, the manifest says "
                           f"{tuple(shape)}")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as error:  # noqa: BLE001 - e.g. a truncated data section
         raise GoldenError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
+
+
+def load_npy(path: str | os.PathLike, dtype: str | None = None,
+             shape: Iterable[int] | None = None) -> np.ndarray:
+    """Load a golden ``.npy`` safely: the header is read and checked *first* (dtype ``<f8``
+    or ``<i8``, C order, and ``dtype`` / ``shape`` if given); only then is the data read, with
+    ``allow_pickle=False``. An object (pickle) array is refused without being loaded, and so
+    is a symbolic link (:class:`GoldenError`)."""
+    path = Path(path)
+    return _load_npy_bytes(_read_plain(path), path, dtype, shape)
 
 
 @dataclass(frozen=True)
@@ -491,20 +728,23 @@ class GoldenCase:
     grads: dict[str, np.ndarray]
 
 
-def _checked_file(root: Path, entry: Mapping[str, Any], what: str) -> Path:
+def _checked_file(root: Path, entry: Mapping[str, Any], what: str) -> tuple[Path, bytes]:
     path = _safe_relative(entry.get("path"), root, what)
-    if not path.is_file():
-        raise GoldenError(f"{path}: missing ({what})")
-    digest = _file_sha256(path)
+    try:
+        data = _read_plain(path, root)
+    except FileNotFoundError:
+        raise GoldenError(f"{path}: missing ({what})") from None
+    digest = _sha256(data)
     if digest != entry.get("sha256"):
         raise GoldenError(f"{path}: SHA-256 {digest} differs from the manifest's "
                           f"{entry.get('sha256')} (the file changed)")
-    return path
+    return path, data
 
 
 def load_case(golden_dir: str | os.PathLike, name: str,
               manifest: Mapping[str, Any] | None = None) -> GoldenCase:
-    """Read case ``name`` of a golden folder, checking every file's SHA-256 and header."""
+    """Read case ``name`` of a golden folder, checking every file's SHA-256 and header (a
+    symbolic link anywhere below ``golden_dir`` is refused)."""
     root = Path(golden_dir)
     manifest = read_manifest(root) if manifest is None else manifest
     if name not in manifest["cases"]:
@@ -516,9 +756,9 @@ def load_case(golden_dir: str | os.PathLike, name: str,
         role = file_entry.get("role")
         if role not in groups:
             raise GoldenError(f"{root / MANIFEST}: case {name!r}: unknown role {role!r}")
-        path = _checked_file(root, file_entry, f"case {name!r}")
-        groups[role][file_entry.get("name")] = load_npy(path, file_entry.get("dtype"),
-                                                        file_entry.get("shape"))
+        path, data = _checked_file(root, file_entry, f"case {name!r}")
+        groups[role][file_entry.get("name")] = _load_npy_bytes(
+            data, path, file_entry.get("dtype"), file_entry.get("shape"))
     if "loss" not in groups["loss"]:
         raise GoldenError(f"{root / MANIFEST}: case {name!r} has no loss file")
     return GoldenCase(name, entry.get("kind", ""), entry.get("config", {}), groups["input"],
@@ -527,6 +767,14 @@ def load_case(golden_dir: str | os.PathLike, name: str,
 
 
 # --- verifying --------------------------------------------------------------------------------
+#
+# What verify trusts: only this refimpl's catalogue. SHA256SUMS and the manifest are checksums,
+# not signatures - whoever can change a file can re-hash it - so every file is also recomputed
+# and compared by value, every manifest field is rebuilt from the catalogue and compared, the
+# files must be exactly the NPY bytes refimpl writes for their values, and the folder must be a
+# plain tree (no links, no extra files). The one thing a consistent rewrite can still do is
+# declare a subset (`generator.command` with --case flags and the matching cases): verify passes
+# it and lists every catalogue case it does not hold.
 
 @dataclass(frozen=True)
 class VerifyEntry:
@@ -540,6 +788,8 @@ class VerifyEntry:
 class VerifyReport:
     folder: str
     entries: tuple[VerifyEntry, ...] = field(default=())
+    #: Catalogue cases a declared subset (written with --case) does not hold.
+    absent: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -555,104 +805,261 @@ class VerifyReport:
             where = f"{entry.case}: " if entry.case else ""
             lines.append(f"{'ok  ' if entry.ok else 'FAIL'}  {where}{entry.file}: "
                          f"{entry.message}")
-        cases = sorted({entry.case for entry in self.entries if entry.case})
+        cases = sorted({entry.case for entry in self.entries if entry.case} - set(self.absent))
         failed_cases = sorted({entry.case or "(folder)" for entry in self.failures})
         lines.append(
             f"refimpl verify {self.folder}: {'OK' if self.ok else 'FAILED'} - {len(cases)} "
             f"cases, {len(self.entries)} checks, {len(self.failures)} failed"
-            + (f" (in {', '.join(failed_cases)})" if failed_cases else ""))
+            + (f" (in {', '.join(failed_cases)})" if failed_cases else "")
+            + (f"; a --case subset: {len(self.absent)} catalogue cases not in it"
+               if self.absent else ""))
         return "\n".join(lines)
 
 
-def _read_checksums(root: Path) -> tuple[dict[str, str], list[VerifyEntry]]:
+def _read_checksums(root: Path) -> tuple[dict[str, str], str, list[VerifyEntry]]:
     path = root / CHECKSUMS
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_plain(path).decode("utf-8")
     except FileNotFoundError:
-        return {}, [VerifyEntry("", CHECKSUMS, False, "missing")]
+        return {}, "", [VerifyEntry("", CHECKSUMS, False, "missing")]
+    except GoldenError as error:
+        return {}, "", [VerifyEntry("", CHECKSUMS, False, str(error).replace(f"{path}: ", ""))]
     except (OSError, UnicodeDecodeError) as error:
-        return {}, [VerifyEntry("", CHECKSUMS, False, f"cannot be read ({error})")]
-    sums, problems = {}, []
+        return {}, "", [VerifyEntry("", CHECKSUMS, False, f"cannot be read ({error})")]
+    sums: dict[str, str] = {}
+    problems = []
     for number, line in enumerate(text.splitlines(), start=1):
         match = re.match(r"^([0-9a-f]{64}) [ *](.+)$", line)
         if not match:
             problems.append(VerifyEntry("", CHECKSUMS, False,
                                         f"line {number} is not '<sha256>  <path>': {line!r:.80}"))
             continue
+        if match.group(2) in sums:
+            problems.append(VerifyEntry("", CHECKSUMS, False,
+                                        f"line {number} lists {match.group(2)!r} a second time"))
         sums[match.group(2)] = match.group(1)
-    return sums, problems
+    return sums, text, problems
 
 
-def _files_on_disk(root: Path) -> set[str]:
-    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
+def _tree(root: Path) -> tuple[set[str], list[VerifyEntry]]:
+    """Every regular file below ``root`` (relative POSIX paths), and a failure for every
+    symbolic link (never followed) and every other non-file, non-folder entry."""
+    files: set[str] = set()
+    problems: list[VerifyEntry] = []
+
+    def walk(folder: Path, prefix: str) -> None:
+        with os.scandir(folder) as found:
+            entries = sorted(found, key=lambda entry: entry.name)
+        for entry in entries:
+            relative = prefix + entry.name
+            if entry.is_symlink():
+                problems.append(VerifyEntry("", relative, False, LINK_REFUSED))
+            elif entry.is_dir(follow_symlinks=False):
+                walk(Path(entry.path), relative + "/")
+            elif entry.is_file(follow_symlinks=False):
+                files.add(relative)
+            else:
+                problems.append(VerifyEntry("", relative, False,
+                                            "neither a regular file nor a folder"))
+
+    walk(root, "")
+    return files, problems
 
 
-def _verify_file(root: Path, case: Any, entry: Mapping[str, Any],
-                 expected: Mapping[str, Any]) -> VerifyEntry:
+def _differs(field_name: str, found: Any, expected: Any) -> str:
+    return (f"{field_name} {json.dumps(found, sort_keys=True)[:120]} differs from what this "
+            f"refimpl writes ({json.dumps(expected, sort_keys=True)[:120]})")
+
+
+def _verify_file(root: Path, case_name: str, entry: Mapping[str, Any],
+                 expected: Mapping[tuple[Any, Any], _File]
+                 ) -> tuple[VerifyEntry, np.ndarray | None]:
+    """Check one file against its manifest entry and against refimpl's own ``_File``."""
     relative = str(entry.get("path"))
+
+    def result(problems: list[str], detail: str = "",
+               stored: np.ndarray | None = None) -> tuple[VerifyEntry, np.ndarray | None]:
+        if problems:
+            return VerifyEntry(case_name, relative, False, "; ".join(problems)), stored
+        return VerifyEntry(case_name, relative, True, f"SHA-256 ok, {detail}"), stored
+
     try:
-        path = _safe_relative(entry.get("path"), root, f"case {case.name!r}")
+        path = _safe_relative(entry.get("path"), root, f"case {case_name!r}")
+        data = _read_plain(path, root)
+    except FileNotFoundError:
+        return result(["missing"])
     except GoldenError as error:
-        return VerifyEntry(case.name, relative, False, str(error))
-    if not path.is_file():
-        return VerifyEntry(case.name, relative, False, "missing")
+        return result([str(error)])
+    except OSError as error:
+        return result([f"cannot be read ({error})"])
     problems = []
-    digest = _file_sha256(path)
+    digest = _sha256(data)
     if digest != entry.get("sha256"):
         problems.append(f"SHA-256 {digest[:16]}... differs from the manifest's "
                         f"{str(entry.get('sha256'))[:16]}... (the file changed)")
     key = (entry.get("role"), entry.get("name"))
-    if key not in expected:
+    want = expected.get(key)
+    if want is None:
         problems.append(f"this refimpl computes no {key[0]} named {key[1]!r} for the case")
-        return VerifyEntry(case.name, relative, False, "; ".join(problems))
+        return result(problems)
+    if set(entry) != set(want.entry):
+        problems.append(f"manifest fields {sorted(entry)}, this refimpl writes "
+                        f"{sorted(want.entry)}")
+    for name in ("path", "shape", "dtype", "bytes"):
+        if entry.get(name) != want.entry[name]:
+            problems.append(_differs(f"manifest {name}", entry.get(name), want.entry[name]))
+    if len(data) != entry.get("bytes"):
+        problems.append(f"{len(data)} bytes, the manifest says {entry.get('bytes')!r}")
     try:
-        stored = load_npy(path, entry.get("dtype"), entry.get("shape"))
+        stored = _load_npy_bytes(data, path, entry.get("dtype"), entry.get("shape"))
     except GoldenError as error:
         problems.append(str(error).replace(f"{path}: ", ""))
-        return VerifyEntry(case.name, relative, False, "; ".join(problems))
-    reference = _golden_array(expected[key], relative)
-    if reference.dtype != stored.dtype:
-        problems.append(f"dtype {stored.dtype.str}, this refimpl computes {reference.dtype.str}")
+        return result(problems)
+    # Anything but the exact bytes refimpl writes for these values (bytes after the data, a
+    # rewritten header) is a changed file even where the values compare equal.
+    if data != _npy_bytes(stored):
+        problems.append("not the NPY 1.0 bytes refimpl writes for its values (extra bytes or "
+                        "a rewritten header)")
+    reference = want.array
+    detail = ""
+    if reference.dtype != stored.dtype or reference.shape != stored.shape:
+        problems.append(f"dtype {stored.dtype.str} shape {stored.shape}, this refimpl computes "
+                        f"{reference.dtype.str} {reference.shape}")
     elif reference.dtype.kind == "i":
-        if reference.shape != stored.shape or not np.array_equal(reference, stored):
+        if not np.array_equal(reference, stored):
             problems.append("integer values differ from the recomputed ones")
-        detail = "values equal"
+        detail = "integer values equal"
     else:
-        comparison = compare_tensor(str(entry.get("role")), str(entry.get("name")), reference,
-                                    stored, DTYPE_TOLERANCES["float64"])
+        comparison = compare_tensor(str(key[0]), str(key[1]), reference, stored,
+                                    DTYPE_TOLERANCES["float64"])
         if not comparison.ok:
             problems.append(f"recomputed values differ: {comparison.describe()}")
         detail = f"max relative error {comparison.relative_error:.1e} against the recomputation"
-    if "hex" in entry and stored.ndim == 0 and stored.dtype.kind == "f":
-        if float.fromhex(str(entry["hex"])) != float(stored):
-            problems.append(f"the manifest's hex {entry['hex']} differs from the file's value "
-                            f"{float(stored).hex()}")
-    if problems:
-        return VerifyEntry(case.name, relative, False, "; ".join(problems))
-    return VerifyEntry(case.name, relative, True, f"SHA-256 ok, {detail}")
+    if stored.ndim == 0 and stored.dtype.kind == "f":
+        written = _json_value(float(stored))
+        for name in ("value", "hex"):
+            if entry.get(name) != written[name]:
+                problems.append(f"the manifest's {name} {entry.get(name)!r} differs from the "
+                                f"file's value ({written[name]!r})")
+    return result(problems, detail, stored)
 
 
 def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[VerifyEntry]:
     results = []
-    config = _normalised(case.config)
-    if entry.get("config") != config:
+    files = _case_files(case)
+    expected = {(file.entry["role"], file.entry["name"]): file for file in files}
+    want = _case_entry(case, files)
+    where = f"cases.{case.name}"
+    if set(entry) != set(want):
         results.append(VerifyEntry(case.name, MANIFEST, False,
-                                   "the case's configuration differs from this refimpl's "
-                                   "catalogue"))
-    tensors = _case_tensors(case)
-    expected = {(t.role, t.name): t.array for t in tensors}
-    listed = {(f.get("role"), f.get("name")) for f in entry["files"]}
+                                   f"{where} has the fields {sorted(entry)}; this refimpl "
+                                   f"writes {sorted(want)}"))
+    for name, value in want.items():
+        if name not in ("files", "loss") and entry.get(name) != value:
+            results.append(VerifyEntry(case.name, MANIFEST, False,
+                                       _differs(f"{where}.{name}", entry.get(name), value)))
+    listed = [(f.get("role"), f.get("name")) for f in entry["files"]]
     for role, name in expected:
         if (role, name) not in listed:
             results.append(VerifyEntry(case.name, f"{case.name}/{_file_name(role, name)}", False,
                                        f"the manifest lists no file for {role} {name!r}"))
+    if len(set(listed)) != len(listed):
+        results.append(VerifyEntry(case.name, MANIFEST, False,
+                                   f"{where}.files lists a file twice"))
+    elif [key for key in listed if key in expected] != [key for key in expected
+                                                        if key in listed]:
+        results.append(VerifyEntry(case.name, MANIFEST, False,
+                                   f"{where}.files is not in the order refimpl writes"))
+    stored = {}
     for file_entry in entry["files"]:
-        results.append(_verify_file(root, case, file_entry, expected))
+        verdict, array = _verify_file(root, case.name, file_entry, expected)
+        results.append(verdict)
+        stored[(file_entry.get("role"), file_entry.get("name"))] = array
+    loss = stored.get(("loss", "loss"))
+    if loss is not None and loss.ndim == 0 and entry.get("loss") != _json_value(float(loss)):
+        results.append(VerifyEntry(case.name, MANIFEST, False,
+                                   _differs(f"{where}.loss (against {case.name}/loss.npy)",
+                                            entry.get("loss"), _json_value(float(loss)))))
     return results
 
 
+def _verify_header(manifest: Mapping[str, Any], catalogue: list[str]) -> list[VerifyEntry]:
+    """Every manifest field outside ``cases``, rebuilt from the catalogue and compared."""
+    results = []
+    cases = manifest["cases"]
+    order = manifest.get("case_order")
+    if not isinstance(order, list) or len(set(map(str, order))) != len(order) \
+            or set(map(str, order)) != set(cases):
+        results.append(VerifyEntry("", MANIFEST, False,
+                                   f"case_order {str(order)[:120]} does not list every case of "
+                                   f"the manifest exactly once"))
+        order = list(cases)
+    known = [name for name in catalogue if name in cases]
+    if [name for name in order if name in catalogue] != known:
+        results.append(VerifyEntry("", MANIFEST, False,
+                                   "case_order is not the catalogue's order"))
+    generator = manifest.get("generator")
+    command = generator.get("command") if isinstance(generator, Mapping) else None
+    subset = command != COMMAND
+    want = _manifest_header(_command(order if subset else None), order)
+    if set(manifest) != set(want) | {"cases"}:
+        results.append(VerifyEntry("", MANIFEST, False,
+                                   f"top-level fields {sorted(manifest)}; this refimpl writes "
+                                   f"{sorted(set(want) | {'cases'})}"))
+    for name, value in want.items():
+        if name not in ("generator", "case_order") and manifest.get(name) != value:
+            results.append(VerifyEntry("", MANIFEST, False,
+                                       _differs(name, manifest.get(name), value)))
+    if not isinstance(generator, Mapping) or set(generator) != set(want["generator"]):
+        results.append(VerifyEntry("", MANIFEST, False,
+                                   _differs("generator", generator, want["generator"])))
+        return results
+    for name in ("command", "seed"):
+        if generator[name] != want["generator"][name]:
+            results.append(VerifyEntry("", MANIFEST, False,
+                                       _differs(f"generator.{name}", generator[name],
+                                                want["generator"][name])))
+    versions = (generator["refimpl"], generator["numpy"])
+    if not all(isinstance(version, str) for version in versions):
+        results.append(VerifyEntry("", MANIFEST, False,
+                                   f"generator versions {versions} are not strings"))
+    elif versions != (__version__, np.__version__):
+        results.append(VerifyEntry("", MANIFEST, True,
+                                   f"written by refimpl {versions[0]} with NumPy {versions[1]};"
+                                   f" this is refimpl {__version__} with NumPy "
+                                   f"{np.__version__} (values compared within the float64 "
+                                   f"tolerances)"))
+    for name in catalogue:
+        if name in cases:
+            continue
+        if subset:
+            results.append(VerifyEntry(name, "-", True,
+                                       f"{ABSENT} (written with --case: "
+                                       f"{len(cases)} of the {len(catalogue)} catalogue "
+                                       f"cases); nothing to compare"))
+        else:
+            results.append(VerifyEntry(name, f"{name}/", False,
+                                       f"missing: the manifest's command {command!r} writes "
+                                       f"every catalogue case, and this folder has no {name!r}"))
+    return results
+
+
+ABSENT = "not in this golden folder"
+
+
+def _interrupted_backups(folder: Path) -> list[str]:
+    """Names of the old copies an interrupted ``golden --force`` may have set aside."""
+    parent = folder.absolute().parent
+    if not parent.is_dir():
+        return []
+    pattern = _leftover_pattern(folder)
+    return sorted(name for name in os.listdir(parent)
+                  if (match := pattern.match(name)) and match.group("kind") == "old")
+
+
 def verify(golden_dir: str | os.PathLike) -> VerifyReport:
-    """Recompute every case of a golden folder and compare every file (SHA-256 and values).
+    """Recompute every case of a golden folder and compare every file (SHA-256, bytes, values)
+    and every manifest field with what this refimpl writes.
 
     Never raises for a bad folder: every problem is an entry of the report naming the file.
     """
@@ -661,16 +1068,22 @@ def verify(golden_dir: str | os.PathLike) -> VerifyReport:
     root = Path(golden_dir)
     folder = str(golden_dir)
     if not root.is_dir():
-        return VerifyReport(folder, (VerifyEntry("", folder, False, "not a folder"),))
+        message = "not a folder"
+        backups = _interrupted_backups(root)
+        if backups and not os.path.lexists(root):
+            message = (f"missing; an interrupted 'refimpl golden --force' set the previous copy "
+                       f"aside as {backups[-1]}: run 'refimpl golden --out {folder} --force' to "
+                       f"put it back and replace it")
+        return VerifyReport(folder, (VerifyEntry("", folder, False, message),))
     try:
         manifest = read_manifest(root)
-    except GoldenError as error:
+        manifest_sum = _sha256(_read_plain(root / MANIFEST))
+    except (GoldenError, OSError) as error:
         return VerifyReport(folder, (VerifyEntry("", MANIFEST, False,
                                                  str(error).replace(f"{root / MANIFEST}: ", "")),))
-    entries: list[VerifyEntry] = []
-    sums, problems = _read_checksums(root)
+    files_on_disk, entries = _tree(root)
+    sums, sums_text, problems = _read_checksums(root)
     entries += problems
-    manifest_sum = _file_sha256(root / MANIFEST)
     if not sums:
         pass  # SHA256SUMS is missing or unreadable: already reported
     elif sums.get(MANIFEST) != manifest_sum:
@@ -687,6 +1100,7 @@ def verify(golden_dir: str | os.PathLike) -> VerifyReport:
               for f in entry["files"]}
     if sums:
         # SHA256SUMS and the manifest must agree line by line (sha256sum -c trusts the first).
+        before = len(entries)
         for path in sorted(set(sums) - set(listed) - {MANIFEST}):
             entries.append(VerifyEntry("", CHECKSUMS, False,
                                        f"lists {path!r}, which the manifest does not"))
@@ -696,10 +1110,17 @@ def verify(golden_dir: str | os.PathLike) -> VerifyReport:
                                            f"its line for {path!r} ({str(sums.get(path))[:16]}"
                                            f"...) differs from the manifest's SHA-256 "
                                            f"({str(digest)[:16]}...)"))
-    for path in sorted(_files_on_disk(root) - set(listed) - {MANIFEST, CHECKSUMS}):
+        written = _checksums_text(manifest, manifest_sum)
+        if len(entries) == before and not problems and written is not None \
+                and sums_text != written:
+            entries.append(VerifyEntry("", CHECKSUMS, False,
+                                       "not the text refimpl writes for this manifest (line "
+                                       "order or format)"))
+    for path in sorted(files_on_disk - set(listed) - {MANIFEST, CHECKSUMS}):
         entries.append(VerifyEntry("", path, False, "unexpected file (not in the manifest)"))
 
     catalogue = {case.name: case for case in all_cases()}
+    entries += _verify_header(manifest, list(catalogue))
     order = manifest.get("case_order")
     if not isinstance(order, list) or sorted(map(str, order)) != sorted(manifest["cases"]):
         order = list(manifest["cases"])
@@ -714,12 +1135,21 @@ def verify(golden_dir: str | os.PathLike) -> VerifyReport:
         except Exception as error:  # noqa: BLE001 - one broken case must not hide the others
             entries.append(VerifyEntry(name, MANIFEST, False,
                                        f"could not be verified: {type(error).__name__}: {error}"))
-    for name in catalogue:
-        if name not in manifest["cases"]:
-            entries.append(VerifyEntry(name, "-", True,
-                                       "not in this golden folder (written by another "
-                                       "refimpl version?); nothing to compare"))
-    return VerifyReport(folder, tuple(entries))
+    absent = tuple(entry.case for entry in entries
+                   if entry.ok and entry.message.startswith(ABSENT))
+    return VerifyReport(folder, tuple(entries), absent)
+
+
+def _checksums_text(manifest: Mapping[str, Any], manifest_sum: str) -> str | None:
+    """The SHA256SUMS refimpl writes for ``manifest`` (None if the manifest is too broken)."""
+    try:
+        lines = [f"{manifest_sum}  {MANIFEST}"]
+        for name in manifest["case_order"]:
+            lines += [f"{entry['sha256']}  {entry['path']}"
+                      for entry in manifest["cases"][name]["files"]]
+    except (KeyError, TypeError):
+        return None
+    return "\n".join(lines) + "\n"
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -738,15 +1168,18 @@ def run_golden(args: argparse.Namespace) -> int:
     try:
         out = write(args.out, force=bool(getattr(args, "force", False)),
                     cases=getattr(args, "case", None))
+    except OutputError as error:
+        print(f"refimpl golden: --out {error}", file=sys.stderr)
+        return 1
     except (FileExistsError, GoldenError, ValueError) as error:
         print(f"refimpl golden: {error}", file=sys.stderr)
         return 2
     manifest = read_manifest(out)
     files = sum(len(entry["files"]) for entry in manifest["cases"].values())
     print(f"refimpl golden: wrote {len(manifest['cases'])} cases, {files} .npy files, "
-          f"{MANIFEST} and {CHECKSUMS} to {out}")
-    print(f"check the files with: (cd {out} && sha256sum -c {CHECKSUMS}); "
-          f"check the values with: refimpl verify {out}")
+          f"{MANIFEST} and {CHECKSUMS} to {args.out}")
+    print(f"check the files with: (cd {args.out} && sha256sum -c {CHECKSUMS}); "
+          f"check the values with: refimpl verify {args.out}")
     return 0
 
 

@@ -23,6 +23,7 @@ import math
 import sys
 from typing import Any
 
+from ._io import JSON_HELP, check_destination, write_text_atomically
 from ._table import format_table
 from .model import MLP, ParameterCount, Sequential, transposed
 from .nn.activations import Tanh
@@ -88,13 +89,14 @@ def format_memory(examples: list[tuple[str, ParameterCount]]) -> str:
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="PATH",
-                        help="also write the counts as JSON to PATH ('-' for stdout only)")
+    parser.add_argument("--json", metavar="PATH", help=JSON_HELP.format(what="counts"))
 
 
 def run_memory(args: argparse.Namespace) -> int:
-    examples = memory_examples()
     destination = getattr(args, "json", None)
+    if destination and destination != "-":
+        check_destination(destination)
+    examples = memory_examples()
     if destination:
         document: list[dict[str, Any]] = [
             {"model": name, "unique": count.unique, "uses": count.uses, "bytes": count.bytes}
@@ -103,8 +105,6 @@ def run_memory(args: argparse.Namespace) -> int:
         if destination == "-":
             sys.stdout.write(text)
             return 0
-        from .cli import write_text_atomically
-
         write_text_atomically(destination, text)
     print("Parameters stored (unique) vs used by the layers (uses), float64:")
     print(format_memory(examples))

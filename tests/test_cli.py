@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+from test_io import read_only_folder
 
 import refimpl.cli as cli
 from refimpl.cases import all_cases
@@ -80,11 +86,120 @@ def test_large_cases_are_checked_along_directions(monkeypatch, capsys):
     assert {row["mode"] for row in document["rows"]} == {"directional"}
 
 
-def test_cli_without_a_command_prints_usage(capsys):
-    with pytest.raises(SystemExit) as raised:
-        cli.main([])
-    assert raised.value.code == 2
-    assert "COMMAND" in capsys.readouterr().err
+def test_cli_without_a_command_lists_the_commands(capsys):
+    assert cli.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: refimpl")
+    for name, _, help_text in cli.SUBCOMMANDS:
+        assert name in captured.err
+        assert " ".join(help_text.split()[:3]) in " ".join(captured.err.split())
+
+
+def test_check_list_prints_every_case_name(capsys):
+    assert cli.main(["check", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [case.name for case in all_cases()]
+
+
+def _run_module(*argv: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "refimpl", *argv], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_python_dash_m_runs_the_command_line():
+    listed = _run_module("check", "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [case.name for case in all_cases()]
+    bare = _run_module()
+    assert bare.returncode == 2 and "usage: refimpl" in bare.stderr
+    assert _run_module("--version").stdout.startswith("refimpl ")
+
+
+def _json_help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.rindex("--json PATH") + len("--json PATH")   # the option's line, not usage
+    return text[start:].split(" --", 1)[0]
+
+
+def test_json_help_describes_dash_alike(capsys):
+    check, memory, demo = (_json_help(name, capsys) for name in ("check", "memory", "demo"))
+    assert "'-' writes the JSON to stdout instead of the table" in check
+    assert check.replace("results", "counts") == memory
+    assert demo == check
+
+
+# --- errors: one line naming the user's path, never a traceback -----------------------------
+
+def _one_line_error(capsys, argv, status=1) -> str:
+    assert cli.main(argv) == status
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a command starts its work (paths must be checked before it)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the work started before the output path was checked")
+
+    monkeypatch.setattr(cli, "check_case", refuse)
+    monkeypatch.setattr("refimpl.memory.memory_examples", refuse)
+    monkeypatch.setattr("refimpl.demo.sweep", refuse)
+
+
+@pytest.mark.parametrize("command", [["check"], ["memory"], ["demo", "--quick"]])
+def test_json_into_a_missing_folder_names_it_before_the_work(command, tmp_path, capsys,
+                                                             no_work):
+    path = tmp_path / "no" / "dir" / "r.json"
+    line = _one_line_error(capsys, [*command, "--json", str(path)])
+    assert line == f"refimpl {command[0]}: {path}: No such file or directory"
+
+
+@pytest.mark.parametrize("command", [["check"], ["memory"], ["demo", "--quick"]])
+def test_json_onto_a_folder_names_it(command, tmp_path, capsys, no_work):
+    line = _one_line_error(capsys, [*command, "--json", str(tmp_path)])
+    assert line == f"refimpl {command[0]}: {tmp_path}: Is a directory"
+
+
+def test_demo_plot_into_a_missing_folder_fails_before_the_sweep(tmp_path, capsys, no_work):
+    path = tmp_path / "no" / "dir" / "p.png"
+    line = _one_line_error(capsys, ["demo", "--quick", "--plot", str(path)])
+    assert line == f"refimpl demo: {path}: No such file or directory"
+
+
+@pytest.mark.parametrize("number", [errno.EACCES, errno.EROFS, errno.ENOSPC])
+def test_check_json_on_a_refusing_file_system_names_the_path(number, tmp_path, capsys,
+                                                            monkeypatch):
+    path = tmp_path / "r.json"
+    real_replace = os.replace
+
+    def refuse(source, target, *args, **kwargs):
+        if str(target) == str(path):
+            raise OSError(number, os.strerror(number), source)   # the temporary's name
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    line = _one_line_error(capsys, ["check", "--case", "mlp-tanh-ce", "--json", str(path)])
+    assert line == f"refimpl check: {path}: {os.strerror(number)}"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("number", [errno.EACCES, errno.EROFS])
+def test_memory_json_in_a_folder_that_takes_no_file(number, tmp_path, capsys, monkeypatch,
+                                                    no_work):
+    def refuse(*args, **kwargs):
+        raise OSError(number, os.strerror(number), str(tmp_path / ".refimpl-x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    path = tmp_path / "m.json"
+    line = _one_line_error(capsys, ["memory", "--json", str(path)])
+    assert line == f"refimpl memory: {path}: {os.strerror(number)}"
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -101,3 +216,19 @@ def test_every_registered_sub_command_has_its_hooks():
     for name, _, _ in cli.SUBCOMMANDS:
         args = parser.parse_args([name] + {"golden": ["--out", "x"], "verify": ["x"]}.get(name, []))
         assert callable(args.handler)
+
+
+def test_any_os_error_of_a_command_is_one_line(monkeypatch, capsys):
+    def refused():
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/some/where")
+
+    monkeypatch.setattr(cli, "all_cases", refused)
+    line = _one_line_error(capsys, ["check"])
+    assert line == "refimpl check: /some/where: Permission denied"
+
+
+def test_check_json_into_a_read_only_folder_is_one_line(tmp_path, capsys, no_work):
+    with read_only_folder(tmp_path / "read-only") as folder:
+        path = folder / "r.json"
+        line = _one_line_error(capsys, ["check", "--json", str(path)])
+        assert line.startswith(f"refimpl check: {path}: ")

@@ -4,10 +4,13 @@ and of the results (not timings)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import itertools
 import json
+import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -198,3 +201,65 @@ def test_l1_penalty_runs():
     results = sweep(DemoSettings(seeds=1, steps=20, n_a=60, n_test=50, penalty="l1",
                                  lams=(0.01,)))
     assert [row["lam"] for row in results["shifted"]] == [0.0, 0.01, "hard"]
+
+
+def test_json_dash_prints_only_the_json(capsys):
+    status = run_demo(parse(["--seeds", "1", "--steps", "5", "--lams", "0.5", "--json", "-"]))
+    assert status == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [row["lam"] for row in document["results"]["lasserre"]] == [0.0, 0.5, "hard"]
+
+
+def _fake_matplotlib(monkeypatch, save):
+    """A stand-in for matplotlib (an optional extra, absent in CI) whose savefig is ``save``."""
+    from unittest import mock
+
+    figure = mock.MagicMock()
+    figure.savefig.side_effect = save
+    axes = [mock.MagicMock(), mock.MagicMock()]
+    for axis in axes:
+        axis.plot.return_value = [mock.MagicMock()]
+    pyplot = mock.MagicMock()
+    pyplot.subplots.return_value = (figure, axes)
+    matplotlib = mock.MagicMock()
+    matplotlib.pyplot = pyplot
+    monkeypatch.setitem(sys.modules, "matplotlib", matplotlib)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    return figure
+
+
+def test_plot_is_written_through_a_temporary_sibling(tmp_path, monkeypatch):
+    from refimpl.demo import _plot
+
+    targets = []
+
+    def save(path):
+        targets.append(path)
+        with open(path, "wb") as handle:
+            handle.write(b"png")
+
+    _fake_matplotlib(monkeypatch, save)
+    path = tmp_path / "p.png"
+    _plot(sweep(TINY), str(path))
+    assert targets and targets[0] != str(path) and targets[0].endswith(".png")
+    assert os.path.dirname(targets[0]) == str(tmp_path)
+    assert path.read_bytes() == b"png"
+    assert os.listdir(tmp_path) == ["p.png"]
+
+
+def test_a_plot_that_fails_half_way_leaves_nothing(tmp_path, monkeypatch):
+    from refimpl.demo import _plot
+
+    def save(path):
+        with open(path, "wb") as handle:
+            handle.write(b"half a png")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    figure = _fake_matplotlib(monkeypatch, save)
+    path = tmp_path / "p.png"
+    path.write_bytes(b"old plot")
+    with pytest.raises(OSError, match=f"{path}: No space left on device"):
+        _plot(sweep(TINY), str(path))
+    assert path.read_bytes() == b"old plot"
+    assert os.listdir(tmp_path) == ["p.png"]
+    assert sys.modules["matplotlib.pyplot"].close.call_args.args == (figure,)

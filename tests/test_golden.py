@@ -4,18 +4,21 @@ never unpickle anything."""
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_io import read_only_folder
 
 from refimpl import golden
 from refimpl.cases import all_cases
@@ -440,3 +443,592 @@ def test_command_line_golden_and_verify(tmp_path, capsys):
     assert "FAIL  manifest.json" in output and "FAILED" in output
     args = _parser().parse_args(["golden", "--out", str(out), "--force"])
     assert args.force
+
+
+# --- tampering that re-hashes everything consistently (as an attacker would) -------------------
+
+def _tamper(folder: Path, edit=None) -> None:
+    """Apply ``edit(manifest)``, then make every listed file's SHA-256 and size, the manifest
+    and SHA256SUMS agree with what is on disk, so that only verify's own checks can tell."""
+    manifest_path = folder / golden.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    if edit is not None:
+        edit(manifest)
+    for entry in manifest["cases"].values():
+        for file_entry in entry["files"]:
+            path = folder / file_entry["path"]
+            if path.is_file():
+                file_entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+                file_entry["bytes"] = path.stat().st_size
+    text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    manifest_path.write_text(text)
+    lines = [f"{hashlib.sha256(text.encode()).hexdigest()}  {golden.MANIFEST}"]
+    for name in manifest["case_order"]:
+        lines += [f"{f['sha256']}  {f['path']}" for f in manifest["cases"][name]["files"]]
+    (folder / golden.CHECKSUMS).write_text("\n".join(lines) + "\n")
+
+
+def _case_entry(manifest, case_name):
+    return manifest["cases"][case_name]
+
+
+def _first_case_with(fresh: Path, file_name: str) -> str:
+    manifest = golden.read_manifest(fresh)
+    return next(name for name in manifest["case_order"]
+                if (fresh / name / file_name).is_file())
+
+
+def test_tampering_helper_alone_keeps_the_folder_valid(copy):
+    """The control for every test below: re-hashing an untouched folder changes nothing."""
+    _tamper(copy)
+    assert golden.verify(copy).ok
+
+
+@pytest.mark.parametrize("file_name", ["input.y.npy", "input.ya.npy", "input.yb.npy"])
+def test_changed_labels_with_consistent_hashes_fail_naming_the_file(fresh, copy, file_name):
+    case = _first_case_with(fresh, file_name)
+    relative = f"{case}/{file_name}"
+    labels = np.load(copy / relative)
+    assert labels.dtype == np.int64
+    labels[0] = labels[0] + 1
+    np.save(copy / relative, labels, allow_pickle=False)
+    _tamper(copy)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert "integer values differ" in failed[relative][0]
+
+
+@pytest.mark.parametrize("role", golden.ROLES)
+def test_a_removed_tensor_fails_naming_it(copy, role):
+    case = all_cases()[0].name
+
+    def remove(manifest):
+        files = _case_entry(manifest, case)["files"]
+        removed = next(f for f in files if f["role"] == role)
+        files.remove(removed)
+        (copy / removed["path"]).unlink()
+        names.append(removed["path"])
+
+    names: list[str] = []
+    _tamper(copy, remove)
+    failed = _failures(golden.verify(copy))
+    assert names[0] in failed, failed
+    assert any("the manifest lists no file" in m for m in failed[names[0]])
+
+
+def test_a_removed_case_fails_naming_it(copy):
+    name = all_cases()[1].name
+
+    def remove(manifest):
+        del manifest["cases"][name]
+        manifest["case_order"].remove(name)
+        shutil.rmtree(copy / name)
+
+    _tamper(copy, remove)
+    report = golden.verify(copy)
+    failed = _failures(report)
+    assert list(failed) == [f"{name}/"], failed
+    assert "missing" in failed[f"{name}/"][0]
+
+
+def test_a_declared_subset_passes_but_lists_what_it_lacks(copy):
+    """--case folders are legitimate; verify says which catalogue cases they do not hold."""
+    names = [case.name for case in all_cases()]
+    kept = names[:2]
+
+    def keep_two(manifest):
+        for name in names[2:]:
+            del manifest["cases"][name]
+            shutil.rmtree(copy / name)
+        manifest["case_order"] = kept
+        manifest["generator"]["command"] += "".join(f" --case {name}" for name in kept)
+
+    _tamper(copy, keep_two)
+    report = golden.verify(copy)
+    assert report.ok, str(report)
+    lacking = {e.case for e in report.entries if "not in this golden folder" in e.message}
+    assert lacking == set(names[2:]) == set(report.absent)
+    assert str(report).splitlines()[-1].endswith(
+        f"OK - 2 cases, {len(report.entries)} checks, 0 failed; a --case subset: "
+        f"{len(names) - 2} catalogue cases not in it")
+
+
+def _loss_edits():
+    def case_hex(entry):
+        entry["loss"]["hex"] = (entry["loss"]["value"] * 2).hex()
+
+    def case_value(entry):
+        entry["loss"]["value"] *= 2
+
+    def file_hex(entry):
+        loss = next(f for f in entry["files"] if f["role"] == "loss")
+        loss["hex"] = (loss["value"] * 2).hex()
+
+    def file_value(entry):
+        loss = next(f for f in entry["files"] if f["role"] == "loss")
+        loss["value"] *= 2
+
+    def file_hex_removed(entry):
+        del next(f for f in entry["files"] if f["role"] == "loss")["hex"]
+
+    return [case_hex, case_value, file_hex, file_value, file_hex_removed]
+
+
+@pytest.mark.parametrize("edit", _loss_edits(), ids=lambda edit: edit.__name__)
+def test_an_edited_loss_in_the_manifest_fails_naming_the_file(copy, edit):
+    case = all_cases()[0].name
+    _tamper(copy, lambda manifest: edit(_case_entry(manifest, case)))
+    failed = _failures(golden.verify(copy))
+    assert set(failed) & {golden.MANIFEST, f"{case}/loss.npy"}, failed
+    assert all(path in (golden.MANIFEST, f"{case}/loss.npy") for path in failed), failed
+
+
+def test_a_consistently_changed_dtype_fails_naming_the_file(fresh, copy):
+    case = _first_case_with(fresh, "input.y.npy")
+    relative = f"{case}/input.y.npy"
+    np.save(copy / relative, np.load(copy / relative).astype(np.float64), allow_pickle=False)
+
+    def retype(manifest):
+        next(f for f in _case_entry(manifest, case)["files"]
+             if f["path"] == relative)["dtype"] = "<f8"
+
+    _tamper(copy, retype)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert any("dtype" in m for m in failed[relative])
+
+
+def test_a_consistently_changed_shape_fails_naming_the_file(copy):
+    case = all_cases()[0].name
+    relative = f"{case}/input.x.npy"
+    flat = np.load(copy / relative).reshape(-1)
+    np.save(copy / relative, flat, allow_pickle=False)
+
+    def reshape(manifest):
+        next(f for f in _case_entry(manifest, case)["files"]
+             if f["path"] == relative)["shape"] = list(flat.shape)
+
+    _tamper(copy, reshape)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert any("shape" in m for m in failed[relative])
+
+
+def _manifest_edits():
+    first = all_cases()[0].name
+
+    def loosened_tolerances(manifest):
+        manifest["tolerances"]["float64"]["rtol"] = 1.0
+
+    def case_tolerances(manifest):
+        manifest["cases"][first]["tolerances"]["float64"]["atol"] = 1.0
+
+    def comparison_rule(manifest):
+        manifest["comparison_rule"] = "pass iff anything"
+
+    def conventions(manifest):
+        manifest["conventions"]["dense"] = "weight (in, out)"
+
+    def case_conventions(manifest):
+        manifest["cases"][first]["conventions"] = {}
+
+    def npy(manifest):
+        manifest["npy"]["pickle"] = True
+
+    def command(manifest):
+        manifest["generator"]["command"] = "something else"
+
+    def kind(manifest):
+        manifest["cases"][first]["kind"] = "cnn"
+
+    def seed(manifest):
+        manifest["cases"][first]["seed"] = 12345
+
+    def config(manifest):
+        manifest["cases"][first]["config"]["seed"] = 12345
+
+    def parameter_list(manifest):
+        manifest["cases"][first]["parameters"].reverse()
+
+    def case_order(manifest):
+        manifest["case_order"].reverse()
+
+    def extra_field(manifest):
+        manifest["note"] = "trust me"
+
+    def extra_case_field(manifest):
+        manifest["cases"][first]["rtol"] = 1.0
+
+    def file_order(manifest):
+        manifest["cases"][first]["files"].reverse()
+
+    return [loosened_tolerances, case_tolerances, comparison_rule, conventions,
+            case_conventions, npy, command, kind, seed, config, parameter_list, case_order,
+            extra_field, extra_case_field, file_order]
+
+
+@pytest.mark.parametrize("edit", _manifest_edits(), ids=lambda edit: edit.__name__)
+def test_an_edited_manifest_field_fails_on_the_manifest(copy, edit):
+    _tamper(copy, edit)
+    report = golden.verify(copy)
+    failed = _failures(report)
+    assert golden.MANIFEST in failed, str(report)
+
+
+def test_bytes_after_the_data_fail_naming_the_file(copy):
+    relative = f"{all_cases()[0].name}/input.y.npy"
+    (copy / relative).write_bytes((copy / relative).read_bytes() + b"\0" * 8)
+    _tamper(copy)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert any("not the NPY 1.0 bytes refimpl writes" in m for m in failed[relative])
+
+
+def test_a_rewritten_header_fails_naming_the_file(copy):
+    relative = f"{all_cases()[0].name}/gradient.{next(iter(all_cases()[0].params))}.npy"
+    array = np.load(copy / relative)
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=(2, 0), allow_pickle=False)
+    (copy / relative).write_bytes(buffer.getvalue())
+    _tamper(copy)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+
+
+def test_a_sha256sums_line_listed_twice_fails(copy):
+    sums = copy / golden.CHECKSUMS
+    lines = sums.read_text().splitlines()
+    sums.write_text("\n".join(lines + [lines[1]]) + "\n")
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [golden.CHECKSUMS]
+    assert "a second time" in failed[golden.CHECKSUMS][0]
+
+
+# --- a golden folder is a plain tree: no symbolic links ---------------------------------------
+
+def test_a_symlinked_npy_file_is_refused_naming_it(copy, tmp_path):
+    relative = f"{all_cases()[0].name}/input.x.npy"
+    outside = tmp_path / "elsewhere.npy"
+    shutil.copy(copy / relative, outside)
+    (copy / relative).unlink()
+    (copy / relative).symlink_to(outside)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert all("symbolic link" in m for m in failed[relative])
+    with pytest.raises(golden.GoldenError, match="symbolic link"):
+        golden.load_case(copy, all_cases()[0].name)
+    with pytest.raises(golden.GoldenError, match="symbolic link"):
+        golden.load_npy(copy / relative)
+
+
+def test_a_symlinked_case_folder_is_refused_naming_it(copy, tmp_path):
+    name = all_cases()[0].name
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(copy / name, outside)
+    shutil.rmtree(copy / name)
+    (copy / name).symlink_to(outside, target_is_directory=True)
+    report = golden.verify(copy)
+    failed = _failures(report)
+    assert name in failed and "symbolic link" in failed[name][0], str(report)
+    assert all(path == name or path.startswith(f"{name}/") for path in failed)
+    with pytest.raises(golden.GoldenError, match=f"{name}: a symbolic link"):
+        golden.load_case(copy, name)
+
+
+def test_a_symlinked_manifest_is_refused(copy, tmp_path):
+    outside = tmp_path / "manifest.json"
+    shutil.copy(copy / golden.MANIFEST, outside)
+    (copy / golden.MANIFEST).unlink()
+    (copy / golden.MANIFEST).symlink_to(outside)
+    failed = _failures(golden.verify(copy))
+    assert "symbolic link" in failed[golden.MANIFEST][0]
+    with pytest.raises(golden.GoldenError, match="symbolic link"):
+        golden.read_manifest(copy)
+
+
+def test_a_fifo_under_a_golden_name_is_refused_without_hanging(copy):
+    relative = f"{all_cases()[0].name}/input.x.npy"
+    (copy / relative).unlink()
+    os.mkfifo(copy / relative)
+    failed = _failures(golden.verify(copy))
+    assert relative in failed
+
+
+# --- interrupted and concurrent writers: all or nothing, nothing left behind ------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CRASHED = 77
+
+
+def _names(folder: Path) -> list[str]:
+    return golden.read_manifest(folder)["case_order"]
+
+
+def _assert_whole(out: Path, allowed: list[list[str]]) -> None:
+    """``out`` is a complete golden folder holding one of the ``allowed`` case lists."""
+    report = golden.verify(out)
+    assert report.ok, str(report)
+    assert _names(out) in allowed
+
+
+def _write_and_crash_after(step: int, out: Path, cases: list[str], force: bool,
+                           exchange: bool) -> int:
+    """Run golden.write in a forked child that dies (os._exit, no clean-up, as SIGKILL) right
+    after the ``step``-th file-system step; return the child's exit status."""
+    pid = os.fork()
+    if pid == 0:   # the child: never returns into pytest
+        try:
+            count = [0]
+            if not exchange:
+                golden._exchange = lambda first, second: False
+            for module, name in ((golden.tempfile, "mkdtemp"), (os, "fsync"), (os, "rename"),
+                                 (golden, "_exchange"), (shutil, "rmtree")):
+                original = getattr(module, name)
+
+                def crashing(*args, _original=original, **kwargs):
+                    result = _original(*args, **kwargs)
+                    count[0] += 1
+                    if count[0] == step:
+                        os._exit(CRASHED)
+                    return result
+
+                setattr(module, name, crashing)
+            golden.write(out, force=force, cases=cases)
+            os._exit(0)
+        except BaseException:   # noqa: BLE001 - any exception is a failure of the child
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("scenario", ["fresh", "replace-exchange", "replace-two-renames"])
+def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario):
+    names = [case.name for case in all_cases()]
+    old_cases, new_cases = [names[0]], [names[1]]
+    exchange = scenario != "replace-two-renames"
+    if exchange and scenario != "fresh" and not golden._exchange(tmp_path, tmp_path):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    template = golden.write(tmp_path / "old", cases=old_cases)
+    crashes = 0
+    for step in range(1, 200):
+        case_root = tmp_path / f"step{step}"
+        case_root.mkdir()
+        out = case_root / "X"
+        if scenario != "fresh":
+            shutil.copytree(template, out)
+        status = _write_and_crash_after(step, out, new_cases, force=scenario != "fresh",
+                                        exchange=exchange)
+        if status == 0:
+            _assert_whole(out, [new_cases])
+            assert os.listdir(case_root) == ["X"]
+            break
+        assert status == CRASHED
+        crashes += 1
+        allowed = [new_cases] if scenario == "fresh" else [old_cases, new_cases]
+        if out.exists():
+            _assert_whole(out, allowed)
+        elif scenario != "fresh":
+            # Only between the two renames: verify names the copy set aside, and the next
+            # writer puts it back before anything else.
+            assert scenario == "replace-two-renames"
+            assert ".X.old-" in str(golden.verify(out))
+            with pytest.raises(FileExistsError):
+                golden.write(out, cases=new_cases)
+            _assert_whole(out, [old_cases])
+        golden.write(out, force=True, cases=new_cases)
+        _assert_whole(out, [new_cases])
+        assert os.listdir(case_root) == ["X"], os.listdir(case_root)
+    else:
+        pytest.fail("the write never completed")
+    assert crashes >= 5   # mkdtemp, the files' fsyncs, the switch, the clean-up
+
+
+def test_leftovers_of_dead_writers_are_removed_and_others_kept(tmp_path):
+    out = tmp_path / "X"
+    golden.write(out, cases=[all_cases()[0].name])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    leftovers = [f".X.tmp-{dead}-a1b2", f".X.tmp-{dead}-c3d4", f".X.old-{dead}-e5f6"]
+    kept = [".Y.tmp-123-abc", ".X.tmp-notapid", "X.tmp-1-abc", "unrelated"]
+    for name in leftovers + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text("partial")
+    golden.write(out, force=True, cases=[all_cases()[1].name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["X"] + kept)
+    _assert_whole(out, [[all_cases()[1].name]])
+
+
+def test_an_old_copy_set_aside_is_restored_when_the_folder_is_missing(tmp_path):
+    name = all_cases()[0].name
+    out = tmp_path / "X"
+    golden.write(out, cases=[name])
+    aside = tmp_path / ".X.old-999999999-abcd"   # a pid no process has
+    os.rename(out, aside)
+    report = golden.verify(out)
+    assert not report.ok and ".X.old-999999999-abcd" in str(report)
+    with pytest.raises(FileExistsError):
+        golden.write(out)
+    assert os.listdir(tmp_path) == ["X"]
+    _assert_whole(out, [[name]])
+
+
+def test_the_exchange_swaps_two_folders(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "one").write_text("1")
+    (second / "two").write_text("2")
+    if not golden._exchange(first, second):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    assert os.listdir(first) == ["two"] and os.listdir(second) == ["one"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_force_replaces_with_or_without_the_exchange(copy, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(golden, "_exchange", lambda first, second: False)
+    name = all_cases()[0].name
+    golden.write(copy, force=True, cases=[name])
+    _assert_whole(copy, [[name]])
+    assert os.listdir(copy.parent) == ["copy"]
+
+
+def _golden_process(out: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "refimpl", "golden", "--out", str(out),
+                             *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_writers_killed_at_random_moments_leave_a_whole_folder(tmp_path):
+    import random
+
+    generator = random.Random(20261129)
+    names = [case.name for case in all_cases()]
+    out = tmp_path / "X"
+    golden.write(out, cases=[names[0]])
+    for _ in range(5):
+        process = _golden_process(out, "--force")
+        try:
+            process.wait(timeout=generator.uniform(0.2, 0.9))
+        except subprocess.TimeoutExpired:
+            process.kill()
+        process.communicate(timeout=60)
+        _assert_whole(out, [[names[0]], names])
+    golden.write(out, force=True)
+    _assert_whole(out, [names])
+    assert os.listdir(tmp_path) == ["X"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_concurrent_writers_of_a_fresh_folder(tmp_path, force):
+    name = all_cases()[0].name
+    for attempt in range(3):
+        out = tmp_path / f"X{attempt}"
+        processes = [_golden_process(out, "--case", name, *(["--force"] if force else []))
+                     for _ in range(3)]
+        results = [(process.wait(timeout=120), *process.communicate()) for process in processes]
+        for _, out_text, err_text in results:
+            assert "Traceback" not in out_text + err_text, err_text
+        statuses = sorted(status for status, _, _ in results)
+        if force:
+            assert statuses == [0, 0, 0], results
+        else:
+            assert statuses == [0, 2, 2], results
+            for status, _, err_text in results:
+                if status == 2:
+                    assert len(err_text.splitlines()) == 1
+                    assert "exists and is not empty" in err_text
+        _assert_whole(out, [[name]])
+    assert sorted(os.listdir(tmp_path)) == ["X0", "X1", "X2"]
+
+
+@pytest.mark.parametrize("target, number", [
+    ("mkdtemp", errno.EACCES), ("mkdtemp", errno.EROFS), ("fsync", errno.ENOSPC),
+    ("rename", errno.EROFS), ("exchange", errno.EACCES),
+])
+def test_golden_on_a_refusing_file_system_is_one_line_naming_out(copy, monkeypatch, capsys,
+                                                                 target, number):
+    before = _files(copy)
+
+    def refuse(*args, **kwargs):
+        raise OSError(number, os.strerror(number), str(args[0]) if args else None)
+
+    module, name = {"mkdtemp": (golden.tempfile, "mkdtemp"), "fsync": (os, "fsync"),
+                    "rename": (os, "rename"), "exchange": (golden, "_exchange")}[target]
+    if target == "rename":
+        monkeypatch.setattr(golden, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(module, name, refuse)
+    args = argparse.Namespace(out=str(copy), force=True, case=[all_cases()[0].name])
+    assert golden.run_golden(args) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"refimpl golden: --out {copy}: {os.strerror(number)}\n"
+    assert _files(copy) == before
+    assert os.listdir(copy.parent) == ["copy"]
+
+
+def test_golden_into_a_path_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "X"
+    assert golden.run_golden(argparse.Namespace(out=str(out), force=False, case=None)) == 1
+    assert capsys.readouterr().err == f"refimpl golden: --out {out}: Not a directory\n"
+
+
+def test_out_may_not_be_the_current_folder(tmp_path, monkeypatch):
+    inside = tmp_path / "X" / "sub"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    for out in (".", "..", str(tmp_path / "X")):
+        with pytest.raises(golden.GoldenError, match="is the current folder or contains it"):
+            golden.write(out, force=True)
+    assert os.listdir(tmp_path / "X") == ["sub"]
+
+
+def test_sha256sums_lines_out_of_order_fail(copy):
+    sums = copy / golden.CHECKSUMS
+    lines = sums.read_text().splitlines()
+    sums.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [golden.CHECKSUMS]
+    assert "not the text refimpl writes" in failed[golden.CHECKSUMS][0]
+
+
+def test_a_consistently_renamed_file_fails_naming_it(copy):
+    """The manifest's path of every tensor is the one refimpl writes, not any file that
+    happens to hold the right values."""
+    case = all_cases()[0].name
+    relative, renamed = f"{case}/input.x.npy", f"{case}/input.z.npy"
+    os.rename(copy / relative, copy / renamed)
+
+    def rename(manifest):
+        next(f for f in _case_entry(manifest, case)["files"]
+             if f["path"] == relative)["path"] = renamed
+
+    _tamper(copy, rename)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [renamed], failed
+    assert "manifest path" in failed[renamed][0]
+
+
+def test_an_extra_field_in_a_file_entry_fails_naming_the_file(copy):
+    case = all_cases()[0].name
+    relative = f"{case}/gradient.{next(iter(all_cases()[0].params))}.npy"
+
+    def add_field(manifest):
+        next(f for f in _case_entry(manifest, case)["files"]
+             if f["path"] == relative)["rtol"] = 1.0
+
+    _tamper(copy, add_field)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [relative], failed
+    assert "manifest fields" in failed[relative][0]
+
+
+def test_golden_into_a_read_only_folder_is_one_line(tmp_path, capsys):
+    with read_only_folder(tmp_path / "read-only") as folder:
+        out = folder / "X"
+        args = argparse.Namespace(out=str(out), force=False, case=[all_cases()[0].name])
+        assert golden.run_golden(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"refimpl golden: --out {out}: ") and len(err.splitlines()) == 1
+        assert os.listdir(folder) == []

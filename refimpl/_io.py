@@ -1,0 +1,116 @@
+"""Atomic file output for the command line: a file is either absent, its old content, or its
+complete new content, and nothing is left behind.
+
+Every file is written to a temporary sibling (same folder, so that the final ``os.replace`` is
+a rename within one file system, atomic on POSIX and Windows) and renamed over the target; on
+any failure the temporary is removed. Errors are raised as :class:`OutputError`, an
+``OSError`` that names the path the user gave (never the temporary's name) with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_codes
+import os
+import tempfile
+from collections.abc import Iterator
+
+__all__ = ["JSON_HELP", "OutputError", "check_destination", "write_text_atomically",
+           "atomic_output"]
+
+#: Prefix of every temporary file this module creates (recognisable, hidden on POSIX).
+TEMPORARY_PREFIX = ".refimpl-"
+
+#: The --json help of every sub-command that has one, so that they all describe '-' alike.
+JSON_HELP = ("also write the {what} as JSON to PATH, written atomically (a temporary file "
+             "renamed into place); '-' writes the JSON to stdout instead of the table")
+
+
+class OutputError(OSError):
+    """An output file cannot be written: ``str()`` is ``'<path>: <reason>'`` on one line,
+    with the user's path, so that the command line can print it as it is."""
+
+    def __init__(self, error_number: int, reason: str, path: str):
+        super().__init__(error_number, reason, path)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def _output_error(error: OSError, path: str) -> OutputError:
+    number = error.errno if error.errno is not None else errno_codes.EIO
+    return OutputError(number, error.strerror or os.strerror(number), path)
+
+
+def check_destination(path: str) -> None:
+    """Check, before any long computation, that ``path`` can be written atomically: its
+    folder exists and takes a new file, and ``path`` itself is not a folder.
+
+    Raises :class:`OutputError` naming ``path`` otherwise.
+    """
+    if os.path.isdir(path):
+        raise OutputError(errno_codes.EISDIR, os.strerror(errno_codes.EISDIR), path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        number = errno_codes.ENOTDIR if os.path.exists(folder) else errno_codes.ENOENT
+        raise OutputError(number, os.strerror(number), path)
+    # The only reliable test of "may I create a file here" (permissions, read-only mounts,
+    # ACLs, root) is to create one.
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX,
+                                             suffix=".tmp")
+    except OSError as error:
+        raise _output_error(error, path) from None
+    os.close(descriptor)
+    os.unlink(probe)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path`` (same extension, so that a writer choosing a
+    format by extension, like matplotlib's ``savefig``, picks the right one); once the block
+    ends without an exception, rename it over ``path``. On any failure the temporary is
+    removed and ``path`` is untouched; an ``OSError`` becomes :class:`OutputError` naming
+    ``path``."""
+    check_destination(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1] or ".tmp"
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX,
+                                                 suffix=suffix)
+        os.close(descriptor)
+    except OSError as error:
+        raise _output_error(error, path) from None
+    try:
+        # mkstemp makes the file private (0600); the output gets the mode any new file gets.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+    except OSError as error:
+        _remove_quietly(temporary)
+        raise _output_error(error, path) from None
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove_quietly(temporary)
+        raise _output_error(error, path) from None
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling and a rename, so that
+    ``path`` never holds a half-written file; the data is flushed to disk before the rename,
+    so that a crash after it cannot leave an empty file under the final name."""
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
