@@ -1043,17 +1043,18 @@ def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin
         geometries = conv_geometries(max_kernel=3, max_stride=2, max_padding=1, max_dilation=2,
                                      max_channels=2, max_groups=2)
     bias = True if kink_free else None
+    # Built once: a strategy built inside every draw costs Hypothesis a source lookup each.
     model_strategies = {
-        "mlp": lambda: mlps(activations=activations, bias=bias),
-        "cnn": lambda: cnns(activations=activations, bias=bias, geometries=geometries),
-        "shared": lambda: shared_mlps(activations=activations, weights_only=kink_free),
-        "tied": lambda: tied_pairs(activations=activations, weights_only=kink_free),
+        "mlp": mlps(activations=activations, bias=bias),
+        "cnn": cnns(activations=activations, bias=bias, geometries=geometries),
+        "shared": shared_mlps(activations=activations, weights_only=kink_free),
+        "tied": tied_pairs(activations=activations, weights_only=kink_free),
     }
 
     @st.composite
     def draw_case(draw):
         kind = draw(st.sampled_from(kinds))
-        drawn = draw(model_strategies[kind]())
+        drawn = draw(model_strategies[kind])
         if kind == "tied":
             point = draw(points(drawn, min_batch=min_batch, max_batch=max_batch,
                                 kink_free=kink_free, margin=margin))
