@@ -168,3 +168,26 @@ def test_ordinary_points_pass_in_tf32_with_room():
     report = assert_matches_oracle(make_impl(case.config, "tf32"), case, dtype="tf32")
     assert report.verdict == "pass"
     assert max(row.floor / row.scale for row in report.rows) > 0.05
+
+
+# --- golden folders: floors from the rebuilt catalogue case -------------------------------------
+
+def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
+    from refimpl import cases, golden
+    from refimpl.testing import assert_matches_golden, compare_with_golden
+
+    name = "mlp-tanh-ce"
+    folder = golden.write(tmp_path / "golden", cases=[name])
+    case = get_case(name)
+    reports = assert_matches_golden(make_impl(case.config, "float32"), folder, case=name,
+                                    dtype="float32")
+    row = next(row for row in reports[0].rows if row.name == "fc1.weight")
+    floors = compare_with_oracle(make_impl(case.config, "float32"), case, dtype="float32")
+    assert row.floor == next(r.floor for r in floors.rows if r.name == "fc1.weight") > 0
+    # A folder whose point is not the catalogue's: its floors cannot be derived.
+    moved = cases.Case(**{**case.__dict__, "params": {k: v + 1.0 for k, v in
+                                                        case.params.items()}})
+    monkeypatch.setattr(cases, "get_case", lambda _: moved)
+    with pytest.raises(ValueError, match="stored params differ from refimpl's catalogue"):
+        compare_with_golden(make_impl(case.config, "float32"), folder, case=name,
+                            dtype="float32")
