@@ -44,13 +44,14 @@ the assertions raise on it unless the caller passes ``allow_inconclusive=True``.
 implementation computing in that dtype can reproduce it. It is derived from the point, not a
 constant (:mod:`refimpl.resolution`, where the model is written down): with refimpl's own
 float64 reference, the largest change of the tensor over the point rounded to the hand-over
-dtype and ``FLOOR_PERTURBATIONS = 4`` points whose every float parameter and input (targets
-and anchors included, labels not) is scaled by ``1 + c u s`` (``c = 2``, ``s = +-1`` from a
-fixed seed, ``u`` the dtype's unit roundoff: 2**-53, 2**-24, 2**-11 for TF32's product
-inputs), and of the loss's upstream derivative ``dL/dout`` off by ``c u`` times its terms
-(float32's ``u`` for TF32, whose softmax and loss are float32) propagated through the backward
-pass; times ``FLOOR_SAFETY = 4``. The backward-error model: a correct implementation returns
-at best the exact result at a point perturbed by a few units of roundoff.
+dtype and ``FLOOR_PERTURBATIONS = 4`` points whose every float parameter and input (targets and
+anchors included, labels not) is scaled by ``1 + c u s`` (``c = 2``, ``s = +-1`` from a fixed
+seed, ``u`` the dtype's unit roundoff: 2**-53, 2**-24, 2**-11 for TF32's product inputs), and
+of the loss and its upstream derivative ``dL/dout`` off by ``c u`` times the size of their
+terms (for cross-entropy ``1 + max|logit|`` per example: ``log_norm`` carries the largest
+logit; float32's ``u`` for TF32, whose softmax and loss are float32) propagated through the
+backward pass; times ``FLOOR_SAFETY = 4``. The backward-error model: a correct implementation
+returns at best the exact result at a point perturbed by a few units of roundoff.
 
 Why a third: a passing tensor must be told apart from its half, its double, its negation and
 zero even when the candidate itself is off by up to ``limit``. Halving moves the worst entry
@@ -93,7 +94,7 @@ TF32 — float32 with every product's inputs rounded to 10 mantissa bits). Use i
 The floor's constants (``c = 2``, ``K = 4``, safety 4) were measured, over drawn cases and
 points near a fit built from them, against an independent float32 / simulated-TF32
 implementation: where the floor dominates the limit, the implementation's error was at most
-1.3 (float32) and 1.5 (TF32) times the raw perturbation spread (99th percentile 0.75 / 0.53),
+1.3 (float32) and 1.5 (TF32) times the raw perturbation spread (99th percentile 0.71 / 0.60),
 so safety 4 leaves a factor of ~3; on the catalogue's ordinary points the largest TF32 floor
 is 0.14 of its tensor's scale, so a floor several times larger would start to make ordinary
 TF32 points inconclusive. Cost: 5 extra float64 evaluations of the reference and 4
