@@ -75,11 +75,12 @@ import numpy as np
 
 from .cases import Case
 from .model import ACTIVATIONS, LOSSES, MLP, Sequential, ShareSource
+from .testing import unresolved_tensors
 
 __all__ = [
     "arrays", "mlps", "ConvGeometry", "conv_geometries", "ModelExample", "cnns",
     "sharing_maps", "shared_mlps", "tied_pairs", "parameters", "batches", "Point", "points",
-    "cases", "KINKED_ACTIVATIONS", "CASE_KINDS",
+    "cases", "KINKED_ACTIVATIONS", "CASE_KINDS", "RESOLVED_IN",
 ]
 
 #: Activation layer types with a kink, and where the kink is.
@@ -213,6 +214,8 @@ def mlps(*, min_hidden: int = 0, max_hidden: int = 2, min_width: int = 1, max_wi
     - min_width, max_width: every drawn layer size; in_features / out_features fix the ends
     - activations: names to draw from (default all: relu, leaky_relu, tanh, sigmoid,
       softplus, identity); losses: "cross_entropy" and/or "mse"; bias: None draws it
+    - a cross-entropy MLP has at least 2 classes unless ``out_features=1`` is asked for (with
+      one class every gradient is exactly zero)
 
     >>> from hypothesis import given
     >>> @given(mlps(max_hidden=1, activations=["tanh"], losses=["mse"]))
@@ -232,10 +235,14 @@ def mlps(*, min_hidden: int = 0, max_hidden: int = 2, min_width: int = 1, max_wi
 
     @st.composite
     def draw_mlp(draw):
+        loss = draw(st.sampled_from(losses))
         sizes = _mlp_sizes(draw, in_features, out_features, min_hidden, max_hidden, min_width,
                            max_width)
-        return MLP(sizes, activation=draw(st.sampled_from(activations)),
-                   loss=draw(st.sampled_from(losses)), bias=_flag(draw, bias))
+        if loss == "cross_entropy" and out_features is None and sizes[-1] < 2:
+            # One class: the softmax is constantly 1 and every gradient exactly zero.
+            sizes[-1] = draw(st.integers(2, max(2, max_width)))
+        return MLP(sizes, activation=draw(st.sampled_from(activations)), loss=loss,
+                   bias=_flag(draw, bias))
 
     return draw_mlp()
 
@@ -373,7 +380,8 @@ def cnns(*, geometries=None, activations: Iterable[str] | None = None,
     - activations: names (default all); pools: any of "max", "avg", "none" (default all;
       a pool is used only where a 2x2 window fits)
     - locally_connected: True uses ``LocallyConnected2D`` (the unshared twin), None draws
-    - losses, max_classes: the dense head; bias: conv / dense bias (None draws)
+    - losses, max_classes: the dense head (cross-entropy: at least 2 classes); bias: conv /
+      dense bias (None draws)
 
     >>> from hypothesis import given
     >>> @given(cnns(pools=["max"]))
@@ -417,9 +425,12 @@ def cnns(*, geometries=None, activations: Iterable[str] | None = None,
         shape = (1, geometry.in_channels, geometry.height, geometry.width)
         for layer in layers:
             shape = layer.output_shape(shape)
-        layers.append(Dense("fc1", shape[1], draw(st.integers(1, max_classes)),
+        loss = draw(st.sampled_from(losses))
+        # Cross-entropy over one class has every gradient exactly zero: at least 2 classes.
+        fewest = 2 if loss == "cross_entropy" else 1
+        layers.append(Dense("fc1", shape[1], draw(st.integers(fewest, max(fewest, max_classes))),
                             bias=with_bias))
-        model = Sequential(layers, loss=LOSSES[draw(st.sampled_from(losses))]())
+        model = Sequential(layers, loss=LOSSES[loss]())
         return ModelExample(model, (geometry.in_channels, geometry.height, geometry.width))
 
     return draw_cnn()
@@ -532,6 +543,9 @@ def shared_mlps(*, min_shared: int = 1, transposed: bool = True, max_width: int 
         sizes = [d] + [w] * hidden + [out]
         activation = draw(st.sampled_from(activations))
         loss = draw(st.sampled_from(losses))
+        if loss == "cross_entropy" and out < 2:
+            # One class: every gradient exactly zero. Widen the output to 2 classes.
+            sizes[-1] = 2
         share = draw(sharing_maps(MLP(sizes, activation=activation, loss=loss),
                                   min_size=min_shared, transposed=transposed,
                                   weights_only=weights_only))
@@ -541,15 +555,17 @@ def shared_mlps(*, min_shared: int = 1, transposed: bool = True, max_width: int 
 
 
 def tied_pairs(*, modes: Iterable[str] | None = None, penalties: Iterable[str] | None = None,
-               min_pairs: int = 1, max_lam: float = 2.0, transposed: bool = True,
+               min_pairs: int = 1, max_lam: float = 2.0, min_lam: float = 1e-3,
+               transposed: bool = True,
                weights_only: bool = False, max_width: int = 5,
                activations: Iterable[str] | None = None):
     """``TiedPair`` of two MLPs with at least ``min_pairs`` matched parameters.
 
     Model B starts with A's first layer shape (its ``fc1`` can be paired with A's), and is
     sometimes an autoencoder ``[d, h, d]`` (MSE) whose decoder weight matches A's first weight
-    transposed. modes: "soft" / "hard" (default both); penalties: "l2" / "l1"; lam drawn in
-    [0, max_lam] per pair; weights_only never pairs a bias.
+    transposed. modes: "soft" / "hard" (default both); penalties: "l2" / "l1"; lam per pair
+    drawn as 0 or in [min_lam, max_lam] (never subnormal or tiny: float32 would flush it to
+    zero); weights_only never pairs a bias.
 
     >>> from hypothesis import given
     >>> @given(tied_pairs(modes=["hard"]))
@@ -569,6 +585,10 @@ def tied_pairs(*, modes: Iterable[str] | None = None, penalties: Iterable[str] |
         raise ValueError(f"min_pairs: at most 2 pairs are guaranteed (fc1 weight and bias), got "
                          f"{min_pairs}")
     max_lam = _positive_float(max_lam, "max_lam", allow_zero=True)
+    min_lam = _positive_float(min_lam, "min_lam")
+    if 0 < max_lam < min_lam:
+        raise ValueError(f"min_lam, max_lam: expected max_lam = 0 or >= min_lam, got "
+                         f"{max_lam} < {min_lam}")
     max_width = _int(max_width, "max_width", 1)
     activations = _choices(activations, "activations", ACTIVATIONS)
     if not isinstance(transposed, bool) or not isinstance(weights_only, bool):
@@ -584,8 +604,11 @@ def tied_pairs(*, modes: Iterable[str] | None = None, penalties: Iterable[str] |
             model_b = MLP([d, h, d], activation=activation, loss="mse")
         else:
             rest = draw(st.lists(st.integers(1, max_width), min_size=0, max_size=2))
-            model_b = MLP([d, h, *rest] if rest else [d, h], activation=activation,
-                          loss=draw(st.sampled_from(sorted(LOSSES))))
+            sizes_b = [d, h, *rest]
+            loss_b = draw(st.sampled_from(sorted(LOSSES)))
+            if loss_b == "cross_entropy" and sizes_b[-1] < 2:
+                loss_b = "mse"          # one class: B's loss would have zero gradients
+            model_b = MLP(sizes_b, activation=activation, loss=loss_b)
         candidates = _candidates(model_a.parameter_shapes(), model_b.parameter_shapes(),
                                  transposed, weights_only)
         order = draw(st.permutations(candidates))
@@ -604,8 +627,11 @@ def tied_pairs(*, modes: Iterable[str] | None = None, penalties: Iterable[str] |
         mode = draw(st.sampled_from(modes))
         lam = None
         if mode == "soft":
-            lam = {name_a: draw(st.floats(0.0, max_lam, allow_nan=False))
-                   for name_a, _ in chosen}
+            # Zero (no tying) or at least min_lam: a subnormal or tiny strength underflows
+            # in float32 and tests nothing.
+            strengths = st.floats(min_lam, max_lam) if max_lam >= min_lam and max_lam > 0 \
+                else st.nothing()
+            lam = {name_a: draw(st.just(0.0) | strengths) for name_a, _ in chosen}
         return TiedPair(model_a, model_b, chosen, lam=lam, mode=mode,
                         penalty=draw(st.sampled_from(penalties)))
 
@@ -955,7 +981,9 @@ def _model_case(kind: str, model: Sequential, input_shape: tuple[int, ...], poin
     config = {"model": model.config(), "input_shape": [x.shape[0], *input_shape]}
     return Case(name=f"drawn-{kind}", kind=kind, config=config, params=point.params,
                 inputs=point.inputs, loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
-                outputs=lambda p: {"out": model.forward(p, x)})
+                outputs=lambda p: {"out": model.forward(p, x)},
+                evaluate=lambda p, data: (*model.loss_and_grads(p, data["x"], data["y"]),
+                                          {"out": model.forward(p, data["x"])}))
 
 
 def _pair_case(pair: Any, point: Point) -> Case:
@@ -966,10 +994,15 @@ def _pair_case(pair: Any, point: Point) -> Case:
         out_a, out_b = pair.forward(*pair.split(p), data["xa"], data["xb"])
         return {"out_a": out_a, "out_b": out_b}
 
+    def evaluate(p, at):
+        loss, grads = pair.joined_loss_and_grads(p, (at["xa"], at["ya"]), (at["xb"], at["yb"]))
+        out_a, out_b = pair.forward(*pair.split(p), at["xa"], at["xb"])
+        return loss, grads, {"out_a": out_a, "out_b": out_b}
+
     return Case(name="drawn-tied", kind="tied", config={"pair": pair.config()},
                 params=point.params, inputs=data,
                 loss_and_grads=lambda p: pair.joined_loss_and_grads(p, batch_a, batch_b),
-                outputs=outputs)
+                outputs=outputs, evaluate=evaluate)
 
 
 def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin: float = 0.05,
@@ -979,6 +1012,12 @@ def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin
     "shared", "tied"; default all), with config, point, data and refimpl's functions — the
     same shape as the built-in catalogue, so everything that takes a catalogue case takes
     these (``assert_matches_oracle``, ``check_gradients(case.loss_and_grads, case.params)``).
+
+    Every drawn case tests something in float32: some gradient is non-zero and no tensor is
+    below float32's resolution floor at the point (a float32 implementation is never judged
+    "inconclusive" on it; see :mod:`refimpl.testing`). Cross-entropy models have >= 2
+    classes and tying strengths are 0 or >= 1e-3 by construction; the rare remaining draws
+    (a dead ReLU layer, a softmax saturated to float32 precision) are rejected.
 
     ``kink_free`` builds the point away from every kink (and then never shares or pairs a
     bias, and always uses biases). ``activations`` restricts the activations drawn;
@@ -1004,25 +1043,43 @@ def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin
         geometries = conv_geometries(max_kernel=3, max_stride=2, max_padding=1, max_dilation=2,
                                      max_channels=2, max_groups=2)
     bias = True if kink_free else None
+    # Built once: a strategy built inside every draw costs Hypothesis a source lookup each.
     model_strategies = {
-        "mlp": lambda: mlps(activations=activations, bias=bias),
-        "cnn": lambda: cnns(activations=activations, bias=bias, geometries=geometries),
-        "shared": lambda: shared_mlps(activations=activations, weights_only=kink_free),
-        "tied": lambda: tied_pairs(activations=activations, weights_only=kink_free),
+        "mlp": mlps(activations=activations, bias=bias),
+        "cnn": cnns(activations=activations, bias=bias, geometries=geometries),
+        "shared": shared_mlps(activations=activations, weights_only=kink_free),
+        "tied": tied_pairs(activations=activations, weights_only=kink_free),
     }
 
     @st.composite
     def draw_case(draw):
         kind = draw(st.sampled_from(kinds))
-        drawn = draw(model_strategies[kind]())
+        drawn = draw(model_strategies[kind])
         if kind == "tied":
             point = draw(points(drawn, min_batch=min_batch, max_batch=max_batch,
                                 kink_free=kink_free, margin=margin))
-            return _pair_case(drawn, point)
-        model, shape = (drawn.model, drawn.input_shape) if kind == "cnn" else \
-            (drawn, (drawn.layers[0].in_features,))
-        point = draw(points(model, input_shape=shape, min_batch=min_batch,
-                            max_batch=max_batch, kink_free=kink_free, margin=margin))
-        return _model_case(kind, model, shape, point)
+            case = _pair_case(drawn, point)
+        else:
+            model, shape = (drawn.model, drawn.input_shape) if kind == "cnn" else \
+                (drawn, (drawn.layers[0].in_features,))
+            point = draw(points(model, input_shape=shape, min_batch=min_batch,
+                                max_batch=max_batch, kink_free=kink_free, margin=margin))
+            case = _model_case(kind, model, shape, point)
+        if not _tests_something(case):
+            reject()
+        return case
 
     return draw_case()
+
+
+#: The dtype in which every drawn case is resolvable (see :func:`cases`).
+RESOLVED_IN = "float32"
+
+
+def _tests_something(case: Case) -> bool:
+    """Some gradient is non-zero, and every tensor (loss, gradients, outputs) can be judged in
+    :data:`RESOLVED_IN` (:func:`refimpl.testing.unresolved_tensors` is empty)."""
+    _, grads = case.loss_and_grads(case.params)
+    if not any(np.any(grad != 0) for grad in grads.values()):
+        return False
+    return not unresolved_tensors(case, RESOLVED_IN)

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import find, given
+from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 from independent_numpy import make_impl
 
@@ -321,3 +321,51 @@ def test_the_independent_implementation_matches_drawn_cases(case, dtype):
 def test_bad_overrides_are_named(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+# --- drawn cases always test something ---------------------------------------------------------
+
+def _float32_resolvable(case) -> bool:
+    """Every tensor of the case resolvable in float32 by the documented rule, computed here
+    from the floors with the documented rtol written literally: rtol * scale + floor must stay
+    below a third of the scale; and some gradient is non-zero."""
+    from refimpl.resolution import resolution_floors, tensors_of
+    reference = case.evaluate(case.params, case.inputs)
+    floors = resolution_floors(case.evaluate, case.params, case.inputs, "float32",
+                               reference=reference, config=case.config)
+    if not any(np.any(g != 0) for g in reference[1].values()):
+        return False
+    for key, value in tensors_of(reference):
+        scale = float(np.abs(value).max(initial=0.0))
+        if scale == 0.0 and floors[key] == 0.0:
+            continue                   # structurally zero: compared exactly, never inconclusive
+        if not 1e-5 * scale + floors[key] < scale / 3:
+            return False
+    return True
+
+
+@settings(max_examples=1000, database=None, phases=[Phase.generate])
+@given(rs.cases())
+def test_drawn_cases_are_never_unresolvable_in_float32(case):
+    assert _float32_resolvable(case)
+    lams = (case.config.get("pair", {}).get("lam") or {}).values()
+    assert all(lam == 0.0 or 1e-3 <= lam <= 2.0 for lam in lams)
+
+
+@given(rs.tied_pairs(modes=["soft"]))
+def test_tying_strengths_are_zero_or_at_least_min_lam(pair):
+    assert all(lam == 0.0 or 1e-3 <= lam <= 2.0 for lam in pair.config()["lam"].values())
+
+
+@given(rs.mlps(losses=["cross_entropy"], max_width=1))
+def test_cross_entropy_mlps_have_two_classes(model):
+    assert model.output_shape((1, model.layers[0].in_features))[1] >= 2
+
+
+def test_min_lam_validation():
+    with pytest.raises(ValueError, match="min_lam"):
+        rs.tied_pairs(min_lam=0.0)
+    with pytest.raises(ValueError, match="min_lam, max_lam"):
+        rs.tied_pairs(min_lam=0.5, max_lam=0.1)
+    with pytest.raises(TypeError, match="min_lam"):
+        rs.tied_pairs(min_lam="small")

@@ -110,11 +110,21 @@ def test_pytorch_example():
 
 # --- an independent implementation is accepted on every case ----------------------------------
 
+#: Built-in points where a ReLU pre-activation lies within TF32's resolution of the kink
+#: (|z| / sum|terms| = 6e-4 and 7e-4 in two hidden layers of mlp-deep-relu-ce; u = 4.9e-4):
+#: a TF32 implementation may land on either side, so those gradients are inconclusive.
+TF32_INCONCLUSIVE = {"mlp-deep-relu-ce", "cnn-lenet-like-directional"}
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_independent_implementation_matches_every_case(case):
     for dtype in DTYPE_TOLERANCES:
-        report = assert_matches_oracle(make_impl(case.config, dtype), case, dtype=dtype)
-        assert report.ok and {row.role for row in report.rows} >= {"loss", "gradient", "output"}
+        expected = "inconclusive" if (dtype, case.name) in \
+            {("tf32", name) for name in TF32_INCONCLUSIVE} else "pass"
+        report = assert_matches_oracle(make_impl(case.config, dtype), case, dtype=dtype,
+                                       allow_inconclusive=expected == "inconclusive")
+        assert report.verdict == expected, str(report)
+        assert {row.role for row in report.rows} >= {"loss", "gradient", "output"}
 
 
 def test_independent_implementation_matches_every_golden_case(golden_dir):
@@ -144,19 +154,23 @@ def test_float32_is_rejected_at_float64_and_tf32_at_float32():
 # --- the comparison rule ----------------------------------------------------------------------
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from(sorted(DTYPE_TOLERANCES)),
-       st.floats(-8, 0), st.integers(1, 30))
-def test_compare_tensor_follows_the_documented_rule(seed, dtype, log_delta, size):
+       st.floats(-8, 0), st.integers(1, 30), st.floats(-12, 1), st.floats(-12, -1))
+def test_compare_tensor_follows_the_documented_rule(seed, dtype, log_delta, size, log_floor,
+                                                    log_atol):
     rng = np.random.default_rng(seed)
     reference = rng.standard_normal(size) * 10.0 ** rng.integers(-3, 3)
     candidate = reference.copy()
     index = int(rng.integers(size))
     candidate[index] += 10.0 ** log_delta * (1 + abs(reference).max())
-    tolerance = DTYPE_TOLERANCES[dtype]
-    row = compare_tensor("gradient", "w", reference, candidate, tolerance)
+    tolerance = resolve_tolerance(dtype, atol=10.0 ** log_atol)[1]
+    floor = 10.0 ** log_floor
+    row = compare_tensor("gradient", "w", reference, candidate, tolerance, floor=floor)
     error = np.abs(candidate - reference).max()
-    limit = tolerance.atol + tolerance.rtol * np.abs(reference).max()
-    assert row.ok == (error <= limit)
-    assert row.worst_index == (index,) and row.limit == limit
+    scale = np.abs(reference).max()
+    limit = tolerance.rtol * scale + floor + tolerance.atol
+    expected = "fail" if error > limit else "inconclusive" if limit >= scale / 3 else "pass"
+    assert row.verdict == expected and row.ok == (expected == "pass")
+    assert row.worst_index == (index,) and row.limit == limit and row.floor == floor
     assert row.actual == candidate[index] and row.expected == reference[index]
 
 
@@ -164,10 +178,14 @@ def test_scale_is_the_reference_never_the_candidate():
     reference = np.array([1e-3, -2e-3])
     wild = np.array([1e3, -2e3])               # would widen its own tolerance if it set the scale
     assert not compare_tensor("gradient", "w", reference, wild, DTYPE_TOLERANCES["float32"]).ok
+    # A structurally zero reference (zero floor) is compared exactly.
     zero = np.zeros(3)
-    assert compare_tensor("gradient", "w", zero, zero + 1e-14, DTYPE_TOLERANCES["float64"]).ok
-    assert not compare_tensor("gradient", "w", zero, zero + 1e-12,
-                              DTYPE_TOLERANCES["float64"]).ok
+    assert compare_tensor("gradient", "w", zero, zero, DTYPE_TOLERANCES["float64"]).ok
+    row = compare_tensor("gradient", "w", zero, zero + 1e-300, DTYPE_TOLERANCES["float64"])
+    assert row.verdict == "fail"
+    # With a floor, a zero reference cannot be resolved: never a pass.
+    row = compare_tensor("gradient", "w", zero, zero, DTYPE_TOLERANCES["float32"], floor=1e-9)
+    assert row.verdict == "inconclusive" and not row.ok
 
 
 def test_tolerance_overrides_and_dtype_names():
@@ -178,7 +196,7 @@ def test_tolerance_overrides_and_dtype_names():
     case = get_case("mlp-tanh-ce")
     loose = make_impl(case.config, "tf32")
     assert not compare_with_oracle(loose, case, dtype="float32").ok
-    assert compare_with_oracle(loose, case, dtype="float32", rtol=0.05, atol=1e-3).ok
+    assert compare_with_oracle(loose, case, dtype="float32", rtol=0.05).ok
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -186,7 +204,13 @@ def test_tolerance_overrides_and_dtype_names():
     ({"dtype": object()}, ValueError, "dtype"),
     ({"rtol": -1.0}, ValueError, "rtol: expected a finite non-negative"),
     ({"atol": float("nan")}, ValueError, "atol"),
-    ({"rtol": True}, ValueError, "rtol"),
+    ({"rtol": True}, TypeError, "rtol"),
+    ({"atol": "1e-3"}, TypeError, "atol"),
+    ({"rtol": float("inf")}, ValueError, "rtol"),
+    ({"atol": -1e-9}, ValueError, "atol"),
+    ({"seed": -1}, ValueError, "seed"),
+    ({"seed": 1.5}, TypeError, "seed"),
+    ({"allow_inconclusive": "yes"}, TypeError, "allow_inconclusive"),
 ])
 def test_bad_tolerance_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -34,6 +34,10 @@ class Case:
     - inputs: data arrays (``x``, ``y`` or ``xa``, ``ya``, ``xb``, ``yb``), float64 / int64
     - loss_and_grads: ``f(params) -> (loss, grads)``; accepts complex params (complex step)
     - outputs: ``g(params) -> {name: array}``, the forward outputs (e.g. ``{"out": logits}``)
+    - evaluate: ``h(params, inputs) -> (loss, grads, outputs)``, the same reference as a
+      function of the data too (``inputs`` keyed like :attr:`inputs`). The resolution floor
+      (:mod:`refimpl.resolution`) perturbs the data as well as the point through it; None
+      (a hand-made case) perturbs the point only, a smaller floor.
     """
 
     name: str
@@ -43,6 +47,8 @@ class Case:
     inputs: dict[str, np.ndarray]
     loss_and_grads: Callable[[Params], tuple[Any, Params]]
     outputs: Callable[[Params], dict[str, np.ndarray]]
+    evaluate: Callable[[Params, dict[str, np.ndarray]],
+                       tuple[Any, Params, dict[str, np.ndarray]]] | None = None
 
     def parameter_total(self) -> int:
         return sum(value.size for value in self.params.values())

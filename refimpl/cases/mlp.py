@@ -40,6 +40,8 @@ def model_case(name: str, kind: str, model: Sequential, input_shape: tuple[int, 
         name=name, kind=kind, config=config, params=params, inputs={"x": x, "y": y},
         loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
         outputs=lambda p: {"out": model.forward(p, x)},
+        evaluate=lambda p, data: (*model.loss_and_grads(p, data["x"], data["y"]),
+                                  {"out": model.forward(p, data["x"])}),
     )
 
 

@@ -73,11 +73,19 @@ def pair_case(name: str, pair: TiedPair, input_a: tuple[int, ...], input_b: tupl
         out_a, out_b = pair.forward(*pair.split(joined), xa, xb)
         return {"out_a": out_a, "out_b": out_b}
 
+    def evaluate(joined: dict[str, Any], data: dict[str, np.ndarray]) -> tuple:
+        # The autoencoder's target is its input: one array, perturbed once.
+        target_b = data["xb"] if autoencoder_b else data["yb"]
+        loss, grads = pair.joined_loss_and_grads(joined, (data["xa"], data["ya"]),
+                                                 (data["xb"], target_b))
+        out_a, out_b = pair.forward(*pair.split(joined), data["xa"], data["xb"])
+        return loss, grads, {"out_a": out_a, "out_b": out_b}
+
     return Case(
         name=name, kind="tied", config=config, params=pair.join(params_a, params_b),
         inputs=inputs,
         loss_and_grads=lambda joined: pair.joined_loss_and_grads(joined, (xa, ya), (xb, yb)),
-        outputs=outputs,
+        outputs=outputs, evaluate=evaluate,
     )
 
 
@@ -96,10 +104,19 @@ def anchored_case(name: str, anchored: AnchoredModel, input_shape: tuple[int, ..
     config = {"anchored": anchored.config(), "input_shape": [batch, *input_shape],
               "seed": seed,
               "reference": "inputs 'w0:<name>'" if reference_given else "zero (weight decay)"}
+    def evaluate(p: dict[str, Any], data: dict[str, np.ndarray]) -> tuple:
+        model = anchored
+        if reference_given:     # the anchors are data the implementation receives
+            model = AnchoredModel(anchored.model, lam=dict(anchored.lams),
+                                  reference={key: data[f"w0:{key}"] for key in anchored.names},
+                                  names=anchored.names, penalty=anchored.penalty_name)
+        loss, grads = model.loss_and_grads(p, data["x"], data["y"])
+        return loss, grads, {"out": anchored.model.forward(p, data["x"])}
+
     return Case(
         name=name, kind="tied", config=config, params=params, inputs=inputs,
         loss_and_grads=lambda p: anchored.loss_and_grads(p, x, y),
-        outputs=lambda p: {"out": anchored.model.forward(p, x)},
+        outputs=lambda p: {"out": anchored.model.forward(p, x)}, evaluate=evaluate,
     )
 
 

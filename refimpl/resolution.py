@@ -1,0 +1,247 @@
+"""The resolution floor: how finely a dtype can resolve each reference tensor at one point.
+
+The model (the comparison rule that uses it is written in :mod:`refimpl.testing`)
+--------------------------------------------------------------------------------
+A correct implementation computing in a dtype with unit roundoff ``u`` returns, at best, the
+exact result at a point whose parameters and inputs are perturbed by a few units of roundoff
+(the backward-error model of sums and products: ``fl(sum a_i b_i) = sum a_i b_i (1 + d_i)``,
+``|d_i| <= n u``). So the reference's own sensitivity to such perturbations bounds how well
+*any* implementation in that dtype can reproduce each tensor there. With refimpl's float64
+reference ``ref = f(p, x)`` (loss, gradients, outputs)::
+
+    floor[tensor] = FLOOR_SAFETY * max over the points q of  max_i |f(q)_i - ref_i|
+
+over ``FLOOR_PERTURBATIONS`` perturbed points ``(p (1 + c u s), x (1 + c u s'))`` — every float
+parameter and every float input (MSE targets and anchors included; integer labels untouched),
+``c = FLOOR_ROUNDOFF_UNITS``, ``s`` independent random signs from a fixed seed — plus the point
+rounded to the hand-over dtype (exactly what the implementation receives). ``u`` is
+:data:`UNIT_ROUNDOFF` ``[dtype]``: 2**-53 (float64), 2**-24 (float32), 2**-11 (tf32: tensor
+cores round every product input to a 10-bit mantissa).
+
+What the perturbation does not see: rounding *inside* the computation. The one that matters is
+absorption at the loss: a softmax saturated towards one-hot gives ``p - onehot`` of absolute
+accuracy ~``u (1 + max|z|)`` whatever its value, and ``max z + log(sum exp(z - max z))`` loses
+everything below ``u max|z|`` (a loss of 3.6e-6 at logits ~3000 is 0 in float32); a
+perturbation of the logits changes ``exp(-30)`` only relatively. :func:`loss_rounding` adds it:
+``dL/dout`` off by ``c u`` times the magnitude of its terms, pushed through the model's
+backward pass, and the loss off by as much (for MSE ``mean(2 |r| d + d**2)``, quadratic near a
+fit); ``FLOOR_PERTURBATIONS`` draws, alternately with random signs per entry and
+(cross-entropy) with one sign per example times the probabilities — the error of the shared
+``log_norm`` moves all of an example's probabilities together, which random signs miss when
+``dout @ W`` cancels over nearly equal rows of ``W``. Saturated hidden activations (``1 -
+tanh(z)**2`` at large ``z``): no rejection in the 1,000-case stress run was due to them (their
+gradients are small where their rounding is large). A ReLU pre-activation within a few ``u`` of
+its kink makes the reference jump between perturbed points: the floor then says, correctly,
+that the dtype cannot tell on which side the implementation lands.
+
+``FLOOR_SAFETY`` was chosen from the measured ratio "error of an independent float32 /
+simulated-TF32 implementation over the raw spread" where the floor dominates the limit (at
+most 1.3 / 1.5; ``tests/oracle_stress.py``), and is pinned by ``tests/test_resolution.py``.
+
+Cost: ``FLOOR_PERTURBATIONS + 1`` extra float64 evaluations of the reference, and
+``FLOOR_PERTURBATIONS`` vector-Jacobian products, per comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from ._validate import check_seed
+from .model import Sequential
+from .tying import TiedPair
+
+__all__ = ["UNIT_ROUNDOFF", "ELEMENTWISE_ROUNDOFF", "FLOOR_PERTURBATIONS", "FLOOR_ROUNDOFF_UNITS",
+           "FLOOR_SAFETY", "loss_rounding", "Evaluate", "tensors_of", "rounded_to", "perturbed",
+           "resolution_floors"]
+
+#: Unit roundoff of the arithmetic of each dtype under test (TF32: its 10-bit product inputs).
+UNIT_ROUNDOFF: dict[str, float] = {"float64": 2.0 ** -53, "float32": 2.0 ** -24,
+                                   "tf32": 2.0 ** -11}
+
+#: Unit roundoff of the element-wise arithmetic (activations, softmax, the loss): TF32 rounds
+#: only the inputs of products; everything else is float32.
+ELEMENTWISE_ROUNDOFF: dict[str, float] = {"float64": 2.0 ** -53, "float32": 2.0 ** -24,
+                                          "tf32": 2.0 ** -24}
+
+#: K: perturbed points evaluated (besides the point rounded to the hand-over dtype).
+FLOOR_PERTURBATIONS = 4
+
+#: c: every parameter and input entry is scaled by ``1 + c u s``, ``s = +-1``.
+FLOOR_ROUNDOFF_UNITS = 2.0
+
+#: safety: the floor is this multiple of the largest change seen over the perturbed points.
+FLOOR_SAFETY = 4.0
+
+#: NumPy dtype in which an implementation receives params and float inputs.
+HAND_OVER_DTYPE = {"float64": np.float64, "float32": np.float32, "tf32": np.float32}
+
+#: ``evaluate(params, inputs) -> (loss, grads, outputs)``, refimpl's float64 reference as a
+#: function of the point *and* the data.
+Evaluate = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
+                    tuple[Any, Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]
+
+Key = tuple[str, str]
+
+
+def tensors_of(result: tuple[Any, Mapping[str, Any], Mapping[str, Any]]
+               ) -> Iterator[tuple[Key, np.ndarray]]:
+    """``((role, name), float64 array)`` for the loss, each gradient and each output."""
+    loss, grads, outputs = result
+    yield ("loss", "loss"), np.asarray(loss, dtype=np.float64)
+    for name, value in grads.items():
+        yield ("gradient", name), np.asarray(value, dtype=np.float64)
+    for name, value in outputs.items():
+        yield ("output", name), np.asarray(value, dtype=np.float64)
+
+
+def _is_float(value: Any) -> bool:
+    return np.asarray(value).dtype.kind == "f"
+
+
+def rounded_to(arrays: Mapping[str, Any], dtype: str) -> dict[str, np.ndarray]:
+    """Float arrays rounded to the hand-over dtype and back to float64; others as they are."""
+    target = HAND_OVER_DTYPE[dtype]
+    return {name: np.asarray(value).astype(target).astype(np.float64) if _is_float(value)
+            else np.asarray(value) for name, value in arrays.items()}
+
+
+def perturbed(arrays: Mapping[str, Any], relative: float, rng: np.random.Generator
+              ) -> dict[str, np.ndarray]:
+    """Every float array times ``1 + relative * s`` entry-wise, ``s = +-1`` at random (a zero
+    stays zero, as it does in floating point); integer arrays (labels) untouched."""
+    result = {}
+    for name, value in arrays.items():
+        array = np.asarray(value)
+        if _is_float(array):
+            signs = np.where(rng.random(array.shape) < 0.5, -1.0, 1.0)
+            result[name] = array.astype(np.float64) * (1.0 + relative * signs)
+        else:
+            result[name] = array
+    return result
+
+
+def _members(config: Mapping[str, Any], params: Mapping[str, Any], inputs: Mapping[str, Any]
+             ) -> list[tuple[Any, Mapping[str, Any], Any, Any, Callable[[str], tuple[str, bool]]]]:
+    """``(model, its params, x, y, where each of its gradients goes)`` for every model with a
+    loss in a case's configuration; empty when the configuration names none."""
+    if "pair" in config:
+        pair = TiedPair.from_config(config["pair"])
+        params_a, params_b = pair.split(params)
+        shared = pair.shared_b()
+        full_b = dict(params_b)
+        for name_b, (name_a, transpose) in shared.items():
+            full_b[name_b] = params_a[name_a].T if transpose else params_a[name_a]
+        full_b = {name: full_b[name] for name in pair.model_b.parameter_shapes()}
+        target_b = inputs["yb"] if "yb" in inputs else inputs["xb"]   # autoencoder: y is x
+        return [(pair.model_a, params_a, inputs["xa"], inputs["ya"], lambda n: (f"A:{n}", False)),
+                (pair.model_b, full_b, inputs["xb"], target_b,
+                 lambda n: (f"A:{shared[n][0]}", shared[n][1]) if n in shared
+                 else (f"B:{n}", False))]
+    model_config = config.get("anchored", config).get("model")
+    if not isinstance(model_config, Mapping) or "x" not in inputs or "y" not in inputs:
+        return []
+    model = Sequential.from_config(model_config)
+    return [(model, params, inputs["x"], inputs["y"], lambda n: (n, False))]
+
+
+def loss_rounding(config: Mapping[str, Any], params: Mapping[str, Any],
+                  inputs: Mapping[str, Any], relative: float, rng: np.random.Generator,
+                  normaliser: bool = False) -> dict[Key, np.ndarray]:
+    """The change of the loss and the gradients when the loss's upstream derivative
+    ``dL/dout`` is off by ``relative`` times the magnitude of its terms (module docstring).
+
+    Cross-entropy: ``(softmax(z) - onehot) / N`` and the loss ``max z + log(sum exp(z -
+    max z)) - z_y``, both resolved to ``relative (1 + max|z|)`` per example (the log term is
+    added to, or the probabilities computed from, a number of size ``max|z|``). MSE:
+    ``2 (out - y) / size``, terms ``2 (|out| + |y|) / size``, and the loss off by
+    ``mean(2 |r| d + d**2)``, ``d = relative (|out| + |y|)``. The change is propagated exactly
+    through the model's backward pass (``Sequential.vjp``). Signs are random per entry, or,
+    with ``normaliser``, per example for cross-entropy: the error of the shared ``log_norm``
+    moves every probability of an example the same way.
+    """
+    changes: dict[Key, np.ndarray] = {}
+    for model, member_params, x, y, route in _members(config, params, inputs):
+        out = model.forward(member_params, x)
+        if model.loss_spec.config()["type"] == "SoftmaxCrossEntropy":
+            # log_norm = max z + log(sum exp(z - max z)) holds the O(|z|) max: the log term,
+            # and exp(z - log_norm) with it, are resolved only to u (1 + max|z|) per example.
+            terms = 1.0 + np.max(np.abs(out), axis=1, keepdims=True)           # (N, 1)
+            loss_change = relative * float(np.mean(terms))
+            if normaliser:
+                # log_norm off by e scales every probability of the example by (1 - e):
+                # the changes share one sign per example (they do not cancel in dout @ W).
+                shifted = np.exp(out - np.max(out, axis=1, keepdims=True))
+                probabilities = shifted / shifted.sum(axis=1, keepdims=True)    # (N, K)
+                signs = np.where(rng.random((out.shape[0], 1)) < 0.5, -1.0, 1.0)
+                _, _, grads = model.vjp(member_params, x, relative * terms / out.shape[0]
+                                        * probabilities * signs)
+                _add(changes, loss_change, grads, route)
+                continue
+            magnitude = np.broadcast_to(terms / out.shape[0], out.shape)
+        else:
+            # The residual r = out - y is off by delta = relative (|out| + |y|); the mean of
+            # r**2 then by mean(2 |r| delta + delta**2): quadratic near a fit, where the
+            # perturbed points' linear spread alone would underestimate it.
+            terms = np.abs(out) + np.abs(np.asarray(y, dtype=np.float64))
+            magnitude = 2.0 * terms / out.size
+            residual = np.abs(out - np.asarray(y, dtype=np.float64))
+            delta = relative * terms
+            loss_change = float(np.mean(2.0 * residual * delta + delta ** 2))
+        signs = np.where(rng.random(out.shape) < 0.5, -1.0, 1.0)
+        _, _, grads = model.vjp(member_params, x, relative * magnitude * signs)
+        _add(changes, loss_change, grads, route)
+    return changes
+
+
+def _add(changes: dict[Key, np.ndarray], loss_change: float, grads: Mapping[str, np.ndarray],
+         route: Callable[[str], tuple[str, bool]]) -> None:
+    """Accumulate one member model's changes under the case's keys (a pair's "A:"/"B:")."""
+    key = ("loss", "loss")
+    changes[key] = changes.get(key, np.zeros(())) + loss_change
+    for name, change in grads.items():
+        target, transpose = route(name)
+        change = change.T if transpose else change
+        key = ("gradient", target)
+        changes[key] = changes[key] + change if key in changes else change
+
+
+def resolution_floors(evaluate: Evaluate, params: Mapping[str, Any], inputs: Mapping[str, Any],
+                      dtype: str, *, reference: Any = None, seed: int = 0,
+                      config: Mapping[str, Any] | None = None) -> dict[Key, float]:
+    """The floor of every tensor ``evaluate`` returns, keyed ``(role, name)`` (module docs).
+
+    - evaluate: ``evaluate(params, inputs) -> (loss, grads, outputs)``, float64
+    - dtype: "float64", "float32" or "tf32"
+    - reference: ``evaluate(params, inputs)`` if already computed
+    - seed: of the perturbation signs (the floor is deterministic for a given seed)
+    - config: the case's configuration (``{"model": ...}``, ``{"pair": ...}``,
+      ``{"anchored": ...}``): adds :func:`loss_rounding`; None leaves it out
+    """
+    if dtype not in UNIT_ROUNDOFF:
+        raise ValueError(f"dtype: expected one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
+    seed = check_seed(seed, "seed")
+    rng = np.random.default_rng(seed)
+    if reference is None:
+        reference = evaluate(params, inputs)
+    expected = dict(tensors_of(reference))
+    relative = FLOOR_ROUNDOFF_UNITS * UNIT_ROUNDOFF[dtype]
+    points = [(rounded_to(params, dtype), rounded_to(inputs, dtype))]
+    points += [(perturbed(params, relative, rng), perturbed(inputs, relative, rng))
+               for _ in range(FLOOR_PERTURBATIONS)]
+    spread = dict.fromkeys(expected, 0.0)
+    for point_params, point_inputs in points:
+        for key, value in tensors_of(evaluate(point_params, point_inputs)):
+            if key in spread and value.shape == expected[key].shape:
+                change = np.abs(value - expected[key])
+                spread[key] = max(spread[key], float(np.max(change, initial=0.0)))
+    if config is not None:
+        elementwise = FLOOR_ROUNDOFF_UNITS * ELEMENTWISE_ROUNDOFF[dtype]
+        for k in range(FLOOR_PERTURBATIONS):
+            for key, change in loss_rounding(config, params, inputs, elementwise, rng,
+                                             normaliser=k % 2 == 1).items():
+                if key in spread:
+                    spread[key] = max(spread[key], float(np.max(np.abs(change), initial=0.0)))
+    return {key: FLOOR_SAFETY * value for key, value in spread.items()}

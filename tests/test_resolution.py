@@ -1,0 +1,206 @@
+"""Tests of the three verdicts and the resolution floor (refimpl/resolution.py and the rule in
+refimpl/testing.py): no tensor below what the dtype can resolve is ever a pass.
+
+The numbers of the documented tolerances are written here literally, never read from the
+code under test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from independent_numpy import make_impl
+from oracle_stress import MUTATIONS, judge, model_of, near_fit
+
+from refimpl import MLP, resolution
+from refimpl import strategies as rs
+from refimpl.cases import all_cases, get_case
+from refimpl.testing import (
+    assert_matches_oracle,
+    compare_tensor,
+    compare_with_oracle,
+    resolve_tolerance,
+)
+
+
+def _near_fit_tanh_mse():
+    """The 3-4-2 tanh MSE model of issue 9 near a fit: targets = its own output + 1e-8 noise,
+    every gradient below 3.4e-8."""
+    model = MLP([3, 4, 2], activation="tanh", loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3))
+    params = model.init(0)
+    y = model.forward(params, x) + 1e-8 * rng.standard_normal((5, 2))
+    _, grads = model.loss_and_grads(params, x, y)
+    assert max(np.abs(g).max() for g in grads.values()) < 3.4e-8
+    return model, params, {"x": x, "y": y}
+
+
+def _negated(model):
+    def impl(params, inputs):
+        params = {k: v.astype(np.float64) for k, v in params.items()}
+        loss, grads = model.loss_and_grads(params, inputs["x"].astype(np.float64),
+                                           inputs["y"].astype(np.float64))
+        return loss, {k: -v for k, v in grads.items()}
+    return impl
+
+
+def test_negated_gradients_near_a_fit_are_never_a_pass():
+    model, params, inputs = _near_fit_tanh_mse()
+    impl = _negated(model)
+    with pytest.raises(AssertionError) as info:
+        assert_matches_oracle(impl, model, params, inputs, dtype="float32")
+    message = str(info.value)
+    assert "inconclusive" in message and "resolution floor" in message
+    assert "Draw another point" in message and "float64" in message
+    assert "gradient 'fc1.weight'" in message and "allow_inconclusive=True" in message
+    report = assert_matches_oracle(impl, model, params, inputs, dtype="float32",
+                                   allow_inconclusive=True)
+    assert report.verdict == "inconclusive" and not report.ok
+    assert {row.verdict for row in report.rows if row.role == "gradient"} == {"inconclusive"}
+    # Overrides add to the floor, never remove it.
+    for rtol, atol in ((0, 0), (1e-12, 0), (0.5, 1.0)):
+        report = compare_with_oracle(impl, model, params, inputs, dtype="float32", rtol=rtol,
+                                     atol=atol)
+        assert report.verdict != "pass"
+    # In float64 the same tensors are resolved, and the negation fails.
+    report = compare_with_oracle(impl, model, params, inputs, dtype="float64")
+    assert report.verdict == "fail"
+    assert all(row.verdict == "fail" for row in report.rows if row.role == "gradient")
+
+
+def test_fail_wins_over_inconclusive():
+    model, params, inputs = _near_fit_tanh_mse()
+
+    def wrong_loss(p, i):
+        loss, grads = _negated(model)(p, i)
+        return loss + 1.0, grads
+
+    report = compare_with_oracle(wrong_loss, model, params, inputs, dtype="float32")
+    assert report.verdict == "fail" and report.inconclusive
+    with pytest.raises(AssertionError, match="does not match"):
+        assert_matches_oracle(wrong_loss, model, params, inputs, dtype="float32",
+                              allow_inconclusive=True)
+
+
+# --- DTYPE_TOLERANCES pinned: a planted error just outside / inside the documented rtol ---------
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 1e-5), ("tf32", 1e-2)])
+def test_documented_rtol_per_dtype(dtype, rtol):
+    reference = np.array([[0.75, -1.5], [0.25, 2.0]])       # scale 2.0
+    tolerance = resolve_tolerance(dtype)[1]
+    for factor, verdict in ((1.2, "fail"), (0.8, "pass")):
+        candidate = reference.copy()
+        candidate[1, 0] += factor * rtol * 2.0
+        row = compare_tensor("gradient", "w", reference, candidate, tolerance)
+        assert row.verdict == verdict, (factor, row.describe())
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_documented_rtol_on_a_case_whose_floor_is_negligible(dtype, rtol):
+    case = get_case("mlp-identity-mse")
+    loss, grads = case.loss_and_grads(case.params)
+    name = "fc1.weight"
+    scale = float(np.abs(grads[name]).max())
+
+    def planted(factor):
+        def impl(params, inputs):
+            changed = {k: v.copy() for k, v in grads.items()}
+            changed[name].flat[0] += factor * rtol * scale
+            return loss, changed
+        return impl
+
+    inside = compare_with_oracle(planted(0.8), case, dtype=dtype)
+    row = next(row for row in inside.rows if row.name == name)
+    assert row.floor < 0.25 * rtol * scale          # small next to rtol * scale
+    assert inside.verdict == "pass"
+    assert compare_with_oracle(planted(1.3), case, dtype=dtype).verdict == "fail"
+
+
+def test_floor_validation():
+    with pytest.raises(ValueError, match="floor"):
+        compare_tensor("gradient", "w", np.ones(2), np.ones(2), resolve_tolerance()[1],
+                       floor=float("nan"))
+    with pytest.raises(TypeError, match="seed"):
+        resolution.resolution_floors(lambda p, i: (0.0, {}, {}), {}, {}, "float32", seed=0.5)
+    with pytest.raises(ValueError, match="dtype"):
+        resolution.resolution_floors(lambda p, i: (0.0, {}, {}), {}, {}, "float16")
+
+
+# --- the floor's constants pinned by behaviour --------------------------------------------------
+
+def _near_fit_points():
+    """Near-fit points built from every catalogue MLP and shared case (deterministic)."""
+    for case in all_cases():
+        if case.kind in ("mlp", "shared", "cnn"):
+            model = model_of(case.config)
+            yield case.config, model, *near_fit(model, case.params, case.inputs, seed=7)
+
+
+@settings(max_examples=150, derandomize=True, database=None)
+@given(rs.cases(), st.integers(0, 2**16))
+def test_correct_float32_is_never_rejected_near_a_fit_of_a_drawn_case(case, seed):
+    """The floor is large enough: near a fit the floor is all that separates a correct float32
+    implementation from a failure (with a floor 10 times smaller some of these fail)."""
+    model = model_of(case.config)
+    params, inputs = near_fit(model, case.params, case.inputs, seed=seed)
+    report = compare_with_oracle(make_impl(case.config, "float32"), model, params, inputs,
+                                 dtype="float32")
+    assert report.verdict != "fail", str(report)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "tf32"])
+def test_correct_implementation_is_never_rejected_near_a_fit(dtype):
+    """The floor is large enough on near-fit points built from the catalogue."""
+    verdicts = []
+    for config, model, params, inputs in _near_fit_points():
+        report = compare_with_oracle(make_impl(config, dtype), model, params, inputs,
+                                     dtype=dtype)
+        assert report.verdict != "fail", str(report)
+        verdicts.append(report.verdict)
+    assert "inconclusive" in verdicts        # the points are near a fit indeed
+
+
+def test_near_fit_mutations_are_never_a_pass():
+    from collections import Counter
+    tally: Counter = Counter()
+    problems: list[str] = []
+    for config, model, params, inputs in _near_fit_points():
+        judge(config, model, params, inputs, "float32", tally, problems, "near-fit")
+    assert not problems, problems[0]
+    assert sum(tally[("float32", "near-fit", m, "fail")] for m in MUTATIONS) > 0
+
+
+def test_ordinary_points_pass_in_tf32_with_room():
+    """The floor is not too large: on the catalogue's ordinary points TF32's floors stay
+    below a third of the scale (a floor 10 times larger makes cnn-relu-maxpool, whose
+    largest floor is 0.14 of its scale, inconclusive)."""
+    case = get_case("cnn-relu-maxpool")
+    report = assert_matches_oracle(make_impl(case.config, "tf32"), case, dtype="tf32")
+    assert report.verdict == "pass"
+    assert max(row.floor / row.scale for row in report.rows) > 0.05
+
+
+# --- golden folders: floors from the rebuilt catalogue case -------------------------------------
+
+def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
+    from refimpl import cases, golden
+    from refimpl.testing import assert_matches_golden, compare_with_golden
+
+    name = "mlp-tanh-ce"
+    folder = golden.write(tmp_path / "golden", cases=[name])
+    case = get_case(name)
+    reports = assert_matches_golden(make_impl(case.config, "float32"), folder, case=name,
+                                    dtype="float32")
+    row = next(row for row in reports[0].rows if row.name == "fc1.weight")
+    floors = compare_with_oracle(make_impl(case.config, "float32"), case, dtype="float32")
+    assert row.floor == next(r.floor for r in floors.rows if r.name == "fc1.weight") > 0
+    # A folder whose point is not the catalogue's: its floors cannot be derived.
+    moved = cases.Case(**{**case.__dict__, "params": {k: v + 1.0 for k, v in
+                                                        case.params.items()}})
+    monkeypatch.setattr(cases, "get_case", lambda _: moved)
+    with pytest.raises(ValueError, match="stored params differ from refimpl's catalogue"):
+        compare_with_golden(make_impl(case.config, "float32"), folder, case=name,
+                            dtype="float32")
