@@ -69,7 +69,7 @@ except ImportError:   # not POSIX: writers are told apart by the pid in their na
 
 from . import __version__
 from ._io import OutputError
-from .testing import DTYPE_TOLERANCES, compare_tensor
+from .testing import DTYPE_TOLERANCES, RESOLVED_FRACTION, case_floors, compare_tensor
 
 __all__ = [
     "write", "verify", "read_manifest", "select_cases", "load_case", "load_npy",
@@ -89,8 +89,18 @@ ALLOWED_DTYPES = {"<f8": np.dtype("<f8"), "<i8": np.dtype("<i8")}
 #: Order of the files of a case in the manifest.
 ROLES = ("input", "parameter", "output", "loss", "gradient")
 
-COMPARISON_RULE = ("per tensor: pass iff max_i |actual_i - expected_i| <= atol + rtol * "
-                   "max_i |expected_i| (the expected tensor's largest entry sets the scale)")
+COMPARISON_RULE = (
+    "per compared tensor (loss, gradient, output), with scale = max_i |expected_i|, "
+    "floor = the file entry's floors[dtype] (how finely any implementation in that dtype can "
+    "resolve the tensor at this point) and limit = rtol * scale + floor: FAIL if "
+    "max_i |actual_i - expected_i| > limit; otherwise, if expected and floor are both exactly "
+    "zero, PASS only when actual is exactly zero; otherwise INCONCLUSIVE (never a pass: no "
+    "implementation can be judged there in that dtype) if limit >= scale * "
+    f"{RESOLVED_FRACTION:.17g}; otherwise PASS")
+
+#: Significant digits of a stored floor: a floor is a rounding-error estimate, so three digits
+#: say all it means, and a last-bit difference in the recomputation cannot change them.
+FLOOR_DIGITS = 3
 
 #: Layouts and conventions shared by every case (per-case notes are added from the layer and
 #: loss types a case uses).
@@ -252,6 +262,7 @@ def _case_files(case: Any) -> list[_File]:
         raise GoldenError(f"case {case.name!r}: a golden case name must match [a-z0-9-]+")
     files: list[_File] = []
     seen: dict[str, str] = {}
+    floors = {dtype: case_floors(case, dtype) for dtype in DTYPE_TOLERANCES}
     for tensor in _case_tensors(case):
         array = _golden_array(tensor.array, f"case {case.name!r}, {tensor.role} "
                                             f"{tensor.name!r}")
@@ -269,6 +280,10 @@ def _case_files(case: Any) -> list[_File]:
         }
         if array.ndim == 0 and array.dtype.kind == "f":
             entry.update(_json_value(array.item()))
+        if tensor.role in ("output", "loss", "gradient"):
+            key = (tensor.role, tensor.name)
+            entry["floors"] = {dtype: float(f"{by_tensor[key]:.{FLOOR_DIGITS}g}")
+                               for dtype, by_tensor in floors.items()}
         files.append(_File(entry, array, data))
     return files
 
@@ -905,9 +920,10 @@ def _verify_file(root: Path, case_name: str, entry: Mapping[str, Any],
     if set(entry) != set(want.entry):
         problems.append(f"manifest fields {sorted(entry)}, this refimpl writes "
                         f"{sorted(want.entry)}")
-    for name in ("path", "shape", "dtype", "bytes"):
-        if entry.get(name) != want.entry[name]:
-            problems.append(_differs(f"manifest {name}", entry.get(name), want.entry[name]))
+    for name in ("path", "shape", "dtype", "bytes", "floors"):
+        if entry.get(name) != want.entry.get(name):
+            problems.append(_differs(f"manifest {name}", entry.get(name),
+                                     want.entry.get(name)))
     if len(data) != entry.get("bytes"):
         problems.append(f"{len(data)} bytes, the manifest says {entry.get('bytes')!r}")
     try:

@@ -1032,3 +1032,57 @@ def test_golden_into_a_read_only_folder_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"refimpl golden: --out {out}: ") and len(err.splitlines()) == 1
         assert os.listdir(folder) == []
+
+
+def _rule_from_the_manifest(expected, actual, rtol, floor):
+    """The manifest's comparison_rule, written out as a C++ or Rust reader would."""
+    scale = float(np.max(np.abs(expected), initial=0.0))
+    error = float(np.max(np.abs(actual - expected), initial=0.0))
+    limit = rtol * scale + floor
+    if error > limit:
+        return "fail"
+    if scale == 0.0 and floor == 0.0:
+        return "pass" if error == 0.0 else "fail"
+    return "inconclusive" if limit >= scale / 3 else "pass"
+
+
+def test_every_compared_file_carries_a_floor_per_dtype_that_judges_like_the_oracle(fresh):
+    manifest = golden.read_manifest(fresh)
+    assert "floors[dtype]" in manifest["comparison_rule"]
+    judged = 0
+    for entry in manifest["cases"].values():
+        for file_entry in entry["files"]:
+            if file_entry["role"] not in ("loss", "gradient", "output"):
+                assert "floors" not in file_entry
+                continue
+            floors = file_entry["floors"]
+            assert sorted(floors) == sorted(DTYPE_TOLERANCES)
+            assert all(np.isfinite(value) and value >= 0 for value in floors.values())
+            # A coarser dtype can never resolve more finely.
+            assert floors["float64"] <= floors["float32"] <= floors["tf32"]
+            expected = np.load(fresh / file_entry["path"])
+            if not np.any(expected):
+                continue
+            for dtype, tolerance in manifest["tolerances"].items():
+                rtol, floor = tolerance["rtol"], floors[dtype]
+                assert _rule_from_the_manifest(expected, expected, rtol, floor) != "fail"
+                for wrong in (-expected, 2 * expected, expected / 2):
+                    assert _rule_from_the_manifest(expected, wrong, rtol, floor) != "pass", (
+                        file_entry["path"], dtype)
+                judged += 1
+    assert judged > 300
+
+
+def test_an_edited_floor_fails_naming_the_file(copy):
+    edited = []
+
+    def loosen(manifest):
+        entry = next(iter(manifest["cases"].values()))
+        gradient = next(f for f in entry["files"] if f["role"] == "gradient")
+        gradient["floors"]["float32"] *= 1000
+        edited.append(gradient["path"])
+
+    _tamper(copy, loosen)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == edited, failed
+    assert "manifest floors" in failed[edited[0]][0]
