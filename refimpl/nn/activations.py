@@ -13,11 +13,11 @@ Kinks (documented, and tested): at exactly ``x == 0``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Real
 from typing import NamedTuple
 
 import numpy as np
 
+from .._validate import check_array, check_cache, check_real
 from .base import ParameterFreeLayer, register
 
 __all__ = [
@@ -45,41 +45,62 @@ class InputCache(NamedTuple):
     x: np.ndarray
 
 
+class ShapeCache(NamedTuple):
+    x_shape: tuple[int, ...]  # all the identity's backward needs: dout's expected shape
+
+
+# Every forward checks that x is a numeric array (any shape), every backward that the cache
+# is its forward's and that dout has x's shape exactly: O(ndim), no scan of the values.
+
+def _dout(dout: np.ndarray, cache: tuple, cache_type: type, who: str) -> np.ndarray:
+    """dout checked against the cache, whose first field is x's shape or an array of it."""
+    check_cache(cache, cache_type, f"{who}: cache")
+    first = cache[0]
+    return check_array(dout, f"{who}: dout", first if isinstance(first, tuple) else first.shape)
+
+
 # --- ReLU -----------------------------------------------------------------------------------
 
 def relu_forward(x: np.ndarray) -> tuple[np.ndarray, MaskCache]:
     """``max(x, 0)``, branching on Re x."""
+    x = check_array(x, "relu_forward: x")
     positive = x.real > 0
     return np.where(positive, x, 0), MaskCache(positive)
 
 
 def relu_backward(dout: np.ndarray, cache: MaskCache) -> np.ndarray:
     """``dout * [x > 0]``: relu'(0) = 0."""
+    dout = _dout(dout, cache, MaskCache, "relu_backward")
     return np.where(cache.positive, dout, 0)
 
 
 # --- LeakyReLU ------------------------------------------------------------------------------
 
 def leaky_relu_forward(x: np.ndarray, negative_slope: float) -> tuple[np.ndarray, SlopeCache]:
-    """``x`` where Re x > 0, else ``negative_slope * x``."""
+    """``x`` where Re x > 0, else ``negative_slope * x`` (negative_slope: a finite real)."""
+    x = check_array(x, "leaky_relu_forward: x")
+    negative_slope = check_real(negative_slope, "leaky_relu_forward: negative_slope")
     positive = x.real > 0
     return np.where(positive, x, negative_slope * x), SlopeCache(positive, negative_slope)
 
 
 def leaky_relu_backward(dout: np.ndarray, cache: SlopeCache) -> np.ndarray:
     """``dout`` where x > 0, else ``negative_slope * dout``: the derivative at 0 is the slope."""
+    dout = _dout(dout, cache, SlopeCache, "leaky_relu_backward")
     return np.where(cache.positive, dout, cache.negative_slope * dout)
 
 
 # --- Tanh -----------------------------------------------------------------------------------
 
 def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
+    x = check_array(x, "tanh_forward: x")
     out = np.tanh(x)
     return out, OutputCache(out)
 
 
 def tanh_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
     """tanh' = 1 - tanh^2, from the cached output."""
+    dout = _dout(dout, cache, OutputCache, "tanh_backward")
     return dout * (1 - cache.out * cache.out)
 
 
@@ -95,12 +116,14 @@ def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
 
 def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
     """``1 / (1 + exp(-x))``, evaluated without overflow for any finite x."""
+    x = check_array(x, "sigmoid_forward: x")
     out = _stable_sigmoid(x)
     return out, OutputCache(out)
 
 
 def sigmoid_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
     """sigma' = sigma (1 - sigma)."""
+    dout = _dout(dout, cache, OutputCache, "sigmoid_backward")
     return dout * cache.out * (1 - cache.out)
 
 
@@ -112,6 +135,7 @@ def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
     Evaluated as ``max(x, 0) + log1p(exp(-|x|))`` with |x| written ``s * x``, s = sign(Re x),
     so that it stays complex-step safe and never overflows.
     """
+    x = check_array(x, "softplus_forward: x")
     positive = x.real >= 0
     sign = np.where(positive, 1.0, -1.0)
     out = np.where(positive, x, 0) + np.log1p(np.exp(-sign * x))
@@ -120,17 +144,19 @@ def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
 
 def softplus_backward(dout: np.ndarray, cache: InputCache) -> np.ndarray:
     """softplus' = sigmoid."""
+    dout = _dout(dout, cache, InputCache, "softplus_backward")
     return dout * _stable_sigmoid(cache.x)
 
 
 # --- Identity -------------------------------------------------------------------------------
 
-def identity_forward(x: np.ndarray) -> tuple[np.ndarray, None]:
-    return x, None
+def identity_forward(x: np.ndarray) -> tuple[np.ndarray, ShapeCache]:
+    x = check_array(x, "identity_forward: x")
+    return x, ShapeCache(x.shape)
 
 
-def identity_backward(dout: np.ndarray, cache: None) -> np.ndarray:
-    return dout
+def identity_backward(dout: np.ndarray, cache: ShapeCache) -> np.ndarray:
+    return _dout(dout, cache, ShapeCache, "identity_backward")
 
 
 # --- Layer specs ----------------------------------------------------------------------------
@@ -156,13 +182,8 @@ class LeakyReLU(ParameterFreeLayer):
 
     def __post_init__(self) -> None:
         # Any real number, NumPy scalars included; bools are not numbers here.
-        if isinstance(self.negative_slope, bool) or not isinstance(self.negative_slope, Real):
-            raise TypeError(
-                f"negative_slope: expected a finite real number, got {self.negative_slope!r}")
-        if not np.isfinite(self.negative_slope):
-            raise ValueError(
-                f"negative_slope: expected a finite real number, got {self.negative_slope!r}")
-        object.__setattr__(self, "negative_slope", float(self.negative_slope))
+        object.__setattr__(self, "negative_slope",
+                           check_real(self.negative_slope, "negative_slope"))
 
     def forward(self, x, params):
         return leaky_relu_forward(x, self.negative_slope)

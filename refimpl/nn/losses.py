@@ -14,7 +14,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._validate import as_float_array, as_label_array, check_shape
+from .._validate import (
+    as_float_array,
+    as_label_array,
+    check_array,
+    check_cache,
+    check_nonempty,
+    check_same_shape,
+    check_scalar,
+    check_shape,
+)
 
 __all__ = [
     "Loss", "SoftmaxCrossEntropy", "MSE",
@@ -49,8 +58,15 @@ def softmax_cross_entropy_forward(
     ``log1p(sum of the other terms)`` without rounding 1 + tiny. That keeps a confident right
     prediction (loss ~ e^-margin) accurate *relatively*, in value and in complex-step
     derivative (``Im log(total) - h`` would cancel).
+
+    ``TypeError`` / ``ValueError`` naming the argument for an empty or misshapen ``logits``,
+    labels that are not integers of shape (N,), or labels outside [0, K).
     """
+    logits = check_array(logits, "softmax_cross_entropy_forward: logits", ("N", "K"))
+    check_nonempty(logits, "softmax_cross_entropy_forward: logits")
     batch = logits.shape[0]
+    labels = as_label_array(labels, "softmax_cross_entropy_forward: labels", batch,
+                            logits.shape[1])
     rows = np.arange(batch)
     top = logits.real.argmax(axis=1)                         # (N,), index on Re only
     shifted = logits - logits[rows, top][:, None]            # (N, K), Re <= 0, 0 at top
@@ -71,6 +87,8 @@ def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.n
     probabilities sum to 1: ``p_y - 1`` cancels when p_y ~ 1 (a confident right prediction)
     and is then right only to eps absolutely; the sum of positive terms is right relatively.
     """
+    dloss = check_scalar(dloss, "softmax_cross_entropy_backward: dloss")
+    check_cache(cache, CrossEntropyCache, "softmax_cross_entropy_backward: cache")
     probabilities, labels = cache
     batch = probabilities.shape[0]
     rows = np.arange(batch)
@@ -81,13 +99,22 @@ def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.n
 
 
 def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECache]:
-    """Mean over *all* elements of ``(out - target)^2`` (PyTorch's ``reduction='mean'``)."""
+    """Mean over *all* elements of ``(out - target)^2`` (PyTorch's ``reduction='mean'``).
+
+    - out, target: one shape exactly (nothing is broadcast), at least one element.
+    """
+    out = check_array(out, "mse_forward: out")
+    target = check_array(target, "mse_forward: target")
+    check_same_shape(out, target, ("out", "mse_forward: target"))
+    check_nonempty(out, "mse_forward: out")
     difference = out - target
     return (difference * difference).sum() / difference.size, MSECache(difference)
 
 
 def mse_backward(dloss: Any, cache: MSECache) -> np.ndarray:
     """dL/dout = dloss * 2 (out - target) / size."""
+    dloss = check_scalar(dloss, "mse_backward: dloss")
+    check_cache(cache, MSECache, "mse_backward: cache")
     return cache.difference * (2 * dloss / cache.difference.size)
 
 
