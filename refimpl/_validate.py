@@ -227,13 +227,13 @@ def check_keys(mapping: Any, required: Iterable[Any], optional: Iterable[Any] = 
     and what was expected: ``"<what>: missing [...]; unexpected [...]; expected exactly
     [...]"``. ``explain(unexpected)`` may add a sentence about the unexpected keys.
     """
-    required, optional = list(required), list(optional)
-    expected = (f"expected exactly {required}" if not optional else
-                f"expected the keys {required} and optionally {optional}")
     if not isinstance(mapping, Mapping):
-        raise TypeError(f"{what}: expected a dict; {expected}; got {type(mapping).__name__} "
-                        f"{mapping!r:.80}")
+        raise TypeError(f"{what}: expected a dict; {_expected_keys(required, optional)}; got "
+                        f"{type(mapping).__name__} {mapping!r:.80}")
     missing = [key for key in required if key not in mapping]
+    if not missing and not optional and len(mapping) == len(missing) + len(required):
+        return   # every required key present and nothing else (the common case, no sets)
+    required, optional = list(required), list(optional)
     allowed = set(required) | set(optional)
     unexpected = [key for key in mapping if key not in allowed]
     if missing or unexpected:
@@ -243,7 +243,13 @@ def check_keys(mapping: Any, required: Iterable[Any], optional: Iterable[Any] = 
         if unexpected:
             note = explain(unexpected) if explain is not None else ""
             parts.append(f"unexpected {unexpected}" + (f" {note}" if note else ""))
-        raise ValueError(f"{what}: {'; '.join(parts)}; {expected}")
+        raise ValueError(f"{what}: {'; '.join(parts)}; {_expected_keys(required, optional)}")
+
+
+def _expected_keys(required: Iterable[Any], optional: Iterable[Any]) -> str:
+    required, optional = list(required), list(optional)
+    return (f"expected exactly {required}" if not optional else
+            f"expected the keys {required} and optionally {optional}")
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -254,6 +260,12 @@ def check_finite_result(value: Any, where: str | Callable[[], str]) -> None:
 
     ``where`` names the computation (a callable is only called to build the message).
     """
-    if not np.isfinite(value).all():
+    # Fast path: the sum of the values is finite only if every value is (inf and NaN absorb
+    # anything added to them), and ``total - total == 0`` is the cheapest test of that for a
+    # real or complex scalar. One reduction without a temporary array; an inf or NaN total
+    # may still be an overflow of finite values, so it is then decided element by element.
+    # (The models call this with NumPy's overflow warnings off.)
+    total = np.add.reduce(value, axis=None)
+    if not total - total == 0 and not np.isfinite(value).all():
         where = where() if callable(where) else where
         raise FloatingPointError(f"{where} contains inf/NaN from finite inputs")

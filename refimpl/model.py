@@ -33,6 +33,12 @@ __all__ = ["Sequential", "MLP", "ShareSource", "transposed", "ParameterCount"]
 Params = dict[str, np.ndarray]
 
 
+#: The public computations run with NumPy's overflow / invalid / divide warnings off: every
+#: layer output, loss and gradient is checked finite instead, and an inf or NaN is a
+#: ``FloatingPointError`` naming the layer (a warning would name no layer and let NaN through).
+_quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 class ShareSource(NamedTuple):
     """The source of a shared slot: a unique parameter name, used as is or transposed."""
 
@@ -247,12 +253,11 @@ class Sequential:
         layer, instead of a NaN loss (or a finite one after a saturating activation)."""
         caches = []
         out = x
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for index, layer in enumerate(self.layers):
-                out, cache = layer.forward(out, self._layer_params(layer, params))
-                check_finite_result(out, lambda i=index, spec=layer: (
-                    f"{_describe(i, spec)}: output"))
-                caches.append(cache)
+        for index, layer in enumerate(self.layers):
+            out, cache = layer.forward(out, self._layer_params(layer, params))
+            check_finite_result(out, lambda i=index, spec=layer: (
+                f"{_describe(i, spec)}: output"))
+            caches.append(cache)
         return out, caches
 
     def _backward(self, dout: np.ndarray, caches: list[Any], order: Sequence[str],
@@ -263,39 +268,40 @@ class Sequential:
         grads: Params = {}
         shared_sums = set()
         last = len(self.layers) - 1
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for position, (layer, cache) in enumerate(zip(reversed(self.layers),
-                                                          reversed(caches), strict=True)):
-                index = last - position
-                dout, local_grads = layer.backward(dout, cache)
-                if index or need_dx:
-                    check_finite_result(dout, lambda i=index, spec=layer: (
-                        f"{_describe(i, spec)}: backward: gradient with respect to its input"))
-                for local, grad in local_grads.items():
-                    slot = f"{layer.name}.{local}"
-                    check_finite_result(grad, lambda i=index, spec=layer, name=slot: (
-                        f"{_describe(i, spec)}: backward: gradient of {name!r}"))
-                    use = self._uses[slot]
-                    grad = grad.T if use.transpose else grad
-                    # Sharing: a unique parameter's gradient is the SUM over its uses. Never
-                    # assign; never `+=` into an array a layer returned (it may alias).
-                    if use.root in grads:
-                        grads[use.root] = grads[use.root] + grad
-                        shared_sums.add(use.root)
-                    else:
-                        grads[use.root] = grad
-            for root in shared_sums:   # finite terms can sum to inf
-                check_finite_result(grads[root], lambda name=root: (
-                    f"gradient of the shared parameter {name!r} (the sum over its uses)"))
+        for position, (layer, cache) in enumerate(zip(reversed(self.layers),
+                                                      reversed(caches), strict=True)):
+            index = last - position
+            dout, local_grads = layer.backward(dout, cache)
+            if index or need_dx:
+                check_finite_result(dout, lambda i=index, spec=layer: (
+                    f"{_describe(i, spec)}: backward: gradient with respect to its input"))
+            for local, grad in local_grads.items():
+                slot = f"{layer.name}.{local}"
+                check_finite_result(grad, lambda i=index, spec=layer, name=slot: (
+                    f"{_describe(i, spec)}: backward: gradient of {name!r}"))
+                use = self._uses[slot]
+                grad = grad.T if use.transpose else grad
+                # Sharing: a unique parameter's gradient is the SUM over its uses. Never
+                # assign; never `+=` into an array a layer returned (it may alias).
+                if use.root in grads:
+                    grads[use.root] = grads[use.root] + grad
+                    shared_sums.add(use.root)
+                else:
+                    grads[use.root] = grad
+        for root in shared_sums:   # finite terms can sum to inf
+            check_finite_result(grads[root], lambda name=root: (
+                f"gradient of the shared parameter {name!r} (the sum over its uses)"))
         ordered = {name: np.ascontiguousarray(grads[name]) for name in order}
         return (dout if need_dx else None), ordered
 
+    @_quiet
     def forward(self, params: Mapping[str, Any], x: Any) -> np.ndarray:
         """Model output for the batch ``x`` (batch first; e.g. (N, D) or (N, C, H, W))."""
         params = self.check_params(params)
         x = self._check_input(x)
         return self._forward(params, x)[0]
 
+    @_quiet
     def vjp(
         self, params: Mapping[str, Any], x: Any, dout: Any
     ) -> tuple[np.ndarray, np.ndarray, Params]:
@@ -323,15 +329,16 @@ class Sequential:
         x = self._check_input(x)
         y = loss_spec.check_target(y, self.output_shape(x.shape))
         out, caches = self._forward(params, x)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            value, loss_cache = loss_spec.forward(out, y)
+        value, loss_cache = loss_spec.forward(out, y)
         check_finite_result(value, lambda: f"loss ({type(loss_spec).__name__}): value")
         return value, caches, loss_cache, list(params)
 
+    @_quiet
     def loss(self, params: Mapping[str, Any], x: Any, y: Any) -> float | complex:
         """The loss (a Python float; complex when ``params`` or ``x`` are complex)."""
         return self._loss_forward(params, x, y)[0].item()
 
+    @_quiet
     def loss_and_grads(
         self, params: Mapping[str, Any], x: Any, y: Any
     ) -> tuple[float | complex, Params]:
@@ -343,8 +350,7 @@ class Sequential:
         """
         value, caches, loss_cache, order = self._loss_forward(params, x, y)
         loss_spec = self._need_loss()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            dout = loss_spec.backward(1.0, loss_cache)
+        dout = loss_spec.backward(1.0, loss_cache)
         check_finite_result(dout, lambda: f"loss ({type(loss_spec).__name__}): backward: "
                                           f"gradient with respect to the model output")
         _, grads = self._backward(dout, caches, order, need_dx=False)

@@ -64,6 +64,11 @@ def _dout(dout: np.ndarray, cache: tuple, cache_type: type, who: str) -> np.ndar
 def relu_forward(x: np.ndarray) -> tuple[np.ndarray, MaskCache]:
     """``max(x, 0)``, branching on Re x."""
     x = check_array(x, "relu_forward: x")
+    return _relu_forward(x)
+
+
+def _relu_forward(x: np.ndarray) -> tuple[np.ndarray, MaskCache]:
+    """:func:`relu_forward` without the argument checks (the model checked them once)."""
     positive = x.real > 0
     return np.where(positive, x, 0), MaskCache(positive)
 
@@ -71,6 +76,11 @@ def relu_forward(x: np.ndarray) -> tuple[np.ndarray, MaskCache]:
 def relu_backward(dout: np.ndarray, cache: MaskCache) -> np.ndarray:
     """``dout * [x > 0]``: relu'(0) = 0."""
     dout = _dout(dout, cache, MaskCache, "relu_backward")
+    return _relu_backward(dout, cache)
+
+
+def _relu_backward(dout: np.ndarray, cache: MaskCache) -> np.ndarray:
+    """:func:`relu_backward` without the argument checks (the model checked them once)."""
     return np.where(cache.positive, dout, 0)
 
 
@@ -80,6 +90,11 @@ def leaky_relu_forward(x: np.ndarray, negative_slope: float) -> tuple[np.ndarray
     """``x`` where Re x > 0, else ``negative_slope * x`` (negative_slope: a finite real)."""
     x = check_array(x, "leaky_relu_forward: x")
     negative_slope = check_real(negative_slope, "leaky_relu_forward: negative_slope")
+    return _leaky_relu_forward(x, negative_slope)
+
+
+def _leaky_relu_forward(x: np.ndarray, negative_slope: float) -> tuple[np.ndarray, SlopeCache]:
+    """:func:`leaky_relu_forward` without the argument checks (the model checked them once)."""
     positive = x.real > 0
     return np.where(positive, x, negative_slope * x), SlopeCache(positive, negative_slope)
 
@@ -87,6 +102,11 @@ def leaky_relu_forward(x: np.ndarray, negative_slope: float) -> tuple[np.ndarray
 def leaky_relu_backward(dout: np.ndarray, cache: SlopeCache) -> np.ndarray:
     """``dout`` where x > 0, else ``negative_slope * dout``: the derivative at 0 is the slope."""
     dout = _dout(dout, cache, SlopeCache, "leaky_relu_backward")
+    return _leaky_relu_backward(dout, cache)
+
+
+def _leaky_relu_backward(dout: np.ndarray, cache: SlopeCache) -> np.ndarray:
+    """:func:`leaky_relu_backward` without the argument checks (the model checked them once)."""
     return np.where(cache.positive, dout, cache.negative_slope * dout)
 
 
@@ -94,6 +114,11 @@ def leaky_relu_backward(dout: np.ndarray, cache: SlopeCache) -> np.ndarray:
 
 def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
     x = check_array(x, "tanh_forward: x")
+    return _tanh_forward(x)
+
+
+def _tanh_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
+    """:func:`tanh_forward` without the argument checks (the model checked them once)."""
     out = np.tanh(x)
     return out, OutputCache(out)
 
@@ -101,6 +126,11 @@ def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
 def tanh_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
     """tanh' = 1 - tanh^2, from the cached output."""
     dout = _dout(dout, cache, OutputCache, "tanh_backward")
+    return _tanh_backward(dout, cache)
+
+
+def _tanh_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
+    """:func:`tanh_backward` without the argument checks (the model checked them once)."""
     return dout * (1 - cache.out * cache.out)
 
 
@@ -117,6 +147,11 @@ def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
 def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
     """``1 / (1 + exp(-x))``, evaluated without overflow for any finite x."""
     x = check_array(x, "sigmoid_forward: x")
+    return _sigmoid_forward(x)
+
+
+def _sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
+    """:func:`sigmoid_forward` without the argument checks (the model checked them once)."""
     out = _stable_sigmoid(x)
     return out, OutputCache(out)
 
@@ -124,6 +159,11 @@ def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
 def sigmoid_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
     """sigma' = sigma (1 - sigma)."""
     dout = _dout(dout, cache, OutputCache, "sigmoid_backward")
+    return _sigmoid_backward(dout, cache)
+
+
+def _sigmoid_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
+    """:func:`sigmoid_backward` without the argument checks (the model checked them once)."""
     return dout * cache.out * (1 - cache.out)
 
 
@@ -136,6 +176,11 @@ def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
     so that it stays complex-step safe and never overflows.
     """
     x = check_array(x, "softplus_forward: x")
+    return _softplus_forward(x)
+
+
+def _softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
+    """:func:`softplus_forward` without the argument checks (the model checked them once)."""
     positive = x.real >= 0
     sign = np.where(positive, 1.0, -1.0)
     out = np.where(positive, x, 0) + np.log1p(np.exp(-sign * x))
@@ -145,6 +190,11 @@ def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
 def softplus_backward(dout: np.ndarray, cache: InputCache) -> np.ndarray:
     """softplus' = sigmoid."""
     dout = _dout(dout, cache, InputCache, "softplus_backward")
+    return _softplus_backward(dout, cache)
+
+
+def _softplus_backward(dout: np.ndarray, cache: InputCache) -> np.ndarray:
+    """:func:`softplus_backward` without the argument checks (the model checked them once)."""
     return dout * _stable_sigmoid(cache.x)
 
 
@@ -152,11 +202,22 @@ def softplus_backward(dout: np.ndarray, cache: InputCache) -> np.ndarray:
 
 def identity_forward(x: np.ndarray) -> tuple[np.ndarray, ShapeCache]:
     x = check_array(x, "identity_forward: x")
+    return _identity_forward(x)
+
+
+def _identity_forward(x: np.ndarray) -> tuple[np.ndarray, ShapeCache]:
+    """:func:`identity_forward` without the argument checks (the model checked them once)."""
     return x, ShapeCache(x.shape)
 
 
 def identity_backward(dout: np.ndarray, cache: ShapeCache) -> np.ndarray:
-    return _dout(dout, cache, ShapeCache, "identity_backward")
+    dout = _dout(dout, cache, ShapeCache, "identity_backward")
+    return _identity_backward(dout, cache)
+
+
+def _identity_backward(dout: np.ndarray, cache: ShapeCache) -> np.ndarray:
+    """:func:`identity_backward` without the argument checks (the model checked them once)."""
+    return dout
 
 
 # --- Layer specs ----------------------------------------------------------------------------
@@ -167,10 +228,10 @@ class ReLU(ParameterFreeLayer):
     """``max(x, 0)``; relu'(0) = 0."""
 
     def forward(self, x, params):
-        return relu_forward(x)
+        return _relu_forward(x)
 
     def backward(self, dout, cache):
-        return relu_backward(dout, cache), {}
+        return _relu_backward(dout, cache), {}
 
 
 @register
@@ -186,30 +247,30 @@ class LeakyReLU(ParameterFreeLayer):
                            check_real(self.negative_slope, "negative_slope"))
 
     def forward(self, x, params):
-        return leaky_relu_forward(x, self.negative_slope)
+        return _leaky_relu_forward(x, self.negative_slope)
 
     def backward(self, dout, cache):
-        return leaky_relu_backward(dout, cache), {}
+        return _leaky_relu_backward(dout, cache), {}
 
 
 @register
 @dataclass(frozen=True)
 class Tanh(ParameterFreeLayer):
     def forward(self, x, params):
-        return tanh_forward(x)
+        return _tanh_forward(x)
 
     def backward(self, dout, cache):
-        return tanh_backward(dout, cache), {}
+        return _tanh_backward(dout, cache), {}
 
 
 @register
 @dataclass(frozen=True)
 class Sigmoid(ParameterFreeLayer):
     def forward(self, x, params):
-        return sigmoid_forward(x)
+        return _sigmoid_forward(x)
 
     def backward(self, dout, cache):
-        return sigmoid_backward(dout, cache), {}
+        return _sigmoid_backward(dout, cache), {}
 
 
 @register
@@ -218,17 +279,17 @@ class Softplus(ParameterFreeLayer):
     """``log(1 + exp(x))`` exactly (PyTorch's beta=1 without its linear threshold)."""
 
     def forward(self, x, params):
-        return softplus_forward(x)
+        return _softplus_forward(x)
 
     def backward(self, dout, cache):
-        return softplus_backward(dout, cache), {}
+        return _softplus_backward(dout, cache), {}
 
 
 @register
 @dataclass(frozen=True)
 class Identity(ParameterFreeLayer):
     def forward(self, x, params):
-        return identity_forward(x)
+        return _identity_forward(x)
 
     def backward(self, dout, cache):
-        return identity_backward(dout, cache), {}
+        return _identity_backward(dout, cache), {}

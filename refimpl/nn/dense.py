@@ -37,6 +37,12 @@ def dense_forward(
     weight = check_array(weight, "dense_forward: weight", ("F", x.shape[1]))
     if bias is not None:
         bias = check_array(bias, "dense_forward: bias", (weight.shape[0],))
+    return _dense_forward(x, weight, bias)
+
+
+def _dense_forward(x, weight, bias):
+    """:func:`dense_forward` without the argument checks, for :class:`Dense` (whose model
+    checked the shapes and dtypes once, on entry)."""
     out = x @ weight.T  # (N, F)
     if bias is not None:
         out = out + bias  # (N, F) + (F,): the one intended broadcast, over the batch
@@ -57,6 +63,11 @@ def dense_backward(
     """
     check_cache(cache, DenseCache, "dense_backward: cache")
     dout = check_array(dout, "dense_backward: dout", (cache.x.shape[0], cache.weight.shape[0]))
+    return _dense_backward(dout, cache)
+
+
+def _dense_backward(dout, cache):
+    """:func:`dense_backward` without the argument checks."""
     dx = dout @ cache.weight   # (N, F) @ (F, D) -> (N, D)
     dweight = dout.T @ cache.x  # (F, N) @ (N, D) -> (F, D)
     dbias = dout.sum(axis=0) if cache.has_bias else None  # (F,)
@@ -110,8 +121,8 @@ class Dense(Layer):
         }
 
     def forward(self, x, params):
-        return dense_forward(x, params["weight"], params.get("bias"))
+        return _dense_forward(x, params["weight"], params.get("bias"))
 
     def backward(self, dout, cache):
-        dx, dweight, dbias = dense_backward(dout, cache)
+        dx, dweight, dbias = _dense_backward(dout, cache)
         return dx, weight_and_bias(dweight, dbias)

@@ -67,6 +67,13 @@ def softmax_cross_entropy_forward(
     batch = logits.shape[0]
     labels = as_label_array(labels, "softmax_cross_entropy_forward: labels", batch,
                             logits.shape[1])
+    return _softmax_cross_entropy_forward(logits, labels)
+
+
+def _softmax_cross_entropy_forward(logits, labels):
+    """:func:`softmax_cross_entropy_forward` without the argument checks (the model checked
+    them once)."""
+    batch = logits.shape[0]
     rows = np.arange(batch)
     top = logits.real.argmax(axis=1)                         # (N,), index on Re only
     shifted = logits - logits[rows, top][:, None]            # (N, K), Re <= 0, 0 at top
@@ -89,6 +96,11 @@ def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.n
     """
     dloss = check_scalar(dloss, "softmax_cross_entropy_backward: dloss")
     check_cache(cache, CrossEntropyCache, "softmax_cross_entropy_backward: cache")
+    return _softmax_cross_entropy_backward(dloss, cache)
+
+
+def _softmax_cross_entropy_backward(dloss, cache):
+    """:func:`softmax_cross_entropy_backward` without the argument checks."""
     probabilities, labels = cache
     batch = probabilities.shape[0]
     rows = np.arange(batch)
@@ -107,6 +119,11 @@ def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECac
     target = check_array(target, "mse_forward: target")
     check_same_shape(out, target, ("out", "mse_forward: target"))
     check_nonempty(out, "mse_forward: out")
+    return _mse_forward(out, target)
+
+
+def _mse_forward(out, target):
+    """:func:`mse_forward` without the argument checks (the model checked them once)."""
     difference = out - target
     return (difference * difference).sum() / difference.size, MSECache(difference)
 
@@ -115,6 +132,11 @@ def mse_backward(dloss: Any, cache: MSECache) -> np.ndarray:
     """dL/dout = dloss * 2 (out - target) / size."""
     dloss = check_scalar(dloss, "mse_backward: dloss")
     check_cache(cache, MSECache, "mse_backward: cache")
+    return _mse_backward(dloss, cache)
+
+
+def _mse_backward(dloss, cache):
+    """:func:`mse_backward` without the argument checks."""
     return cache.difference * (2 * dloss / cache.difference.size)
 
 
@@ -153,10 +175,10 @@ class SoftmaxCrossEntropy(Loss):
         return as_label_array(target, "y", output_shape[0], output_shape[1])
 
     def forward(self, out, target):
-        return softmax_cross_entropy_forward(out, target)
+        return _softmax_cross_entropy_forward(out, target)
 
     def backward(self, dloss, cache):
-        return softmax_cross_entropy_backward(dloss, cache)
+        return _softmax_cross_entropy_backward(dloss, cache)
 
 
 @_register_loss
@@ -171,7 +193,7 @@ class MSE(Loss):
         return array
 
     def forward(self, out, target):
-        return mse_forward(out, target)
+        return _mse_forward(out, target)
 
     def backward(self, dloss, cache):
-        return mse_backward(dloss, cache)
+        return _mse_backward(dloss, cache)

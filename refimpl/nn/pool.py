@@ -333,6 +333,11 @@ class FlattenCache(NamedTuple):
 def flatten_forward(x: np.ndarray) -> tuple[np.ndarray, FlattenCache]:
     """(N, d1, d2, ...) -> (N, d1*d2*...), in C order (PyTorch's ``flatten(1)`` of NCHW)."""
     x = check_array(x, "flatten_forward: x", ("N", ...))
+    return _flatten_forward(x)
+
+
+def _flatten_forward(x):
+    """:func:`flatten_forward` without the argument checks (the model checked them once)."""
     return x.reshape(x.shape[0], -1), FlattenCache(tuple(x.shape))
 
 
@@ -341,6 +346,11 @@ def flatten_backward(dout: np.ndarray, cache: FlattenCache) -> np.ndarray:
     check_cache(cache, FlattenCache, "flatten_backward: cache")
     x_shape = cache.x_shape
     dout = check_array(dout, "flatten_backward: dout", (x_shape[0], int(np.prod(x_shape[1:]))))
+    return _flatten_backward(dout, cache)
+
+
+def _flatten_backward(dout, cache):
+    """:func:`flatten_backward` without the argument checks."""
     return dout.reshape(cache.x_shape)
 
 
@@ -419,7 +429,7 @@ class Flatten(ParameterFreeLayer):
         return (input_shape[0], int(np.prod(input_shape[1:])))
 
     def forward(self, x, params):
-        return flatten_forward(x)
+        return _flatten_forward(x)
 
     def backward(self, dout, cache):
-        return flatten_backward(dout, cache), {}
+        return _flatten_backward(dout, cache), {}
