@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["as_float_array", "as_label_array", "check_shape", "check_finite", "positive_int",
            "check_int", "check_tolerance", "check_seed", "check_array", "check_same_shape",
            "check_nonempty", "check_real", "check_scalar", "check_cache", "check_keys",
-           "check_finite_result"]
+           "check_finite_result", "no_fp_warnings"]
 
 
 def as_float_array(value: Any, name: str, *, allow_complex: bool = True) -> np.ndarray:
@@ -254,6 +254,15 @@ def _expected_keys(required: Iterable[Any], optional: Iterable[Any]) -> str:
 
 # --- results ----------------------------------------------------------------------------------
 
+def no_fp_warnings() -> np.errstate:
+    """NumPy's overflow, invalid and divide warnings off, as a decorator (``@no_fp_warnings()``)
+    or a context manager, for the public computations of the models: every layer output, loss
+    and gradient is checked by :func:`check_finite_result` instead, whose ``FloatingPointError``
+    names the layer (a warning names none, and lets the NaN through). A new ``errstate`` per
+    call: one instance cannot be entered twice."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 def check_finite_result(value: Any, where: str | Callable[[], str]) -> None:
     """``FloatingPointError`` if a value computed from finite inputs holds inf or NaN (in the
     real or the imaginary part): an overflow, or inf - inf, inside the computation.
@@ -264,7 +273,7 @@ def check_finite_result(value: Any, where: str | Callable[[], str]) -> None:
     # anything added to them), and ``total - total == 0`` is the cheapest test of that for a
     # real or complex scalar. One reduction without a temporary array; an inf or NaN total
     # may still be an overflow of finite values, so it is then decided element by element.
-    # (The models call this with NumPy's overflow warnings off.)
+    # (Called under no_fp_warnings: an overflowing sum must not warn.)
     total = np.add.reduce(value, axis=None)
     if not total - total == 0 and not np.isfinite(value).all():
         where = where() if callable(where) else where

@@ -22,7 +22,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._validate import as_float_array, check_finite_result, check_keys, check_shape
+from ._validate import (
+    as_float_array,
+    check_finite_result,
+    check_keys,
+    check_shape,
+    no_fp_warnings,
+)
 from .nn.activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from .nn.base import Layer, layer_config, layer_from_config
 from .nn.dense import Dense
@@ -31,12 +37,6 @@ from .nn.losses import LOSS_TYPES, MSE, Loss, SoftmaxCrossEntropy
 __all__ = ["Sequential", "MLP", "ShareSource", "transposed", "ParameterCount"]
 
 Params = dict[str, np.ndarray]
-
-
-#: The public computations run with NumPy's overflow / invalid / divide warnings off: every
-#: layer output, loss and gradient is checked finite instead, and an inf or NaN is a
-#: ``FloatingPointError`` naming the layer (a warning would name no layer and let NaN through).
-_quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 class ShareSource(NamedTuple):
@@ -294,14 +294,14 @@ class Sequential:
         ordered = {name: np.ascontiguousarray(grads[name]) for name in order}
         return (dout if need_dx else None), ordered
 
-    @_quiet
+    @no_fp_warnings()
     def forward(self, params: Mapping[str, Any], x: Any) -> np.ndarray:
         """Model output for the batch ``x`` (batch first; e.g. (N, D) or (N, C, H, W))."""
         params = self.check_params(params)
         x = self._check_input(x)
         return self._forward(params, x)[0]
 
-    @_quiet
+    @no_fp_warnings()
     def vjp(
         self, params: Mapping[str, Any], x: Any, dout: Any
     ) -> tuple[np.ndarray, np.ndarray, Params]:
@@ -333,12 +333,12 @@ class Sequential:
         check_finite_result(value, lambda: f"loss ({type(loss_spec).__name__}): value")
         return value, caches, loss_cache, list(params)
 
-    @_quiet
+    @no_fp_warnings()
     def loss(self, params: Mapping[str, Any], x: Any, y: Any) -> float | complex:
         """The loss (a Python float; complex when ``params`` or ``x`` are complex)."""
         return self._loss_forward(params, x, y)[0].item()
 
-    @_quiet
+    @no_fp_warnings()
     def loss_and_grads(
         self, params: Mapping[str, Any], x: Any, y: Any
     ) -> tuple[float | complex, Params]:

@@ -50,6 +50,7 @@ from ._validate import (
     check_same_shape,
     check_scalar,
     check_shape,
+    no_fp_warnings,
 )
 from .model import ParameterCount, Sequential, ShareSource
 
@@ -462,7 +463,7 @@ class TiedPair:
         total: Any = 0.0
         grads_a: Params = {}
         grads_b: Params = {}
-        with np.errstate(over="ignore", invalid="ignore"):
+        with no_fp_warnings():
             for pair in self.pairs:
                 b = params_b[pair.name_b]
                 value, cache = penalty.forward(params_a[pair.name_a],
@@ -629,7 +630,7 @@ def _in_model(role: str, method: Callable[..., Any], *args: Any) -> Any:
 
 def _add_penalty_grads(grads: Params, penalty_grads: Params, role: str) -> None:
     """``grads[key] += penalty_grads[key]`` (new arrays); finite terms can sum to inf."""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with no_fp_warnings():
         for key, grad in penalty_grads.items():
             grads[key] = grads[key] + grad
             check_finite_result(grads[key], lambda name=key: (
@@ -637,7 +638,8 @@ def _add_penalty_grads(grads: Params, penalty_grads: Params, role: str) -> None:
 
 
 def _check_total(total: Any, what: str) -> Any:
-    check_finite_result(total, what)
+    with no_fp_warnings():
+        check_finite_result(total, what)
     return total
 
 
@@ -717,7 +719,7 @@ class AnchoredModel:
     def _penalty(self, params: Params) -> tuple[Any, Params]:
         total: Any = 0.0
         grads: Params = {}
-        with np.errstate(over="ignore", invalid="ignore"):
+        with no_fp_warnings():
             for name in self.names:
                 value, cache = anchored_penalty_forward(params[name], self.reference[name],
                                                         self.lams[name], self.penalty_name)
