@@ -416,6 +416,28 @@ def test_overflow_in_the_loss_raises():
                       np.zeros((1, 1))) == pytest.approx(1e308)
 
 
+class HugeGradientLoss(nn.Loss):
+    """sum(out): a finite value whose gradient is reported as 1e308 * 1e308 (inf): stands for
+    any loss whose backward overflows."""
+
+    def check_target(self, target, output_shape):
+        return target
+
+    def forward(self, out, target):
+        return out.sum(), out.shape
+
+    def backward(self, dloss, cache):
+        return np.full(cache, 1e308) * 1e308 * dloss
+
+
+def test_overflow_in_the_loss_backward_raises():
+    model = one_unit(HugeGradientLoss())
+    with pytest.raises(FloatingPointError,
+                       match=r"loss \(HugeGradientLoss\): backward: gradient with respect to "
+                             r"the model output contains inf/NaN"):
+        model.loss_and_grads({"a.weight": np.ones((1, 1))}, np.ones((1, 1)), None)
+
+
 def test_overflow_in_the_backward_pass_raises_naming_the_gradient():
     # out = 1e150, loss = 1e300 and dL/dout = 2e150 are finite; dL/dW = 2e150 * x = inf
     model = one_unit(nn.MSE())

@@ -798,6 +798,8 @@ def test_overflow_in_a_tied_model_names_the_model_and_the_layer():
     flipped = TiedPair(pair.model_b, pair.model_a, {"enc.weight": "fc1.weight"}, lam=0.1)
     with pytest.raises(FloatingPointError, match=r"^model_b: layer 'fc2' \(Dense\): output"):
         flipped.loss_and_grads(params_b, params_a, batch_b, batch_a)
+    with pytest.raises(FloatingPointError, match=r"^model_b: layer 'fc2' \(Dense\): output"):
+        flipped.forward(params_b, params_a, batch_b[0], batch_a[0])
 
 
 def test_overflow_of_the_penalty_names_the_pair():
@@ -848,6 +850,16 @@ def test_overflow_of_a_gradient_sum_raises():
     pair, params_a, params_b, _ = unit_pair(0.6, None, mode="hard")
     with pytest.raises(FloatingPointError, match=r"gradient of model_a's 'fc.weight'"):
         pair.loss_and_grads(params_a, params_b, batch, batch)
+
+
+def test_overflow_of_an_anchored_total_raises():
+    # the loss (1.2e154)^2 = 1.44e308 and the decay 0.5 w^2 = 0.72e308 are finite, their sum not
+    model = ri.Sequential([nn.Dense("fc", 1, 1, bias=False)], loss=nn.MSE())
+    anchored = AnchoredModel(model, 0.5)
+    params, x, y = {"fc.weight": np.array([[1.2e154]])}, np.ones((1, 1)), np.zeros((1, 1))
+    assert np.isfinite(anchored.penalty(params)[0]) and np.isfinite(model.loss(params, x, y))
+    with pytest.raises(FloatingPointError, match=r"total \(loss \+ penalty\) contains inf/NaN"):
+        anchored.loss_and_grads(params, x, y)
 
 
 def test_overflow_of_an_anchored_penalty_raises():
