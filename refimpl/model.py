@@ -255,8 +255,9 @@ class Sequential:
         out = x
         for index, layer in enumerate(self.layers):
             out, cache = layer.forward(out, self._layer_params(layer, params))
-            check_finite_result(out, lambda i=index, spec=layer: (
-                f"{_describe(i, spec)}: output"))
+            if not layer.output_selects_input:   # a selection of finite values is finite
+                check_finite_result(out, lambda i=index, spec=layer: (
+                    f"{_describe(i, spec)}: output"))
             caches.append(cache)
         return out, caches
 
@@ -272,7 +273,7 @@ class Sequential:
                                                       reversed(caches), strict=True)):
             index = last - position
             dout, local_grads = layer.backward(dout, cache)
-            if index or need_dx:
+            if (index or need_dx) and not layer.input_gradient_selects_dout:
                 check_finite_result(dout, lambda i=index, spec=layer: (
                     f"{_describe(i, spec)}: backward: gradient with respect to its input"))
             for local, grad in local_grads.items():

@@ -499,3 +499,36 @@ def test_gradients_come_back_in_the_order_of_params():
     _, in_order = model.loss_and_grads(params, x, y)
     for key in params:
         np.testing.assert_array_equal(grads[key], in_order[key])
+
+
+# --- layers whose finiteness check is skipped: their outputs select their inputs ----------------
+
+SELECTING = [nn.ReLU(), nn.Identity(), nn.Flatten(), nn.MaxPool2D(2),
+             nn.MaxPool2D(3, stride=1, padding=1)]
+
+
+def test_the_layers_flagged_as_selecting_are_the_ones_tested():
+    from refimpl.nn.base import LAYER_TYPES
+    flagged = {name for name, cls in LAYER_TYPES.items()
+               if cls.output_selects_input or cls.input_gradient_selects_dout}
+    assert flagged == {type(layer).__name__ for layer in SELECTING}
+
+
+@pytest.mark.parametrize("layer", SELECTING, ids=repr)
+@pytest.mark.parametrize("complex_step", [False, True])
+def test_selecting_layers_output_only_input_values_or_zeros(layer, complex_step):
+    # Sequential skips the finiteness check of these outputs (and input gradients): sound
+    # only if every element is an element of the input (of dout) or a zero.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 6)) * 1e300
+    if complex_step:
+        x = x + 1e-20j * rng.standard_normal(x.shape)
+    out, cache = layer.forward(x, {})
+    if layer.output_selects_input:
+        assert np.isin(out, np.append(x, 0)).all()
+    dout = rng.standard_normal(out.shape) * 1e300
+    dx = layer.backward(dout, cache)[0]
+    if layer.input_gradient_selects_dout:
+        assert np.isin(dx, np.append(dout, 0)).all()
+    elif layer.stride < layer.kernel_size:   # overlapping windows add their gradients
+        assert not np.isin(dx, np.append(dout, 0)).all()

@@ -227,6 +227,9 @@ def _identity_backward(dout: np.ndarray, cache: ShapeCache) -> np.ndarray:
 class ReLU(ParameterFreeLayer):
     """``max(x, 0)``; relu'(0) = 0."""
 
+    output_selects_input = True          # x or 0
+    input_gradient_selects_dout = True   # dout or 0
+
     def forward(self, x, params):
         return _relu_forward(x)
 
@@ -288,6 +291,9 @@ class Softplus(ParameterFreeLayer):
 @register
 @dataclass(frozen=True)
 class Identity(ParameterFreeLayer):
+    output_selects_input = True
+    input_gradient_selects_dout = True
+
     def forward(self, x, params):
         return _identity_forward(x)
 

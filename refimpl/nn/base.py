@@ -47,6 +47,14 @@ class Layer:
     #: :class:`ParameterFreeLayer`.
     has_parameters: ClassVar[bool] = False
 
+    #: True when every output element is an input element or a zero (a selection: ReLU,
+    #: MaxPool2D, Flatten, Identity). A finite input then gives a finite output, and
+    #: ``Sequential`` skips that output's finiteness check (one pass over it fewer).
+    output_selects_input: ClassVar[bool] = False
+    #: Likewise for the backward pass: every element of the input gradient is an element of
+    #: ``dout`` or a zero (not MaxPool2D's: overlapping windows add their gradients).
+    input_gradient_selects_dout: ClassVar[bool] = False
+
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 

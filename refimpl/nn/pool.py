@@ -376,6 +376,9 @@ class MaxPool2D(_Pool2D):
     """Max pooling (``nn.MaxPool2d``); ties: the first maximum in scan order gets the
     gradient; padding counts as -inf. ``stride`` defaults to ``kernel_size``."""
 
+    # Each output is one of its window's inputs (the -inf padding is never the maximum).
+    output_selects_input = True
+
     kernel_size: Any
     stride: Any = None
     padding: Any = 0
@@ -420,6 +423,9 @@ class AvgPool2D(_Pool2D):
 @dataclass(frozen=True)
 class Flatten(ParameterFreeLayer):
     """(N, C, H, W) -> (N, C*H*W) in C order, as PyTorch's ``nn.Flatten()``."""
+
+    output_selects_input = True          # the same values, reshaped
+    input_gradient_selects_dout = True
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         input_shape = tuple(input_shape)
