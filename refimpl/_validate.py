@@ -11,12 +11,15 @@ Every public entry point converts its array arguments here. The rules, in one pl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 __all__ = ["as_float_array", "as_label_array", "check_shape", "check_finite", "positive_int",
-           "check_int", "check_tolerance", "check_seed"]
+           "check_int", "check_tolerance", "check_seed", "check_array", "check_same_shape",
+           "check_nonempty", "check_real", "check_scalar", "check_cache", "check_keys",
+           "check_finite_result", "no_fp_warnings"]
 
 
 def as_float_array(value: Any, name: str, *, allow_complex: bool = True) -> np.ndarray:
@@ -113,3 +116,165 @@ def check_tolerance(value: Any, name: str) -> float:
     if not np.isfinite(number) or number < 0:
         raise ValueError(f"{name}: expected a finite non-negative number, got {value!r}")
     return number
+
+
+# --- the arguments of the public free functions (O(ndim) checks, no scan of the values) ---------
+
+Shape = tuple[Any, ...]
+
+
+def _pattern(shape: Shape) -> str:
+    """``("N", 4)`` -> ``"(N, 4)"``: a shape pattern as the messages show it."""
+    sizes = ["..." if size is Ellipsis else str(size) for size in shape]
+    return "(" + ", ".join(sizes) + ("," if len(sizes) == 1 else "") + ")"
+
+
+def check_array(value: Any, name: str, shape: Shape | None = None) -> np.ndarray:
+    """An array argument of a free function, as float64 (real) or complex128 (complex step).
+
+    - value must be a NumPy array or NumPy scalar (``TypeError`` otherwise: a list is not
+      silently converted);
+      its dtype a real or complex number (``TypeError`` for bool, str, object, extended
+      precision); other real dtypes are widened to float64 exactly, complex64 to complex128;
+    - shape: None (any), or a pattern with one entry per axis: an int is that size exactly, a
+      string (a dimension letter such as ``"N"``) any size, a final ``...`` one or more
+      further axes of any size; ``ValueError`` otherwise.
+
+    O(ndim) for float64 / complex128 input: the values are not scanned (the models check
+    finiteness once, at their entry). The result may be ``value`` itself: never write into it.
+    """
+    if isinstance(value, np.generic):   # x[0] + 1e-20j of a 0-d array is a NumPy scalar
+        value = np.asarray(value)
+    elif not isinstance(value, np.ndarray):
+        wanted = "an array" if shape is None else f"an array of shape {_pattern(shape)}"
+        raise TypeError(f"{name}: expected {wanted}, got {type(value).__name__}")
+    dtype = value.dtype
+    if dtype != np.float64 and dtype != np.complex128:
+        kind = dtype.kind
+        if kind not in "fiuc":
+            raise TypeError(f"{name}: expected a numeric (float, integer or complex) array, "
+                            f"got dtype {dtype}")
+        if dtype.itemsize > (16 if kind == "c" else 8):
+            raise TypeError(f"{name}: extended precision {dtype} would be truncated to "
+                            f"float64; convert it explicitly if that is intended")
+        value = value.astype(np.complex128 if kind == "c" else np.float64)
+    if shape is not None:
+        actual = value.shape
+        rank_differs = (len(actual) < len(shape) if shape and shape[-1] is Ellipsis
+                        else len(actual) != len(shape))
+        if rank_differs or any(isinstance(size, int) and size != got
+                               for size, got in zip(shape, actual, strict=False)):
+            raise ValueError(f"{name}: expected shape {_pattern(shape)}, got {actual}")
+    return value
+
+
+def check_same_shape(first: np.ndarray, second: np.ndarray, names: tuple[str, str]) -> None:
+    """``ValueError`` unless the two arrays have one shape exactly (nothing is broadcast)."""
+    if first.shape != second.shape:
+        raise ValueError(f"{names[1]}: expected the shape of {names[0]} {first.shape}, got "
+                         f"{second.shape} (nothing is broadcast)")
+
+
+def check_nonempty(array: np.ndarray, name: str) -> None:
+    """``ValueError`` for an array without elements (a mean over none is 0/0)."""
+    if array.size == 0:
+        raise ValueError(f"{name}: expected at least one element, got shape {array.shape}")
+
+
+def check_real(value: Any, name: str, minimum: float | None = None) -> float:
+    """A real hyper-parameter (a slope, a strength): a finite int or float, not bool,
+    ``>= minimum`` when given; returned as a float. ``TypeError`` / ``ValueError`` naming it."""
+    wanted = "a finite real number" + ("" if minimum is None else f" >= {minimum:g}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{name}: expected {wanted}, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not np.isfinite(number) or (minimum is not None and number < minimum):
+        raise ValueError(f"{name}: expected {wanted}, got {value!r}")
+    return number
+
+
+def check_scalar(value: Any, name: str) -> Any:
+    """An upstream scalar gradient (``dloss``): a real or complex number, or a 0-d array of
+    one (not bool). Returned as is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        kind = value.dtype.kind
+    elif isinstance(value, (int, float, complex, np.number)):
+        kind = "c" if isinstance(value, (complex, np.complexfloating)) else "f"
+    else:
+        kind = ""
+    if isinstance(value, (bool, np.bool_)) or kind not in ("f", "i", "u", "c"):
+        shape = getattr(value, "shape", None)
+        raise TypeError(f"{name}: expected a scalar (a real or complex number), got "
+                        f"{type(value).__name__}" + ("" if shape is None else f" of shape {shape}"))
+    return value
+
+
+def check_cache(cache: Any, cache_type: type, name: str) -> None:
+    """``TypeError`` unless ``cache`` is what the matching forward function returned."""
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"{name}: expected the {cache_type.__name__} returned by the forward "
+                        f"function, got {type(cache).__name__}")
+
+
+# --- mappings: configurations and dicts of arrays ----------------------------------------------
+
+def check_keys(mapping: Any, required: Iterable[Any], optional: Iterable[Any] = (),
+               what: str = "mapping", explain: Callable[[list[Any]], str] | None = None) -> None:
+    """The keys of a dict: every ``required`` key, others only from ``optional``.
+
+    ``TypeError`` for a non-mapping; ``ValueError`` naming the missing and the unexpected keys
+    and what was expected: ``"<what>: missing [...]; unexpected [...]; expected exactly
+    [...]"``. ``explain(unexpected)`` may add a sentence about the unexpected keys.
+    """
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{what}: expected a dict; {_expected_keys(required, optional)}; got "
+                        f"{type(mapping).__name__} {mapping!r:.80}")
+    missing = [key for key in required if key not in mapping]
+    if not missing and not optional and len(mapping) == len(missing) + len(required):
+        return   # every required key present and nothing else (the common case, no sets)
+    required, optional = list(required), list(optional)
+    allowed = set(required) | set(optional)
+    unexpected = [key for key in mapping if key not in allowed]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unexpected:
+            note = explain(unexpected) if explain is not None else ""
+            parts.append(f"unexpected {unexpected}" + (f" {note}" if note else ""))
+        raise ValueError(f"{what}: {'; '.join(parts)}; {_expected_keys(required, optional)}")
+
+
+def _expected_keys(required: Iterable[Any], optional: Iterable[Any]) -> str:
+    required, optional = list(required), list(optional)
+    return (f"expected exactly {required}" if not optional else
+            f"expected the keys {required} and optionally {optional}")
+
+
+# --- results ----------------------------------------------------------------------------------
+
+def no_fp_warnings() -> np.errstate:
+    """NumPy's overflow, invalid and divide warnings off, as a decorator (``@no_fp_warnings()``)
+    or a context manager, for the public computations of the models: every layer output, loss
+    and gradient is checked by :func:`check_finite_result` instead, whose ``FloatingPointError``
+    names the layer (a warning names none, and lets the NaN through). A new ``errstate`` per
+    call: one instance cannot be entered twice."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+def check_finite_result(value: Any, where: str | Callable[[], str]) -> None:
+    """``FloatingPointError`` if a value computed from finite inputs holds inf or NaN (in the
+    real or the imaginary part): an overflow, or inf - inf, inside the computation.
+
+    ``where`` names the computation (a callable is only called to build the message).
+    """
+    # Fast path: the sum of the values is finite only if every value is (inf and NaN absorb
+    # anything added to them), and ``total - total == 0`` is the cheapest test of that for a
+    # real or complex scalar. One reduction without a temporary array; an inf or NaN total
+    # may still be an overflow of finite values, so it is then decided element by element.
+    # (Called under no_fp_warnings: an overflowing sum must not warn.)
+    total = np.add.reduce(value, axis=None)
+    if not total - total == 0 and not np.isfinite(value).all():
+        where = where() if callable(where) else where
+        raise FloatingPointError(f"{where} contains inf/NaN from finite inputs")

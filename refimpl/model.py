@@ -22,7 +22,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._validate import as_float_array, check_shape
+from ._validate import (
+    as_float_array,
+    check_finite_result,
+    check_keys,
+    check_shape,
+    no_fp_warnings,
+)
 from .nn.activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from .nn.base import Layer, layer_config, layer_from_config
 from .nn.dense import Dense
@@ -199,25 +205,18 @@ class Sequential:
         float64 / complex128 arrays. Raises ``ValueError`` / ``TypeError`` naming the key."""
         if not isinstance(params, Mapping):
             raise TypeError(f"{name}: expected a dict of arrays, got {type(params).__name__}")
-        missing = [key for key in self._unique if key not in params]
-        extra = [key for key in params if key not in self._unique]
-        if missing or extra:
-            detail = []
-            if missing:
-                detail.append(f"missing {missing}")
-            if extra:
-                shared = [key for key in extra if key in self.share]
-                detail.append(f"unexpected {extra}" + (
-                    f" ({shared} are shared slots: they read another parameter and are "
-                    f"not stored)" if shared else ""))
-            raise ValueError(f"{name}: {'; '.join(detail)}; expected exactly "
-                             f"{list(self._unique)}")
+        check_keys(params, self._unique, what=name, explain=self._explain_shared)
         checked = {}
-        for key, shape in self._unique.items():
+        for key in params:   # in the caller's order: the gradients come back in it
             array = as_float_array(params[key], f"{name}[{key!r}]")
-            check_shape(array, shape, f"{name}[{key!r}]")
+            check_shape(array, self._unique[key], f"{name}[{key!r}]")
             checked[key] = array
         return checked
+
+    def _explain_shared(self, unexpected: list[str]) -> str:
+        shared = [key for key in unexpected if key in self.share]
+        return (f"({shared} are shared slots: they read another parameter and are not stored)"
+                if shared else "")
 
     # --- forward / backward ----------------------------------------------------------------
 
@@ -249,32 +248,61 @@ class Sequential:
         return local_params
 
     def _forward(self, params: Params, x: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+        """The layers in order. Every input is finite (checked on entry), so an inf or NaN
+        in a layer's output was made there (an overflow): ``FloatingPointError`` naming the
+        layer, instead of a NaN loss (or a finite one after a saturating activation)."""
         caches = []
         out = x
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             out, cache = layer.forward(out, self._layer_params(layer, params))
+            if not layer.output_selects_input:   # a selection of finite values is finite
+                check_finite_result(out, lambda i=index, spec=layer: (
+                    f"{_describe(i, spec)}: output"))
             caches.append(cache)
         return out, caches
 
-    def _backward(self, dout: np.ndarray, caches: list[Any]) -> tuple[np.ndarray, Params]:
+    def _backward(self, dout: np.ndarray, caches: list[Any], order: Sequence[str],
+                  need_dx: bool = True) -> tuple[np.ndarray | None, Params]:
+        """The layers in reverse; ``grads`` keyed in ``order`` (the caller's params order).
+        Every gradient a layer returns is checked finite, as the forward outputs are; the
+        input gradient of the first layer only when ``need_dx``."""
         grads: Params = {}
-        for layer, cache in zip(reversed(self.layers), reversed(caches), strict=True):
+        shared_sums = set()
+        last = len(self.layers) - 1
+        for position, (layer, cache) in enumerate(zip(reversed(self.layers),
+                                                      reversed(caches), strict=True)):
+            index = last - position
             dout, local_grads = layer.backward(dout, cache)
+            if (index or need_dx) and not layer.input_gradient_selects_dout:
+                check_finite_result(dout, lambda i=index, spec=layer: (
+                    f"{_describe(i, spec)}: backward: gradient with respect to its input"))
             for local, grad in local_grads.items():
-                use = self._uses[f"{layer.name}.{local}"]
+                slot = f"{layer.name}.{local}"
+                check_finite_result(grad, lambda i=index, spec=layer, name=slot: (
+                    f"{_describe(i, spec)}: backward: gradient of {name!r}"))
+                use = self._uses[slot]
                 grad = grad.T if use.transpose else grad
                 # Sharing: a unique parameter's gradient is the SUM over its uses. Never
                 # assign; never `+=` into an array a layer returned (it may alias).
-                grads[use.root] = grads[use.root] + grad if use.root in grads else grad
-        ordered = {name: np.ascontiguousarray(grads[name]) for name in self._unique}
-        return dout, ordered
+                if use.root in grads:
+                    grads[use.root] = grads[use.root] + grad
+                    shared_sums.add(use.root)
+                else:
+                    grads[use.root] = grad
+        for root in shared_sums:   # finite terms can sum to inf
+            check_finite_result(grads[root], lambda name=root: (
+                f"gradient of the shared parameter {name!r} (the sum over its uses)"))
+        ordered = {name: np.ascontiguousarray(grads[name]) for name in order}
+        return (dout if need_dx else None), ordered
 
+    @no_fp_warnings()
     def forward(self, params: Mapping[str, Any], x: Any) -> np.ndarray:
         """Model output for the batch ``x`` (batch first; e.g. (N, D) or (N, C, H, W))."""
         params = self.check_params(params)
         x = self._check_input(x)
         return self._forward(params, x)[0]
 
+    @no_fp_warnings()
     def vjp(
         self, params: Mapping[str, Any], x: Any, dout: Any
     ) -> tuple[np.ndarray, np.ndarray, Params]:
@@ -288,7 +316,7 @@ class Sequential:
         out, caches = self._forward(params, x)
         dout = as_float_array(dout, "dout")
         check_shape(dout, out.shape, "dout")
-        dx, grads = self._backward(dout, caches)
+        dx, grads = self._backward(dout, caches, list(params))
         return out, dx, grads
 
     def _need_loss(self) -> Loss:
@@ -303,23 +331,30 @@ class Sequential:
         y = loss_spec.check_target(y, self.output_shape(x.shape))
         out, caches = self._forward(params, x)
         value, loss_cache = loss_spec.forward(out, y)
-        return value, caches, loss_cache
+        check_finite_result(value, lambda: f"loss ({type(loss_spec).__name__}): value")
+        return value, caches, loss_cache, list(params)
 
+    @no_fp_warnings()
     def loss(self, params: Mapping[str, Any], x: Any, y: Any) -> float | complex:
         """The loss (a Python float; complex when ``params`` or ``x`` are complex)."""
         return self._loss_forward(params, x, y)[0].item()
 
+    @no_fp_warnings()
     def loss_and_grads(
         self, params: Mapping[str, Any], x: Any, y: Any
     ) -> tuple[float | complex, Params]:
         """The loss and its gradient with respect to every unique parameter.
 
         ``grads`` has exactly the keys, order, shapes and (for real inputs) float64 dtype of
-        ``params``.
+        ``params``. A forward or backward pass that overflows (an inf or NaN from finite
+        inputs) is a ``FloatingPointError`` naming the layer.
         """
-        value, caches, loss_cache = self._loss_forward(params, x, y)
-        dout = self._need_loss().backward(1.0, loss_cache)
-        _, grads = self._backward(dout, caches)
+        value, caches, loss_cache, order = self._loss_forward(params, x, y)
+        loss_spec = self._need_loss()
+        dout = loss_spec.backward(1.0, loss_cache)
+        check_finite_result(dout, lambda: f"loss ({type(loss_spec).__name__}): backward: "
+                                          f"gradient with respect to the model output")
+        _, grads = self._backward(dout, caches, order, need_dx=False)
         return value.item(), grads
 
     # --- configuration --------------------------------------------------------------------
@@ -334,21 +369,47 @@ class Sequential:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Sequential:
+    def from_config(cls, config: Mapping[str, Any], what: str = "config") -> Sequential:
+        """Inverse of :meth:`config`. A missing, unknown or malformed key is a ``TypeError`` /
+        ``ValueError`` naming it (``what`` names the configuration in messages)."""
+        check_keys(config, ["layers"], ["loss", "share"], what=what)
+        layers = config["layers"]
+        if not isinstance(layers, (list, tuple)):
+            raise TypeError(f"{what}['layers']: expected a list of layer configs, got "
+                            f"{type(layers).__name__} {layers!r:.80}")
         loss = config.get("loss")
         if loss is not None:
-            loss_type = loss.get("type")
-            if loss_type not in LOSS_TYPES:
-                raise ValueError(f"config: unknown loss type {loss_type!r}")
+            check_keys(loss, ["type"], what=f"{what}['loss'] (None or a loss config)")
+            loss_type = loss["type"]
+            if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
+                raise ValueError(f"{what}['loss']: unknown loss type {loss_type!r}; known: "
+                                 f"{sorted(LOSS_TYPES)}")
             loss = LOSS_TYPES[loss_type]()
-        share = {slot: ShareSource(s["source"], bool(s["transpose"]))
-                 for slot, s in (config.get("share") or {}).items()}
-        return cls([layer_from_config(c) for c in config["layers"]], loss=loss, share=share)
+        share_config = config.get("share") or {}
+        if not isinstance(share_config, Mapping):
+            raise TypeError(f"{what}['share']: expected a dict {{slot: {{'source': name, "
+                            f"'transpose': bool}}}}, got {type(share_config).__name__}")
+        share = {}
+        for slot, source in share_config.items():
+            where = f"{what}['share'][{slot!r}]"
+            check_keys(source, ["source"], ["transpose"], what=where)
+            transpose = source.get("transpose", False)
+            if not isinstance(transpose, bool):
+                raise TypeError(f"{where}['transpose']: expected a bool, got {transpose!r}")
+            share[slot] = ShareSource(source["source"], transpose)
+        return cls([layer_from_config(c, f"{what}['layers'][{index}]")
+                    for index, c in enumerate(layers)], loss=loss, share=share)
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         extra = f", share={self.share!r}" if self.share else ""
         return f"Sequential([{inner}], loss={self.loss_spec!r}{extra})"
+
+
+def _describe(index: int, layer: Layer) -> str:
+    """``layer 'fc2' (Dense)``, or ``layers[1] (Tanh)`` for a layer without a name."""
+    kind = type(layer).__name__
+    return f"layer {layer.name!r} ({kind})" if layer.name else f"layers[{index}] ({kind})"
 
 
 ACTIVATIONS = {

@@ -140,8 +140,10 @@ def train(
       pick a mini-batch deterministically; full-batch objectives ignore it.
     - callback: optional ``callback(step, params, loss)`` after each step's evaluation.
 
-    Raises ``FloatingPointError`` naming the step if the loss becomes non-finite (a learning
-    rate too large for the problem's curvature, e.g. for a large tying strength).
+    Raises ``FloatingPointError`` naming the step if the loss becomes non-finite, or the
+    objective raises ``FloatingPointError`` (a refimpl model's forward or backward pass
+    overflowed): a learning rate too large for the problem's curvature, e.g. for a large
+    tying strength.
     """
     if not callable(objective):
         raise TypeError(f"objective: expected a callable objective(params, step), got "
@@ -154,7 +156,11 @@ def train(
     state: Params | None = None
     losses = np.empty(int(steps))
     for step in range(int(steps)):
-        loss, grads = objective(current, step)
+        try:
+            loss, grads = objective(current, step)
+        except FloatingPointError as error:   # a refimpl model overflowed (it names the layer)
+            raise FloatingPointError(f"train: the objective became non-finite ({error}) at "
+                                     f"step {step}; lower the learning rate") from error
         loss = float(np.asarray(loss).real)
         if not math.isfinite(loss):
             raise FloatingPointError(f"train: the loss became non-finite ({loss}) at step "

@@ -40,7 +40,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._validate import as_float_array, check_shape
+from ._validate import (
+    as_float_array,
+    check_array,
+    check_cache,
+    check_finite_result,
+    check_keys,
+    check_real,
+    check_same_shape,
+    check_scalar,
+    check_shape,
+    no_fp_warnings,
+)
 from .model import ParameterCount, Sequential, ShareSource
 
 __all__ = [
@@ -72,12 +83,33 @@ class L1PenaltyCache(NamedTuple):
     lam: float
 
 
+def _check_penalty_arguments(a: Any, b: Any, lam: Any, who: str,
+                             names: tuple[str, str] = ("a", "b")) -> tuple[Any, Any, float]:
+    """Two numeric arrays of one shape exactly (nothing broadcast) and ``lam`` >= 0, finite;
+    ``TypeError`` / ``ValueError`` naming the argument."""
+    a = check_array(a, f"{who}: {names[0]}")
+    b = check_array(b, f"{who}: {names[1]}")
+    check_same_shape(a, b, (names[0], f"{who}: {names[1]}"))
+    return a, b, check_lam(lam, f"{who}: lam")
+
+
+def _check_penalty_backward(dvalue: Any, cache: Any, cache_types: tuple[type, ...],
+                            who: str) -> None:
+    check_scalar(dvalue, f"{who}: dvalue")
+    if not isinstance(cache, cache_types):
+        check_cache(cache, cache_types[0], f"{who}: cache")
+
+
 def l2_penalty_forward(a: np.ndarray, b: np.ndarray, lam: float) -> tuple[Any, L2PenaltyCache]:
     """Squared L2 distance ``lam * sum (a - b)^2``.
 
     - a, b: (S), one shape; lam: float >= 0
     - returns the value (0-d; complex under the complex step) and the cache.
     """
+    return _l2_penalty(*_check_penalty_arguments(a, b, lam, "l2_penalty_forward"))
+
+
+def _l2_penalty(a: np.ndarray, b: np.ndarray, lam: float) -> tuple[Any, L2PenaltyCache]:
     difference = a - b                                  # (S)
     return lam * (difference * difference).sum(), L2PenaltyCache(difference, lam)
 
@@ -88,6 +120,7 @@ def l2_penalty_backward(dvalue: Any, cache: L2PenaltyCache) -> tuple[np.ndarray,
     d/da (a - b)^2 = 2 (a - b), and b enters with the opposite sign: the two gradients are
     exact negatives, so the penalty never moves the pair's mean ((a + b) / 2).
     """
+    _check_penalty_backward(dvalue, cache, (L2PenaltyCache,), "l2_penalty_backward")
     grad_a = cache.difference * (2 * cache.lam * dvalue)
     return grad_a, -grad_a
 
@@ -101,6 +134,10 @@ def l1_penalty_forward(a: np.ndarray, b: np.ndarray, lam: float) -> tuple[Any, L
     The sign is taken of the real part and used as a constant mask (never ``abs`` on a
     complex value), so the complex step sees the exact derivative where ``a != b``.
     """
+    return _l1_penalty(*_check_penalty_arguments(a, b, lam, "l1_penalty_forward"))
+
+
+def _l1_penalty(a: np.ndarray, b: np.ndarray, lam: float) -> tuple[Any, L1PenaltyCache]:
     difference = a - b                                  # (S)
     sign = np.sign(difference.real)                     # (S), constant: -1, 0 or +1
     return lam * (sign * difference).sum(), L1PenaltyCache(sign, lam)
@@ -111,6 +148,7 @@ def l1_penalty_backward(dvalue: Any, cache: L1PenaltyCache) -> tuple[np.ndarray,
 
     At ``a == b`` the L1 norm has a kink; 0 is the subgradient PyTorch's ``sign`` gives.
     """
+    _check_penalty_backward(dvalue, cache, (L1PenaltyCache,), "l1_penalty_backward")
     grad_a = cache.sign * (cache.lam * dvalue)
     return grad_a, -grad_a
 
@@ -136,7 +174,9 @@ def anchored_penalty_forward(
 ) -> tuple[Any, Any]:
     """One-sided penalty towards a fixed ``reference``: ``lam * ||w - reference||`` (the
     norm of ``penalty``). ``w``, ``reference``: (S). Returns the value and the cache."""
-    return _penalty(penalty).forward(w, reference, lam)
+    core = _l1_penalty if _penalty(penalty).name == "l1" else _l2_penalty
+    return core(*_check_penalty_arguments(w, reference, lam, "anchored_penalty_forward",
+                                          ("w", "reference")))
 
 
 def anchored_penalty_backward(dvalue: Any, cache: Any) -> np.ndarray:
@@ -144,6 +184,8 @@ def anchored_penalty_backward(dvalue: Any, cache: Any) -> np.ndarray:
 
     Either cache type of :data:`PENALTIES` works; the reference's gradient is dropped.
     """
+    _check_penalty_backward(dvalue, cache, (L2PenaltyCache, L1PenaltyCache),
+                            "anchored_penalty_backward")
     backward = l1_penalty_backward if isinstance(cache, L1PenaltyCache) else l2_penalty_backward
     return backward(dvalue, cache)[0]
 
@@ -158,29 +200,14 @@ def _penalty(name: Any) -> Penalty:
 
 def check_lam(value: Any, name: str = "lam") -> float:
     """A penalty strength: a finite real number >= 0 (``TypeError`` / ``ValueError`` otherwise)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                     np.floating)):
-        raise TypeError(f"{name}: expected a real number >= 0, got {type(value).__name__} "
-                        f"{value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
-    if value < 0:
-        raise ValueError(f"{name}: expected a number >= 0, got {value}")
-    return value
+    return check_real(value, name, minimum=0)
 
 
 def _check_lams(lam: Any, names: list[str], what: str) -> dict[str, float]:
     """``lam`` as a float for every name: one number for all, or ``{name: number}`` covering
     exactly ``names``."""
     if isinstance(lam, Mapping):
-        unknown = [key for key in lam if key not in names]
-        missing = [key for key in names if key not in lam]
-        if unknown or missing:
-            raise ValueError(f"lam: a per-{what} mapping needs exactly the keys {names}; "
-                             + "; ".join(part for part in (
-                                 f"unknown {unknown}" if unknown else "",
-                                 f"missing {missing}" if missing else "") if part))
+        check_keys(lam, names, what=f"lam (a per-{what} mapping)")
         return {key: check_lam(lam[key], f"lam[{key!r}]") for key in names}
     value = check_lam(lam)
     return dict.fromkeys(names, value)
@@ -413,18 +440,11 @@ class TiedPair:
                 f"params_b: holds {duplicated}, which hard sharing reads from params_a "
                 f"({sources}); remove them from params_b (a second copy would silently diverge)")
         expected = self.parameter_shapes()[1]
-        missing = [key for key in expected if key not in params_b]
-        extra = [key for key in params_b if key not in expected]
-        if missing or extra:
-            raise ValueError("params_b: "
-                             + "; ".join(part for part in (
-                                 f"missing {missing}" if missing else "",
-                                 f"unexpected {extra}" if extra else "") if part)
-                             + f"; expected exactly {list(expected)}")
+        check_keys(params_b, expected, what="params_b")
         checked_b = {}
-        for key, shape in expected.items():
+        for key in params_b:   # in the caller's order: the gradients come back in it
             array = as_float_array(params_b[key], f"params_b[{key!r}]")
-            check_shape(array, shape, f"params_b[{key!r}]")
+            check_shape(array, expected[key], f"params_b[{key!r}]")
             checked_b[key] = array
         return params_a, checked_b
 
@@ -443,16 +463,22 @@ class TiedPair:
         total: Any = 0.0
         grads_a: Params = {}
         grads_b: Params = {}
-        for pair in self.pairs:
-            b = params_b[pair.name_b]
-            value, cache = penalty.forward(params_a[pair.name_a], b.T if pair.transpose else b,
-                                           pair.lam)
-            grad_a, grad_b = penalty.backward(1.0, cache)
-            total = total + value
-            grads_a[pair.name_a] = grad_a
-            # lam ||a - b^T||^2: the gradient with respect to b is the transpose of the one
-            # with respect to b^T.
-            grads_b[pair.name_b] = grad_b.T if pair.transpose else grad_b
+        with no_fp_warnings():
+            for pair in self.pairs:
+                b = params_b[pair.name_b]
+                value, cache = penalty.forward(params_a[pair.name_a],
+                                               b.T if pair.transpose else b, pair.lam)
+                grad_a, grad_b = penalty.backward(1.0, cache)
+                total = total + value
+                # The inputs are finite; lam (a - b)^2 can still overflow, and so can the sum.
+                for result, what in ((total, "value"), (grad_a, "gradient")):
+                    check_finite_result(result, lambda p=pair, w=what: (
+                        f"penalty {self.penalty_name!r} between model_a's {p.name_a!r} and "
+                        f"model_b's {p.name_b!r}: {w}"))
+                grads_a[pair.name_a] = grad_a
+                # lam ||a - b^T||^2: the gradient with respect to b is the transpose of the one
+                # with respect to b^T.
+                grads_b[pair.name_b] = grad_b.T if pair.transpose else grad_b
         return total, grads_a, grads_b
 
     def penalty(self, params_a: Mapping[str, Any],
@@ -484,29 +510,28 @@ class TiedPair:
         params_a, params_b = self.check_params(params_a, params_b)
         xa, ya = _check_batch(batch_a, "batch_a")
         xb, yb = _check_batch(batch_b, "batch_b")
-        loss_a, grads_a = self.model_a.loss_and_grads(params_a, xa, ya)
-        loss_b, grads_full_b = self.model_b.loss_and_grads(self._full_b(params_a, params_b),
-                                                           xb, yb)
+        loss_a, grads_a = _in_model("model_a", self.model_a.loss_and_grads, params_a, xa, ya)
+        loss_b, grads_full_b = _in_model("model_b", self.model_b.loss_and_grads,
+                                         self._full_b(params_a, params_b), xb, yb)
         if self.mode == "hard":
             shared = self.shared_b()
             grads_b = {key: grads_full_b[key] for key in params_b}
-            for name_b, (name_a, transpose) in shared.items():
-                # One array, two models using it: its gradient is the sum over both uses,
-                # B's transposed back to A's layout.
-                grad = grads_full_b[name_b]
-                grads_a[name_a] = grads_a[name_a] + (grad.T if transpose else grad)
+            # One array, two models using it: its gradient is the sum over both uses, B's
+            # transposed back to A's layout.
+            _add_penalty_grads(grads_a, {
+                name_a: grads_full_b[name_b].T if transpose else grads_full_b[name_b]
+                for name_b, (name_a, transpose) in shared.items()}, "model_a's ")
             penalty: Any = 0.0
         else:
             grads_b = grads_full_b
             penalty, penalty_a, penalty_b = self._penalty(params_a, params_b)
             penalty = _item(penalty)
-            for key, grad in penalty_a.items():
-                grads_a[key] = grads_a[key] + grad
-            for key, grad in penalty_b.items():
-                grads_b[key] = grads_b[key] + grad
+            _add_penalty_grads(grads_a, penalty_a, "model_a's ")
+            _add_penalty_grads(grads_b, penalty_b, "model_b's ")
         grads_a = {key: np.ascontiguousarray(grads_a[key]) for key in params_a}
         grads_b = {key: np.ascontiguousarray(grads_b[key]) for key in params_b}
-        return TiedResult(loss_a + loss_b + penalty, loss_a, loss_b, penalty, grads_a, grads_b)
+        total = _check_total(loss_a + loss_b + penalty, "total (loss_a + loss_b + penalty)")
+        return TiedResult(total, loss_a, loss_b, penalty, grads_a, grads_b)
 
     def loss_and_grads(self, params_a: Mapping[str, Any], params_b: Mapping[str, Any],
                        batch_a: tuple[Any, Any], batch_b: tuple[Any, Any]
@@ -522,8 +547,9 @@ class TiedPair:
                 x_a: Any, x_b: Any) -> tuple[np.ndarray, np.ndarray]:
         """Both models' outputs (B reading the shared parameters from A in hard mode)."""
         params_a, params_b = self.check_params(params_a, params_b)
-        return (self.model_a.forward(params_a, x_a),
-                self.model_b.forward(self._full_b(params_a, params_b), x_b))
+        return (_in_model("model_a", self.model_a.forward, params_a, x_a),
+                _in_model("model_b", self.model_b.forward, self._full_b(params_a, params_b),
+                          x_b))
 
     # --- one flat dict (for check_gradients and the optimizer) -------------------------------
 
@@ -536,10 +562,12 @@ class TiedPair:
 
     def joined_loss_and_grads(self, joined: Mapping[str, Any], batch_a: tuple[Any, Any],
                               batch_b: tuple[Any, Any]) -> tuple[Any, Params]:
-        """:meth:`loss_and_grads` as a function of one flat dict: ``(total, joined_grads)``."""
+        """:meth:`loss_and_grads` as a function of one flat dict: ``(total, joined_grads)``,
+        ``joined_grads`` keyed in the order of ``joined``."""
         params_a, params_b = split_params(joined)
         total, grads_a, grads_b = self.loss_and_grads(params_a, params_b, batch_a, batch_b)
-        return total, join_params(grads_a, grads_b)
+        grads = join_params(grads_a, grads_b)
+        return total, {key: grads[key] for key in joined}   # in the caller's order
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -557,10 +585,26 @@ class TiedPair:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TiedPair:
-        pairs = [(p["a"], ShareSource(p["b"], bool(p["transpose"]))) for p in config["pairs"]]
-        return cls(Sequential.from_config(config["model_a"]),
-                   Sequential.from_config(config["model_b"]), pairs, lam=config.get("lam"),
-                   mode=config.get("mode", "soft"), penalty=config.get("penalty", "l2"))
+        """Inverse of :meth:`config`. A missing, unknown or malformed key is a ``TypeError`` /
+        ``ValueError`` naming it."""
+        check_keys(config, ["model_a", "model_b", "pairs"], ["lam", "mode", "penalty"],
+                   what="config")
+        pairs_config = config["pairs"]
+        if not isinstance(pairs_config, (list, tuple)):
+            raise TypeError(f"config['pairs']: expected a list of {{'a': name, 'b': name, "
+                            f"'transpose': bool}}, got {type(pairs_config).__name__}")
+        pairs = []
+        for index, pair in enumerate(pairs_config):
+            where = f"config['pairs'][{index}]"
+            check_keys(pair, ["a", "b"], ["transpose"], what=where)
+            transpose = pair.get("transpose", False)
+            if not isinstance(transpose, bool):
+                raise TypeError(f"{where}['transpose']: expected a bool, got {transpose!r}")
+            pairs.append((pair["a"], ShareSource(pair["b"], transpose)))
+        return cls(Sequential.from_config(config["model_a"], "config['model_a']"),
+                   Sequential.from_config(config["model_b"], "config['model_b']"), pairs,
+                   lam=config.get("lam"), mode=config.get("mode", "soft"),
+                   penalty=config.get("penalty", "l2"))
 
     def __repr__(self) -> str:
         pairs = "{" + ", ".join(
@@ -573,6 +617,30 @@ class TiedPair:
 
 def _item(value: Any) -> Any:
     return value.item() if isinstance(value, np.ndarray | np.generic) else value
+
+
+def _in_model(role: str, method: Callable[..., Any], *args: Any) -> Any:
+    """``method(*args)`` of one model of a pair; its ``FloatingPointError`` (a layer that
+    overflowed) gains the model's role, "model_a: layer 'fc1' (Dense): ..."."""
+    try:
+        return method(*args)
+    except FloatingPointError as error:
+        raise FloatingPointError(f"{role}: {error}") from None
+
+
+def _add_penalty_grads(grads: Params, penalty_grads: Params, role: str) -> None:
+    """``grads[key] += penalty_grads[key]`` (new arrays); finite terms can sum to inf."""
+    with no_fp_warnings():
+        for key, grad in penalty_grads.items():
+            grads[key] = grads[key] + grad
+            check_finite_result(grads[key], lambda name=key: (
+                f"gradient of {role}{name!r} (loss + penalty)"))
+
+
+def _check_total(total: Any, what: str) -> Any:
+    with no_fp_warnings():
+        check_finite_result(total, what)
+    return total
 
 
 # --- one model anchored to a reference --------------------------------------------------------
@@ -633,13 +701,7 @@ class AnchoredModel:
         if reference is None:
             self.reference = {name: np.zeros(shapes[name]) for name in self.names}
         else:
-            extra = [key for key in reference if key not in self.names]
-            missing = [key for key in self.names if key not in reference]
-            if extra or missing:
-                raise ValueError(f"reference: expected exactly the keys {list(self.names)}; "
-                                 + "; ".join(part for part in (
-                                     f"missing {missing}" if missing else "",
-                                     f"unexpected {extra}" if extra else "") if part))
+            check_keys(reference, self.names, what="reference")
             self.reference = {}
             for name in self.names:
                 array = np.array(as_float_array(reference[name], f"reference[{name!r}]",
@@ -657,21 +719,26 @@ class AnchoredModel:
     def _penalty(self, params: Params) -> tuple[Any, Params]:
         total: Any = 0.0
         grads: Params = {}
-        for name in self.names:
-            value, cache = anchored_penalty_forward(params[name], self.reference[name],
-                                                    self.lams[name], self.penalty_name)
-            total = total + value
-            grads[name] = anchored_penalty_backward(1.0, cache)
+        with no_fp_warnings():
+            for name in self.names:
+                value, cache = anchored_penalty_forward(params[name], self.reference[name],
+                                                        self.lams[name], self.penalty_name)
+                total = total + value
+                grads[name] = anchored_penalty_backward(1.0, cache)
+                # The inputs are finite; lam (w - w0)^2 can still overflow, and so can the sum.
+                for result, what in ((total, "value"), (grads[name], "gradient")):
+                    check_finite_result(result, lambda n=name, w=what: (
+                        f"penalty {self.penalty_name!r} anchoring {n!r}: {w}"))
         return total, grads
 
     def evaluate(self, params: Mapping[str, Any], x: Any, y: Any) -> AnchoredResult:
         params = self.model.check_params(params)
-        loss, grads = self.model.loss_and_grads(params, x, y)
+        loss, grads = _in_model("model", self.model.loss_and_grads, params, x, y)
         penalty, penalty_grads = self._penalty(params)
         penalty = _item(penalty)
-        for name, grad in penalty_grads.items():
-            grads[name] = grads[name] + grad
-        return AnchoredResult(loss + penalty, loss, penalty, grads)
+        _add_penalty_grads(grads, penalty_grads, "")
+        total = _check_total(loss + penalty, "total (loss + penalty)")
+        return AnchoredResult(total, loss, penalty, grads)
 
     def loss_and_grads(self, params: Mapping[str, Any], x: Any, y: Any) -> tuple[Any, Params]:
         """``(loss + penalty, grads)``, grads keyed exactly like ``params``."""

@@ -307,8 +307,8 @@ def test_auto_takes_positions_for_narrow_outputs_and_many_channels_per_group():
     (dict(x_shape=(2, 8, 10, 9)), r"dout: expected shape \(2, 4, 4, 4\), got \(2, 4, 3, 4\)"),
     (dict(groups=3), "groups=3 does not divide F=4"),
     (dict(groups=2), r"\(x_shape\): expected 16 input channels"),
-    (dict(dout=np.zeros((2, 4, 3))), "dout: expected a 4-d array"),
-    (dict(weight=np.zeros((4, 8, 3))), "weight: expected a 4-d array"),
+    (dict(dout=np.zeros((2, 4, 3))), r"dout: expected shape \(N, F, Ho, Wo\), got \(2, 4, 3\)"),
+    (dict(weight=np.zeros((4, 8, 3))), r"weight: expected shape \(F, Cg, kH, kW\), got "),
 ])
 def test_conv2d_input_gradient_rejects_bad_arguments(kwargs, match):
     arguments = dict(dout=np.zeros((2, 4, 3, 4)), weight=np.zeros((4, 8, 3, 3)),
@@ -572,9 +572,9 @@ def test_free_functions_reject_inconsistent_arrays():
         conv2d_forward(x, np.zeros((3, 2, 3, 3)), groups=2)
     with pytest.raises(ValueError, match=r"bias: expected shape \(2,\)"):
         conv2d_forward(x, np.zeros((2, 4, 3, 3)), np.zeros(3))
-    with pytest.raises(ValueError, match="weight: expected a 4-d array"):
+    with pytest.raises(ValueError, match=r"weight: expected shape \(F, Cg, kH, kW\), got"):
         conv2d_forward(x, np.zeros((2, 4, 3)))
-    with pytest.raises(ValueError, match="x: expected a 4-d array"):
+    with pytest.raises(ValueError, match=r"x: expected shape \(N, C, H, W\), got \(4, 5, 5\)"):
         conv2d_forward(np.zeros((4, 5, 5)), np.zeros((2, 4, 3, 3)))
     with pytest.raises(ValueError, match=r"does not start with the output size \(3, 3\)"):
         locally_connected2d_forward(x, np.zeros((2, 2, 2, 4, 3, 3)))

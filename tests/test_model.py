@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -303,3 +304,231 @@ def test_vjp_rejects_misshapen_upstream_gradient():
     model, params, x, _ = tiny_problem()
     with pytest.raises(ValueError, match=r"dout: expected shape \(5, 2\)"):
         model.vjp(params, x, np.zeros((5, 1)))
+
+
+# --- configurations: a missing or malformed key is named --------------------------------------
+
+def good_config():
+    return ri.MLP((3, 4, 2), loss="mse").config()
+
+
+@pytest.mark.parametrize("edit, error, match", [
+    (lambda c: {}, ValueError,
+     r"config: missing \['layers'\]; expected the keys \['layers'\] and optionally "
+     r"\['loss', 'share'\]"),
+    (lambda c: [c], TypeError, r"config: expected a dict; .* got list"),
+    (lambda c: {**c, "loss": "MSE"}, TypeError,
+     r"config\['loss'\] \(None or a loss config\): expected a dict; expected exactly "
+     r"\['type'\]; got str 'MSE'"),
+    (lambda c: {**c, "loss": {"type": "Huber"}}, ValueError,
+     r"config\['loss'\]: unknown loss type 'Huber'; known: \['MSE', 'SoftmaxCrossEntropy'\]"),
+    (lambda c: {**c, "loss": {"type": "MSE", "reduction": "sum"}}, ValueError,
+     r"config\['loss'\] \(None or a loss config\): unexpected \['reduction'\]"),
+    (lambda c: {**c, "loss": {}}, ValueError, r"config\['loss'\] .*: missing \['type'\]"),
+    (lambda c: {**c, "layers": "fc1"}, TypeError,
+     r"config\['layers'\]: expected a list of layer configs, got str"),
+    (lambda c: {**c, "layers": ["Dense"]}, TypeError,
+     r"config\['layers'\]\[0\]: expected a dict"),
+    (lambda c: {**c, "layers": [{"type": "Dense", "name": "fc1", "in_features": 3}]},
+     ValueError, r"config\['layers'\]\[0\] \(Dense\): missing \['out_features'\]"),
+    (lambda c: {**c, "layers": [{**c["layers"][0], "bais": True}]}, ValueError,
+     r"config\['layers'\]\[0\] \(Dense\): unexpected \['bais'\]; expected the keys "
+     r"\['type', 'name', 'in_features', 'out_features'\] and optionally \['bias'\]"),
+    (lambda c: {**c, "layers": [{"name": "fc1"}]}, ValueError,
+     r"config\['layers'\]\[0\]: unknown layer type None"),
+    (lambda c: {**c, "extra": 1}, ValueError, r"config: unexpected \['extra'\]"),
+    (lambda c: {**c, "share": ["fc2.weight"]}, TypeError,
+     r"config\['share'\]: expected a dict \{slot: \{'source': name, 'transpose': bool\}\}"),
+    (lambda c: {**c, "share": {"fc2.bias": {"transpose": False}}}, ValueError,
+     r"config\['share'\]\['fc2.bias'\]: missing \['source'\]"),
+    (lambda c: {**c, "share": {"fc2.bias": "fc1.bias"}}, TypeError,
+     r"config\['share'\]\['fc2.bias'\]: expected a dict"),
+    (lambda c: {**c, "share": {"fc2.bias": {"source": "fc1.bias", "transpose": "no"}}},
+     TypeError, r"config\['share'\]\['fc2.bias'\]\['transpose'\]: expected a bool, got 'no'"),
+])
+def test_from_config_names_the_missing_or_malformed_key(edit, error, match):
+    with pytest.raises(error, match=match):
+        nn.Sequential.from_config(edit(good_config()))
+
+
+def test_from_config_keeps_the_optional_keys_optional():
+    config = good_config()
+    rebuilt = nn.Sequential.from_config({"layers": config["layers"]})
+    assert rebuilt.loss_spec is None and rebuilt.layers == ri.MLP((3, 4, 2)).layers
+    rebuilt = nn.Sequential.from_config(
+        {"layers": [{"type": "Dense", "name": "a", "in_features": 2, "out_features": 2},
+                    {"type": "Dense", "name": "b", "in_features": 2, "out_features": 2}],
+         "share": {"b.weight": {"source": "a.weight"}}})
+    assert rebuilt.share == {"b.weight": ri.ShareSource("a.weight", False)}
+
+
+# --- a forward or backward pass that overflows raises, naming the layer ------------------------
+
+def overflowing_mlp(scale_fc2=1e308):
+    """An MLP 4-8-3 whose fc2 weights are huge: fc1 and tanh stay finite (tanh ~ 1 by the
+    bias 10), fc2 sums eight terms ~scale_fc2 (inf for 1e308, 8e300 for 1e300)."""
+    model = ri.MLP((4, 8, 3), activation="tanh", loss="cross_entropy")
+    params = model.init(0)
+    params["fc1.bias"] = np.full(8, 10.0)
+    params["fc2.weight"] = np.full((3, 8), scale_fc2)
+    x = np.random.default_rng(1).standard_normal((5, 4))
+    return model, params, x, np.array([0, 1, 2, 0, 1])
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, p, x, y: m.forward(p, x),
+    lambda m, p, x, y: m.loss(p, x, y),
+    lambda m, p, x, y: m.loss_and_grads(p, x, y),
+    lambda m, p, x, y: m.vjp(p, x, np.ones((5, 3))),
+    lambda m, p, x, y: m.loss_and_grads(p, x + 1e-20j, y),   # the complex step too
+], ids=["forward", "loss", "loss_and_grads", "vjp", "complex"])
+def test_overflow_in_the_forward_pass_raises_naming_the_layer(call):
+    model, params, x, y = overflowing_mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the error replaces NumPy's RuntimeWarning
+        with pytest.raises(FloatingPointError,
+                           match=r"layer 'fc2' \(Dense\): output contains inf/NaN from "
+                                 r"finite inputs"):
+            call(model, params, x, y)
+
+
+def test_an_unnamed_layer_is_named_by_its_index():
+    # leaky_relu with a huge slope overflows where Dense did not
+    model = nn.Sequential([nn.Dense("fc", 1, 1, bias=False), nn.LeakyReLU(1e300)])
+    with pytest.raises(FloatingPointError,
+                       match=r"layers\[1\] \(LeakyReLU\): output contains inf/NaN"):
+        model.forward({"fc.weight": np.array([[1e10]])}, np.array([[-1.0]]))
+
+
+def one_unit(loss=None, bias=False, share=None, layers=1):
+    names = ["a", "b", "c"][:layers]
+    return nn.Sequential([nn.Dense(name, 1, 1, bias=bias) for name in names],
+                         loss=loss, share=share)
+
+
+def test_overflow_in_the_loss_raises():
+    model = one_unit(nn.MSE())
+    params = {"a.weight": np.array([[1e200]])}
+    with pytest.raises(FloatingPointError, match=r"loss \(MSE\): value contains inf/NaN"):
+        model.loss(params, np.ones((1, 1)), np.zeros((1, 1)))
+    # just below: (1e154)^2 = 1e308 is finite and returned
+    assert model.loss({"a.weight": np.array([[1e154]])}, np.ones((1, 1)),
+                      np.zeros((1, 1))) == pytest.approx(1e308)
+
+
+class HugeGradientLoss(nn.Loss):
+    """sum(out): a finite value whose gradient is reported as 1e308 * 1e308 (inf): stands for
+    any loss whose backward overflows."""
+
+    def check_target(self, target, output_shape):
+        return target
+
+    def forward(self, out, target):
+        return out.sum(), out.shape
+
+    def backward(self, dloss, cache):
+        return np.full(cache, 1e308) * 1e308 * dloss
+
+
+def test_overflow_in_the_loss_backward_raises():
+    model = one_unit(HugeGradientLoss())
+    with pytest.raises(FloatingPointError,
+                       match=r"loss \(HugeGradientLoss\): backward: gradient with respect to "
+                             r"the model output contains inf/NaN"):
+        model.loss_and_grads({"a.weight": np.ones((1, 1))}, np.ones((1, 1)), None)
+
+
+def test_overflow_in_the_backward_pass_raises_naming_the_gradient():
+    # out = 1e150, loss = 1e300 and dL/dout = 2e150 are finite; dL/dW = 2e150 * x = inf
+    model = one_unit(nn.MSE())
+    params, x, y = {"a.weight": np.array([[1e-100]])}, np.array([[1e250]]), np.zeros((1, 1))
+    assert np.isfinite(model.loss(params, x, y))
+    with pytest.raises(FloatingPointError,
+                       match=r"layer 'a' \(Dense\): backward: gradient of 'a.weight' contains "
+                             r"inf/NaN"):
+        model.loss_and_grads(params, x, y)
+
+
+def test_overflow_of_the_input_gradient_raises_in_vjp_only():
+    # dx = dout * w = 1e200 * 1e200 overflows; loss_and_grads never returns dx
+    model = one_unit()
+    params, x = {"a.weight": np.array([[1e200]])}, np.array([[1e-200]])
+    with pytest.raises(FloatingPointError,
+                       match=r"layer 'a' \(Dense\): backward: gradient with respect to its "
+                             r"input contains inf/NaN"):
+        model.vjp(params, x, np.array([[1e200]]))
+    loss_model = one_unit(nn.MSE())
+    loss, grads = loss_model.loss_and_grads(params, x, np.array([[-1e100]]))
+    assert np.isfinite(loss) and np.isfinite(grads["a.weight"]).all()
+
+
+def test_overflow_of_a_shared_gradient_sum_raises():
+    # out = w^2 x with w used twice: each use's gradient 2 w^2 x^2 = 1.2e308 is finite, their
+    # sum 2.4e308 is not; the loss x^2 = 6e307 is finite.
+    model = one_unit(nn.MSE(), share={"b.weight": "a.weight"}, layers=2)
+    x = np.array([[np.sqrt(6e307)]])
+    params = {"a.weight": np.array([[1.0]])}
+    assert np.isfinite(model.loss(params, x, np.zeros((1, 1))))
+    with pytest.raises(FloatingPointError,
+                       match=r"gradient of the shared parameter 'a.weight' \(the sum over its "
+                             r"uses\) contains inf/NaN"):
+        model.loss_and_grads(params, x, np.zeros((1, 1)))
+
+
+def test_finite_results_next_to_overflow_are_returned_unchanged():
+    # the checks reject nothing finite: the largest finite values pass, bit for bit
+    model, params, x, y = overflowing_mlp(scale_fc2=1e300)
+    loss, grads = model.loss_and_grads(params, x, y)
+    hidden = np.tanh(x @ params["fc1.weight"].T + params["fc1.bias"])
+    expected = hidden @ params["fc2.weight"].T + params["fc2.bias"]   # ~1e300, finite
+    np.testing.assert_array_equal(model.forward(params, x), expected)
+    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values())
+
+
+# --- gradients come back in the caller's order --------------------------------------------------
+
+def test_gradients_come_back_in_the_order_of_params():
+    model, params, x, y = tiny_problem(sizes=(3, 4, 4, 2))
+    reordered = {key: params[key] for key in reversed(list(params))}
+    assert list(reordered) != list(model.parameter_shapes())
+    _, grads = model.loss_and_grads(reordered, x, y)
+    assert list(grads) == list(reordered)
+    _, _, vjp_grads = model.vjp(reordered, x, np.ones((x.shape[0], 2)))
+    assert list(vjp_grads) == list(reordered)
+    # the values do not depend on the order
+    _, in_order = model.loss_and_grads(params, x, y)
+    for key in params:
+        np.testing.assert_array_equal(grads[key], in_order[key])
+
+
+# --- layers whose finiteness check is skipped: their outputs select their inputs ----------------
+
+SELECTING = [nn.ReLU(), nn.Identity(), nn.Flatten(), nn.MaxPool2D(2),
+             nn.MaxPool2D(3, stride=1, padding=1)]
+
+
+def test_the_layers_flagged_as_selecting_are_the_ones_tested():
+    from refimpl.nn.base import LAYER_TYPES
+    flagged = {name for name, cls in LAYER_TYPES.items()
+               if cls.output_selects_input or cls.input_gradient_selects_dout}
+    assert flagged == {type(layer).__name__ for layer in SELECTING}
+
+
+@pytest.mark.parametrize("layer", SELECTING, ids=repr)
+@pytest.mark.parametrize("complex_step", [False, True])
+def test_selecting_layers_output_only_input_values_or_zeros(layer, complex_step):
+    # Sequential skips the finiteness check of these outputs (and input gradients): sound
+    # only if every element is an element of the input (of dout) or a zero.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 6)) * 1e300
+    if complex_step:
+        x = x + 1e-20j * rng.standard_normal(x.shape)
+    out, cache = layer.forward(x, {})
+    if layer.output_selects_input:
+        assert np.isin(out, np.append(x, 0)).all()
+    dout = rng.standard_normal(out.shape) * 1e300
+    dx = layer.backward(dout, cache)[0]
+    if layer.input_gradient_selects_dout:
+        assert np.isin(dx, np.append(dout, 0)).all()
+    elif layer.stride < layer.kernel_size:   # overlapping windows add their gradients
+        assert not np.isin(dx, np.append(dout, 0)).all()

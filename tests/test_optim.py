@@ -224,3 +224,16 @@ def test_training_rejects_bad_arguments():
         train(lambda p, s: model.loss_and_grads(p, x, y), params, "sgd", 1)
     with pytest.raises(ValueError, match="steps: expected an int >= 0"):
         train(lambda p, s: model.loss_and_grads(p, x, y), params, SGD(0.1), -1)
+
+
+def test_training_names_the_step_when_the_model_overflows():
+    # a refimpl model raises FloatingPointError naming the layer; train adds the step
+    model = ri.MLP([2, 3, 1], loss="mse")
+    params = model.init(0)
+    params["fc2.weight"] = np.full((1, 3), 1e308)
+    params["fc1.bias"] = np.full(3, 10.0)   # tanh ~ 1: fc2 sums three terms of 1e308
+    x, y = np.ones((4, 2)), np.zeros((4, 1))
+    with pytest.raises(FloatingPointError,
+                       match=r"train: the objective became non-finite \(layer 'fc2' \(Dense\): "
+                             r"output contains inf/NaN from finite inputs\) at step 0; lower"):
+        train(lambda p, step: model.loss_and_grads(p, x, y), params, SGD(0.1), 3)

@@ -615,19 +615,20 @@ def models():
     (dict(pairs={"fc2.weight": "dec.weight"}, lam=1.0), ValueError,
      r"'dec.weight' is a shared slot of model_b \(it reads transposed 'enc.weight'\)"),
     (dict(pairs={"fc1.weight": "enc.weight"}, lam=-0.1), ValueError,
-     r"lam: expected a number >= 0, got -0.1"),
+     r"lam: expected a finite real number >= 0, got -0.1"),
     (dict(pairs={"fc1.weight": "enc.weight"}, lam=float("nan")), ValueError,
-     r"lam: expected a finite number"),
+     r"lam: expected a finite real number"),
     (dict(pairs={"fc1.weight": "enc.weight"}, lam=float("inf")), ValueError,
-     r"lam: expected a finite number"),
-    (dict(pairs={"fc1.weight": "enc.weight"}, lam=True), TypeError, r"lam: expected a real"),
-    (dict(pairs={"fc1.weight": "enc.weight"}, lam="0.1"), TypeError, r"lam: expected a real"),
+     r"lam: expected a finite real number"),
+    (dict(pairs={"fc1.weight": "enc.weight"}, lam=True), TypeError, r"lam: expected a finite real"),
+    (dict(pairs={"fc1.weight": "enc.weight"}, lam="0.1"), TypeError,
+     r"lam: expected a finite real"),
     (dict(pairs={"fc1.weight": "enc.weight"}, lam={"fc1.weight": -1.0}), ValueError,
-     r"lam\['fc1.weight'\]: expected a number >= 0"),
+     r"lam\['fc1.weight'\]: expected a finite real number >= 0"),
     (dict(pairs={"fc1.weight": "enc.weight", "fc1.bias": "enc.bias"},
           lam={"fc1.weight": 1.0}), ValueError, r"missing \['fc1.bias'\]"),
     (dict(pairs={"fc1.weight": "enc.weight"}, lam={"fc1.weight": 1.0, "fc2.bias": 1.0}),
-     ValueError, r"unknown \['fc2.bias'\]"),
+     ValueError, r"unexpected \['fc2.bias'\]"),
     (dict(pairs=[("fc1.weight", "enc.weight"), ("fc1.weight", "enc.weight")], lam=1.0),
      ValueError, r"model_a's parameter 'fc1.weight' is paired twice"),
     (dict(pairs={"fc1.weight": "enc.weight"}, mode="hard", lam=1.0), ValueError,
@@ -704,14 +705,15 @@ def test_batches_must_be_pairs():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(lam=-1.0), ValueError, r"lam: expected a number >= 0"),
-    (dict(lam=math.nan), ValueError, r"lam: expected a finite number"),
+    (dict(lam=-1.0), ValueError, r"lam: expected a finite real number >= 0"),
+    (dict(lam=math.nan), ValueError, r"lam: expected a finite real number"),
     (dict(lam=1.0, reference={"fc1.weight": np.ones((3, 4))}), ValueError,
      r"reference\['fc1.weight'\]: expected shape \(4, 3\), got \(3, 4\)"),
     (dict(lam=1.0, reference={"fc1.weight": np.full((4, 3), np.inf)}), ValueError,
      r"reference\['fc1.weight'\]: contains 12 NaN or Inf"),
     (dict(lam=1.0, reference={"fc1.weight": np.ones((4, 3))}, names=["fc2.weight"]),
-     ValueError, r"reference: expected exactly the keys \['fc2.weight'\]"),
+     ValueError, r"reference: missing \['fc2.weight'\]; unexpected \['fc1.weight'\]; "
+                 r"expected exactly \['fc2.weight'\]"),
     (dict(lam=1.0, names=["fc7.weight"]), ValueError,
      r"names: unknown parameter 'fc7.weight' of model"),
     (dict(lam=1.0, names=["fc1.weight", "fc1.weight"]), ValueError, r"anchored twice"),
@@ -732,3 +734,167 @@ def test_anchoring_a_shared_slot_is_refused():
     with pytest.raises(ValueError, match=r"names: 'dec.weight' is a shared slot of model \(it "
                                          r"reads transposed 'enc.weight'\)"):
         AnchoredModel(autoencoder, 1.0, names=["dec.weight"])
+
+
+# --- configuration errors name the key --------------------------------------------------------
+
+def pair_config():
+    return TiedPair(*models()[:1], ri.MLP([4, 6, 3]), {"fc1.weight": "fc1.weight"},
+                    lam=0.5).config()
+
+
+@pytest.mark.parametrize("edit, error, match", [
+    (lambda c: {}, ValueError,
+     r"config: missing \['model_a', 'model_b', 'pairs'\]; expected the keys \['model_a', "
+     r"'model_b', 'pairs'\] and optionally \['lam', 'mode', 'penalty'\]"),
+    (lambda c: {k: v for k, v in c.items() if k != "pairs"}, ValueError,
+     r"config: missing \['pairs'\]"),
+    (lambda c: {**c, "weight": 1.0}, ValueError, r"config: unexpected \['weight'\]"),
+    (lambda c: "pair", TypeError, r"config: expected a dict"),
+    (lambda c: {**c, "pairs": {"fc1.weight": "fc1.weight"}}, TypeError,
+     r"config\['pairs'\]: expected a list of \{'a': name, 'b': name, 'transpose': bool\}, "
+     r"got dict"),
+    (lambda c: {**c, "pairs": [{"a": "fc1.weight"}]}, ValueError,
+     r"config\['pairs'\]\[0\]: missing \['b'\]"),
+    (lambda c: {**c, "pairs": [["fc1.weight", "fc1.weight"]]}, TypeError,
+     r"config\['pairs'\]\[0\]: expected a dict"),
+    (lambda c: {**c, "pairs": [{"a": "fc1.weight", "b": "fc1.weight", "transpose": 1}]},
+     TypeError, r"config\['pairs'\]\[0\]\['transpose'\]: expected a bool, got 1"),
+    (lambda c: {**c, "model_b": {**c["model_b"], "loss": "MSE"}}, TypeError,
+     r"config\['model_b'\]\['loss'\] \(None or a loss config\): expected a dict"),
+    (lambda c: {**c, "model_a": {}}, ValueError, r"config\['model_a'\]: missing \['layers'\]"),
+])
+def test_from_config_names_the_missing_or_malformed_key(edit, error, match):
+    with pytest.raises(error, match=match):
+        TiedPair.from_config(edit(pair_config()))
+
+
+def test_from_config_keeps_transpose_and_the_options_optional():
+    config = pair_config()
+    minimal = {"model_a": config["model_a"], "model_b": config["model_b"], "lam": 0.5,
+               "pairs": [{"a": "fc1.weight", "b": "fc1.weight"}]}
+    rebuilt = TiedPair.from_config(minimal)
+    assert rebuilt.config() == config
+
+
+# --- overflow raises, naming the model and the layer, or the penalty --------------------------
+
+def huge_classifier_params(pair, seed=0):
+    params_a, params_b = pair.init(seed)
+    params_a["fc1.bias"] = np.full(6, 10.0)           # tanh ~ 1 everywhere
+    params_a["fc2.weight"] = np.full((3, 6), 1e308)   # six terms of 1e308: inf
+    return params_a, params_b
+
+
+def test_overflow_in_a_tied_model_names_the_model_and_the_layer():
+    problem = lasserre_problem()
+    pair, _, _, batch_a, batch_b = problem
+    params_a, params_b = huge_classifier_params(pair)
+    with pytest.raises(FloatingPointError,
+                       match=r"^model_a: layer 'fc2' \(Dense\): output contains inf/NaN"):
+        pair.loss_and_grads(params_a, params_b, batch_a, batch_b)
+    with pytest.raises(FloatingPointError, match=r"^model_a: layer 'fc2' \(Dense\): output"):
+        pair.forward(params_a, params_b, batch_a[0], batch_b[0])
+    flipped = TiedPair(pair.model_b, pair.model_a, {"enc.weight": "fc1.weight"}, lam=0.1)
+    with pytest.raises(FloatingPointError, match=r"^model_b: layer 'fc2' \(Dense\): output"):
+        flipped.loss_and_grads(params_b, params_a, batch_b, batch_a)
+    with pytest.raises(FloatingPointError, match=r"^model_b: layer 'fc2' \(Dense\): output"):
+        flipped.forward(params_b, params_a, batch_b[0], batch_a[0])
+
+
+def test_overflow_of_the_penalty_names_the_pair():
+    pair, params_a, params_b, batch_a, batch_b = lasserre_problem(lam=1.0)
+    params_a["fc1.weight"] = np.full((6, 4), 1e160)   # (1e160)^2 = inf; the models stay finite
+    x_small = batch_a[0] * 1e-170
+    pair.model_a.forward(params_a, x_small)
+    for call in (lambda: pair.penalty(params_a, params_b),
+                 lambda: pair.loss_and_grads(params_a, params_b, (x_small, batch_a[1]),
+                                             batch_b)):
+        with pytest.raises(FloatingPointError,
+                           match=r"penalty 'l2' between model_a's 'fc1.weight' and model_b's "
+                                 r"'enc.weight': value contains inf/NaN"):
+            call()
+
+
+def unit_pair(weight_a, weight_b, mode="soft", lam=0.0):
+    """Two one-weight MSE models ``out = w x``, x = 1, y = 0: loss = w^2, gradient 2 w."""
+    def unit():
+        return ri.Sequential([nn.Dense("fc", 1, 1, bias=False)], loss=nn.MSE())
+    pair = TiedPair(unit(), unit(), {"fc.weight": "fc.weight"}, mode=mode,
+                    lam=lam if mode == "soft" else None)
+    params_b = {} if mode == "hard" else {"fc.weight": np.array([[weight_b]])}
+    batch = (np.ones((1, 1)), np.zeros((1, 1)))
+    return pair, {"fc.weight": np.array([[weight_a]])}, params_b, batch
+
+
+def test_overflow_of_the_total_raises():
+    # each loss (1.2e154)^2 = 1.44e308 is finite, their sum is not
+    pair, params_a, params_b, batch = unit_pair(1.2e154, 1.2e154)
+    with pytest.raises(FloatingPointError,
+                       match=r"total \(loss_a \+ loss_b \+ penalty\) contains inf/NaN"):
+        pair.loss_and_grads(params_a, params_b, batch, batch)
+
+
+def test_overflow_of_a_gradient_sum_raises():
+    # w = 0.6, x = 1e154: loss (w x)^2 = 3.6e307 and its gradient 2 w x^2 = 1.2e308 are finite
+    batch = (np.full((1, 1), 1e154), np.zeros((1, 1)))
+    # soft, lam = 0.6e308: the penalty 0.216e308 and its gradient 2 lam w = 0.72e308 are
+    # finite, the sum of the two gradients (1.92e308) is not
+    pair, params_a, params_b, _ = unit_pair(0.6, 0.0, lam=0.6e308)
+    assert np.isfinite(pair.model_a.loss_and_grads(params_a, *batch)[1]["fc.weight"]).all()
+    assert np.isfinite(pair.penalty(params_a, params_b)[1]["fc.weight"]).all()
+    with pytest.raises(FloatingPointError,
+                       match=r"gradient of model_a's 'fc.weight' \(loss \+ penalty\) contains"):
+        pair.loss_and_grads(params_a, params_b, batch, batch)
+    # hard: the shared weight's gradient is the sum of both models' 1.2e308
+    pair, params_a, params_b, _ = unit_pair(0.6, None, mode="hard")
+    with pytest.raises(FloatingPointError, match=r"gradient of model_a's 'fc.weight'"):
+        pair.loss_and_grads(params_a, params_b, batch, batch)
+
+
+def test_overflow_of_an_anchored_total_raises():
+    # the loss (1.2e154)^2 = 1.44e308 and the decay 0.5 w^2 = 0.72e308 are finite, their sum not
+    model = ri.Sequential([nn.Dense("fc", 1, 1, bias=False)], loss=nn.MSE())
+    anchored = AnchoredModel(model, 0.5)
+    params, x, y = {"fc.weight": np.array([[1.2e154]])}, np.ones((1, 1)), np.zeros((1, 1))
+    assert np.isfinite(anchored.penalty(params)[0]) and np.isfinite(model.loss(params, x, y))
+    with pytest.raises(FloatingPointError, match=r"total \(loss \+ penalty\) contains inf/NaN"):
+        anchored.loss_and_grads(params, x, y)
+
+
+def test_overflow_of_an_anchored_penalty_raises():
+    anchored, params, x, y = anchored_problem()
+    params["fc2.weight"] = np.full((2, 4), 1e200)
+    with pytest.raises(FloatingPointError,
+                       match=r"penalty 'l2' anchoring 'fc2.weight': value contains inf/NaN"):
+        anchored.penalty(params)
+    with pytest.raises(FloatingPointError, match=r"^model: layer 'fc2' \(Dense\): output"):
+        anchored.loss_and_grads({**params, "fc2.weight": np.full((2, 4), 1e308),
+                                 "fc1.bias": np.full(4, 10.0)}, x, y)
+
+
+# --- gradients come back in the caller's order ------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_tied_gradients_come_back_in_the_order_of_params(mode):
+    pair, params_a, params_b, batch_a, batch_b = lasserre_problem(mode=mode)
+    reversed_a = {key: params_a[key] for key in reversed(list(params_a))}
+    reversed_b = {key: params_b[key] for key in reversed(list(params_b))}
+    assert list(reversed_a) != list(params_a) and list(reversed_b) != list(params_b)
+    _, grads_a, grads_b = pair.loss_and_grads(reversed_a, reversed_b, batch_a, batch_b)
+    assert list(grads_a) == list(reversed_a) and list(grads_b) == list(reversed_b)
+    joined = pair.join(params_a, params_b)
+    shuffled = {key: joined[key] for key in sorted(joined, key=lambda k: (k[2:], k[:2]))}
+    assert list(shuffled) != list(joined)
+    _, joined_grads = pair.joined_loss_and_grads(shuffled, batch_a, batch_b)
+    assert list(joined_grads) == list(shuffled)
+    _, in_order_a, _ = pair.loss_and_grads(params_a, params_b, batch_a, batch_b)
+    for key in params_a:
+        np.testing.assert_array_equal(grads_a[key], in_order_a[key])
+
+
+def test_anchored_gradients_come_back_in_the_order_of_params():
+    anchored, params, x, y = anchored_problem()
+    reordered = {key: params[key] for key in reversed(list(params))}
+    _, grads = anchored.loss_and_grads(reordered, x, y)
+    assert list(grads) == list(reordered) != list(params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import warnings
 
 import numpy as np
 import pytest
@@ -13,8 +14,17 @@ from hypothesis.extra import numpy as hnp
 from refimpl._validate import (
     as_float_array,
     as_label_array,
+    check_array,
+    check_cache,
     check_finite,
+    check_finite_result,
+    check_keys,
+    check_nonempty,
+    check_real,
+    check_same_shape,
+    check_scalar,
     check_shape,
+    no_fp_warnings,
     positive_int,
 )
 
@@ -231,3 +241,131 @@ def test_extended_precision_is_refused_not_truncated(dtype):
         pytest.skip("long double is float64 on this platform")
     with pytest.raises(TypeError, match="x: extended precision .* would be truncated"):
         as_float_array(np.ones(3, dtype=dtype), "x")
+
+
+# --- check_array: the arguments of the free functions, O(ndim) ---------------------------------
+
+@pytest.mark.parametrize("value, shape, error, match", [
+    ([1.0, 2.0], None, TypeError, r"x: expected an array, got list"),
+    (3.0, ("N",), TypeError, r"x: expected an array of shape \(N,\), got float"),
+    (np.ones(3, bool), None, TypeError, r"x: expected a numeric .* got dtype bool"),
+    (np.array(["a"]), None, TypeError, r"x: expected a numeric .* got dtype <U1"),
+    (np.ones((2, 3)), ("N",), ValueError, r"x: expected shape \(N,\), got \(2, 3\)"),
+    (np.ones((2, 3)), ("N", 4), ValueError, r"x: expected shape \(N, 4\), got \(2, 3\)"),
+    (np.ones((2, 1)), (2, 3), ValueError, r"x: expected shape \(2, 3\), got \(2, 1\)"),
+    (np.ones(3), ("N", ...), ValueError, r"x: expected shape \(N, \.\.\.\), got \(3,\)"),
+    (np.ones(()), ("N",), ValueError, r"x: expected shape \(N,\), got \(\)"),
+])
+def test_check_array_rejects(value, shape, error, match):
+    with pytest.raises(error, match=match):
+        check_array(value, "x", shape)
+
+
+@pytest.mark.parametrize("value, shape", [
+    (np.ones((2, 3)), ("N", 3)), (np.ones((2, 3)), None), (np.ones((2, 3, 4)), ("N", ...)),
+    (np.ones((2, 3)), ("N", ...)), (np.ones(()), ()), (np.float64(2.0), ()),
+])
+def test_check_array_accepts_and_returns_float64_unchanged(value, shape):
+    result = check_array(value, "x", shape)
+    assert result.dtype == np.float64 and result.shape == np.shape(value)
+    if isinstance(value, np.ndarray):
+        assert result is value   # no copy for float64: O(1)
+
+
+def test_check_array_widens_and_never_scans_the_values():
+    assert check_array(np.ones(2, np.float32), "x").dtype == np.float64
+    assert check_array(np.ones(2, np.complex64), "x").dtype == np.complex128
+    assert check_array(np.complex128(1j), "x").dtype == np.complex128
+    nan = np.array([np.nan, np.inf])   # finiteness is the models' check, once, on entry
+    assert check_array(nan, "x") is nan
+
+
+def test_check_same_shape_and_nonempty():
+    check_same_shape(np.ones((2, 3)), np.zeros((2, 3)), ("a", "b"))
+    with pytest.raises(ValueError, match=r"b: expected the shape of a \(2, 3\), got \(3,\)"):
+        check_same_shape(np.ones((2, 3)), np.zeros(3), ("a", "b"))
+    check_nonempty(np.ones((1, 1)), "x")
+    with pytest.raises(ValueError, match=r"x: expected at least one element, got shape \(2, 0\)"):
+        check_nonempty(np.ones((2, 0)), "x")
+
+
+@pytest.mark.parametrize("value, minimum, error", [
+    (float("nan"), None, ValueError), (float("inf"), None, ValueError), (-1e-300, 0, ValueError),
+    (True, None, TypeError), ("1", None, TypeError), (1j, None, TypeError), (None, 0, TypeError),
+])
+def test_check_real_rejects(value, minimum, error):
+    with pytest.raises(error, match="lam: expected a finite real number"):
+        check_real(value, "lam", minimum)
+
+
+def test_check_real_accepts_and_returns_a_float():
+    assert check_real(np.int64(3), "s") == 3.0 and isinstance(check_real(3, "s"), float)
+    assert check_real(0, "lam", minimum=0) == 0.0 and check_real(-2.5, "s") == -2.5
+
+
+@pytest.mark.parametrize("value", [np.ones(2), "1", None, True, [1.0], np.array(True)])
+def test_check_scalar_rejects(value):
+    with pytest.raises(TypeError, match="dloss: expected a scalar"):
+        check_scalar(value, "dloss")
+
+
+@pytest.mark.parametrize("value", [1, 2.5, 1j, np.float64(2), np.array(3.0), np.array(1j)])
+def test_check_scalar_accepts(value):
+    assert check_scalar(value, "dloss") is value
+
+
+def test_check_cache():
+    check_cache((1, 2), tuple, "cache")
+    with pytest.raises(TypeError, match=r"f: cache: expected the tuple returned by the forward "
+                                        r"function, got NoneType"):
+        check_cache(None, tuple, "f: cache")
+
+
+# --- check_keys: the one missing/unexpected keys message ---------------------------------------
+
+@pytest.mark.parametrize("mapping, optional, error, match", [
+    ({}, (), ValueError, r"^d: missing \['a', 'b'\]; expected exactly \['a', 'b'\]$"),
+    ({"a": 1, "b": 2, "c": 3}, (), ValueError,
+     r"^d: unexpected \['c'\]; expected exactly \['a', 'b'\]$"),
+    ({"a": 1, "c": 3}, ("o",), ValueError,
+     r"^d: missing \['b'\]; unexpected \['c'\]; expected the keys \['a', 'b'\] and "
+     r"optionally \['o'\]$"),
+    ({"a": 1, "a2": 1}, (), ValueError, r"^d: missing \['b'\]; unexpected \['a2'\]"),
+    (["a", "b"], (), TypeError, r"^d: expected a dict; expected exactly \['a', 'b'\]; got list"),
+])
+def test_check_keys_names_missing_and_unexpected_keys(mapping, optional, error, match):
+    with pytest.raises(error, match=match):
+        check_keys(mapping, ["a", "b"], optional, what="d")
+
+
+def test_check_keys_accepts_and_explains():
+    check_keys({"b": 1, "a": 2}, ["a", "b"], what="d")
+    check_keys({"b": 1, "a": 2, "o": 3}, ["a", "b"], ["o", "p"], what="d")
+    with pytest.raises(ValueError, match=r"unexpected \['c'\] \(c is shared\); expected"):
+        check_keys({"a": 1, "b": 1, "c": 1}, ["a", "b"], what="d",
+                   explain=lambda extra: f"({extra[0]} is shared)")
+
+
+# --- check_finite_result -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    np.array([1.0, np.inf]), np.array([np.nan, 1.0]), np.array([np.inf, -np.inf]),
+    np.array([1.0, complex(0, np.inf)]), np.array([complex(np.nan, 0)]), float("inf"),
+    np.full((3, 3), 1e308).astype(complex) * np.array([1, 1, complex(np.nan, 0)]),
+])
+def test_check_finite_result_raises_on_inf_or_nan_in_either_part(value):
+    with no_fp_warnings(), pytest.raises(FloatingPointError,
+                                         match=r"^layer 'fc' \(Dense\): output contains "
+                                               r"inf/NaN from finite inputs$"):
+        check_finite_result(value, lambda: "layer 'fc' (Dense): output")
+
+
+@pytest.mark.parametrize("value", [
+    np.full(4, 1e308), np.full(4, -1e308),   # their sum overflows: decided element by element
+    np.array([1e308, -1e308, 1e308]), np.full(3, 1e308 + 1e308j), 1.5, 2 + 3j, np.ones((0,)),
+])
+def test_check_finite_result_accepts_finite_values_whose_sum_overflows(value):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with no_fp_warnings():
+            check_finite_result(value, "never shown")

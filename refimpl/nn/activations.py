@@ -13,11 +13,11 @@ Kinks (documented, and tested): at exactly ``x == 0``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Real
 from typing import NamedTuple
 
 import numpy as np
 
+from .._validate import check_array, check_cache, check_real
 from .base import ParameterFreeLayer, register
 
 __all__ = [
@@ -45,41 +45,92 @@ class InputCache(NamedTuple):
     x: np.ndarray
 
 
+class ShapeCache(NamedTuple):
+    x_shape: tuple[int, ...]  # all the identity's backward needs: dout's expected shape
+
+
+# Every forward checks that x is a numeric array (any shape), every backward that the cache
+# is its forward's and that dout has x's shape exactly: O(ndim), no scan of the values.
+
+def _dout(dout: np.ndarray, cache: tuple, cache_type: type, who: str) -> np.ndarray:
+    """dout checked against the cache, whose first field is x's shape or an array of it."""
+    check_cache(cache, cache_type, f"{who}: cache")
+    first = cache[0]
+    return check_array(dout, f"{who}: dout", first if isinstance(first, tuple) else first.shape)
+
+
 # --- ReLU -----------------------------------------------------------------------------------
 
 def relu_forward(x: np.ndarray) -> tuple[np.ndarray, MaskCache]:
     """``max(x, 0)``, branching on Re x."""
+    x = check_array(x, "relu_forward: x")
+    return _relu_forward(x)
+
+
+def _relu_forward(x: np.ndarray) -> tuple[np.ndarray, MaskCache]:
+    """:func:`relu_forward` without the argument checks (the model checked them once)."""
     positive = x.real > 0
     return np.where(positive, x, 0), MaskCache(positive)
 
 
 def relu_backward(dout: np.ndarray, cache: MaskCache) -> np.ndarray:
     """``dout * [x > 0]``: relu'(0) = 0."""
+    dout = _dout(dout, cache, MaskCache, "relu_backward")
+    return _relu_backward(dout, cache)
+
+
+def _relu_backward(dout: np.ndarray, cache: MaskCache) -> np.ndarray:
+    """:func:`relu_backward` without the argument checks (the model checked them once)."""
     return np.where(cache.positive, dout, 0)
 
 
 # --- LeakyReLU ------------------------------------------------------------------------------
 
 def leaky_relu_forward(x: np.ndarray, negative_slope: float) -> tuple[np.ndarray, SlopeCache]:
-    """``x`` where Re x > 0, else ``negative_slope * x``."""
+    """``x`` where Re x > 0, else ``negative_slope * x`` (negative_slope: a finite real)."""
+    x = check_array(x, "leaky_relu_forward: x")
+    negative_slope = check_real(negative_slope, "leaky_relu_forward: negative_slope")
+    return _leaky_relu_forward(x, negative_slope)
+
+
+def _leaky_relu_forward(x: np.ndarray, negative_slope: float) -> tuple[np.ndarray, SlopeCache]:
+    """:func:`leaky_relu_forward` without the argument checks (the model checked them once)."""
     positive = x.real > 0
     return np.where(positive, x, negative_slope * x), SlopeCache(positive, negative_slope)
 
 
 def leaky_relu_backward(dout: np.ndarray, cache: SlopeCache) -> np.ndarray:
     """``dout`` where x > 0, else ``negative_slope * dout``: the derivative at 0 is the slope."""
+    dout = _dout(dout, cache, SlopeCache, "leaky_relu_backward")
+    return _leaky_relu_backward(dout, cache)
+
+
+def _leaky_relu_backward(dout: np.ndarray, cache: SlopeCache) -> np.ndarray:
+    """:func:`leaky_relu_backward` without the argument checks (the model checked them once)."""
     return np.where(cache.positive, dout, cache.negative_slope * dout)
 
 
 # --- Tanh -----------------------------------------------------------------------------------
 
 def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
+    x = check_array(x, "tanh_forward: x")
+    return _tanh_forward(x)
+
+
+def _tanh_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
+    """:func:`tanh_forward` without the argument checks (the model checked them once)."""
     out = np.tanh(x)
     return out, OutputCache(out)
 
 
 def tanh_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
     """tanh' = 1 - tanh^2, from the cached output."""
+    dout = _dout(dout, cache, OutputCache, "tanh_backward")
+    return _tanh_backward(dout, cache)
+
+
+def _tanh_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
+    """:func:`tanh_backward` without the argument checks (the model checked them once)."""
     return dout * (1 - cache.out * cache.out)
 
 
@@ -95,12 +146,24 @@ def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
 
 def sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
     """``1 / (1 + exp(-x))``, evaluated without overflow for any finite x."""
+    x = check_array(x, "sigmoid_forward: x")
+    return _sigmoid_forward(x)
+
+
+def _sigmoid_forward(x: np.ndarray) -> tuple[np.ndarray, OutputCache]:
+    """:func:`sigmoid_forward` without the argument checks (the model checked them once)."""
     out = _stable_sigmoid(x)
     return out, OutputCache(out)
 
 
 def sigmoid_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
     """sigma' = sigma (1 - sigma)."""
+    dout = _dout(dout, cache, OutputCache, "sigmoid_backward")
+    return _sigmoid_backward(dout, cache)
+
+
+def _sigmoid_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
+    """:func:`sigmoid_backward` without the argument checks (the model checked them once)."""
     return dout * cache.out * (1 - cache.out)
 
 
@@ -112,6 +175,12 @@ def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
     Evaluated as ``max(x, 0) + log1p(exp(-|x|))`` with |x| written ``s * x``, s = sign(Re x),
     so that it stays complex-step safe and never overflows.
     """
+    x = check_array(x, "softplus_forward: x")
+    return _softplus_forward(x)
+
+
+def _softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
+    """:func:`softplus_forward` without the argument checks (the model checked them once)."""
     positive = x.real >= 0
     sign = np.where(positive, 1.0, -1.0)
     out = np.where(positive, x, 0) + np.log1p(np.exp(-sign * x))
@@ -120,16 +189,34 @@ def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
 
 def softplus_backward(dout: np.ndarray, cache: InputCache) -> np.ndarray:
     """softplus' = sigmoid."""
+    dout = _dout(dout, cache, InputCache, "softplus_backward")
+    return _softplus_backward(dout, cache)
+
+
+def _softplus_backward(dout: np.ndarray, cache: InputCache) -> np.ndarray:
+    """:func:`softplus_backward` without the argument checks (the model checked them once)."""
     return dout * _stable_sigmoid(cache.x)
 
 
 # --- Identity -------------------------------------------------------------------------------
 
-def identity_forward(x: np.ndarray) -> tuple[np.ndarray, None]:
-    return x, None
+def identity_forward(x: np.ndarray) -> tuple[np.ndarray, ShapeCache]:
+    x = check_array(x, "identity_forward: x")
+    return _identity_forward(x)
 
 
-def identity_backward(dout: np.ndarray, cache: None) -> np.ndarray:
+def _identity_forward(x: np.ndarray) -> tuple[np.ndarray, ShapeCache]:
+    """:func:`identity_forward` without the argument checks (the model checked them once)."""
+    return x, ShapeCache(x.shape)
+
+
+def identity_backward(dout: np.ndarray, cache: ShapeCache) -> np.ndarray:
+    dout = _dout(dout, cache, ShapeCache, "identity_backward")
+    return _identity_backward(dout, cache)
+
+
+def _identity_backward(dout: np.ndarray, cache: ShapeCache) -> np.ndarray:
+    """:func:`identity_backward` without the argument checks (the model checked them once)."""
     return dout
 
 
@@ -140,11 +227,14 @@ def identity_backward(dout: np.ndarray, cache: None) -> np.ndarray:
 class ReLU(ParameterFreeLayer):
     """``max(x, 0)``; relu'(0) = 0."""
 
+    output_selects_input = True          # x or 0
+    input_gradient_selects_dout = True   # dout or 0
+
     def forward(self, x, params):
-        return relu_forward(x)
+        return _relu_forward(x)
 
     def backward(self, dout, cache):
-        return relu_backward(dout, cache), {}
+        return _relu_backward(dout, cache), {}
 
 
 @register
@@ -156,39 +246,34 @@ class LeakyReLU(ParameterFreeLayer):
 
     def __post_init__(self) -> None:
         # Any real number, NumPy scalars included; bools are not numbers here.
-        if isinstance(self.negative_slope, bool) or not isinstance(self.negative_slope, Real):
-            raise TypeError(
-                f"negative_slope: expected a finite real number, got {self.negative_slope!r}")
-        if not np.isfinite(self.negative_slope):
-            raise ValueError(
-                f"negative_slope: expected a finite real number, got {self.negative_slope!r}")
-        object.__setattr__(self, "negative_slope", float(self.negative_slope))
+        object.__setattr__(self, "negative_slope",
+                           check_real(self.negative_slope, "negative_slope"))
 
     def forward(self, x, params):
-        return leaky_relu_forward(x, self.negative_slope)
+        return _leaky_relu_forward(x, self.negative_slope)
 
     def backward(self, dout, cache):
-        return leaky_relu_backward(dout, cache), {}
+        return _leaky_relu_backward(dout, cache), {}
 
 
 @register
 @dataclass(frozen=True)
 class Tanh(ParameterFreeLayer):
     def forward(self, x, params):
-        return tanh_forward(x)
+        return _tanh_forward(x)
 
     def backward(self, dout, cache):
-        return tanh_backward(dout, cache), {}
+        return _tanh_backward(dout, cache), {}
 
 
 @register
 @dataclass(frozen=True)
 class Sigmoid(ParameterFreeLayer):
     def forward(self, x, params):
-        return sigmoid_forward(x)
+        return _sigmoid_forward(x)
 
     def backward(self, dout, cache):
-        return sigmoid_backward(dout, cache), {}
+        return _sigmoid_backward(dout, cache), {}
 
 
 @register
@@ -197,17 +282,20 @@ class Softplus(ParameterFreeLayer):
     """``log(1 + exp(x))`` exactly (PyTorch's beta=1 without its linear threshold)."""
 
     def forward(self, x, params):
-        return softplus_forward(x)
+        return _softplus_forward(x)
 
     def backward(self, dout, cache):
-        return softplus_backward(dout, cache), {}
+        return _softplus_backward(dout, cache), {}
 
 
 @register
 @dataclass(frozen=True)
 class Identity(ParameterFreeLayer):
+    output_selects_input = True
+    input_gradient_selects_dout = True
+
     def forward(self, x, params):
-        return identity_forward(x)
+        return _identity_forward(x)
 
     def backward(self, dout, cache):
-        return identity_backward(dout, cache), {}
+        return _identity_backward(dout, cache), {}

@@ -19,9 +19,12 @@ Legend: ``N`` batch, ``D`` features, ``C`` channels, ``H``/``W`` height/width.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+
+from .._validate import check_keys
 
 __all__ = ["Layer", "ParameterFreeLayer", "layer_config", "LAYER_TYPES"]
 
@@ -43,6 +46,14 @@ class Layer:
     #: parameter names); parameter-free layers inherit ``name = None`` from
     #: :class:`ParameterFreeLayer`.
     has_parameters: ClassVar[bool] = False
+
+    #: True when every output element is an input element or a zero (a selection: ReLU,
+    #: MaxPool2D, Flatten, Identity). A finite input then gives a finite output, and
+    #: ``Sequential`` skips that output's finiteness check (one pass over it fewer).
+    output_selects_input: ClassVar[bool] = False
+    #: Likewise for the backward pass: every element of the input gradient is an element of
+    #: ``dout`` or a zero (not MaxPool2D's: overlapping windows add their gradients).
+    input_gradient_selects_dout: ClassVar[bool] = False
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
@@ -78,15 +89,31 @@ def layer_config(layer: Layer) -> dict[str, Any]:
     return config
 
 
-def layer_from_config(config: dict[str, Any]) -> Layer:
-    """Inverse of :func:`layer_config`."""
-    config = dict(config)
-    type_name = config.pop("type", None)
-    if type_name not in LAYER_TYPES:
-        raise ValueError(f"layer config: unknown layer type {type_name!r}; known: "
+def layer_from_config(config: dict[str, Any], what: str = "layer config") -> Layer:
+    """Inverse of :func:`layer_config`.
+
+    ``TypeError`` / ``ValueError`` naming ``what`` for a non-dict, an unknown ``"type"``, a
+    missing or unknown field; the values are then checked by the layer spec itself.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"{what}: expected a dict {{'type': ..., <fields>}}, got "
+                        f"{type(config).__name__} {config!r:.80}")
+    type_name = config.get("type")
+    if not isinstance(type_name, str) or type_name not in LAYER_TYPES:
+        raise ValueError(f"{what}: unknown layer type {type_name!r}; known: "
                          f"{sorted(LAYER_TYPES)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return LAYER_TYPES[type_name](**kwargs)
+    cls = LAYER_TYPES[type_name]
+    fields = dataclasses.fields(cls)
+    no_default = dataclasses.MISSING
+    check_keys(config,
+               ["type"] + [f.name for f in fields
+                           if f.default is no_default and f.default_factory is no_default],
+               [f.name for f in fields
+                if f.default is not no_default or f.default_factory is not no_default],
+               what=f"{what} ({type_name})")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+              if k != "type"}
+    return cls(**kwargs)
 
 
 def weight_and_bias(weight: Any, bias: Any) -> dict[str, Any]:

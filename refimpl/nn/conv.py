@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .._validate import positive_int
+from .._validate import check_array, check_cache, positive_int
 from .base import Layer, check_name, register, weight_and_bias
 
 __all__ = [
@@ -210,15 +210,22 @@ def _check_groups(groups: Any, in_channels: int, out_channels: int, who: str) ->
     return groups
 
 
-def _check_arrays(x: Any, weight: Any, bias: Any, weight_rank: int, who: str,
-                  x_name: str = "x") -> None:
-    for name, value, rank in ((x_name, x, 4), ("weight", weight, weight_rank)):
-        if not isinstance(value, np.ndarray) or value.ndim != rank:
-            shape = getattr(value, "shape", None)
-            raise ValueError(f"{who}: {name}: expected a {rank}-d array, got "
-                             f"{type(value).__name__} of shape {shape}")
-    if bias is not None and not isinstance(bias, np.ndarray):
-        raise ValueError(f"{who}: bias: expected an array or None, got {type(bias).__name__}")
+def _check_arrays(x: Any, weight: Any, bias: Any, weight_layout: tuple[str, ...], who: str,
+                  x_name: str = "x", x_layout: tuple[str, ...] = ("N", "C", "H", "W"),
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """x (N, C, H, W) and the weight (of ``weight_layout``) as numeric arrays of the right
+    ranks, and the bias as an array (its shape is checked by the caller)."""
+    x = check_array(x, f"{who}: {x_name}", x_layout)
+    weight = check_array(weight, f"{who}: weight", weight_layout)
+    if bias is not None:
+        bias = check_array(bias, f"{who}: bias")
+    return x, weight, bias
+
+
+def _check_dout(dout: Any, cache: Any, cache_type: type, expected: Any, who: str) -> np.ndarray:
+    """The cache is its forward's; dout (N, F, Ho, Wo) has the forward output's shape."""
+    check_cache(cache, cache_type, f"{who}: cache")
+    return check_array(dout, f"{who}: dout", expected(cache))
 
 
 def conv2d_forward(
@@ -235,20 +242,20 @@ def conv2d_forward(
 
     Complex-step safe (only products and sums of the inputs).
     """
-    _check_arrays(x, weight, bias, 4, "conv2d")
+    x, weight, bias = _check_arrays(x, weight, bias, ("F", "Cg", "kH", "kW"), "conv2d_forward")
     stride, padding = as_pair(stride, "stride", 1), as_pair(padding, "padding", 0)
     dilation = as_pair(dilation, "dilation", 1)
     filters, group_channels, kh, kw = weight.shape
     channels = x.shape[1]
     groups = positive_int(groups, "groups")
     if group_channels * groups != channels or filters % groups:
-        raise ValueError(f"conv2d: weight shape {weight.shape} with groups={groups} needs "
+        raise ValueError(f"conv2d_forward: weight shape {weight.shape} with groups={groups} needs "
                          f"{group_channels * groups} input channels and F divisible by "
                          f"{groups}; x has shape {x.shape}")
     if bias is not None and bias.shape != (filters,):
-        raise ValueError(f"conv2d: bias: expected shape ({filters},), got {bias.shape}")
+        raise ValueError(f"conv2d_forward: bias: expected shape ({filters},), got {bias.shape}")
     batch, _, out_h, out_w = conv2d_output_shape(x.shape, channels, filters, (kh, kw), stride,
-                                                 padding, dilation)
+                                                 padding, dilation, who="conv2d_forward")
     cols = im2col(x, (kh, kw), stride, padding, dilation)      # (C*kH*kW, M)
     positions = out_h * out_w
     # One product per group: rows g*Kg .. (g+1)*Kg - 1 of cols are group g's channels. The
@@ -285,6 +292,7 @@ def conv2d_backward(
       :func:`conv2d_input_gradient` for the two equivalent orders this is computed in;
     * term 3, dbias[f] = sum over (n, ho, wo) of dout[n, f].
     """
+    dout = _check_dout(dout, cache, Conv2DCache, _conv2d_output_shape, "conv2d_backward")
     weight, groups = cache.weight, cache.groups
     _, group_channels, kh, kw = weight.shape
     geometry = (cache.x_shape, (kh, kw), cache.stride, cache.padding, cache.dilation)
@@ -303,6 +311,15 @@ def conv2d_backward(
     dweight = (cols_g @ dout_g.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(weight.shape)
     dbias = dout.sum(axis=(0, 2, 3)) if cache.has_bias else None     # term 3: (F,)
     return dx, dweight, dbias
+
+
+def _conv2d_output_shape(cache: Conv2DCache) -> tuple[int, int, int, int]:
+    """(N, F, Ho, Wo) of the forward output a :class:`Conv2DCache` belongs to."""
+    batch, _, height, width = cache.x_shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (cache.kernel_size, cache.stride, cache.padding,
+                                              cache.dilation)
+    return (batch, cache.weight.shape[0], conv_output_size(height, kh, sh, ph, dh),
+            conv_output_size(width, kw, sw, pw, dw))
 
 
 INPUT_GRADIENT_METHODS = ("auto", "columns", "positions")
@@ -357,7 +374,8 @@ def conv2d_input_gradient(
     stride, padding = as_pair(stride, "stride", 1), as_pair(padding, "padding", 0)
     dilation = as_pair(dilation, "dilation", 1)
     groups = positive_int(groups, "groups")
-    _check_arrays(dout, weight, None, 4, "conv2d_input_gradient", x_name="dout")
+    dout, weight, _ = _check_arrays(dout, weight, None, ("F", "Cg", "kH", "kW"),
+                                    "conv2d_input_gradient", "dout", ("N", "F", "Ho", "Wo"))
     filters, group_channels, kh, kw = weight.shape
     if filters % groups:
         raise ValueError(f"conv2d_input_gradient: weight shape {weight.shape}: "
@@ -531,7 +549,8 @@ def locally_connected2d_forward(
     ``(Ho, Wo)`` follow from x and the geometry and must match weight's first two axes.
     One batched product: for each position p and group g, (Fg, Kg) @ (Kg, N).
     """
-    _check_arrays(x, weight, bias, 6, "locally_connected2d")
+    x, weight, bias = _check_arrays(x, weight, bias, ("Ho", "Wo", "F", "Cg", "kH", "kW"),
+                                    "locally_connected2d_forward")
     stride, padding = as_pair(stride, "stride", 1), as_pair(padding, "padding", 0)
     dilation = as_pair(dilation, "dilation", 1)
     kh, kw = weight.shape[4:]
@@ -539,17 +558,18 @@ def locally_connected2d_forward(
     channels = x.shape[1]
     groups = positive_int(groups, "groups")
     if group_channels * groups != channels or filters % groups:
-        raise ValueError(f"locally_connected2d: weight shape {weight.shape} with "
+        raise ValueError(f"locally_connected2d_forward: weight shape {weight.shape} with "
                          f"groups={groups} needs {group_channels * groups} input channels and "
                          f"F divisible by {groups}; x has shape {x.shape}")
-    batch, _, out_h, out_w = conv2d_output_shape(x.shape, channels, filters, (kh, kw), stride,
-                                                 padding, dilation, who="locally_connected2d")
+    batch, _, out_h, out_w = conv2d_output_shape(
+        x.shape, channels, filters, (kh, kw), stride, padding, dilation,
+        who="locally_connected2d_forward")
     if weight.shape[:2] != (out_h, out_w):
-        raise ValueError(f"locally_connected2d: weight shape {weight.shape} does not start with "
-                         f"the output size ({out_h}, {out_w}) of input shape {x.shape}")
+        raise ValueError(f"locally_connected2d_forward: weight shape {weight.shape} does not "
+                         f"start with the output size ({out_h}, {out_w}) of input shape {x.shape}")
     if bias is not None and bias.shape != (filters, out_h, out_w):
-        raise ValueError(f"locally_connected2d: bias: expected shape {(filters, out_h, out_w)}, "
-                         f"got {bias.shape}")
+        raise ValueError(f"locally_connected2d_forward: bias: expected shape "
+                         f"{(filters, out_h, out_w)}, got {bias.shape}")
     positions = out_h * out_w
     cols = im2col(x, (kh, kw), stride, padding, dilation)              # (C*kH*kW, N*P)
     cols = cols.reshape(groups, -1, batch, positions).transpose(3, 0, 1, 2)  # (P, G, Kg, N)
@@ -578,6 +598,9 @@ def locally_connected2d_backward(
     * term 2, dcols[p] = W[p].T @ D, then col2im as for the convolution;
     * term 3, dbias[f, ho, wo] = sum over n of dout[n, f, ho, wo].
     """
+    dout = _check_dout(dout, cache, LocallyConnected2DCache,
+                       lambda c: (c.x_shape[0], c.weight.shape[2], *c.weight.shape[:2]),
+                       "locally_connected2d_backward")
     weight, groups, cols = cache.weight, cache.groups, cache.cols
     out_h, out_w, filters = weight.shape[:3]
     positions, _, group_rows, batch = cols.shape

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validate import positive_int
+from .._validate import check_array, check_cache, positive_int
 from .base import Layer, check_name, register, weight_and_bias
 
 __all__ = ["Dense", "DenseCache", "dense_forward", "dense_backward"]
@@ -29,7 +29,20 @@ def dense_forward(
 
     - x: (N, D); weight: (F, D); bias: (F,) or None
     - returns out: (N, F) = x @ weight.T + bias, and the cache for :func:`dense_backward`.
+
+    ``TypeError`` / ``ValueError`` naming the argument for a non-array, a non-numeric dtype or
+    a shape that does not fit (nothing is broadcast).
     """
+    x = check_array(x, "dense_forward: x", ("N", "D"))
+    weight = check_array(weight, "dense_forward: weight", ("F", x.shape[1]))
+    if bias is not None:
+        bias = check_array(bias, "dense_forward: bias", (weight.shape[0],))
+    return _dense_forward(x, weight, bias)
+
+
+def _dense_forward(x, weight, bias):
+    """:func:`dense_forward` without the argument checks, for :class:`Dense` (whose model
+    checked the shapes and dtypes once, on entry)."""
     out = x @ weight.T  # (N, F)
     if bias is not None:
         out = out + bias  # (N, F) + (F,): the one intended broadcast, over the batch
@@ -48,6 +61,13 @@ def dense_backward(
     Every output row uses the same ``W`` and ``b``: their gradients are the *sums* over the
     batch (the batch is the first instance of parameter sharing).
     """
+    check_cache(cache, DenseCache, "dense_backward: cache")
+    dout = check_array(dout, "dense_backward: dout", (cache.x.shape[0], cache.weight.shape[0]))
+    return _dense_backward(dout, cache)
+
+
+def _dense_backward(dout, cache):
+    """:func:`dense_backward` without the argument checks."""
     dx = dout @ cache.weight   # (N, F) @ (F, D) -> (N, D)
     dweight = dout.T @ cache.x  # (F, N) @ (N, D) -> (F, D)
     dbias = dout.sum(axis=0) if cache.has_bias else None  # (F,)
@@ -101,8 +121,8 @@ class Dense(Layer):
         }
 
     def forward(self, x, params):
-        return dense_forward(x, params["weight"], params.get("bias"))
+        return _dense_forward(x, params["weight"], params.get("bias"))
 
     def backward(self, dout, cache):
-        dx, dweight, dbias = dense_backward(dout, cache)
+        dx, dweight, dbias = _dense_backward(dout, cache)
         return dx, weight_and_bias(dweight, dbias)

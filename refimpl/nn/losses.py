@@ -14,7 +14,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._validate import as_float_array, as_label_array, check_shape
+from .._validate import (
+    as_float_array,
+    as_label_array,
+    check_array,
+    check_cache,
+    check_nonempty,
+    check_same_shape,
+    check_scalar,
+    check_shape,
+)
 
 __all__ = [
     "Loss", "SoftmaxCrossEntropy", "MSE",
@@ -49,7 +58,21 @@ def softmax_cross_entropy_forward(
     ``log1p(sum of the other terms)`` without rounding 1 + tiny. That keeps a confident right
     prediction (loss ~ e^-margin) accurate *relatively*, in value and in complex-step
     derivative (``Im log(total) - h`` would cancel).
+
+    ``TypeError`` / ``ValueError`` naming the argument for an empty or misshapen ``logits``,
+    labels that are not integers of shape (N,), or labels outside [0, K).
     """
+    logits = check_array(logits, "softmax_cross_entropy_forward: logits", ("N", "K"))
+    check_nonempty(logits, "softmax_cross_entropy_forward: logits")
+    batch = logits.shape[0]
+    labels = as_label_array(labels, "softmax_cross_entropy_forward: labels", batch,
+                            logits.shape[1])
+    return _softmax_cross_entropy_forward(logits, labels)
+
+
+def _softmax_cross_entropy_forward(logits, labels):
+    """:func:`softmax_cross_entropy_forward` without the argument checks (the model checked
+    them once)."""
     batch = logits.shape[0]
     rows = np.arange(batch)
     top = logits.real.argmax(axis=1)                         # (N,), index on Re only
@@ -71,6 +94,13 @@ def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.n
     probabilities sum to 1: ``p_y - 1`` cancels when p_y ~ 1 (a confident right prediction)
     and is then right only to eps absolutely; the sum of positive terms is right relatively.
     """
+    dloss = check_scalar(dloss, "softmax_cross_entropy_backward: dloss")
+    check_cache(cache, CrossEntropyCache, "softmax_cross_entropy_backward: cache")
+    return _softmax_cross_entropy_backward(dloss, cache)
+
+
+def _softmax_cross_entropy_backward(dloss, cache):
+    """:func:`softmax_cross_entropy_backward` without the argument checks."""
     probabilities, labels = cache
     batch = probabilities.shape[0]
     rows = np.arange(batch)
@@ -81,13 +111,32 @@ def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.n
 
 
 def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECache]:
-    """Mean over *all* elements of ``(out - target)^2`` (PyTorch's ``reduction='mean'``)."""
+    """Mean over *all* elements of ``(out - target)^2`` (PyTorch's ``reduction='mean'``).
+
+    - out, target: one shape exactly (nothing is broadcast), at least one element.
+    """
+    out = check_array(out, "mse_forward: out")
+    target = check_array(target, "mse_forward: target")
+    check_same_shape(out, target, ("out", "mse_forward: target"))
+    check_nonempty(out, "mse_forward: out")
+    return _mse_forward(out, target)
+
+
+def _mse_forward(out, target):
+    """:func:`mse_forward` without the argument checks (the model checked them once)."""
     difference = out - target
     return (difference * difference).sum() / difference.size, MSECache(difference)
 
 
 def mse_backward(dloss: Any, cache: MSECache) -> np.ndarray:
     """dL/dout = dloss * 2 (out - target) / size."""
+    dloss = check_scalar(dloss, "mse_backward: dloss")
+    check_cache(cache, MSECache, "mse_backward: cache")
+    return _mse_backward(dloss, cache)
+
+
+def _mse_backward(dloss, cache):
+    """:func:`mse_backward` without the argument checks."""
     return cache.difference * (2 * dloss / cache.difference.size)
 
 
@@ -126,10 +175,10 @@ class SoftmaxCrossEntropy(Loss):
         return as_label_array(target, "y", output_shape[0], output_shape[1])
 
     def forward(self, out, target):
-        return softmax_cross_entropy_forward(out, target)
+        return _softmax_cross_entropy_forward(out, target)
 
     def backward(self, dloss, cache):
-        return softmax_cross_entropy_backward(dloss, cache)
+        return _softmax_cross_entropy_backward(dloss, cache)
 
 
 @_register_loss
@@ -144,7 +193,7 @@ class MSE(Loss):
         return array
 
     def forward(self, out, target):
-        return mse_forward(out, target)
+        return _mse_forward(out, target)
 
     def backward(self, dloss, cache):
-        return mse_backward(dloss, cache)
+        return _mse_backward(dloss, cache)

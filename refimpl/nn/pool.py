@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._validate import check_array, check_cache
 from .base import ParameterFreeLayer, register
 from .conv import Pair, _pad, _window_slice, as_pair, conv_output_size
 
@@ -77,9 +78,8 @@ def pool2d_output_shape(input_shape: tuple[int, ...], kernel_size: Pair, stride:
     return (batch, channels, sizes[0], sizes[1])
 
 
-def _check_input(x: Any, who: str) -> None:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{who}: x: expected an array (N, C, H, W), got {type(x).__name__}")
+def _check_input(x: Any, who: str) -> np.ndarray:
+    return check_array(x, f"{who}: x", ("N", "C", "H", "W"))
 
 
 # --- max pooling -----------------------------------------------------------------------------
@@ -157,9 +157,10 @@ def maxpool2d_forward(
     first, and within the first row holding the maximum its first column does. kH + kW - 2
     comparisons per output instead of kH*kW - 1.
     """
-    _check_input(x, "maxpool2d")
+    x = _check_input(x, "maxpool2d_forward")
     kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
-    _, _, out_h, out_w = pool2d_output_shape(x.shape, kernel, stride, padding, "maxpool2d")
+    _, _, out_h, out_w = pool2d_output_shape(x.shape, kernel, stride, padding,
+                                         "maxpool2d_forward")
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     # Selection on the real part only (a mask, never a value): -inf padding never wins.
     real = x.real
@@ -220,6 +221,8 @@ def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     - dout: (N, C, Ho, Wo); returns dx: (N, C, H, W). An input that is the maximum of
       several (overlapping) windows receives the sum of their gradients.
     """
+    check_cache(cache, MaxPool2DCache, "maxpool2d_backward: cache")
+    dout = check_array(dout, "maxpool2d_backward: dout", cache.argmax.shape)
     batch, channels, height, width = cache.x_shape
     (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
     out_h, out_w = cache.argmax.shape[2:]
@@ -277,12 +280,12 @@ def avgpool2d_forward(
     - count_include_pad: True divides by kH*kW (PyTorch's default); False by the number of
       unpadded inputs in the window.
     """
-    _check_input(x, "avgpool2d")
+    x = _check_input(x, "avgpool2d_forward")
     kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
     if not isinstance(count_include_pad, bool):
         raise TypeError(f"count_include_pad: expected a bool, got {count_include_pad!r}")
     batch, channels, out_h, out_w = pool2d_output_shape(x.shape, kernel, stride, padding,
-                                                        "avgpool2d")
+                                                        "avgpool2d_forward")
     (kh, kw), (sh, sw) = kernel, stride
     padded = _pad(x, padding)
     total = np.zeros((batch, channels, out_h, out_w), dtype=x.dtype)
@@ -304,6 +307,9 @@ def avgpool2d_backward(dout: np.ndarray, cache: AvgPool2DCache) -> np.ndarray:
     (summed over the windows that read it; padded positions are dropped).
 
     - dout: (N, C, Ho, Wo); returns dx: (N, C, H, W)."""
+    check_cache(cache, AvgPool2DCache, "avgpool2d_backward: cache")
+    dout = check_array(dout, "avgpool2d_backward: dout", pool2d_output_shape(
+        cache.x_shape, cache.kernel_size, cache.stride, cache.padding, "avgpool2d_backward"))
     batch, channels, height, width = cache.x_shape
     (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
     out_h, out_w = dout.shape[2:]
@@ -326,11 +332,25 @@ class FlattenCache(NamedTuple):
 
 def flatten_forward(x: np.ndarray) -> tuple[np.ndarray, FlattenCache]:
     """(N, d1, d2, ...) -> (N, d1*d2*...), in C order (PyTorch's ``flatten(1)`` of NCHW)."""
+    x = check_array(x, "flatten_forward: x", ("N", ...))
+    return _flatten_forward(x)
+
+
+def _flatten_forward(x):
+    """:func:`flatten_forward` without the argument checks (the model checked them once)."""
     return x.reshape(x.shape[0], -1), FlattenCache(tuple(x.shape))
 
 
 def flatten_backward(dout: np.ndarray, cache: FlattenCache) -> np.ndarray:
     """(N, D) -> the input's shape."""
+    check_cache(cache, FlattenCache, "flatten_backward: cache")
+    x_shape = cache.x_shape
+    dout = check_array(dout, "flatten_backward: dout", (x_shape[0], int(np.prod(x_shape[1:]))))
+    return _flatten_backward(dout, cache)
+
+
+def _flatten_backward(dout, cache):
+    """:func:`flatten_backward` without the argument checks."""
     return dout.reshape(cache.x_shape)
 
 
@@ -355,6 +375,9 @@ class _Pool2D(ParameterFreeLayer):
 class MaxPool2D(_Pool2D):
     """Max pooling (``nn.MaxPool2d``); ties: the first maximum in scan order gets the
     gradient; padding counts as -inf. ``stride`` defaults to ``kernel_size``."""
+
+    # Each output is one of its window's inputs (the -inf padding is never the maximum).
+    output_selects_input = True
 
     kernel_size: Any
     stride: Any = None
@@ -401,6 +424,9 @@ class AvgPool2D(_Pool2D):
 class Flatten(ParameterFreeLayer):
     """(N, C, H, W) -> (N, C*H*W) in C order, as PyTorch's ``nn.Flatten()``."""
 
+    output_selects_input = True          # the same values, reshaped
+    input_gradient_selects_dout = True
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         input_shape = tuple(input_shape)
         if len(input_shape) < 2:
@@ -409,7 +435,7 @@ class Flatten(ParameterFreeLayer):
         return (input_shape[0], int(np.prod(input_shape[1:])))
 
     def forward(self, x, params):
-        return flatten_forward(x)
+        return _flatten_forward(x)
 
     def backward(self, dout, cache):
-        return flatten_backward(dout, cache), {}
+        return _flatten_backward(dout, cache), {}
