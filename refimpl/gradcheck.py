@@ -442,14 +442,21 @@ def check_gradients(
     names, directions, seed, tolerance = _check_options(method, mode, names, directions, seed,
                                                         rtol, atol, params)
 
-    loss, grads = _pair(f({name: value.copy() for name, value in params.items()}), "f",
-                        "f(params)", "(loss, grads)")
+    try:
+        result = f({name: value.copy() for name, value in params.items()})
+    except FloatingPointError as error:
+        # A model that refuses to return a non-finite value (refimpl's raise, naming the
+        # layer) is at a non-finite point: reported as such, like a NaN loss.
+        rows = tuple(_non_finite_row(name, params[name].shape) for name in names)
+        return GradcheckReport(False, method, mode, STEPS[method], tolerance, float("nan"),
+                               rows, (f"the loss at the point is not finite: {error}",))
+    loss, grads = _pair(result, "f", "f(params)", "(loss, grads)")
     loss_value = _real_loss(loss, "f")
     grads = _check_grads(grads, params)
     if loss_fn is None:
-        evaluator = _Evaluator(lambda p: _loss_of_f(f, p), params, "f")
+        evaluator = _Evaluator(_nan_on_overflow(lambda p: _loss_of_f(f, p)), params, "f")
     else:
-        evaluator = _Evaluator(loss_fn, params, "loss_fn")
+        evaluator = _Evaluator(_nan_on_overflow(loss_fn), params, "loss_fn")
 
     problems = []
     if not np.isfinite(loss_value):
@@ -469,6 +476,18 @@ def check_gradients(
         rows = _directional_rows(method, evaluator, params, grads, directions, seed, tolerance)
     ok = all(row.status == "ok" for row in rows)
     return GradcheckReport(ok, method, mode, STEPS[method], tolerance, loss_value, rows, ())
+
+
+def _nan_on_overflow(loss_fn: Callable[[Params], Any]) -> Callable[[Params], Any]:
+    """``loss_fn`` with a ``FloatingPointError`` (refimpl's models raise one instead of
+    returning inf/NaN) read as a NaN loss, so that a perturbed point past an overflow is
+    reported as ``"non-finite"`` like any other non-finite evaluation."""
+    def evaluate(params: Params) -> Any:
+        try:
+            return loss_fn(params)
+        except FloatingPointError:
+            return complex(float("nan"), float("nan"))
+    return evaluate
 
 
 def _non_finite_row(name: str, shape: tuple[int, ...]) -> ParameterRow:

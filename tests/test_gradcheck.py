@@ -605,3 +605,38 @@ def test_a_loss_that_drops_the_imaginary_part_is_refused_not_passed(mode):
     with pytest.raises(TypeError, match=r"^f: returned a real loss .* method='central'"):
         ri.check_gradients(f, params, method="complex", mode=mode)
     assert not ri.check_gradients(f, params, method="central", mode=mode).ok
+
+
+def test_an_overflowing_model_is_reported_non_finite_not_raised():
+    """refimpl's models raise FloatingPointError (naming the layer) instead of returning
+    inf/NaN; the checker reports such a point as non-finite, as it does a NaN loss."""
+    model = ri.MLP([4, 8, 3], activation="tanh", loss="cross_entropy")
+    params = model.init(seed=0)
+    params["fc1.weight"] = np.full((8, 4), 1e308)      # x @ W.T overflows: 4 terms of 1e308
+    x, y = np.ones((2, 4)), np.array([0, 2])
+    with pytest.raises(FloatingPointError, match="fc1"):
+        model.loss_and_grads(params, x, y)
+    report = ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params)
+    assert not report.ok
+    assert {row.status for row in report.rows} == {"non-finite"}
+    assert "fc1" in report.problems[0]
+
+
+def test_an_overflow_at_a_perturbed_point_is_reported_non_finite():
+    """Finite at the point, overflowing one central step away: the coordinate is
+    non-finite, not a crash."""
+    model = ri.nn.Sequential([ri.nn.Dense("fc", 1, 1)], loss=ri.nn.MSE())
+    edge = float(np.sqrt(np.finfo(np.float64).max))
+    params = {"fc.weight": np.array([[edge * (1 - 1e-12)]]), "fc.bias": np.zeros(1)}
+    x, y = np.ones((1, 1)), np.zeros((1, 1))
+
+    def f(p):
+        return model.loss_and_grads(p, x, y)
+
+    try:
+        f(params)
+    except FloatingPointError:
+        pytest.skip("the point itself overflows on this platform")
+    report = ri.check_gradients(f, params, method="central")
+    assert not report.ok
+    assert report.rows[0].status == "non-finite"
