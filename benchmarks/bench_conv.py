@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from refimpl.model import CNN  # noqa: E402
+from refimpl.nn import CNN  # noqa: E402
 from refimpl.nn.conv import conv2d_backward, conv2d_forward  # noqa: E402
 from refimpl.nn.pool import maxpool2d_backward, maxpool2d_forward  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Parameter tying: norm penalties between matched parameters, and pairs of tied models.
 
 Goodfellow, Bengio & Courville, *Deep Learning*, section 7.9. Two models A and B do related
-tasks; instead of forcing parameters to be equal (sharing, :mod:`refimpl.model`), a penalty
+tasks; instead of forcing parameters to be equal (sharing, :mod:`refimpl.nn`), a penalty
 pulls matched parameters together:
 
     Omega(wA, wB) = sum over pairs p of  lam_p * ||wA_p - wB_p||      (a norm per penalty)
@@ -22,7 +22,7 @@ into ``w0``): weight decay is ``w0 = 0``, transfer learning's L2-SP is ``w0`` = 
 weights (:class:`AnchoredModel`). Squared L2 weight decay ``lam ||w||^2`` has gradient
 ``2 lam w``: PyTorch's ``weight_decay = 2 lam``.
 
-:class:`TiedPair` couples two :class:`~refimpl.model.Sequential` models:
+:class:`TiedPair` couples two :class:`~refimpl.nn.Sequential` models:
 
 * ``mode="soft"``: ``total = L_A + L_B + Omega``; ``params_a`` and ``params_b`` are separate
   dicts; a paired parameter of B may be read transposed (``pairs={"fc1.weight":
@@ -52,7 +52,7 @@ from ._validate import (
     check_shape,
     no_fp_warnings,
 )
-from .model import ParameterCount, Sequential, ShareSource
+from .nn.sequential import ParameterCount, Sequential, ShareSource
 
 __all__ = [
     "l2_penalty_forward", "l2_penalty_backward", "l1_penalty_forward", "l1_penalty_backward",
@@ -293,7 +293,7 @@ class TiedPair:
 
     Parameters
     ----------
-    model_a, model_b: :class:`~refimpl.model.Sequential` models with a loss (they may be the
+    model_a, model_b: :class:`~refimpl.nn.Sequential` models with a loss (they may be the
         same object, or different architectures).
     pairs: ``{name_a: name_b}`` (or an iterable of ``(name_a, name_b)``) matching unique
         parameters of A with unique parameters of B of the same shape; ``name_b`` may be
@@ -659,7 +659,7 @@ class AnchoredModel:
 
     Parameters
     ----------
-    model: a :class:`~refimpl.model.Sequential` with a loss.
+    model: a :class:`~refimpl.nn.Sequential` with a loss.
     lam: one number >= 0, or ``{name: number}`` per anchored parameter.
     reference: ``{name: array}`` (the fixed ``w0``, e.g. pretrained weights: L2-SP), or None
         for ``w0 = 0`` (weight decay). Copied at construction.

@@ -6,7 +6,7 @@ Used by ``tests/test_oracle_stress.py`` (a modest number of drawn cases; more wi
 
     python tests/oracle_stress.py --cases 1000
 
-which draws that many cases from ``refimpl.strategies.cases()`` (seeded), judges each one at
+which draws that many cases from ``refimpl.testing.strategies.cases()`` (seeded), judges each one at
 its drawn point and at a point near a fit built from it (MSE targets = the model's own output
 plus 1e-9-sized noise; cross-entropy labels = the argmax, logits made confident; tied
 parameters made equal), in float32 and TF32, and prints the verdict counts.
@@ -30,7 +30,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from independent_numpy import make_impl  # noqa: E402
 
-from refimpl.model import Sequential  # noqa: E402
+from refimpl.nn import Sequential  # noqa: E402
 from refimpl.testing import compare_with_oracle  # noqa: E402
 from refimpl.tying import TiedPair  # noqa: E402
 
@@ -175,8 +175,8 @@ def summary(tally: Counter) -> str:
 def main() -> int:
     from hypothesis import HealthCheck, given, settings
 
-    from refimpl.cases import all_cases
-    from refimpl.strategies import cases
+    from refimpl.testing.cases import all_cases
+    from refimpl.testing.strategies import cases
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=1000)

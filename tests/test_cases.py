@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from refimpl.cases import CASE_MODULES, all_cases, get_case
+from refimpl.testing.cases import CASE_MODULES, all_cases, get_case
 
 CASES = all_cases()
 

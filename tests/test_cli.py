@@ -14,9 +14,9 @@ import pytest
 from test_io import read_only_folder
 
 import refimpl.cli as cli
-from refimpl.cases import all_cases
-from refimpl.cases.mlp import model_case
-from refimpl.model import MLP
+from refimpl.nn import MLP
+from refimpl.testing.cases import all_cases
+from refimpl.testing.cases.mlp import model_case
 
 
 def test_check_passes_every_built_in_case(capsys):
@@ -59,7 +59,7 @@ def broken_case():
 
 
 def test_check_exits_1_and_names_the_failing_case(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(cli, "all_cases", lambda: all_cases()[:1] + [broken_case()])
+    monkeypatch.setattr(cli.check, "all_cases", lambda: all_cases()[:1] + [broken_case()])
     path = tmp_path / "r.json"
     assert cli.main(["check", "--json", str(path)]) == 1
     out = capsys.readouterr().out
@@ -78,11 +78,11 @@ def test_check_rejects_an_unknown_case(capsys):
 
 def test_large_cases_are_checked_along_directions(monkeypatch, capsys):
     big = model_case("big", "mlp", MLP([40, 60, 5]), (40,), 3, seed=1)
-    assert big.parameter_total() > cli.FULL_CHECK_LIMIT
-    monkeypatch.setattr(cli, "all_cases", lambda: [big])
+    assert big.parameter_total() > cli.check.FULL_CHECK_LIMIT
+    monkeypatch.setattr(cli.check, "all_cases", lambda: [big])
     assert cli.main(["check", "--json", "-"]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert len(document["rows"]) == 2 * cli.DIRECTIONS
+    assert len(document["rows"]) == 2 * cli.check.DIRECTIONS
     assert {row["mode"] for row in document["rows"]} == {"directional"}
 
 
@@ -148,9 +148,9 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the work started before the output path was checked")
 
-    monkeypatch.setattr(cli, "check_case", refuse)
-    monkeypatch.setattr("refimpl.memory.memory_examples", refuse)
-    monkeypatch.setattr("refimpl.demo.sweep", refuse)
+    monkeypatch.setattr(cli.check, "check_case", refuse)
+    monkeypatch.setattr("refimpl.cli.memory.memory_examples", refuse)
+    monkeypatch.setattr("refimpl.cli.demo.sweep", refuse)
 
 
 @pytest.mark.parametrize("command", [["check"], ["memory"], ["demo", "--quick"]])
@@ -222,7 +222,7 @@ def test_any_os_error_of_a_command_is_one_line(monkeypatch, capsys):
     def refused():
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/some/where")
 
-    monkeypatch.setattr(cli, "all_cases", refused)
+    monkeypatch.setattr(cli.check, "all_cases", refused)
     line = _one_line_error(capsys, ["check"])
     assert line == "refimpl check: /some/where: Permission denied"
 

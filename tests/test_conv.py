@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import refimpl as ri
 from refimpl import nn
 from refimpl.gradcheck import TOLERANCES, assert_close, check_gradients, check_vjp
-from refimpl.model import CNN
+from refimpl.nn import CNN
 from refimpl.nn import conv as conv_module
 from refimpl.nn.base import layer_config, layer_from_config
 from refimpl.nn.conv import (
@@ -715,7 +715,7 @@ def test_cnn_constructor_layers_and_errors():
 # --- the built-in CNN cases (refimpl check) --------------------------------------------------
 
 def test_cnn_cases_are_deterministic_serialisable_and_pass_the_complex_step():
-    from refimpl.cases import cnn
+    from refimpl.testing.cases import cnn
 
     cases, again = cnn.cases(), cnn.cases()
     assert len({case.name for case in cases}) == len(cases) >= 6

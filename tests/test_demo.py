@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from refimpl.demo import (
+from refimpl.cli.demo import (
     QUICK,
     DemoSettings,
     add_demo_arguments,
@@ -229,7 +229,7 @@ def _fake_matplotlib(monkeypatch, save):
 
 
 def test_plot_is_written_through_a_temporary_sibling(tmp_path, monkeypatch):
-    from refimpl.demo import _plot
+    from refimpl.cli.demo import _plot
 
     targets = []
 
@@ -248,7 +248,7 @@ def test_plot_is_written_through_a_temporary_sibling(tmp_path, monkeypatch):
 
 
 def test_a_plot_that_fails_half_way_leaves_nothing(tmp_path, monkeypatch):
-    from refimpl.demo import _plot
+    from refimpl.cli.demo import _plot
 
     def save(path):
         with open(path, "wb") as handle:

@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_io import read_only_folder
 
-from refimpl import golden
-from refimpl.cases import all_cases
-from refimpl.model import Sequential
-from refimpl.testing import DTYPE_TOLERANCES
+from refimpl.cli import golden as golden_command
+from refimpl.nn import Sequential
+from refimpl.testing import DTYPE_TOLERANCES, golden
+from refimpl.testing.cases import all_cases
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +362,7 @@ def test_existing_nonempty_folder_is_refused(tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="--force"):
         golden.write(out)
-    status = golden.run_golden(argparse.Namespace(out=str(out), force=False, case=None))
+    status = golden_command.run_golden(argparse.Namespace(out=str(out), force=False, case=None))
     assert status == 2 and "--force" in capsys.readouterr().err
     assert _files(out) == {"keep.txt": b"mine"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # no temporary left
@@ -425,20 +425,20 @@ def test_verify_of_a_missing_folder_fails(tmp_path):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refimpl")
     commands = parser.add_subparsers(dest="command", required=True)
-    golden.add_golden_arguments(commands.add_parser("golden"))
-    golden.add_verify_arguments(commands.add_parser("verify"))
+    golden_command.add_golden_arguments(commands.add_parser("golden"))
+    golden_command.add_verify_arguments(commands.add_parser("verify"))
     return parser
 
 
 def test_command_line_golden_and_verify(tmp_path, capsys):
     out = tmp_path / "cli"
     args = _parser().parse_args(["golden", "--out", str(out)])
-    assert golden.run_golden(args) == 0
+    assert golden_command.run_golden(args) == 0
     assert "wrote" in capsys.readouterr().out
-    assert golden.run_verify(_parser().parse_args(["verify", str(out)])) == 0
+    assert golden_command.run_verify(_parser().parse_args(["verify", str(out)])) == 0
     assert "OK" in capsys.readouterr().out
     (out / "manifest.json").write_text("[")
-    assert golden.run_verify(_parser().parse_args(["verify", "--quiet", str(out)])) == 1
+    assert golden_command.run_verify(_parser().parse_args(["verify", "--quiet", str(out)])) == 1
     output = capsys.readouterr().out
     assert "FAIL  manifest.json" in output and "FAILED" in output
     args = _parser().parse_args(["golden", "--out", str(out), "--force"])
@@ -960,7 +960,7 @@ def test_golden_on_a_refusing_file_system_is_one_line_naming_out(copy, monkeypat
         monkeypatch.setattr(golden, "_exchange", lambda first, second: False)
     monkeypatch.setattr(module, name, refuse)
     args = argparse.Namespace(out=str(copy), force=True, case=[all_cases()[0].name])
-    assert golden.run_golden(args) == 1
+    assert golden_command.run_golden(args) == 1
     captured = capsys.readouterr()
     assert captured.err == f"refimpl golden: --out {copy}: {os.strerror(number)}\n"
     assert _files(copy) == before
@@ -970,7 +970,7 @@ def test_golden_on_a_refusing_file_system_is_one_line_naming_out(copy, monkeypat
 def test_golden_into_a_path_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "X"
-    assert golden.run_golden(argparse.Namespace(out=str(out), force=False, case=None)) == 1
+    assert golden_command.run_golden(argparse.Namespace(out=str(out), force=False, case=None)) == 1
     assert capsys.readouterr().err == f"refimpl golden: --out {out}: Not a directory\n"
 
 
@@ -1028,7 +1028,7 @@ def test_golden_into_a_read_only_folder_is_one_line(tmp_path, capsys):
     with read_only_folder(tmp_path / "read-only") as folder:
         out = folder / "X"
         args = argparse.Namespace(out=str(out), force=False, case=[all_cases()[0].name])
-        assert golden.run_golden(args) == 1
+        assert golden_command.run_golden(args) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"refimpl golden: --out {out}: ") and len(err.splitlines()) == 1
         assert os.listdir(folder) == []

@@ -8,14 +8,13 @@ import math
 
 import pytest
 
-from refimpl.memory import (
+from refimpl.cli.memory import (
     add_memory_arguments,
     convolution_count,
     memory_examples,
     run_memory,
 )
-from refimpl.model import ParameterCount
-from refimpl.nn import Conv2D, LocallyConnected2D
+from refimpl.nn import Conv2D, LocallyConnected2D, ParameterCount
 
 
 def parse(argv):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import refimpl as ri
 from refimpl import nn
 from refimpl.gradcheck import TOLERANCES, assert_close
-from refimpl.model import CNN
+from refimpl.nn import CNN
 
 COMPLEX = TOLERANCES["complex"]
 SMOOTH_ACTIVATIONS = ("tanh", "sigmoid", "softplus", "identity")

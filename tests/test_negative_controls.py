@@ -21,10 +21,15 @@ import numpy as np
 import pytest
 from independent_numpy import BUGS, make_impl
 
-from refimpl import MLP, golden
-from refimpl.cases import all_cases
-from refimpl.model import CNN
-from refimpl.testing import assert_matches_golden, assert_matches_oracle, compare_with_oracle
+from refimpl import MLP
+from refimpl.nn import CNN
+from refimpl.testing import (
+    assert_matches_golden,
+    assert_matches_oracle,
+    compare_with_oracle,
+    golden,
+)
+from refimpl.testing.cases import all_cases
 from refimpl.tying import AnchoredModel, TiedPair
 
 

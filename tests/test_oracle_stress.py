@@ -12,7 +12,7 @@ from collections import Counter
 from hypothesis import given, settings
 from oracle_stress import judge_case
 
-from refimpl import strategies as rs
+from refimpl.testing import strategies as rs
 
 TALLY: Counter = Counter()
 

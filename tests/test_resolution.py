@@ -14,15 +14,16 @@ from hypothesis import strategies as st
 from independent_numpy import make_impl
 from oracle_stress import MUTATIONS, judge, model_of, near_fit
 
-from refimpl import MLP, resolution
-from refimpl import strategies as rs
-from refimpl.cases import all_cases, get_case
+from refimpl import MLP
 from refimpl.testing import (
     assert_matches_oracle,
     compare_tensor,
     compare_with_oracle,
+    resolution,
     resolve_tolerance,
 )
+from refimpl.testing import strategies as rs
+from refimpl.testing.cases import all_cases, get_case
 
 
 def _near_fit_tanh_mse():
@@ -186,8 +187,7 @@ def test_ordinary_points_pass_in_tf32_with_room():
 # --- golden folders: floors from the rebuilt catalogue case -------------------------------------
 
 def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
-    from refimpl import cases, golden
-    from refimpl.testing import assert_matches_golden, compare_with_golden
+    from refimpl.testing import assert_matches_golden, cases, compare_with_golden, golden, oracle
 
     name = "mlp-tanh-ce"
     folder = golden.write(tmp_path / "golden", cases=[name])
@@ -200,7 +200,7 @@ def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
     # A folder whose point is not the catalogue's: its floors cannot be derived.
     moved = cases.Case(**{**case.__dict__, "params": {k: v + 1.0 for k, v in
                                                         case.params.items()}})
-    monkeypatch.setattr(cases, "get_case", lambda _: moved)
+    monkeypatch.setattr(oracle, "get_case", lambda _: moved)
     with pytest.raises(ValueError, match="stored params differ from refimpl's catalogue"):
         compare_with_golden(make_impl(case.config, "float32"), folder, case=name,
                             dtype="float32")

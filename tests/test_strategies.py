@@ -15,32 +15,31 @@ from independent_numpy import make_impl
 
 import refimpl
 from refimpl import MLP
-from refimpl import strategies as rs
-from refimpl import testing as rt
-from refimpl.cases import Case
-from refimpl.model import Sequential
+from refimpl.nn import Sequential
 from refimpl.nn.conv import Conv2D, conv2d_backward, conv2d_forward
-from refimpl.testing import assert_matches_oracle
+from refimpl.testing import assert_matches_oracle, oracle
+from refimpl.testing import strategies as rs
+from refimpl.testing.cases import Case
 from refimpl.tying import TiedPair
 
 
 def test_documented_examples_run():
-    for module in (rs, rt):
+    for module in (rs, oracle):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 def test_clear_error_without_hypothesis():
     code = ("import sys; sys.modules['hypothesis'] = None\n"
-            "try:\n    import refimpl.strategies\n"
+            "try:\n    import refimpl.testing.strategies\n"
             "except ImportError as error:\n    print(error)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=str(__import__("pathlib").Path(__file__).parents[1]))
-    assert "refimpl.strategies needs Hypothesis" in result.stdout
+    assert "refimpl.testing.strategies needs Hypothesis" in result.stdout
     assert "pip install hypothesis" in result.stdout
     # ... and the rest of refimpl (testing included) does not need it:
     code = ("import sys; sys.modules['hypothesis'] = None\n"
-            "import refimpl.testing, refimpl.golden; print('ok')\n")
+            "import refimpl.testing, refimpl.testing.golden; print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert result.stdout.strip() == "ok", result.stderr
@@ -329,7 +328,7 @@ def _float32_resolvable(case) -> bool:
     """Every tensor of the case resolvable in float32 by the documented rule, computed here
     from the floors with the documented rtol written literally: rtol * scale + floor must stay
     below a third of the scale; and some gradient is non-zero."""
-    from refimpl.resolution import resolution_floors, tensors_of
+    from refimpl.testing.resolution import resolution_floors, tensors_of
     reference = case.evaluate(case.params, case.inputs)
     floors = resolution_floors(case.evaluate, case.params, case.inputs, "float32",
                                reference=reference, config=case.config)

@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 from independent_numpy import make_impl
 
 import refimpl
-from refimpl import MLP, golden
-from refimpl.cases import all_cases, get_case
-from refimpl.model import Sequential, transposed
+from refimpl import MLP
+from refimpl.nn import Sequential, transposed
 from refimpl.testing import (
     DTYPE_TOLERANCES,
     assert_matches_golden,
@@ -23,8 +22,10 @@ from refimpl.testing import (
     compare_tensor,
     compare_with_golden,
     compare_with_oracle,
+    golden,
     resolve_tolerance,
 )
+from refimpl.testing.cases import all_cases, get_case
 from refimpl.tying import AnchoredModel, TiedPair
 
 CASES = all_cases()

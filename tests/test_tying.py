@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 import refimpl as ri
 from refimpl import nn
 from refimpl.gradcheck import TOLERANCES, assert_close, check_vjp
-from refimpl.model import CNN
+from refimpl.nn import CNN
 from refimpl.optim import SGD, train
 from refimpl.tying import (
     PENALTIES,

@@ -30,14 +30,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._io import JSON_HELP, atomic_output, check_destination, write_text_atomically
-from ._table import format_table
-from .model import MLP, Sequential
-from .nn.activations import Tanh
-from .nn.dense import Dense
-from .nn.losses import MSE
-from .optim import SGD, train
-from .tying import PENALTIES, TiedPair
+from .._io import JSON_HELP, atomic_output, check_destination, write_text_atomically
+from .._table import format_table
+from ..nn import MLP, Sequential
+from ..nn.activations import Tanh
+from ..nn.dense import Dense
+from ..nn.losses import MSE
+from ..optim import SGD, train
+from ..tying import PENALTIES, TiedPair
 
 __all__ = ["DemoSettings", "QUICK", "DEFAULT", "Tasks", "make_shifted_tasks", "rotation",
            "run_shifted", "run_lasserre", "sweep", "add_demo_arguments", "run_demo"]

@@ -8,10 +8,10 @@ parameter's gradient is the sum over its uses; the cases check it numerically.
 
 from __future__ import annotations
 
-from ..model import CNN, MLP, Sequential, transposed
-from ..nn.activations import Sigmoid, Tanh
-from ..nn.dense import Dense
-from ..nn.losses import MSE, SoftmaxCrossEntropy
+from ...nn import CNN, MLP, Sequential, transposed
+from ...nn.activations import Sigmoid, Tanh
+from ...nn.dense import Dense
+from ...nn.losses import MSE, SoftmaxCrossEntropy
 from . import Case
 from .mlp import model_case
 

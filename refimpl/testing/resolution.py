@@ -49,13 +49,13 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_seed
-from .model import Sequential
-from .tying import TiedPair
+from .._validate import check_seed
+from ..nn import Sequential
+from ..tying import TiedPair
 
 __all__ = ["UNIT_ROUNDOFF", "ELEMENTWISE_ROUNDOFF", "FLOOR_PERTURBATIONS", "FLOOR_ROUNDOFF_UNITS",
            "FLOOR_SAFETY", "loss_rounding", "Evaluate", "tensors_of", "rounded_to", "perturbed",
-           "resolution_floors"]
+           "resolution_floors", "case_floors"]
 
 #: Unit roundoff of the arithmetic of each dtype under test (TF32: its 10-bit product inputs).
 UNIT_ROUNDOFF: dict[str, float] = {"float64": 2.0 ** -53, "float32": 2.0 ** -24,
@@ -245,3 +245,18 @@ def resolution_floors(evaluate: Evaluate, params: Mapping[str, Any], inputs: Map
                 if key in spread:
                     spread[key] = max(spread[key], float(np.max(np.abs(change), initial=0.0)))
     return {key: FLOOR_SAFETY * value for key, value in spread.items()}
+
+
+def case_floors(case: Any, dtype: str, reference: Any = None) -> dict[tuple[str, str], float]:
+    """The resolution floor of every tensor of a :class:`refimpl.testing.cases.Case` for ``dtype``
+    (:func:`refimpl.testing.resolution.resolution_floors`; a case without ``evaluate`` perturbs its
+    parameters only). ``reference``: ``(loss, grads, outputs)`` at the case's point, if known.
+    """
+    if case.evaluate is not None:
+        evaluate, inputs = case.evaluate, case.inputs
+    else:
+        def evaluate(p: Mapping[str, Any], _: Mapping[str, Any]) -> tuple:
+            return (*case.loss_and_grads(p), case.outputs(p))
+        inputs = {}
+    return resolution_floors(evaluate, case.params, inputs, dtype, reference=reference,
+                             config=case.config if case.evaluate is not None else None)

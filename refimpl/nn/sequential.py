@@ -22,19 +22,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._validate import (
+from .._validate import (
     as_float_array,
     check_finite_result,
     check_keys,
     check_shape,
     no_fp_warnings,
 )
-from .nn.activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
-from .nn.base import Layer, layer_config, layer_from_config
-from .nn.dense import Dense
-from .nn.losses import LOSS_TYPES, MSE, Loss, SoftmaxCrossEntropy
+from .base import Layer, layer_config, layer_from_config
+from .losses import LOSS_TYPES, Loss
 
-__all__ = ["Sequential", "MLP", "ShareSource", "transposed", "ParameterCount"]
+__all__ = ["Sequential", "ShareSource", "transposed", "ParameterCount"]
 
 Params = dict[str, np.ndarray]
 
@@ -410,131 +408,3 @@ def _describe(index: int, layer: Layer) -> str:
     """``layer 'fc2' (Dense)``, or ``layers[1] (Tanh)`` for a layer without a name."""
     kind = type(layer).__name__
     return f"layer {layer.name!r} ({kind})" if layer.name else f"layers[{index}] ({kind})"
-
-
-ACTIVATIONS = {
-    "relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh, "sigmoid": Sigmoid,
-    "softplus": Softplus, "identity": Identity,
-}
-LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "mse": MSE}
-
-
-def MLP(
-    sizes: Sequence[int],
-    activation: str | Layer = "tanh",
-    loss: str | Loss | None = "cross_entropy",
-    bias: bool = True,
-    share: Mapping[str, str | ShareSource] | None = None,
-) -> Sequential:
-    """A multilayer perceptron ``Dense("fc1", sizes[0], sizes[1]) -> activation -> ... ->
-    Dense("fcL", sizes[-2], sizes[-1])`` (no activation after the last layer).
-
-    ``activation``: a name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a
-    parameter-free layer spec; ``loss``: "cross_entropy", "mse", a loss spec or None.
-    """
-    sizes = list(sizes)
-    if len(sizes) < 2:
-        raise ValueError(f"sizes: expected at least two sizes (in, out), got {sizes}")
-    if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: unknown name {activation!r}; "
-                             f"expected one of {sorted(ACTIVATIONS)}")
-        activation = ACTIVATIONS[activation]()
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(LOSSES)}")
-        loss = LOSSES[loss]()
-    layers: list[Layer] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
-        if index > 1:
-            layers.append(activation)
-        layers.append(Dense(f"fc{index}", fan_in, fan_out, bias=bias))
-    return Sequential(layers, loss=loss, share=share)
-
-
-def CNN(
-    input_shape: Sequence[int],
-    convs: Sequence[int | Mapping[str, Any]],
-    dense: Sequence[int],
-    activation: str | Layer = "relu",
-    pool: int | Layer | None = 2,
-    loss: str | Loss | None = "cross_entropy",
-    share: Mapping[str, str | ShareSource] | None = None,
-) -> Sequential:
-    """A convolutional network::
-
-        conv1 -> activation -> pool -> conv2 -> activation -> pool -> ... -> Flatten
-              -> fc1 -> activation -> ... -> fcL          (no activation after fcL)
-
-    - input_shape: (C, H, W) of one example (the batch axis is not included).
-    - convs: one entry per convolution, named ``conv1``, ``conv2``, ...: an int
-      ``out_channels`` (a 3x3 kernel with padding 1, which keeps H and W), or a dict of
-      :class:`~refimpl.nn.Conv2D` keyword arguments (``out_channels`` and ``kernel_size``
-      required; ``stride``, ``padding``, ``dilation``, ``groups``, ``bias`` optional).
-      ``in_channels`` is always inferred.
-    - dense: the sizes of the dense layers after flattening, named ``fc1``, ``fc2``, ...; the
-      last is the output size. Their input size is inferred.
-    - activation: a name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a
-      parameter-free layer spec; pool: None, an int ``k`` for ``MaxPool2D(k)``, or a pooling
-      spec (``MaxPool2D``/``AvgPool2D``), used after every convolution's activation;
-      loss and share as :func:`MLP`.
-
-    Example: ``CNN((1, 12, 12), [4, {"out_channels": 6, "kernel_size": 3, "stride": 2,
-    "padding": 1}], [16, 10])``: 12x12 -> conv1 12x12 -> pool 6x6 -> conv2 3x3 -> pool 1x1
-    -> Flatten (6) -> fc1 (16) -> fc2 (10).
-    A geometry that does not fit (a kernel or pool window larger than its input) is a
-    ``ValueError`` naming the layer.
-    """
-    from .nn.conv import Conv2D
-    from .nn.pool import Flatten, MaxPool2D
-
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or not all(
-            isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0
-            for size in input_shape):
-        raise ValueError(f"input_shape: expected (C, H, W), three positive ints, got "
-                         f"{input_shape!r}")
-    convs, dense = list(convs), list(dense)
-    if not dense:
-        raise ValueError("dense: expected at least one dense layer size (the output size)")
-    if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: unknown name {activation!r}; "
-                             f"expected one of {sorted(ACTIVATIONS)}")
-        activation = ACTIVATIONS[activation]()
-    if isinstance(pool, (int, np.integer)) and not isinstance(pool, bool):
-        pool = MaxPool2D(int(pool))
-    elif pool is not None and not isinstance(pool, Layer):
-        raise TypeError(f"pool: expected None, an int window size or a pooling layer spec, "
-                        f"got {pool!r}")
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(LOSSES)}")
-        loss = LOSSES[loss]()
-
-    layers: list[Layer] = []
-    shape: tuple[int, ...] = (1, *input_shape)   # a batch of one, to infer the sizes
-    for index, conv in enumerate(convs, start=1):
-        if isinstance(conv, (int, np.integer)) and not isinstance(conv, bool):
-            conv = {"out_channels": int(conv), "kernel_size": 3, "padding": 1}
-        if not isinstance(conv, Mapping):
-            raise TypeError(f"convs[{index - 1}]: expected an int out_channels or a dict of "
-                            f"Conv2D arguments, got {conv!r}")
-        if "in_channels" in conv or "name" in conv:
-            raise ValueError(f"convs[{index - 1}]: in_channels and name are inferred; got "
-                             f"{sorted(conv)}")
-        for block_layer in (Conv2D(f"conv{index}", shape[1], **conv), activation, pool):
-            if block_layer is not None:
-                try:
-                    shape = block_layer.output_shape(shape)
-                except ValueError as error:
-                    raise ValueError(f"convs[{index - 1}] (conv{index} block): {error}") from None
-                layers.append(block_layer)
-    layers.append(Flatten())
-    shape = layers[-1].output_shape(shape)
-    for index, size in enumerate(dense, start=1):
-        if index > 1:
-            layers.append(activation)
-        layers.append(Dense(f"fc{index}", shape[1], size))
-        shape = (1, size)
-    return Sequential(layers, loss=loss, share=share)

@@ -36,7 +36,7 @@ class Case:
     - outputs: ``g(params) -> {name: array}``, the forward outputs (e.g. ``{"out": logits}``)
     - evaluate: ``h(params, inputs) -> (loss, grads, outputs)``, the same reference as a
       function of the data too (``inputs`` keyed like :attr:`inputs`). The resolution floor
-      (:mod:`refimpl.resolution`) perturbs the data as well as the point through it; None
+      (:mod:`refimpl.testing.resolution`) perturbs the data as well as the point through it; None
       (a hand-made case) perturbs the point only, a smaller floor.
     """
 
@@ -54,7 +54,7 @@ class Case:
         return sum(value.size for value in self.params.values())
 
 
-#: Modules of ``refimpl.cases`` that define ``cases() -> list[Case]``, in catalogue order.
+#: Modules of ``refimpl.testing.cases`` that define ``cases() -> list[Case]``, in catalogue order.
 CASE_MODULES = ("mlp", "cnn", "tied", "shared")
 
 

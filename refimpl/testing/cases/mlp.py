@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import MLP, Sequential
+from ...nn import MLP, Sequential
 from . import Case
 
 #: (name, sizes, activation, loss, batch). Small enough for a full complex-step check.

@@ -7,8 +7,8 @@ last is checked along random directions.
 
 from __future__ import annotations
 
-from ..model import CNN, Sequential
-from ..nn import (
+from ...nn import (
+    CNN,
     MSE,
     AvgPool2D,
     Dense,
@@ -16,6 +16,7 @@ from ..nn import (
     LocallyConnected2D,
     MaxPool2D,
     ReLU,
+    Sequential,
     SoftmaxCrossEntropy,
     Tanh,
 )

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from ..model import CNN, MLP, Sequential, transposed
-from ..nn.activations import Tanh
-from ..nn.dense import Dense
-from ..nn.losses import MSE
-from ..tying import AnchoredModel, TiedPair
+from ...nn import CNN, MLP, Sequential, transposed
+from ...nn.activations import Tanh
+from ...nn.dense import Dense
+from ...nn.losses import MSE
+from ...tying import AnchoredModel, TiedPair
 from . import Case
 
 #: Entries of a difference that must stay away from the L1 kink are at least this large.

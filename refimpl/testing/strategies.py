@@ -25,7 +25,7 @@ What there is
 ``parameters(model, ...)``         a parameter dict for a model (or a pair, "A:"/"B:" keys)
 ``batches(model, ...)``            ``{"x": ..., "y": ...}`` for a model
 ``points(model, ...)``             :class:`Point` (params and inputs), optionally kink-free
-``cases(...)``                     a whole :class:`refimpl.cases.Case`, ready for
+``cases(...)``                     a whole :class:`refimpl.testing.cases.Case`, ready for
                                    ``refimpl.testing.assert_matches_oracle`` or
                                    ``refimpl.check_gradients(case.loss_and_grads, case.params)``
 =================================  ==========================================================
@@ -68,14 +68,25 @@ try:
     from hypothesis import strategies as st
 except ImportError as error:  # pragma: no cover - exercised only without Hypothesis
     raise ImportError(
-        "refimpl.strategies needs Hypothesis, an optional (test) dependency of refimpl: "
+        "refimpl.testing.strategies needs Hypothesis, an optional (test) dependency of refimpl: "
         "pip install hypothesis  (or pip install 'refimpl[test]')") from error
 
 import numpy as np
 
+from ..nn import (
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Flatten,
+    LocallyConnected2D,
+    MaxPool2D,
+    Sequential,
+    ShareSource,
+)
+from ..nn.builders import ACTIVATIONS, LOSSES, MLP
+from ..tying import MODES, PENALTIES, TiedPair
 from .cases import Case
-from .model import ACTIVATIONS, LOSSES, MLP, Sequential, ShareSource
-from .testing import unresolved_tensors
+from .oracle import unresolved_tensors
 
 __all__ = [
     "arrays", "mlps", "ConvGeometry", "conv_geometries", "ModelExample", "cnns",
@@ -389,9 +400,6 @@ def cnns(*, geometries=None, activations: Iterable[str] | None = None,
     ...     assert example.model.output_shape((2, *example.input_shape))[0] == 2
     >>> test()
     """
-    from .nn.conv import Conv2D, LocallyConnected2D
-    from .nn.dense import Dense
-    from .nn.pool import AvgPool2D, Flatten, MaxPool2D
 
     geometries = conv_geometries() if geometries is None else geometries
     if not isinstance(geometries, st.SearchStrategy):
@@ -573,7 +581,6 @@ def tied_pairs(*, modes: Iterable[str] | None = None, penalties: Iterable[str] |
     ...     assert pair.mode == "hard" and pair.shared_b()
     >>> test()
     """
-    from .tying import MODES, PENALTIES, TiedPair
 
     modes = _choices(modes, "modes", MODES)
     penalties = _choices(penalties, "penalties", PENALTIES)
@@ -1008,7 +1015,7 @@ def _pair_case(pair: Any, point: Point) -> Case:
 def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin: float = 0.05,
           min_batch: int = 1, max_batch: int = 3, activations: Iterable[str] | None = None,
           geometries=None):
-    """Whole :class:`refimpl.cases.Case` objects of the given ``kinds`` ("mlp", "cnn",
+    """Whole :class:`refimpl.testing.cases.Case` objects of the given ``kinds`` ("mlp", "cnn",
     "shared", "tied"; default all), with config, point, data and refimpl's functions — the
     same shape as the built-in catalogue, so everything that takes a catalogue case takes
     these (``assert_matches_oracle``, ``check_gradients(case.loss_and_grads, case.params)``).

@@ -1,6 +1,6 @@
 """Golden test vectors: every built-in case as ``.npy`` files any language can read.
 
-``refimpl golden --out DIR`` writes, for every case of :func:`refimpl.cases.all_cases`::
+``refimpl golden --out DIR`` writes, for every case of :func:`refimpl.testing.cases.all_cases`::
 
     DIR/manifest.json              what everything is (see below)
     DIR/SHA256SUMS                 `cd DIR && sha256sum -c SHA256SUMS` checks every file
@@ -41,7 +41,6 @@ unpickled. A folder written with ``--case`` passes and says which catalogue case
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import errno
@@ -67,14 +66,17 @@ try:
 except ImportError:   # not POSIX: writers are told apart by the pid in their names
     fcntl = None  # type: ignore[assignment]
 
-from . import __version__
-from ._io import OutputError
-from .testing import DTYPE_TOLERANCES, RESOLVED_FRACTION, case_floors, compare_tensor
+from .._io import OutputError
+from .._version import __version__
+from ..nn.base import LAYER_TYPES
+from ..nn.losses import LOSS_TYPES
+from .cases import all_cases
+from .comparison import DTYPE_TOLERANCES, RESOLVED_FRACTION, compare_tensor
+from .resolution import case_floors
 
 __all__ = [
     "write", "verify", "read_manifest", "select_cases", "load_case", "load_npy",
     "GoldenCase", "GoldenError", "VerifyReport", "VerifyEntry", "SCHEMA_VERSION", "FORMAT",
-    "add_golden_arguments", "run_golden", "add_verify_arguments", "run_verify",
 ]
 
 FORMAT = "refimpl-golden"
@@ -195,8 +197,6 @@ def _types_in(config: Any) -> list[str]:
 
 def _case_conventions(config: Mapping[str, Any]) -> dict[str, str]:
     """A one-line description of each layer / loss type the case's configuration uses."""
-    from .nn.base import LAYER_TYPES
-    from .nn.losses import LOSS_TYPES
 
     notes = {}
     for kind in _types_in(config):
@@ -330,7 +330,7 @@ def _manifest_header(command: str, case_order: list[str]) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "generator": {
             "refimpl": __version__, "numpy": np.__version__, "command": command,
-            "seed": "each case is built by refimpl.cases from its own fixed seed, "
+            "seed": "each case is built by refimpl.testing.cases from its own fixed seed, "
                     "recorded as cases.<name>.seed (null when the case has none)",
         },
         "npy": {"version": "1.0", "dtypes": sorted(ALLOWED_DTYPES), "order": "C",
@@ -516,7 +516,6 @@ def write(out_dir: str | os.PathLike, force: bool = False,
     interrupted earlier writes of ``out_dir`` are cleaned up first. Returns the folder's
     absolute path.
     """
-    from .cases import all_cases
 
     out = Path(out_dir)
     catalogue = all_cases()
@@ -1079,7 +1078,6 @@ def verify(golden_dir: str | os.PathLike) -> VerifyReport:
 
     Never raises for a bad folder: every problem is an entry of the report naming the file.
     """
-    from .cases import all_cases
 
     root = Path(golden_dir)
     folder = str(golden_dir)
@@ -1166,51 +1164,3 @@ def _checksums_text(manifest: Mapping[str, Any], manifest_sum: str) -> str | Non
     except (KeyError, TypeError):
         return None
     return "\n".join(lines) + "\n"
-
-
-# --- command line -----------------------------------------------------------------------------
-
-def add_golden_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="folder to create (must not exist or be empty, unless --force)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace an existing golden folder (only once the new one is "
-                             "complete)")
-    parser.add_argument("--case", action="append", metavar="NAME",
-                        help="write only this case (repeatable); default: every case")
-
-
-def run_golden(args: argparse.Namespace) -> int:
-    try:
-        out = write(args.out, force=bool(getattr(args, "force", False)),
-                    cases=getattr(args, "case", None))
-    except OutputError as error:
-        print(f"refimpl golden: --out {error}", file=sys.stderr)
-        return 1
-    except (FileExistsError, GoldenError, ValueError) as error:
-        print(f"refimpl golden: {error}", file=sys.stderr)
-        return 2
-    manifest = read_manifest(out)
-    files = sum(len(entry["files"]) for entry in manifest["cases"].values())
-    print(f"refimpl golden: wrote {len(manifest['cases'])} cases, {files} .npy files, "
-          f"{MANIFEST} and {CHECKSUMS} to {args.out}")
-    print(f"check the files with: (cd {args.out} && sha256sum -c {CHECKSUMS}); "
-          f"check the values with: refimpl verify {args.out}")
-    return 0
-
-
-def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="a folder written by refimpl golden")
-    parser.add_argument("--quiet", action="store_true", help="print only failures and the "
-                                                             "summary line")
-
-
-def run_verify(args: argparse.Namespace) -> int:
-    report = verify(args.dir)
-    if getattr(args, "quiet", False):
-        lines = str(report).splitlines()
-        shown = [line for line in lines[:-1] if line.startswith("FAIL")] + lines[-1:]
-        print("\n".join(shown))
-    else:
-        print(report)
-    return 0 if report.ok else 1

@@ -1,43 +1,22 @@
-"""The ``refimpl`` command.
-
-``refimpl check [--json PATH]``: every built-in case (:mod:`refimpl.cases`) through the
-gradient checker with the complex step and with central differences; one table, one summary
-line, exit status 1 on any failure.
-
-Other sub-commands live in their own modules; :data:`SUBCOMMANDS` lists, for each, the
-module with its ``add_<command>_arguments(parser)`` and ``run_<command>(args) -> int``.
-"""
+"""``refimpl check``: every built-in case (:mod:`refimpl.testing.cases`) through the gradient
+checker with the complex step and with central differences; one table, one summary line, exit
+status 1 on any failure."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import __version__
-from ._io import JSON_HELP, check_destination, write_text_atomically
-from ._table import format_table
-from .cases import Case, all_cases
-from .gradcheck import check_gradients
-
-#: (sub-command, module, one-line help). The module defines add_<sub-command>_arguments(parser)
-#: and run_<sub-command>(args) -> int (exit status).
-SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("check", "refimpl.cli", "verify every built-in model's gradients numerically"),
-    ("golden", "refimpl.golden",
-     "write golden test vectors (.npy, manifest.json, SHA256SUMS) for every built-in case"),
-    ("verify", "refimpl.golden", "recompute every case of a golden folder and check every file"),
-    ("demo", "refimpl.demo",
-     "the parameter-tying experiment: a lambda sweep and hard sharing, and the Lasserre variant"),
-    ("memory", "refimpl.memory",
-     "unique parameters vs parameter uses and bytes, with and without sharing"),
-)
+from .._io import JSON_HELP, check_destination, write_text_atomically
+from .._table import format_table
+from .._version import __version__
+from ..gradcheck import check_gradients
+from ..testing.cases import Case, all_cases
 
 #: Above this many parameters a case is checked along random directions instead of
 #: coordinate by coordinate, to keep `refimpl check` well under a minute.
@@ -129,49 +108,3 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if failed_cases else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="refimpl", description="Reference neural-network gradients, checked numerically.")
-    parser.add_argument("--version", action="version", version=f"refimpl {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name, help_text in SUBCOMMANDS:
-        module = sys.modules[__name__] if module_name == __name__ else \
-            importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        getattr(module, f"add_{name}_arguments")(sub)
-        sub.set_defaults(handler=getattr(module, f"run_{name}"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; the exit status: 0 success, 1 a failed check or an error of the
-    environment (a path that cannot be written, a full disk), 2 a usage error.
-
-    A bare ``refimpl`` prints the usage and the list of commands on stderr (status 2: no
-    command was given, which is a usage error). An ``OSError`` (including
-    :class:`refimpl._io.OutputError`) is printed as one line naming the path and the reason,
-    never as a traceback.
-    """
-    parser = build_parser()
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if not arguments:
-        parser.print_help(sys.stderr)
-        return 2
-    args = parser.parse_args(arguments)
-    try:
-        return int(args.handler(args))
-    except OSError as error:   # refimpl._io.OutputError included: it names the user's path
-        print(f"refimpl {args.command}: {_describe_os_error(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"refimpl {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-def _describe_os_error(error: OSError) -> str:
-    reason = error.strerror or str(error)
-    return f"{error.filename}: {reason}" if error.filename else reason
-
-
-if __name__ == "__main__":
-    sys.exit(main())

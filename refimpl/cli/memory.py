@@ -23,14 +23,14 @@ import math
 import sys
 from typing import Any
 
-from ._io import JSON_HELP, check_destination, write_text_atomically
-from ._table import format_table
-from .model import MLP, ParameterCount, Sequential, transposed
-from .nn.activations import Tanh
-from .nn.conv import Conv2D, LocallyConnected2D
-from .nn.dense import Dense
-from .nn.losses import MSE
-from .tying import TiedPair
+from .._io import JSON_HELP, check_destination, write_text_atomically
+from .._table import format_table
+from ..nn import MLP, ParameterCount, Sequential, transposed
+from ..nn.activations import Tanh
+from ..nn.conv import Conv2D, LocallyConnected2D
+from ..nn.dense import Dense
+from ..nn.losses import MSE
+from ..tying import TiedPair
 
 __all__ = ["memory_examples", "add_memory_arguments", "run_memory"]
 

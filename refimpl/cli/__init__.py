@@ -1,0 +1,78 @@
+"""The ``refimpl`` command: one module per sub-command, each with an
+``add_<command>_arguments(parser)`` and a ``run_<command>(args) -> int`` (the exit status).
+
+- ``check`` (:mod:`.check`): every built-in case through the gradient checker;
+- ``golden``, ``verify`` (:mod:`.golden`): golden test vectors on disk;
+- ``demo`` (:mod:`.demo`): the parameter-tying experiment;
+- ``memory`` (:mod:`.memory`): unique parameters against parameter uses.
+
+Only this package parses arguments or prints; everything below it returns values or raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from .._version import __version__
+from . import check, demo, golden, memory
+
+#: (sub-command, module, one-line help).
+SUBCOMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
+    ("check", check, "verify every built-in model's gradients numerically"),
+    ("golden", golden,
+     "write golden test vectors (.npy, manifest.json, SHA256SUMS) for every built-in case"),
+    ("verify", golden, "recompute every case of a golden folder and check every file"),
+    ("demo", demo,
+     "the parameter-tying experiment: a lambda sweep and hard sharing, and the Lasserre variant"),
+    ("memory", memory,
+     "unique parameters vs parameter uses and bytes, with and without sharing"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refimpl", description="Reference neural-network gradients, checked numerically.")
+    parser.add_argument("--version", action="version", version=f"refimpl {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module, help_text in SUBCOMMANDS:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        getattr(module, f"add_{name}_arguments")(sub)
+        sub.set_defaults(handler=getattr(module, f"run_{name}"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit status: 0 success, 1 a failed check or an error of the
+    environment (a path that cannot be written, a full disk), 2 a usage error.
+
+    A bare ``refimpl`` prints the usage and the list of commands on stderr (status 2: no
+    command was given, which is a usage error). An ``OSError`` (including
+    :class:`refimpl._io.OutputError`) is printed as one line naming the path and the reason,
+    never as a traceback.
+    """
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments:
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(arguments)
+    try:
+        return int(args.handler(args))
+    except OSError as error:   # refimpl._io.OutputError included: it names the user's path
+        print(f"refimpl {args.command}: {_describe_os_error(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"refimpl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _describe_os_error(error: OSError) -> str:
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename else reason
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The oracle kit: check *another* implementation against refimpl.
+
+The public face, re-exported from the modules that hold it (their names may move; these
+do not):
+
+- :func:`assert_matches_oracle` / :func:`compare_with_oracle`: an implementation against
+  refimpl's reference computed in the same process (:mod:`.oracle`, with the implementation
+  protocol);
+- :func:`assert_matches_golden` / :func:`compare_with_golden`: against a golden folder
+  (:mod:`.golden` writes, reads and verifies them);
+- the comparison rule, its tolerances and the three verdicts (:mod:`.comparison`), and the
+  resolution floor derived from the point (:mod:`.resolution`);
+- the catalogue of built-in cases (:mod:`.cases`) and, with Hypothesis installed, public
+  strategies (:mod:`.strategies`, imported on its own: ``from refimpl.testing import
+  strategies``).
+
+Layers inside the kit, bottom to top: comparison | resolution -> cases -> golden -> oracle ->
+strategies.
+"""
+
+from .comparison import (
+    DTYPE_TOLERANCES,
+    RESOLVED_FRACTION,
+    VERDICTS,
+    ComparisonReport,
+    Implementation,
+    TensorComparison,
+    Tolerance,
+    compare_tensor,
+    resolve_tolerance,
+)
+from .oracle import (
+    assert_matches_golden,
+    assert_matches_oracle,
+    compare_with_golden,
+    compare_with_oracle,
+    unresolved_tensors,
+)
+from .resolution import case_floors
+
+__all__ = [
+    "assert_matches_oracle", "compare_with_oracle", "assert_matches_golden",
+    "compare_with_golden", "compare_tensor", "resolve_tolerance", "case_floors",
+    "unresolved_tensors", "DTYPE_TOLERANCES", "RESOLVED_FRACTION", "VERDICTS", "Tolerance",
+    "Implementation", "TensorComparison", "ComparisonReport",
+]
