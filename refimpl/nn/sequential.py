@@ -237,7 +237,9 @@ class Sequential:
             raise ValueError(f"x: {error}") from None
         return x
 
-    def _layer_params(self, layer: Layer, params: Params) -> Params:
+    def layer_params(self, layer: Layer, params: Mapping[str, np.ndarray]) -> Params:
+        """The arrays ``layer`` reads, keyed by its local names (``"weight"``, ``"bias"``):
+        for a shared slot its unique parameter, transposed for a transposed use."""
         local_params = {}
         for local in layer.parameter_shapes():
             use = self._uses[f"{layer.name}.{local}"]
@@ -252,7 +254,7 @@ class Sequential:
         caches = []
         out = x
         for index, layer in enumerate(self.layers):
-            out, cache = layer.forward(out, self._layer_params(layer, params))
+            out, cache = layer.forward(out, self.layer_params(layer, params))
             if not layer.output_selects_input:   # a selection of finite values is finite
                 check_finite_result(out, lambda i=index, spec=layer: (
                     f"{_describe(i, spec)}: output"))

@@ -777,15 +777,6 @@ def _nearest_allowed(current: float, shifted: np.ndarray, kink: float, margin: f
     return float(allowed[np.argmin(np.abs(allowed - current))])
 
 
-def _layer_params(model: Sequential, layer: Any, params: Mapping[str, np.ndarray]) -> dict:
-    uses = model.slot_uses()
-    local = {}
-    for name in layer.parameter_shapes():
-        root, transpose = uses[f"{layer.name}.{name}"]
-        local[name] = params[root].T if transpose else params[root]
-    return local
-
-
 def _make_kink_free(model: Sequential, params: dict[str, np.ndarray], x: np.ndarray,
                     margin: float) -> dict[str, np.ndarray]:
     """Move the biases feeding kinked activations (see the module docstring)."""
@@ -795,7 +786,7 @@ def _make_kink_free(model: Sequential, params: dict[str, np.ndarray], x: np.ndar
     for index, layer in enumerate(model.layers):
         following = model.layers[index + 1] if index + 1 < len(model.layers) else None
         kink = KINKED_ACTIVATIONS.get(type(following).__name__)
-        local = _layer_params(model, layer, params)
+        local = model.layer_params(layer, params)
         if kink is not None and layer.name is not None:
             slot = f"{layer.name}.bias"
             if slot not in uses:
@@ -813,7 +804,7 @@ def _make_kink_free(model: Sequential, params: dict[str, np.ndarray], x: np.ndar
             for entry in np.ndindex(bias.shape):
                 new_bias[entry] = _nearest_allowed(float(bias[entry]), moved[entry], kink, margin)
             params[slot] = new_bias
-            local = _layer_params(model, layer, params)
+            local = model.layer_params(layer, params)
         elif kink is not None and index == 0:
             pass  # the kinked activation is first: the input was drawn kink-free
         elif kink is not None:
@@ -845,7 +836,7 @@ def _has_pool_near_tie(model: Sequential, params: Mapping[str, np.ndarray], x: n
                 if second is not None else None
             if close is not None and np.any(close):
                 return True
-        h = layer.forward(h, _layer_params(model, layer, params))[0]
+        h = layer.forward(h, model.layer_params(layer, params))[0]
     return False
 
 
