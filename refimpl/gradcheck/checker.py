@@ -1,0 +1,236 @@
+"""check_gradients: any ``f(params) -> (loss, grads)`` against numerical derivatives, in full
+(every coordinate) or directional (seeded random directions) mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .arguments import (
+    GradFunction,
+    Params,
+    _check_grads,
+    _check_options,
+    _check_params,
+    _complex_loss,
+    _pair,
+    _real_loss,
+)
+from .numerical import (
+    STEPS,
+    _central,
+    _Evaluator,
+    _nan_on_overflow,
+    _near_kink,
+    _numerical_coordinate,
+)
+from .report import GradcheckReport, ParameterRow, Tolerance, _non_finite_row, _unravel
+
+__all__ = ["check_gradients"]
+
+
+def check_gradients(
+    f: GradFunction,
+    params: Mapping[str, Any],
+    *,
+    method: str = "complex",
+    mode: str = "full",
+    names: Iterable[str] | None = None,
+    directions: int = 8,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    loss_fn: Callable[[Params], Any] | None = None,
+) -> GradcheckReport:
+    """Compare the analytic gradients of ``f`` with numerical derivatives.
+
+    The methods, the modes and the comparison rule are described in :mod:`refimpl.gradcheck`.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(params) -> (loss, grads)``: a scalar loss and ``grads`` keyed and shaped like
+        ``params``. For ``method="complex"`` it must accept complex128 parameters.
+    params : dict of str to array_like
+        The point, real arrays with at least one entry each (converted to float64; not
+        modified).
+    method : {"complex", "central", "richardson"}
+        The numerical derivative.
+    mode : {"full", "directional"}
+        Every coordinate, or ``directions`` seeded Gaussian directions across all parameters.
+    names : iterable of str, optional
+        In full mode, check only these parameters (default: all).
+    directions : int
+        In directional mode, how many directions (a positive int; validated in every mode).
+    seed : int
+        In directional mode, the seed of the directions (a non-negative int; validated in
+        every mode).
+    rtol, atol : float, optional
+        Override ``TOLERANCES[method]``; finite, non-negative numbers.
+    loss_fn : callable, optional
+        A cheaper ``loss_fn(params) -> loss`` for the numerical evaluations (default:
+        ``f(params)[0]``).
+
+    Returns
+    -------
+    GradcheckReport
+        One row per checked parameter (full mode) or per direction (directional mode);
+        ``report.ok`` is True only when every row's status is ``"ok"``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, before ``f`` is called, for a bad option or parameter; and as
+        soon as ``f`` or ``loss_fn`` returns something other than a pair ``(scalar loss,
+        grads keyed and shaped like params)`` / a scalar loss.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refimpl.gradcheck import check_gradients
+    >>> def f(p):
+    ...     return (p["w"] ** 3).sum(), {"w": 3 * p["w"] ** 2}
+    >>> check_gradients(f, {"w": np.array([0.5, -2.0])}).ok
+    True
+    """
+    if not callable(f):
+        raise TypeError(f"f: expected a callable f(params) -> (loss, grads), got {f!r:.80}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable loss_fn(params) -> loss or None, got "
+                        f"{loss_fn!r:.80}")
+    params = _check_params(params)
+    names, directions, seed, tolerance = _check_options(method, mode, names, directions, seed,
+                                                        rtol, atol, params)
+
+    def failed(loss: float, problems: tuple[str, ...]) -> GradcheckReport:
+        rows = tuple(_non_finite_row(name, params[name].shape) for name in names)
+        return GradcheckReport(False, method, mode, STEPS[method], tolerance, loss, rows,
+                               problems)
+
+    try:
+        result = f({name: value.copy() for name, value in params.items()})
+    except FloatingPointError as error:
+        # A model that refuses to return a non-finite value (refimpl's raise, naming the
+        # layer) is at a non-finite point: reported as such, like a NaN loss.
+        return failed(float("nan"), (f"the loss at the point is not finite: {error}",))
+    loss, grads = _pair(result, "f", "f(params)", "(loss, grads)")
+    loss_value = _real_loss(loss, "f")
+    grads = _check_grads(grads, params)
+    problems = _non_finite_problems(loss_value, grads)
+    if problems:
+        return failed(loss_value, problems)
+    evaluator = _evaluator(f, loss_fn, params)
+    if mode == "full":
+        rows = tuple(_full_row(method, evaluator, params, grads, name, tolerance)
+                     for name in names)
+    else:
+        rows = _directional_rows(method, evaluator, params, grads, directions, seed, tolerance)
+    ok = all(row.status == "ok" for row in rows)
+    return GradcheckReport(ok, method, mode, STEPS[method], tolerance, loss_value, rows, ())
+
+
+def _non_finite_problems(loss: float, grads: Params) -> tuple[str, ...]:
+    """What is not finite at the point itself: the loss, the analytic gradients."""
+    problems = []
+    if not np.isfinite(loss):
+        problems.append(f"the loss at the point is not finite ({loss})")
+    bad = [name for name, grad in grads.items() if not np.isfinite(grad).all()]
+    if bad:
+        problems.append(f"non-finite analytic gradient in {bad}")
+    return tuple(problems)
+
+
+def _evaluator(f: GradFunction, loss_fn: Callable[[Params], Any] | None,
+               params: Params) -> _Evaluator:
+    """The evaluator of the loss at perturbed points: ``loss_fn`` if given, else ``f``'s loss."""
+    if loss_fn is None:
+        return _Evaluator(_nan_on_overflow(
+            lambda p: _pair(f(p), "f", "f(params)", "(loss, grads)")[0]), params, "f")
+    return _Evaluator(_nan_on_overflow(loss_fn), params, "loss_fn")
+
+
+def _full_row(method: str, evaluator: _Evaluator, params: Params, grads: Params, name: str,
+              tolerance: Tolerance) -> ParameterRow:
+    """Compare every coordinate of one parameter; disagreements are probed for kinks."""
+    dtype = np.complex128 if method == "complex" else np.float64
+    work = {key: value.astype(dtype) for key, value in params.items()}
+    point = params[name].reshape(-1)
+    analytic = grads[name].reshape(-1)
+    numerical = np.array([
+        _numerical_coordinate(method, evaluator, work, name, index, point[index])
+        for index in range(point.size)
+    ])
+    shape = params[name].shape
+    if not np.isfinite(numerical).all():
+        worst = int(np.flatnonzero(~np.isfinite(numerical))[0])
+        return ParameterRow(name, shape, point.size, float("inf"), float("inf"), float("nan"),
+                            _unravel(worst, shape), float(analytic[worst]),
+                            float(numerical[worst]), "non-finite")
+    error = np.abs(analytic - numerical)
+    scale = float(max(np.max(np.abs(analytic), initial=0.0),
+                      np.max(np.abs(numerical), initial=0.0)))
+    limit = tolerance.atol + tolerance.rtol * scale
+    failing = np.flatnonzero(error > limit)
+    kinks = np.zeros(point.size, dtype=bool)
+    if failing.size:
+        real_work = {key: value.copy() for key, value in params.items()}
+        for index in failing:
+            kinks[index] = _near_kink(evaluator, real_work, name, int(index), point[index],
+                                      scale, tolerance.atol, float(error[index]))
+    mismatched = failing[~kinks[failing]]
+    # The statistics describe the coordinates that could be compared (kinks excluded).
+    compared = np.where(kinks, 0.0, error)
+    worst = int(np.argmax(compared)) if point.size else 0
+    if mismatched.size:
+        status = "mismatch"
+    elif kinks.any():
+        status = "non-differentiable"
+    else:
+        status = "ok"
+    max_error = float(compared[worst]) if point.size else 0.0
+    return ParameterRow(
+        name, shape, point.size, max_error, max_error / scale if scale > 0 else
+        (0.0 if max_error == 0 else float("inf")), scale, _unravel(worst, shape),
+        float(analytic[worst]) if point.size else 0.0,
+        float(numerical[worst]) if point.size else 0.0, status, int(kinks.sum()))
+
+
+
+def _directional_rows(method: str, evaluator: _Evaluator, params: Params, grads: Params,
+                      directions: int, seed: int, tolerance: Tolerance) -> tuple[ParameterRow, ...]:
+    """Compare ``<g, v>`` with the numerical directional derivative along seeded ``v``."""
+    rng = np.random.default_rng(seed)
+    total = sum(value.size for value in params.values())
+    largest = max(float(np.max(np.abs(value), initial=0.0)) for value in params.values())
+    rows = []
+    for k in range(directions):
+        direction = {name: rng.standard_normal(value.shape) for name, value in params.items()}
+        analytic = float(sum(np.sum(grads[name] * direction[name]) for name in params))
+        scale = float(sum(np.sum(np.abs(grads[name] * direction[name])) for name in params))
+        v_max = max(float(np.max(np.abs(v), initial=0.0)) for v in direction.values())
+        if method == "complex":
+            h = STEPS["complex"]
+            numerical = float(_complex_loss(evaluator.along(direction, 1j * h),
+                                            evaluator.who).imag) / h
+        else:
+            # The step is relative to the parameter scale, divided by the largest direction
+            # entry so that no coordinate moves by more than the per-coordinate step.
+            h = STEPS[method] * max(1.0, largest) / max(v_max, 1e-300)
+            def d(step: float, v: Params = direction) -> float:
+                return _central(float(evaluator.along(v, step).real),
+                                float(evaluator.along(v, -step).real), step)
+            numerical = d(h) if method == "central" else (4 * d(h / 2) - d(h)) / 3
+        error = abs(analytic - numerical)
+        if not np.isfinite(numerical):
+            status = "non-finite"
+        elif error <= tolerance.atol + tolerance.rtol * scale:
+            status = "ok"
+        else:
+            status = "mismatch"
+        rel = error / scale if scale > 0 else (0.0 if error == 0 else float("inf"))
+        rows.append(ParameterRow(f"direction {k}", (total,), 1, error, rel, scale, (k,),
+                                 analytic, numerical, status))
+    return tuple(rows)
+

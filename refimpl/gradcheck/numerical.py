@@ -1,0 +1,140 @@
+"""Numerical derivatives: the complex step, central differences, Richardson extrapolation,
+the evaluator that perturbs one coordinate or one direction at a time, and kink detection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .arguments import Params, _imag_loss, _real_loss, _scalar_loss
+
+#: The float64 machine epsilon, the unit of every rounding estimate below.
+EPS = np.finfo(np.float64).eps
+
+#: Step per method, relative to max(1, |p_i|) for the real differences (absolute for complex).
+STEPS: dict[str, float] = {
+    "complex": 1e-20,
+    "central": EPS ** (1 / 3),
+    "richardson": EPS ** (1 / 5),
+}
+
+#: A disagreeing coordinate is called a kink when the left and right derivatives (or the
+#: central ones at h and h/2) differ by more than this times the parameter's scale: smooth
+#: functions give ~1e-10 there, a kink gives the jump in slope.
+KINK_RTOL = 1e-6
+
+#: A kink at distance d < h from the point, whose slope jumps by J, moves the central
+#: derivative by J (h - d) / (2h) and shows in the probes of :func:`_near_kink` (built on the
+#: same step h) as max(|right - left|, |jump|) >= J (h - d) / (2.5 h): a kink explains at
+#: most 2.5x what the probes see. A disagreement more than this many times larger is not a
+#: kink's doing and stays a mismatch. (Richardson's longer step reaches kinks the probes
+#: cannot see; those disagreements are mismatches too: a fail, never a pass.)
+KINK_EXPLAINS = 10
+
+#: Rounding floor of the kink probes, in units of eps * max|f| / h: each loss value carries
+#: a rounding error of a few eps * |f|, and the probes combine five of them with weights
+#: summing to 16 / h (right - left). Below this floor a "jump" is rounding noise, however
+#: small the parameter's own gradient scale is.
+KINK_ROUNDING = 64
+
+
+class _Evaluator:
+    """Evaluates the loss at perturbed parameters, one coordinate or one direction at a time.
+
+    Keeps one working copy of the parameters and restores each perturbed entry after use,
+    so a full check allocates nothing per coordinate.
+    """
+
+    def __init__(self, loss_fn: Callable[[Params], Any], params: Params, who: str):
+        self.loss_fn = loss_fn
+        self.params = params
+        self.who = who  # the argument named in errors: "f" or "loss_fn"
+
+    def complex_coordinate(self, work: Params, name: str, index: int, h: float) -> float:
+        """The complex-step derivative ``Im f(p + i h e_index) / h`` of one coordinate."""
+        flat = work[name].reshape(-1)
+        original = flat[index]
+        flat[index] = original + 1j * h
+        try:
+            return _imag_loss(self.loss_fn(work), self.who) / h
+        finally:
+            flat[index] = original
+
+    def real_coordinate(self, work: Params, name: str, index: int, delta: float) -> float:
+        """The loss with one coordinate moved by ``delta``."""
+        flat = work[name].reshape(-1)
+        original = flat[index]
+        flat[index] = original + delta
+        try:
+            return _real_loss(self.loss_fn(work), self.who)
+        finally:
+            flat[index] = original
+
+    def along(self, direction: Params, t: complex) -> np.ndarray:
+        """The loss at ``params + t * direction`` (``t`` real or imaginary)."""
+        shifted = {name: value + t * direction[name] for name, value in self.params.items()}
+        return _scalar_loss(self.loss_fn(shifted), self.who)
+
+
+def _central(f_plus: float, f_minus: float, h: float) -> float:
+    """The central difference ``(f(p + h) - f(p - h)) / (2 h)``."""
+    return (f_plus - f_minus) / (2 * h)
+
+
+def _numerical_coordinate(method: str, evaluator: _Evaluator, work: Params, name: str,
+                          index: int, value: float) -> float:
+    if method == "complex":
+        return evaluator.complex_coordinate(work, name, index, STEPS["complex"])
+    h = STEPS[method] * max(1.0, abs(value))
+    d_h = _central(evaluator.real_coordinate(work, name, index, h),
+                   evaluator.real_coordinate(work, name, index, -h), h)
+    if method == "central":
+        return d_h
+    d_half = _central(evaluator.real_coordinate(work, name, index, h / 2),
+                      evaluator.real_coordinate(work, name, index, -h / 2), h / 2)
+    return (4 * d_half - d_h) / 3
+
+
+def _near_kink(evaluator: _Evaluator, work: Params, name: str, index: int, value: float,
+               scale: float, atol: float, error: float) -> bool:
+    """Whether a kink within one central step of the point explains the disagreement.
+
+    True when the loss is not smooth within one central step of the point and that explains
+    ``error = |analytic - numerical|`` at the coordinate.
+    """
+    h = STEPS["central"] * max(1.0, abs(value))
+    f0 = evaluator.real_coordinate(work, name, index, 0.0)
+    f_p, f_m = (evaluator.real_coordinate(work, name, index, s * h) for s in (1, -1))
+    f_p2, f_m2 = (evaluator.real_coordinate(work, name, index, s * h / 2) for s in (1, -1))
+    values = (f0, f_p, f_m, f_p2, f_m2)
+    if not all(np.isfinite(values)):
+        return False
+    # One-sided differences extrapolated to O(h^2): from the right and from the left. They
+    # agree (to rounding) where f is smooth and differ by the jump in slope at a kink.
+    right = 2 * (f_p2 - f0) / (h / 2) - (f_p - f0) / h
+    left = 2 * (f0 - f_m2) / (h / 2) - (f0 - f_m) / h
+    # Central differences at h and h/2: they jump when a kink lies between h/2 and h.
+    jump = _central(f_p, f_m, h) - _central(f_p2, f_m2, h / 2)
+    # The rounding floor matters where the parameter's gradients are small next to the loss:
+    # there KINK_RTOL * scale + atol alone would call rounding noise a kink.
+    rounding = KINK_ROUNDING * EPS * max(abs(v) for v in values) / h
+    threshold = KINK_RTOL * scale + atol + rounding
+    seen = max(abs(right - left), abs(jump))
+    return seen > threshold and error <= KINK_EXPLAINS * seen
+
+
+def _nan_on_overflow(loss_fn: Callable[[Params], Any]) -> Callable[[Params], Any]:
+    """``loss_fn`` with a ``FloatingPointError`` read as a NaN loss.
+
+    refimpl's models raise one instead of returning inf/NaN; read as NaN, a perturbed point
+    past an overflow is reported as ``"non-finite"`` like any other non-finite evaluation.
+    """
+    def evaluate(params: Params) -> Any:
+        try:
+            return loss_fn(params)
+        except FloatingPointError:
+            return complex(float("nan"), float("nan"))
+    return evaluate
+
