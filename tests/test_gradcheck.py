@@ -1,4 +1,4 @@
-"""Tests of refimpl/gradcheck.py: the checker passes right gradients and fails wrong ones."""
+"""Tests of the refimpl.gradcheck package: the checker passes right gradients and fails wrong ones."""
 
 from __future__ import annotations
 
@@ -491,6 +491,27 @@ def test_check_vjp_names_backward_when_it_returns_too_few_gradients():
     with pytest.raises(TypeError, match=r"^backward: expected a tuple of 3 gradients \(one per "
                                         r"input \['x', 'weight', 'bias'\]\), got None"):
         check_vjp(dense_forward, lambda dout, cache: None, DENSE_INPUTS)
+
+
+def test_check_vjp_names_backward_when_its_tuple_is_too_short():
+    def two_of_three(dout, cache):
+        return dense_backward(dout, cache)[:2]
+
+    with pytest.raises(TypeError, match=r"^backward: expected a tuple of 3 gradients"):
+        check_vjp(dense_forward, two_of_three, DENSE_INPUTS)
+
+
+def test_check_vjp_refuses_a_forward_whose_output_shape_changes_off_the_point():
+    point = np.array([0.5, -1.0])
+
+    def forward(x):
+        # The output grows by one entry once x leaves the point (as a shape bug would).
+        grown = np.any(x.imag != 0) if np.iscomplexobj(x) else not np.all(x == point)
+        return (np.concatenate([2 * x, x[:1]]) if grown else 2 * x), None
+
+    with pytest.raises(ValueError, match=r"^forward: out has shape \(3,\) at a perturbed "
+                                         r"point, \(2,\) at the point itself$"):
+        check_vjp(forward, lambda dout, cache: 2 * dout, {"x": point})
 
 
 # --- check_vjp's upstream gradient --------------------------------------------------------

@@ -1,11 +1,11 @@
-"""The default tolerances of refimpl/gradcheck.py, pinned from both sides.
+"""The default tolerances of refimpl.gradcheck (refimpl/gradcheck/report.py), pinned from both sides.
 
 For every method and both modes, an analytic gradient wrong by ten times the documented
 tolerance is rejected and one wrong by a tenth of it is accepted. The planted errors are
 written here as literals, never read from ``TOLERANCES``: loosening a default (complex rtol
 1e-12 -> 1e-6, central 1e-6 -> 1e-4, ...) or the directional scale must turn a test red.
 
-The documented defaults being pinned (module docstring of refimpl.gradcheck):
+The documented defaults being pinned (the package docstring of refimpl.gradcheck):
 
     method       rtol    atol
     complex      1e-12   1e-14
