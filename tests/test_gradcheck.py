@@ -1,4 +1,4 @@
-"""Tests of the refimpl.gradcheck package: the checker passes right gradients and fails wrong ones."""
+"""Tests of refimpl.gradcheck: the checker passes right gradients and fails wrong ones."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The default tolerances of refimpl.gradcheck (refimpl/gradcheck/report.py), pinned from both sides.
+"""The default tolerances of refimpl.gradcheck (gradcheck/report.py), pinned from both sides.
 
 For every method and both modes, an analytic gradient wrong by ten times the documented
 tolerance is rejected and one wrong by a tenth of it is accepted. The planted errors are
