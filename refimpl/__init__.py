@@ -1,6 +1,25 @@
 """refimpl: reference neural-network gradients in pure NumPy.
 
-Every gradient is an explicit formula, checked against numerical differentiation.
+Every gradient is an explicit formula, checked against numerical differentiation. This module
+is the small, stable face of the package; the layers below it, each importing only from the
+layers under it:
+
+- :mod:`refimpl.cli`: the ``refimpl`` command (the only layer that parses or prints);
+- :mod:`refimpl.testing`: the oracle kit (comparison rule, golden vectors, strategies, cases);
+- :mod:`refimpl.tying`, :mod:`refimpl.optim`, :mod:`refimpl.gradcheck`: parameter tying,
+  training, the numerical gradient checker;
+- :mod:`refimpl.nn`: the operations (forward/backward pairs), ``Sequential`` and its sharing
+  map, the MLP and CNN builders.
+
+Examples
+--------
+>>> import numpy as np
+>>> import refimpl as ri
+>>> model = ri.MLP([3, 4, 2])
+>>> params = model.init(seed=0)
+>>> x, y = np.random.default_rng(0).standard_normal((5, 3)), np.array([0, 1, 1, 0, 1])
+>>> ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params).ok
+True
 """
 
 from . import nn
