@@ -1,4 +1,4 @@
-"""Tests of refimpl/cli.py: `refimpl check` (other sub-commands: their modules' tests)."""
+"""Tests of refimpl/cli: main and `refimpl check` (other sub-commands: their modules' tests)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,6 @@ def broken_case():
         loss, grads = case.loss_and_grads(params)
         return loss, {**grads, "fc2.bias": -grads["fc2.bias"]}
 
-    from dataclasses import replace
     return replace(case, loss_and_grads=wrong)
 
 

@@ -1,27 +1,29 @@
-"""Tests of refimpl/demo.py: the quick demo runs and prints its table; properties of the data
-and of the results (not timings)."""
+"""Tests of refimpl/cli/demo.py and refimpl/cli/tying_experiment.py: the quick demo runs and
+prints its table; properties of the data and of the results (not timings)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib.util
+import io
 import itertools
 import json
 import os
 import re
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 
-from refimpl.cli.demo import (
+from refimpl.cli.demo import _plot, add_demo_arguments, run_demo
+from refimpl.cli.tying_experiment import (
     QUICK,
     DemoSettings,
-    add_demo_arguments,
     make_shifted_tasks,
     rotation,
-    run_demo,
     run_lasserre,
     run_shifted,
     sweep,
@@ -56,9 +58,6 @@ def numbers(row):
 
 @pytest.fixture(scope="module")
 def quick_output():
-    import contextlib
-    import io
-
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         status = run_demo(parse(["--quick"]))
@@ -212,8 +211,6 @@ def test_json_dash_prints_only_the_json(capsys):
 
 def _fake_matplotlib(monkeypatch, save):
     """A stand-in for matplotlib (an optional extra, absent in CI) whose savefig is ``save``."""
-    from unittest import mock
-
     figure = mock.MagicMock()
     figure.savefig.side_effect = save
     axes = [mock.MagicMock(), mock.MagicMock()]
@@ -229,8 +226,6 @@ def _fake_matplotlib(monkeypatch, save):
 
 
 def test_plot_is_written_through_a_temporary_sibling(tmp_path, monkeypatch):
-    from refimpl.cli.demo import _plot
-
     targets = []
 
     def save(path):
@@ -248,8 +243,6 @@ def test_plot_is_written_through_a_temporary_sibling(tmp_path, monkeypatch):
 
 
 def test_a_plot_that_fails_half_way_leaves_nothing(tmp_path, monkeypatch):
-    from refimpl.cli.demo import _plot
-
     def save(path):
         with open(path, "wb") as handle:
             handle.write(b"half a png")

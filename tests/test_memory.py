@@ -1,4 +1,4 @@
-"""Tests of refimpl/memory.py: the `refimpl memory` table (counts checked by hand)."""
+"""Tests of refimpl/cli/memory.py: the `refimpl memory` table (counts checked by hand)."""
 
 from __future__ import annotations
 

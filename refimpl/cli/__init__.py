@@ -33,6 +33,13 @@ SUBCOMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``refimpl`` parser: one sub-parser per entry of :data:`SUBCOMMANDS`.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Each sub-command's namespace carries its ``run_<command>`` as ``handler``.
+    """
     parser = argparse.ArgumentParser(
         prog="refimpl", description="Reference neural-network gradients, checked numerically.")
     parser.add_argument("--version", action="version", version=f"refimpl {__version__}")
@@ -45,13 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; the exit status: 0 success, 1 a failed check or an error of the
-    environment (a path that cannot be written, a full disk), 2 a usage error.
+    """Run the command line.
 
     A bare ``refimpl`` prints the usage and the list of commands on stderr (status 2: no
     command was given, which is a usage error). An ``OSError`` (including
     :class:`refimpl._io.OutputError`) is printed as one line naming the path and the reason,
     never as a traceback.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 success, 1 a failed check or an error of the environment (a path
+        that cannot be written, a full disk), 2 a usage error, 130 an interruption.
     """
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -70,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _describe_os_error(error: OSError) -> str:
+    """``'<path>: <reason>'``, or the reason alone when the error names no path."""
     reason = error.strerror or str(error)
     return f"{error.filename}: {reason}" if error.filename else reason
 

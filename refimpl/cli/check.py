@@ -26,6 +26,7 @@ CHECK_METHODS = ("complex", "central")
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json``, ``--case`` and ``--list`` to the ``check`` sub-parser."""
     parser.add_argument("--json", metavar="PATH", help=JSON_HELP.format(what="results"))
     parser.add_argument("--case", action="append", metavar="NAME",
                         help="check only this case (repeatable); default: all")
@@ -34,7 +35,22 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_case(case: Case, method: str) -> list[dict[str, Any]]:
-    """Rows (one per parameter, or per direction for large cases) for one case and method."""
+    """Check one case's gradients with one method.
+
+    Parameters
+    ----------
+    case : Case
+        A built-in case; above :data:`FULL_CHECK_LIMIT` parameters it is checked along
+        :data:`DIRECTIONS` seeded directions instead of coordinate by coordinate.
+    method : str
+        A method of :func:`refimpl.gradcheck.check_gradients`.
+
+    Returns
+    -------
+    list of dict
+        One row per parameter (or direction), plus one ``"non-finite"`` row naming the
+        problems when the loss or a gradient at the point is not finite.
+    """
     mode = "full" if case.parameter_total() <= FULL_CHECK_LIMIT else "directional"
     report = check_gradients(case.loss_and_grads, case.params, method=method, mode=mode,
                              directions=DIRECTIONS, seed=0)
@@ -55,6 +71,7 @@ def check_case(case: Case, method: str) -> list[dict[str, Any]]:
 
 
 def _format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of :func:`check_case` as a plain-text table."""
     return format_table(
         ("case", "method", "parameter", "max rel error", "tolerance", "result"),
         [(row["case"], row["method"] + ("" if row["mode"] == "full" else " (dir)"),
@@ -63,12 +80,24 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _json_ready(value: Any) -> Any:
+    """``value``, with a non-finite float as its string ("nan", "inf"): JSON has neither."""
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
     return value
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """Run ``refimpl check``: print a table and a summary line (or the JSON).
+
+    Every built-in case (or those named by ``--case``) is checked with each of
+    :data:`CHECK_METHODS`; ``args`` holds the flags of :func:`add_check_arguments`.
+
+    Returns
+    -------
+    int
+        The exit status: 0 when every check passed, 1 when one failed, 2 for an unknown
+        ``--case``.
+    """
     start = time.perf_counter()
     cases = all_cases()
     if getattr(args, "list", False):

@@ -11,6 +11,7 @@ from ..testing.golden import CHECKSUMS, MANIFEST, GoldenError, read_manifest, ve
 
 
 def add_golden_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--out``, ``--force`` and ``--case`` to the ``golden`` sub-parser."""
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder to create (must not exist or be empty, unless --force)")
     parser.add_argument("--force", action="store_true",
@@ -21,6 +22,16 @@ def add_golden_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_golden(args: argparse.Namespace) -> int:
+    """Run ``refimpl golden``: write the golden folder and say how to check it.
+
+    ``args`` holds the flags of :func:`add_golden_arguments`.
+
+    Returns
+    -------
+    int
+        The exit status: 0 once written; 1 when ``--out`` cannot be written; 2 for a
+        folder that exists (without ``--force``) or an unknown case.
+    """
     try:
         out = write(args.out, force=bool(getattr(args, "force", False)),
                     cases=getattr(args, "case", None))
@@ -40,12 +51,23 @@ def run_golden(args: argparse.Namespace) -> int:
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``DIR`` and ``--quiet`` to the ``verify`` sub-parser."""
     parser.add_argument("dir", metavar="DIR", help="a folder written by refimpl golden")
     parser.add_argument("--quiet", action="store_true", help="print only failures and the "
                                                              "summary line")
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    """Run ``refimpl verify``: recompute every case of a golden folder and check every file.
+
+    ``args`` holds the flags of :func:`add_verify_arguments` (``--quiet``: print only the
+    failures and the summary line).
+
+    Returns
+    -------
+    int
+        The exit status: 0 when every file agrees, 1 otherwise.
+    """
     report = verify(args.dir)
     if getattr(args, "quiet", False):
         lines = str(report).splitlines()

@@ -36,7 +36,14 @@ __all__ = ["memory_examples", "add_memory_arguments", "run_memory"]
 
 
 def memory_examples() -> list[tuple[str, ParameterCount]]:
-    """``(description, count)`` for every example, in table order."""
+    """Count the unique parameters and the parameter uses of every example.
+
+    Returns
+    -------
+    list of tuple
+        ``(description, count)`` for every example, in table order; ``count`` is a
+        :class:`refimpl.ParameterCount`.
+    """
     mlp = MLP([784, 256, 128, 10])
     deep = MLP([784, 256, 256, 256, 10])
     deep_shared = MLP([784, 256, 256, 256, 10],
@@ -65,16 +72,33 @@ def memory_examples() -> list[tuple[str, ParameterCount]]:
 
 
 def convolution_count(conv: Conv2D, input_shape: tuple[int, int, int]) -> ParameterCount:
-    """A convolution's sharing counted per output position: the kernel and bias are stored
-    once and used at each of the ``Ho * Wo`` positions, which is exactly what the locally
-    connected layer of the same geometry stores. (``Sequential.parameter_count`` counts
-    parameter *slots*, where a convolution's weight is one use.)"""
+    """Count a convolution's sharing per output position.
+
+    The kernel and bias are stored once and used at each of the ``Ho * Wo`` positions, which
+    is exactly what the locally connected layer of the same geometry stores.
+    (``Sequential.parameter_count`` counts parameter *slots*, where a convolution's weight is
+    one use.)
+
+    Parameters
+    ----------
+    conv : Conv2D
+        The convolution.
+    input_shape : tuple of int
+        ``(C, H, W)`` of one input.
+
+    Returns
+    -------
+    refimpl.ParameterCount
+        ``unique`` scalars stored, ``uses`` = ``unique * Ho * Wo``, ``bytes`` = 8 per unique
+        scalar.
+    """
     _, _, out_h, out_w = conv.output_shape((1, *input_shape))
     unique = sum(math.prod(shape) for shape in conv.parameter_shapes().values())
     return ParameterCount(unique, unique * out_h * out_w, 8 * unique)
 
 
 def _bytes(count: int) -> str:
+    """``count`` bytes in the largest unit (B, KiB, MiB) that keeps the number >= 1."""
     for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
         if count >= size:
             return f"{count / size:.2f} {unit}"
@@ -82,6 +106,7 @@ def _bytes(count: int) -> str:
 
 
 def format_memory(examples: list[tuple[str, ParameterCount]]) -> str:
+    """The table of :func:`memory_examples`: unique, uses, bytes and uses / unique per row."""
     rows = [(name, f"{count.unique:,}", f"{count.uses:,}", f"{count.bytes:,}",
              _bytes(count.bytes), f"{count.uses / count.unique:.2f}")
             for name, count in examples]
@@ -89,10 +114,21 @@ def format_memory(examples: list[tuple[str, ParameterCount]]) -> str:
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json`` to the ``memory`` sub-parser."""
     parser.add_argument("--json", metavar="PATH", help=JSON_HELP.format(what="counts"))
 
 
 def run_memory(args: argparse.Namespace) -> int:
+    """Run ``refimpl memory``: print the table (or the JSON).
+
+    ``args`` holds the flags of :func:`add_memory_arguments`.
+
+    Returns
+    -------
+    int
+        The exit status: 0 (an output that cannot be written raises
+        :class:`refimpl._io.OutputError`).
+    """
     destination = getattr(args, "json", None)
     if destination and destination != "-":
         check_destination(destination)
