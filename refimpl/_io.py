@@ -27,8 +27,11 @@ JSON_HELP = ("also write the {what} as JSON to PATH, written atomically (a tempo
 
 
 class OutputError(OSError):
-    """An output file cannot be written: ``str()`` is ``'<path>: <reason>'`` on one line,
-    with the user's path, so that the command line can print it as it is."""
+    """An output file cannot be written.
+
+    ``str()`` is ``'<path>: <reason>'`` on one line, with the user's path, so that the command
+    line can print it as it is.
+    """
 
     def __init__(self, error_number: int, reason: str, path: str):
         super().__init__(error_number, reason, path)
@@ -38,15 +41,25 @@ class OutputError(OSError):
 
 
 def _output_error(error: OSError, path: str) -> OutputError:
+    """``error`` as an :class:`OutputError` naming the user's ``path``."""
     number = error.errno if error.errno is not None else errno_codes.EIO
     return OutputError(number, error.strerror or os.strerror(number), path)
 
 
 def check_destination(path: str) -> None:
-    """Check, before any long computation, that ``path`` can be written atomically: its
-    folder exists and takes a new file, and ``path`` itself is not a folder.
+    """Check, before any long computation, that ``path`` can be written atomically.
 
-    Raises :class:`OutputError` naming ``path`` otherwise.
+    Its folder must exist and take a new file, and ``path`` itself must not be a folder.
+
+    Parameters
+    ----------
+    path : str
+        The output file the user named.
+
+    Raises
+    ------
+    OutputError
+        Naming ``path``, with the reason.
     """
     if os.path.isdir(path):
         raise OutputError(errno_codes.EISDIR, os.strerror(errno_codes.EISDIR), path)
@@ -67,11 +80,27 @@ def check_destination(path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_output(path: str) -> Iterator[str]:
-    """Yield a temporary path next to ``path`` (same extension, so that a writer choosing a
-    format by extension, like matplotlib's ``savefig``, picks the right one); once the block
-    ends without an exception, rename it over ``path``. On any failure the temporary is
-    removed and ``path`` is untouched; an ``OSError`` becomes :class:`OutputError` naming
-    ``path``."""
+    """Write ``path`` through a temporary sibling renamed over it once the block succeeds.
+
+    The temporary has ``path``'s extension, so that a writer choosing a format by extension
+    (matplotlib's ``savefig``) picks the right one. On any failure the temporary is removed
+    and ``path`` is untouched.
+
+    Parameters
+    ----------
+    path : str
+        The output file the user named.
+
+    Yields
+    ------
+    str
+        The temporary path to write.
+
+    Raises
+    ------
+    OutputError
+        Naming ``path``, for any ``OSError`` on the way.
+    """
     check_destination(path)
     folder = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1] or ".tmp"
@@ -101,14 +130,30 @@ def atomic_output(path: str) -> Iterator[str]:
 
 
 def _remove_quietly(path: str) -> None:
+    """Remove ``path`` if it exists."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
 
 def write_text_atomically(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling and a rename, so that
-    ``path`` never holds a half-written file; the data is flushed to disk before the rename,
-    so that a crash after it cannot leave an empty file under the final name."""
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    Through a temporary sibling and a rename, so that ``path`` never holds a half-written
+    file; the data is flushed to disk before the rename, so that a crash after it cannot
+    leave an empty file under the final name.
+
+    Parameters
+    ----------
+    path : str
+        The output file the user named.
+    text : str
+        The whole content.
+
+    Raises
+    ------
+    OutputError
+        Naming ``path``, when it cannot be written.
+    """
     with atomic_output(path) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)

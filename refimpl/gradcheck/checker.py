@@ -75,7 +75,7 @@ def check_gradients(
 
     Returns
     -------
-    GradcheckReport
+    refimpl.gradcheck.GradcheckReport
         One row per checked parameter (full mode) or per direction (directional mode);
         ``report.ok`` is True only when every row's status is ``"ok"``.
 

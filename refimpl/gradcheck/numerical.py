@@ -13,7 +13,8 @@ from .arguments import Params, _imag_loss, _real_loss, _scalar_loss
 #: The float64 machine epsilon, the unit of every rounding estimate below.
 EPS = np.finfo(np.float64).eps
 
-#: Step per method, relative to max(1, |p_i|) for the real differences (absolute for complex).
+#: Step per method, relative to ``max(1, |p_i|)`` for the real differences (absolute for
+#: complex).
 STEPS: dict[str, float] = {
     "complex": 1e-20,
     "central": EPS ** (1 / 3),
@@ -27,14 +28,14 @@ KINK_RTOL = 1e-6
 
 #: A kink at distance d < h from the point, whose slope jumps by J, moves the central
 #: derivative by J (h - d) / (2h) and shows in the probes of :func:`_near_kink` (built on the
-#: same step h) as max(|right - left|, |jump|) >= J (h - d) / (2.5 h): a kink explains at
+#: same step h) as ``max(|right - left|, |jump|) >= J (h - d) / (2.5 h)``: a kink explains at
 #: most 2.5x what the probes see. A disagreement more than this many times larger is not a
 #: kink's doing and stays a mismatch. (Richardson's longer step reaches kinks the probes
 #: cannot see; those disagreements are mismatches too: a fail, never a pass.)
 KINK_EXPLAINS = 10
 
-#: Rounding floor of the kink probes, in units of eps * max|f| / h: each loss value carries
-#: a rounding error of a few eps * |f|, and the probes combine five of them with weights
+#: Rounding floor of the kink probes, in units of ``eps * max|f| / h``: each loss value
+#: carries a rounding error of a few ``eps * |f|``, and the probes combine five of them with weights
 #: summing to 16 / h (right - left). Below this floor a "jump" is rounding noise, however
 #: small the parameter's own gradient scale is.
 KINK_ROUNDING = 64

@@ -61,7 +61,7 @@ def check_vjp(
 
     Returns
     -------
-    GradcheckReport
+    refimpl.gradcheck.GradcheckReport
         One row per checked input (full mode) or per direction (directional mode).
 
     Raises
@@ -138,7 +138,7 @@ def assert_close(actual: Any, expected: Any, tolerance: Tolerance = TOLERANCES["
     ----------
     actual, expected : array_like
         Arrays of exactly the same shape.
-    tolerance : Tolerance
+    tolerance : refimpl.gradcheck.Tolerance
         ``(rtol, atol)``, finite and non-negative; default the complex-step tolerances
         (rounding-level agreement).
     name : str
