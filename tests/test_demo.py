@@ -18,7 +18,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from refimpl.cli.demo import _plot, add_demo_arguments, run_demo
+from refimpl.cli.demo import _plot, add_demo_arguments, run_demo, settings_from_args
 from refimpl.cli.tying_experiment import (
     QUICK,
     DemoSettings,
@@ -163,6 +163,18 @@ def test_plot_is_written_with_matplotlib(tmp_path):
     path = tmp_path / "demo.png"
     assert run_demo(parse(["--seeds", "1", "--steps", "5", "--plot", str(path)])) == 0
     assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, field, value", [
+    (["--seeds", "3"], "seeds", 3), (["--steps", "7"], "steps", 7),
+    (["--lams", "0.5,0.05"], "lams", (0.05, 0.5)), (["--penalty", "l1"], "penalty", "l1"),
+    (["--angle", "0.25"], "angle", 0.25), (["--shift", "0.75"], "shift", 0.75),
+    (["--dim", "6"], "dim", 6), (["--noise", "2.5"], "noise", 2.5),
+    (["--learning-rate", "0.05"], "learning_rate", 0.05),
+    (["--momentum", "0.5"], "momentum", 0.5)])
+def test_every_flag_reaches_the_settings(argv, field, value):
+    assert getattr(QUICK, field) != value
+    assert getattr(settings_from_args(parse(["--quick", *argv])), field) == value
 
 
 @pytest.mark.parametrize("argv", [["--lams", "a,b"], ["--lams", "-1"], ["--lams", "0"],
