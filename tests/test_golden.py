@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -905,8 +906,6 @@ def _golden_process(out: Path, *flags: str) -> subprocess.Popen:
 
 
 def test_writers_killed_at_random_moments_leave_a_whole_folder(tmp_path):
-    import random
-
     generator = random.Random(20261129)
     names = [case.name for case in all_cases()]
     out = tmp_path / "X"

@@ -20,6 +20,7 @@ from refimpl.nn.conv import Conv2D, conv2d_backward, conv2d_forward
 from refimpl.testing import assert_matches_oracle, oracle
 from refimpl.testing import strategies as rs
 from refimpl.testing.cases import Case
+from refimpl.testing.resolution import resolution_floors, tensors_of
 from refimpl.testing.strategies import convolution as rs_convolution
 from refimpl.testing.strategies import data as rs_data
 from refimpl.testing.strategies import drawn_cases as rs_drawn_cases
@@ -332,7 +333,6 @@ def _float32_resolvable(case) -> bool:
     """Every tensor of the case resolvable in float32 by the documented rule, computed here
     from the floors with the documented rtol written literally: rtol * scale + floor must stay
     below a third of the scale; and some gradient is non-zero."""
-    from refimpl.testing.resolution import resolution_floors, tensors_of
     reference = case.evaluate(case.params, case.inputs)
     floors = resolution_floors(case.evaluate, case.params, case.inputs, "float32",
                                reference=reference, config=case.config)
