@@ -1,4 +1,28 @@
-"""Replacing a folder all or nothing: the writers' lock, the atomic switch, the leftovers."""
+"""Replacing a folder all or nothing: the writers' lock, the atomic switch, the leftovers.
+
+A writer of DIR holds an exclusive lock (flock) on DIR's parent folder from before it looks
+at DIR until it has installed its copy and cleaned up, so writers of one folder run one after
+the other. It builds the new copy in ``.DIR.tmp-<pid>-<random>`` and installs it:
+
+* DIR absent or empty: one rename(2) (POSIX replaces an empty folder atomically).
+* DIR a golden folder (--force): on Linux, renameat2(RENAME_EXCHANGE) swaps the two names
+  atomically, then the temporary name (now the old copy) is removed. DIR always exists.
+  Elsewhere, or on a file system without the call, two renames: DIR -> ``.DIR.old-<pid>-<r>``,
+  then the temporary -> DIR.
+
+Crash states (SIGKILL, power loss), and what the next writer of DIR does under the lock:
+
+* while building: DIR untouched (absent or the old copy); ``.DIR.tmp-*`` partial -> removed.
+* after the exchange, before the removal ends: DIR is the new copy; ``.DIR.tmp-*`` holds all or
+  part of the old one -> removed.
+* (two renames only) between them: DIR absent, ``.DIR.old-*`` the complete old copy -> renamed
+  back to DIR (verify reports DIR missing and names the backup until then). After the second
+  rename: DIR new, ``.DIR.old-*`` the old copy -> removed.
+
+Under the lock every ``.DIR.tmp-*`` / ``.DIR.old-*`` is a dead writer's: a live one holds the
+lock. Without flock (not POSIX) the pid in the name is checked instead, and a leftover of a
+live process is left alone.
+"""
 
 from __future__ import annotations
 
@@ -20,31 +44,6 @@ except ImportError:   # not POSIX: writers are told apart by the pid in their na
 
 from ..._io import OutputError
 from .read import _looks_like_golden
-
-# --- replacing a folder atomically --------------------------------------------------------------
-#
-# A writer of DIR holds an exclusive lock (flock) on DIR's parent folder from before it looks
-# at DIR until it has installed its copy and cleaned up, so writers of one folder run one after
-# the other. It builds the new copy in `.DIR.tmp-<pid>-<random>` and installs it:
-#
-# * DIR absent or empty: one rename(2) (POSIX replaces an empty folder atomically).
-# * DIR a golden folder (--force): on Linux, renameat2(RENAME_EXCHANGE) swaps the two names
-#   atomically, then the temporary name (now the old copy) is removed. DIR always exists.
-#   Elsewhere, or on a file system without the call, two renames: DIR -> `.DIR.old-<pid>-<r>`,
-#   then the temporary -> DIR.
-#
-# Crash states (SIGKILL, power loss), and what the next writer of DIR does under the lock:
-#
-# * while building: DIR untouched (absent or the old copy); `.DIR.tmp-*` partial -> removed.
-# * after the exchange, before the removal ends: DIR is the new copy; `.DIR.tmp-*` holds all or
-#   part of the old one -> removed.
-# * (two renames only) between them: DIR absent, `.DIR.old-*` the complete old copy -> renamed
-#   back to DIR (verify reports DIR missing and names the backup until then). After the second
-#   rename: DIR new, `.DIR.old-*` the old copy -> removed.
-#
-# Under the lock every `.DIR.tmp-*` / `.DIR.old-*` is a dead writer's: a live one holds the
-# lock. Without flock (not POSIX) the pid in the name is checked instead, and a leftover of a
-# live process is left alone.
 
 _LOCKING = fcntl is not None
 
@@ -127,8 +126,8 @@ _RENAME_EXCHANGE = 2
 
 
 def _install(temporary: Path, out: Path) -> None:
-    """Put the complete ``temporary`` folder in the place of ``out`` (see the crash states
-    above); an old ``out`` survives any failure before the switch."""
+    """Put the complete ``temporary`` folder in the place of ``out`` (see the crash states in
+    the module docstring); an old ``out`` survives any failure before the switch."""
     if _empty_or_missing(out):
         os.rename(temporary, out)
     elif _exchange(temporary, out):

@@ -1,4 +1,13 @@
-"""Verifying a golden folder against a recomputation by this refimpl."""
+"""Verifying a golden folder against a recomputation by this refimpl.
+
+What verify trusts: only this refimpl's catalogue. SHA256SUMS and the manifest are checksums,
+not signatures - whoever can change a file can re-hash it - so every file is also recomputed
+and compared by value, every manifest field is rebuilt from the catalogue and compared, the
+files must be exactly the NPY bytes refimpl writes for their values, and the folder must be a
+plain tree (no links, no extra files). The one thing a consistent rewrite can still do is
+declare a subset (``generator.command`` with --case flags and the matching cases): verify passes
+it and lists every catalogue case it does not hold.
+"""
 
 from __future__ import annotations
 
@@ -33,15 +42,6 @@ from .format import (
 from .install import _interrupted_backups
 from .read import LINK_REFUSED, _load_npy_bytes, _read_plain, _safe_relative, read_manifest
 
-# --- verifying --------------------------------------------------------------------------------
-#
-# What verify trusts: only this refimpl's catalogue. SHA256SUMS and the manifest are checksums,
-# not signatures - whoever can change a file can re-hash it - so every file is also recomputed
-# and compared by value, every manifest field is rebuilt from the catalogue and compared, the
-# files must be exactly the NPY bytes refimpl writes for their values, and the folder must be a
-# plain tree (no links, no extra files). The one thing a consistent rewrite can still do is
-# declare a subset (`generator.command` with --case flags and the matching cases): verify passes
-# it and lists every catalogue case it does not hold.
 
 @dataclass(frozen=True)
 class VerifyEntry:
