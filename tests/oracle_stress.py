@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +33,8 @@ from independent_numpy import make_impl  # noqa: E402
 
 from refimpl.nn import Sequential  # noqa: E402
 from refimpl.testing import compare_with_oracle  # noqa: E402
+from refimpl.testing.cases import all_cases  # noqa: E402
+from refimpl.testing.strategies import cases  # noqa: E402
 from refimpl.tying import TiedPair  # noqa: E402
 
 MUTATIONS = ("negated", "transposed", "doubled", "halved")
@@ -173,11 +176,6 @@ def summary(tally: Counter) -> str:
 
 
 def main() -> int:
-    from hypothesis import HealthCheck, given, settings
-
-    from refimpl.testing.cases import all_cases
-    from refimpl.testing.strategies import cases
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=1000)
     arguments = parser.parse_args()

@@ -1,4 +1,4 @@
-"""Tests for refimpl/golden.py: golden folders are reproducible, self-checking, atomic, and
+"""Tests for refimpl/testing/golden/: golden folders are reproducible, self-checking, atomic, and
 never unpickle anything."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,9 @@ from refimpl.cli import golden as golden_command
 from refimpl.nn import Sequential
 from refimpl.testing import DTYPE_TOLERANCES, golden
 from refimpl.testing.cases import all_cases
+from refimpl.testing.golden import format as golden_format
+from refimpl.testing.golden import install as golden_install
+from refimpl.testing.golden import writing as golden_writing
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +183,10 @@ def test_model_configuration_rebuilds_the_model(fresh):
 
 
 def test_file_names_are_safe_and_distinct():
-    assert golden._file_name("parameter", "A:fc1.weight") == "parameter.A%3Afc1.weight.npy"
-    assert golden._file_name("input", "w0:fc1.weight") == "input.w0%3Afc1.weight.npy"
-    assert golden._file_name("loss", "loss") == "loss.npy"
-    assert golden._file_name("gradient", "a/b") == "gradient.a%2Fb.npy"
+    assert golden_format._file_name("parameter", "A:fc1.weight") == "parameter.A%3Afc1.weight.npy"
+    assert golden_format._file_name("input", "w0:fc1.weight") == "input.w0%3Afc1.weight.npy"
+    assert golden_format._file_name("loss", "loss") == "loss.npy"
+    assert golden_format._file_name("gradient", "a/b") == "gradient.a%2Fb.npy"
 
 
 # --- verify fails, naming the file ------------------------------------------------------------
@@ -396,8 +401,8 @@ def test_failed_forced_write_keeps_the_old_folder(copy, monkeypatch):
             raise RuntimeError("disk full")
         return original(case, folder)
 
-    original = golden._write_case
-    monkeypatch.setattr(golden, "_write_case", failing)
+    original = golden_writing._write_case
+    monkeypatch.setattr(golden_writing, "_write_case", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         golden.write(copy, force=True)
     assert _files(copy) == before
@@ -780,9 +785,9 @@ def _write_and_crash_after(step: int, out: Path, cases: list[str], force: bool,
         try:
             count = [0]
             if not exchange:
-                golden._exchange = lambda first, second: False
-            for module, name in ((golden.tempfile, "mkdtemp"), (os, "fsync"), (os, "rename"),
-                                 (golden, "_exchange"), (shutil, "rmtree")):
+                golden_install._exchange = lambda first, second: False
+            for module, name in ((tempfile, "mkdtemp"), (os, "fsync"), (os, "rename"),
+                                 (golden_install, "_exchange"), (shutil, "rmtree")):
                 original = getattr(module, name)
 
                 def crashing(*args, _original=original, **kwargs):
@@ -807,7 +812,7 @@ def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario
     names = [case.name for case in all_cases()]
     old_cases, new_cases = [names[0]], [names[1]]
     exchange = scenario != "replace-two-renames"
-    if exchange and scenario != "fresh" and not golden._exchange(tmp_path, tmp_path):
+    if exchange and scenario != "fresh" and not golden_install._exchange(tmp_path, tmp_path):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
     template = golden.write(tmp_path / "old", cases=old_cases)
     crashes = 0
@@ -879,7 +884,7 @@ def test_the_exchange_swaps_two_folders(tmp_path):
     second.mkdir()
     (first / "one").write_text("1")
     (second / "two").write_text("2")
-    if not golden._exchange(first, second):
+    if not golden_install._exchange(first, second):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
     assert os.listdir(first) == ["two"] and os.listdir(second) == ["one"]
 
@@ -887,7 +892,7 @@ def test_the_exchange_swaps_two_folders(tmp_path):
 @pytest.mark.parametrize("exchange", [True, False])
 def test_force_replaces_with_or_without_the_exchange(copy, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr(golden, "_exchange", lambda first, second: False)
+        monkeypatch.setattr(golden_install, "_exchange", lambda first, second: False)
     name = all_cases()[0].name
     golden.write(copy, force=True, cases=[name])
     _assert_whole(copy, [[name]])
@@ -901,8 +906,6 @@ def _golden_process(out: Path, *flags: str) -> subprocess.Popen:
 
 
 def test_writers_killed_at_random_moments_leave_a_whole_folder(tmp_path):
-    import random
-
     generator = random.Random(20261129)
     names = [case.name for case in all_cases()]
     out = tmp_path / "X"
@@ -954,10 +957,10 @@ def test_golden_on_a_refusing_file_system_is_one_line_naming_out(copy, monkeypat
     def refuse(*args, **kwargs):
         raise OSError(number, os.strerror(number), str(args[0]) if args else None)
 
-    module, name = {"mkdtemp": (golden.tempfile, "mkdtemp"), "fsync": (os, "fsync"),
-                    "rename": (os, "rename"), "exchange": (golden, "_exchange")}[target]
+    module, name = {"mkdtemp": (tempfile, "mkdtemp"), "fsync": (os, "fsync"),
+                    "rename": (os, "rename"), "exchange": (golden_install, "_exchange")}[target]
     if target == "rename":
-        monkeypatch.setattr(golden, "_exchange", lambda first, second: False)
+        monkeypatch.setattr(golden_install, "_exchange", lambda first, second: False)
     monkeypatch.setattr(module, name, refuse)
     args = argparse.Namespace(out=str(copy), force=True, case=[all_cases()[0].name])
     assert golden_command.run_golden(args) == 1

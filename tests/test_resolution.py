@@ -7,6 +7,8 @@ code under test.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,14 +18,18 @@ from oracle_stress import MUTATIONS, judge, model_of, near_fit
 
 from refimpl import MLP
 from refimpl.testing import (
+    assert_matches_golden,
     assert_matches_oracle,
     compare_tensor,
+    compare_with_golden,
     compare_with_oracle,
+    golden,
+    oracle,
     resolution,
     resolve_tolerance,
 )
 from refimpl.testing import strategies as rs
-from refimpl.testing.cases import all_cases, get_case
+from refimpl.testing.cases import Case, all_cases, get_case
 
 
 def _near_fit_tanh_mse():
@@ -165,7 +171,6 @@ def test_correct_implementation_is_never_rejected_near_a_fit(dtype):
 
 
 def test_near_fit_mutations_are_never_a_pass():
-    from collections import Counter
     tally: Counter = Counter()
     problems: list[str] = []
     for config, model, params, inputs in _near_fit_points():
@@ -187,8 +192,6 @@ def test_ordinary_points_pass_in_tf32_with_room():
 # --- golden folders: floors from the rebuilt catalogue case -------------------------------------
 
 def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
-    from refimpl.testing import assert_matches_golden, cases, compare_with_golden, golden, oracle
-
     name = "mlp-tanh-ce"
     folder = golden.write(tmp_path / "golden", cases=[name])
     case = get_case(name)
@@ -198,7 +201,7 @@ def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
     floors = compare_with_oracle(make_impl(case.config, "float32"), case, dtype="float32")
     assert row.floor == next(r.floor for r in floors.rows if r.name == "fc1.weight") > 0
     # A folder whose point is not the catalogue's: its floors cannot be derived.
-    moved = cases.Case(**{**case.__dict__, "params": {k: v + 1.0 for k, v in
+    moved = Case(**{**case.__dict__, "params": {k: v + 1.0 for k, v in
                                                         case.params.items()}})
     monkeypatch.setattr(oracle, "get_case", lambda _: moved)
     with pytest.raises(ValueError, match="stored params differ from refimpl's catalogue"):

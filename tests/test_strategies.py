@@ -1,4 +1,4 @@
-"""Tests for refimpl/strategies.py: every strategy draws what it promises, honours and
+"""Tests for refimpl/testing/strategies/: every strategy draws what it promises, honours and
 validates its overrides, and builds kink-free points by construction."""
 
 from __future__ import annotations
@@ -20,11 +20,16 @@ from refimpl.nn.conv import Conv2D, conv2d_backward, conv2d_forward
 from refimpl.testing import assert_matches_oracle, oracle
 from refimpl.testing import strategies as rs
 from refimpl.testing.cases import Case
+from refimpl.testing.resolution import resolution_floors, tensors_of
+from refimpl.testing.strategies import convolution as rs_convolution
+from refimpl.testing.strategies import data as rs_data
+from refimpl.testing.strategies import drawn_cases as rs_drawn_cases
+from refimpl.testing.strategies import models as rs_models
 from refimpl.tying import TiedPair
 
 
 def test_documented_examples_run():
-    for module in (rs, oracle):
+    for module in (rs_models, rs_convolution, rs_data, rs_drawn_cases, oracle):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
@@ -276,13 +281,13 @@ def test_the_independent_implementation_matches_drawn_cases(case, dtype):
 # --- overrides are validated when a strategy is created -----------------------------------------
 
 @pytest.mark.parametrize("make, error, match", [
-    (lambda: rs.arrays((2, -1)), ValueError, "shape: expected an int >= 0"),
+    (lambda: rs.arrays((2, -1)), ValueError, "shape: expected a non-negative int"),
     (lambda: rs.arrays((2,), scale=0), ValueError, "scale: expected a finite number > 0"),
     (lambda: rs.arrays((2,), margin=float("inf")), ValueError, "margin"),
     (lambda: rs.arrays((2,), kink_free="yes"), TypeError, "kink_free, distinct"),
     (lambda: rs.mlps(min_hidden=3, max_hidden=1), ValueError, "min_hidden <= max_hidden"),
-    (lambda: rs.mlps(min_width=0), ValueError, "min_width: expected an int >= 1"),
-    (lambda: rs.mlps(max_width=2.5), TypeError, "max_width: expected an int"),
+    (lambda: rs.mlps(min_width=0), ValueError, "min_width: expected a positive int"),
+    (lambda: rs.mlps(max_width=2.5), TypeError, "max_width: expected a positive int"),
     (lambda: rs.mlps(activations=["gelu"]), ValueError, r"activations: unknown \['gelu'\]"),
     (lambda: rs.mlps(activations=[]), ValueError, "activations: expected at least one"),
     (lambda: rs.mlps(losses=["hinge"]), ValueError, "losses: unknown"),
@@ -328,7 +333,6 @@ def _float32_resolvable(case) -> bool:
     """Every tensor of the case resolvable in float32 by the documented rule, computed here
     from the floors with the documented rtol written literally: rtol * scale + floor must stay
     below a third of the scale; and some gradient is non-zero."""
-    from refimpl.testing.resolution import resolution_floors, tensors_of
     reference = case.evaluate(case.params, case.inputs)
     floors = resolution_floors(case.evaluate, case.params, case.inputs, "float32",
                                reference=reference, config=case.config)

@@ -251,6 +251,8 @@ def test_failure_names_case_parameter_index_values_and_tolerance():
      "8 non-finite value"),
     (lambda loss, grads: (loss, {**grads, "fc1.bias": grads["fc1.bias"].astype(np.float32)}),
      "expected dtype float64 for a float64 implementation, got float32"),
+    (lambda loss, grads: (np.float32(loss), grads),
+     "loss: expected dtype float64 for a float64 implementation, got float32"),
     (lambda loss, grads: (np.array([loss, loss]), grads), "loss: expected one number"),
     (lambda loss, grads: (loss, list(grads.values())), "expected a dict"),
     (lambda loss, grads: loss, "expected a tuple"),

@@ -118,8 +118,24 @@ def resolve_tolerance(dtype: Any = "float64", rtol: float | None = None,
                       atol: float | None = None) -> tuple[str, Tolerance]:
     """The dtype name and the tolerance for it, with optional overrides.
 
-    ``dtype``: "float64", "float32", "tf32", or ``np.float64`` / ``np.float32``. ``rtol`` and
-    ``atol`` (None: the default of :data:`DTYPE_TOLERANCES`) must be finite and >= 0.
+    Parameters
+    ----------
+    dtype : str or numpy dtype
+        "float64", "float32", "tf32", or ``np.float64`` / ``np.float32``.
+    rtol, atol : float, optional
+        Overrides of :data:`DTYPE_TOLERANCES` ``[dtype]`` (None: the default); finite, >= 0.
+
+    Returns
+    -------
+    tuple of (str, Tolerance)
+        The dtype's name (a key of :data:`DTYPE_TOLERANCES`) and its tolerance.
+
+    Raises
+    ------
+    ValueError
+        For an unknown dtype, or a negative or non-finite override.
+    TypeError
+        For an override that is not a number.
     """
     name = dtype if isinstance(dtype, str) else None
     if name is None:
@@ -158,15 +174,18 @@ class TensorComparison:
 
     @property
     def label(self) -> str:
+        """``role`` and ``name``, e.g. ``gradient 'fc1.weight'``."""
         return "loss" if self.role == "loss" else f"{self.role} {self.name!r}"
 
     @property
     def relative_error(self) -> float:
+        """``max_abs_error / scale``; 0 when both are zero, inf for an error at a zero scale."""
         if self.scale > 0:
             return self.max_abs_error / self.scale
         return 0.0 if self.max_abs_error == 0 else math.inf
 
     def describe(self) -> str:
+        """One line: the tensor's problem, or its worst index, both values and the tolerance."""
         if self.problem:
             return f"{self.label}: {self.problem}"
         values = (f"worst index {self.worst_index}: implementation {self.actual!r}, oracle "
@@ -184,6 +203,7 @@ class TensorComparison:
 
 
 def _structural(role: str, name: str, shape: tuple[int, ...], problem: str) -> TensorComparison:
+    """A failed row for a tensor that could not be compared (missing, wrong shape or type)."""
     nan = float("nan")
     return TensorComparison(role, name, tuple(shape), False, nan, nan, nan, (), nan, nan, problem,
                             "fail")
@@ -205,8 +225,27 @@ def compare_tensor(role: str, name: str, expected: Any, actual: Any, tolerance: 
                    *, require_float64: bool = False, floor: float = 0.0) -> TensorComparison:
     """Compare one tensor by the module's rule; never raises on a mismatch, reports it.
 
-    ``floor``: the tensor's resolution floor at the point (:mod:`refimpl.testing.resolution`); 0
-    when both sides are float64 values of the same computation (golden verification).
+    Parameters
+    ----------
+    role, name : str
+        What the tensor is ("loss", "gradient" or "output") and its name.
+    expected : array_like
+        refimpl's float64 reference, of any shape.
+    actual : array_like
+        The implementation's value; must have the shape of ``expected`` (never broadcast).
+    tolerance : Tolerance
+        ``rtol`` and ``atol`` of the rule.
+    require_float64 : bool
+        Fail an ``actual`` that is not float64 (the implementation claims float64).
+    floor : float
+        The tensor's resolution floor at the point (:mod:`refimpl.testing.resolution`); 0
+        when both sides are float64 values of the same computation (golden verification).
+
+    Returns
+    -------
+    TensorComparison
+        The row: verdict, worst index, both values there, error, scale, limit and floor, or
+        the structural problem (shape, dtype, NaN / Inf) that failed it.
     """
     floor = check_tolerance(floor, "floor")
     reference = np.asarray(expected)
@@ -279,15 +318,18 @@ class ComparisonReport:
 
     @property
     def failures(self) -> tuple[TensorComparison, ...]:
+        """The rows whose verdict is fail."""
         bad = [row for row in self.rows if row.verdict == "fail"]
         # Structural problems first, then the largest relative error first.
         return tuple(sorted(bad, key=lambda row: (not row.problem, -_sort_key(row))))
 
     @property
     def inconclusive(self) -> tuple[TensorComparison, ...]:
+        """The rows whose verdict is inconclusive."""
         return tuple(row for row in self.rows if row.verdict == "inconclusive")
 
     def __str__(self) -> str:
+        """The verdict and the rule, then the failing or inconclusive tensors and the matching."""
         rule = (f"dtype {self.dtype}: fail iff max|impl - oracle| > rtol * max|oracle| + floor "
                 f"+ atol per tensor, rtol={self.tolerance.rtol:g}, atol={self.tolerance.atol:g}")
         if self.verdict == "pass":
@@ -313,5 +355,6 @@ class ComparisonReport:
 
 
 def _sort_key(row: TensorComparison) -> float:
+    """A row's relative error as a sort key (a NaN counts as infinite: the worst)."""
     value = row.relative_error
     return value if math.isfinite(value) else math.inf

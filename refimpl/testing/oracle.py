@@ -29,7 +29,7 @@ The comparison rule, its tolerances and the three verdicts live in
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from .cases import Case, get_case
 from .comparison import (
     ComparisonReport,
     Implementation,
+    TensorComparison,
     Tolerance,
     _structural,
     compare_tensor,
@@ -62,68 +63,94 @@ def _hand_over(arrays: Mapping[str, np.ndarray], dtype: str) -> dict[str, np.nda
 
 
 def _run_and_compare(impl: Any, case_name: str, params: Mapping[str, np.ndarray],
-                     inputs: Mapping[str, np.ndarray], expected_loss: Any,
-                     expected_grads: Mapping[str, np.ndarray],
-                     expected_outputs: Mapping[str, np.ndarray], dtype: str,
-                     tolerance: Tolerance, floors: Mapping[tuple[str, str], float]
+                     inputs: Mapping[str, np.ndarray], reference: tuple[Any, Any, Any],
+                     dtype: str, tolerance: Tolerance, floors: Mapping[tuple[str, str], float]
                      ) -> ComparisonReport:
+    """Run ``impl`` on fresh copies of the point and compare what it returns with the
+    float64 ``reference`` ``(loss, grads, outputs)``, one row per tensor."""
     if not callable(impl):
         raise TypeError(f"impl: expected a callable impl(params, inputs) -> (loss, grads), got "
                         f"{impl!r}")
     result = impl(_hand_over(params, dtype), _hand_over(inputs, dtype))
+    problem = _return_problem(result)
+    if problem:
+        return ComparisonReport(case_name, dtype, tolerance, (), (problem,))
+    expected_loss, expected_grads, expected_outputs = reference
+    judge = _Judge(tolerance, floors, dtype == "float64")
+    grad_rows, grad_problems = _gradient_rows(result[1], expected_grads, judge)
+    output_rows, output_problems = _output_rows(result[2] if len(result) == 3 else None,
+                                                expected_outputs, judge)
+    rows = (_loss_row(result[0], expected_loss, judge), *grad_rows, *output_rows)
+    return ComparisonReport(case_name, dtype, tolerance, rows, (*grad_problems, *output_problems))
 
-    def bad_return(message: str) -> ComparisonReport:
-        return ComparisonReport(case_name, dtype, tolerance, (), (message,))
 
+def _return_problem(result: Any) -> str | None:
+    """Why ``impl``'s return value is not ``(loss, grads[, outputs])`` (None if it is)."""
     if not isinstance(result, tuple) or len(result) not in (2, 3):
-        return bad_return(f"impl returned {type(result).__name__}; expected a tuple "
-                          f"(loss, grads) or (loss, grads, outputs)")
-    loss, grads = result[0], result[1]
-    outputs = result[2] if len(result) == 3 else None
-    if not isinstance(grads, Mapping):
-        return bad_return(f"impl returned grads of type {type(grads).__name__}; expected a "
-                          f"dict {{parameter name: array}}")
-    float64 = dtype == "float64"
-    rows = []
-    loss_array = np.asarray(expected_loss, dtype=np.float64)
+        return (f"impl returned {type(result).__name__}; expected a tuple (loss, grads) or "
+                f"(loss, grads, outputs)")
+    if not isinstance(result[1], Mapping):
+        return (f"impl returned grads of type {type(result[1]).__name__}; expected a dict "
+                f"{{parameter name: array}}")
+    return None
+
+
+class _Judge(NamedTuple):
+    """What every row of one comparison shares: the tolerance, the floors, the dtype."""
+
+    tolerance: Tolerance
+    floors: Mapping[tuple[str, str], float]
+    float64: bool
+
+    def row(self, role: str, name: str, reference: Any, actual: Any,
+            require_float64: bool | None = None) -> TensorComparison:
+        """One tensor against its reference, with its own resolution floor."""
+        return compare_tensor(role, name, reference, actual, self.tolerance,
+                              require_float64=self.float64 if require_float64 is None
+                              else require_float64, floor=self.floors[(role, name)])
+
+
+def _loss_row(loss: Any, expected_loss: Any, judge: _Judge) -> TensorComparison:
+    """The returned loss (one number) against the reference loss."""
     try:
         actual_loss = np.asarray(loss)
     except Exception:  # noqa: BLE001
         actual_loss = None
     if actual_loss is None or actual_loss.size != 1:
-        rows.append(_structural("loss", "loss", (), f"expected one number, got {loss!r:.80}"))
-    else:
-        # A Python float is float64 already; a NumPy/torch scalar shows its own dtype.
-        rows.append(compare_tensor("loss", "loss", loss_array, actual_loss, tolerance,
-                                   require_float64=float64 and not isinstance(loss, float),
-                                   floor=floors[("loss", "loss")]))
+        return _structural("loss", "loss", (), f"expected one number, got {loss!r:.80}")
+    # A Python float is float64 already; a NumPy/torch scalar shows its own dtype.
+    return judge.row("loss", "loss", np.asarray(expected_loss, dtype=np.float64), actual_loss,
+                     require_float64=judge.float64 and not isinstance(loss, float))
+
+
+def _gradient_rows(grads: Mapping[str, Any], expected_grads: Mapping[str, np.ndarray],
+                   judge: _Judge) -> tuple[list[TensorComparison], list[str]]:
+    """A row per parameter (a missing gradient fails its row) and the unexpected names."""
     problems = []
-    missing = [name for name in expected_grads if name not in grads]
     extra = [name for name in grads if name not in expected_grads]
     if extra:
         problems.append(f"unexpected gradient(s) {sorted(map(str, extra))}; the parameters are "
                         f"{list(expected_grads)}")
-    for name, reference in expected_grads.items():
-        if name in missing:
-            rows.append(_structural("gradient", name, np.shape(reference), "missing from grads"))
-            continue
-        rows.append(compare_tensor("gradient", name, reference, grads[name], tolerance,
-                                   require_float64=float64, floor=floors[("gradient", name)]))
-    if outputs is not None:
-        if not isinstance(outputs, Mapping):
-            problems.append(f"impl returned outputs of type {type(outputs).__name__}; expected "
-                            f"a dict such as {{'out': array}}")
-        else:
-            unknown = [name for name in outputs if name not in expected_outputs]
-            if unknown:
-                problems.append(f"unexpected output(s) {sorted(map(str, unknown))}; the "
-                                f"reference has {list(expected_outputs)}")
-            for name, value in outputs.items():
-                if name in expected_outputs:
-                    rows.append(compare_tensor("output", name, expected_outputs[name], value,
-                                               tolerance, require_float64=float64,
-                                               floor=floors[("output", name)]))
-    return ComparisonReport(case_name, dtype, tolerance, tuple(rows), tuple(problems))
+    rows = [judge.row("gradient", name, reference, grads[name]) if name in grads else
+            _structural("gradient", name, np.shape(reference), "missing from grads")
+            for name, reference in expected_grads.items()]
+    return rows, problems
+
+
+def _output_rows(outputs: Any, expected_outputs: Mapping[str, np.ndarray], judge: _Judge
+                 ) -> tuple[list[TensorComparison], list[str]]:
+    """A row per returned output the reference has, and what is wrong with the rest."""
+    if outputs is None:
+        return [], []
+    if not isinstance(outputs, Mapping):
+        return [], [f"impl returned outputs of type {type(outputs).__name__}; expected a dict "
+                    f"such as {{'out': array}}"]
+    unknown = [name for name in outputs if name not in expected_outputs]
+    problems = [f"unexpected output(s) {sorted(map(str, unknown))}; the reference has "
+                f"{list(expected_outputs)}"] if unknown else []
+    rows = [judge.row("output", name, expected_outputs[name], value)
+            for name, value in outputs.items() if name in expected_outputs]
+    return rows, problems
 
 
 def _as_case(case_or_model: Any, params: Mapping[str, Any] | None,
@@ -151,31 +178,7 @@ def _case_from_model(model: Any, params: Mapping[str, Any] | None,
     data = {name: np.asarray(value) for name, value in inputs.items()}
     config = model.config() if hasattr(model, "config") else {}
     if hasattr(model, "joined_loss_and_grads"):          # a TiedPair
-        expected = {"xa", "ya", "xb", "yb"}
-        if set(data) != expected:
-            raise ValueError(f"inputs: a TiedPair takes exactly {sorted(expected)}, got "
-                             f"{sorted(data)}")
-        joined = model.join(*model.init(seed)) if params is None else dict(params)
-        batch_a, batch_b = (data["xa"], data["ya"]), (data["xb"], data["yb"])
-
-        def pair_loss_and_grads(p: Mapping[str, Any]) -> tuple[Any, dict]:
-            return model.joined_loss_and_grads(p, batch_a, batch_b)
-
-        def pair_outputs(p: Mapping[str, Any]) -> dict[str, np.ndarray]:
-            out_a, out_b = model.forward(*model.split(p), data["xa"], data["xb"])
-            return {"out_a": out_a, "out_b": out_b}
-
-        def pair_evaluate(p: Mapping[str, Any], at: Mapping[str, np.ndarray]) -> tuple:
-            loss, grads = model.joined_loss_and_grads(p, (at["xa"], at["ya"]),
-                                                      (at["xb"], at["yb"]))
-            out_a, out_b = model.forward(*model.split(p), at["xa"], at["xb"])
-            return loss, grads, {"out_a": out_a, "out_b": out_b}
-
-        pair_loss_and_grads(joined)  # validates everything before the impl runs
-        return Case(name="tied-pair", kind="tied", config={"pair": config},
-                    params={k: np.asarray(v) for k, v in joined.items()}, inputs=data,
-                    loss_and_grads=pair_loss_and_grads, outputs=pair_outputs,
-                    evaluate=pair_evaluate)
+        return _case_from_pair(model, params, data, config, seed)
     if not (hasattr(model, "loss_and_grads") and hasattr(model, "init")
             or hasattr(model, "model")):
         raise TypeError(f"case_or_model: expected a refimpl.testing.cases.Case, a case name, a "
@@ -200,11 +203,55 @@ def _case_from_model(model: Any, params: Mapping[str, Any] | None,
                                         {"out": network.forward(p, at["x"])}))
 
 
+def _case_from_pair(pair: Any, params: Mapping[str, Any] | None,
+                    data: dict[str, np.ndarray], config: Any, seed: int) -> Case:
+    """A Case for a ``TiedPair`` and its data ``{"xa", "ya", "xb", "yb"}``."""
+    expected = {"xa", "ya", "xb", "yb"}
+    if set(data) != expected:
+        raise ValueError(f"inputs: a TiedPair takes exactly {sorted(expected)}, got "
+                         f"{sorted(data)}")
+    joined = pair.join(*pair.init(seed)) if params is None else dict(params)
+    batch_a, batch_b = (data["xa"], data["ya"]), (data["xb"], data["yb"])
+
+    def pair_loss_and_grads(p: Mapping[str, Any]) -> tuple[Any, dict]:
+        return pair.joined_loss_and_grads(p, batch_a, batch_b)
+
+    def pair_outputs(p: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out_a, out_b = pair.forward(*pair.split(p), data["xa"], data["xb"])
+        return {"out_a": out_a, "out_b": out_b}
+
+    def pair_evaluate(p: Mapping[str, Any], at: Mapping[str, np.ndarray]) -> tuple:
+        loss, grads = pair.joined_loss_and_grads(p, (at["xa"], at["ya"]),
+                                                 (at["xb"], at["yb"]))
+        out_a, out_b = pair.forward(*pair.split(p), at["xa"], at["xb"])
+        return loss, grads, {"out_a": out_a, "out_b": out_b}
+
+    pair_loss_and_grads(joined)  # validates everything before the impl runs
+    return Case(name="tied-pair", kind="tied", config={"pair": config},
+                params={k: np.asarray(v) for k, v in joined.items()}, inputs=data,
+                loss_and_grads=pair_loss_and_grads, outputs=pair_outputs,
+                evaluate=pair_evaluate)
+
+
 def unresolved_tensors(case: Any, dtype: Any = "float32") -> list[str]:
-    """Labels of the tensors of ``case`` on which no implementation in ``dtype`` can be judged
-    with the default tolerance: those that :func:`compare_with_oracle` would call
-    inconclusive even for a candidate equal to the reference (``rtol * scale + floor >=
-    scale * RESOLVED_FRACTION``, except exactly zero references with a zero floor)."""
+    """Labels of the tensors of ``case`` on which no implementation in ``dtype`` can be judged.
+
+    Those are the tensors that :func:`compare_with_oracle` would call inconclusive with the
+    default tolerance even for a candidate equal to the reference (``rtol * scale + floor >=
+    scale * RESOLVED_FRACTION``, except exactly zero references with a zero floor).
+
+    Parameters
+    ----------
+    case : refimpl.testing.cases.Case
+        A catalogue or drawn case.
+    dtype : str or numpy dtype
+        "float64", "float32" or "tf32".
+
+    Returns
+    -------
+    list of str
+        Labels such as ``"gradient 'fc1.weight'"``; empty when every tensor can be judged.
+    """
     dtype_name, tolerance = resolve_tolerance(dtype)
     loss, grads = case.loss_and_grads(case.params)
     outputs = case.outputs(case.params)
@@ -222,16 +269,26 @@ def compare_with_oracle(impl: Implementation, case_or_model: Any,
                         inputs: Mapping[str, Any] | None = None, *, dtype: Any = "float64",
                         rtol: float | None = None, atol: float | None = None, seed: int = 0,
                         outputs: bool = True) -> ComparisonReport:
-    """Like :func:`assert_matches_oracle` but returns the report (whatever its verdict)
-    instead of raising."""
+    """Like :func:`assert_matches_oracle` but returns the report (whatever its verdict).
+
+    The parameters are those of :func:`assert_matches_oracle` (without
+    ``allow_inconclusive``).
+
+    Returns
+    -------
+    ComparisonReport
+        One row per compared tensor; ``report.verdict`` is "pass", "fail" or
+        "inconclusive".
+    """
     dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
     seed = check_seed(seed, "seed")
     case = _as_case(case_or_model, params, inputs, seed)
     loss, grads = case.loss_and_grads(case.params)
     expected_outputs = case.outputs(case.params)
     floors = case_floors(case, dtype_name, (loss, grads, expected_outputs))
-    return _run_and_compare(impl, case.name, case.params, case.inputs, loss, grads,
-                            expected_outputs if outputs else {}, dtype_name, tolerance, floors)
+    return _run_and_compare(impl, case.name, case.params, case.inputs,
+                            (loss, grads, expected_outputs if outputs else {}), dtype_name,
+                            tolerance, floors)
 
 
 def _raise_unless_pass(reports: list[ComparisonReport], allow_inconclusive: bool,
@@ -257,39 +314,61 @@ def assert_matches_oracle(impl: Implementation, case_or_model: Any,
                           allow_inconclusive: bool = False) -> ComparisonReport:
     """Assert that ``impl`` computes refimpl's loss, gradients (and outputs) for a case.
 
-    - impl: ``impl(params, inputs) -> (loss, grads)`` or ``(loss, grads, outputs)``
-      (see the module docstring for the protocol).
-    - case_or_model: a :class:`refimpl.testing.cases.Case`, the name of a built-in case
-      (``"mlp-tanh-ce"``; see ``refimpl.testing.cases.all_cases()``), a ``Sequential`` or a
-      ``TiedPair``. For a model pass ``inputs`` (``{"x", "y"}``, or ``{"xa", "ya", "xb",
-      "yb"}`` for a pair) and optionally ``params`` (default ``model.init(seed)``; for a pair
-      keys prefixed ``"A:"`` / ``"B:"``).
-    - dtype: the precision ``impl`` computes in: "float64", "float32" or "tf32". Params and
-      float inputs are handed over in that dtype (float32 for "tf32"); the reference is
-      always refimpl's float64 result at the exact values.
-    - rtol, atol: override :data:`DTYPE_TOLERANCES` ``[dtype]`` (finite, >= 0). They add to
-      the resolution floor, never replace it: no override turns an unresolvable tensor into
-      a pass.
-    - outputs: also compare forward outputs when ``impl`` returns them.
-    - allow_inconclusive: return the report (``report.verdict == "inconclusive"``) instead of
-      raising when some tensor cannot be resolved at this point in this dtype.
+    Parameters
+    ----------
+    impl : callable
+        ``impl(params, inputs) -> (loss, grads)`` or ``(loss, grads, outputs)`` (the
+        protocol of the module docstring).
+    case_or_model : refimpl.testing.cases.Case, str, refimpl.nn.Sequential or refimpl.TiedPair
+        A :class:`refimpl.testing.cases.Case`, the name of a built-in case
+        (``"mlp-tanh-ce"``; see ``refimpl.testing.cases.all_cases()``), a ``Sequential`` or
+        a ``TiedPair``.
+    params : mapping of str to array_like, optional
+        For a model only: the point (default ``model.init(seed)``; for a pair, keys
+        prefixed ``"A:"`` / ``"B:"``).
+    inputs : mapping of str to array_like, optional
+        For a model only, and then required: ``{"x", "y"}`` (``x`` of shape (N, D) or
+        (N, C, H, W)), or ``{"xa", "ya", "xb", "yb"}`` for a pair.
+    dtype : str
+        The precision ``impl`` computes in: "float64", "float32" or "tf32". Params and
+        float inputs are handed over in that dtype (float32 for "tf32"); the reference is
+        always refimpl's float64 result at the exact values.
+    rtol, atol : float, optional
+        Override :data:`DTYPE_TOLERANCES` ``[dtype]`` (finite, >= 0). They add to the
+        resolution floor, never replace it: no override turns an unresolvable tensor into
+        a pass.
+    seed : int
+        Seed of ``model.init`` when ``params`` is not given.
+    outputs : bool
+        Also compare forward outputs when ``impl`` returns them.
+    allow_inconclusive : bool
+        Return the report (``report.verdict == "inconclusive"``) instead of raising when
+        some tensor cannot be resolved at this point in this dtype.
 
-    Returns the :class:`ComparisonReport` when every tensor passes. Raises ``AssertionError``
-    naming the case, each failing tensor, its worst index, both values and the error against
-    the tolerance; or, when nothing failed but some tensor is inconclusive, naming those
-    tensors, their scale and floor, and what to do (another point, or float64).
+    Returns
+    -------
+    ComparisonReport
+        When every tensor passes (or, with ``allow_inconclusive``, none fails).
 
-    Example::
+    Raises
+    ------
+    AssertionError
+        Naming the case, each failing tensor, its worst index, both values and the error
+        against the tolerance; or, when nothing failed but some tensor is inconclusive,
+        naming those tensors, their scale and floor, and what to do (another point, or
+        float64).
 
-        >>> import numpy as np
-        >>> from refimpl import MLP
-        >>> from refimpl.testing import assert_matches_oracle
-        >>> model = MLP([3, 4, 2], activation="tanh", loss="cross_entropy")
-        >>> x, y = np.ones((5, 3)), np.array([0, 1, 1, 0, 1])
-        >>> def impl(params, inputs):          # here refimpl itself stands in for yours
-        ...     return model.loss_and_grads(params, inputs["x"], inputs["y"])
-        >>> assert_matches_oracle(impl, model, inputs={"x": x, "y": y}).ok
-        True
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refimpl import MLP
+    >>> from refimpl.testing import assert_matches_oracle
+    >>> model = MLP([3, 4, 2], activation="tanh", loss="cross_entropy")
+    >>> x, y = np.ones((5, 3)), np.array([0, 1, 1, 0, 1])
+    >>> def impl(params, inputs):          # here refimpl itself stands in for yours
+    ...     return model.loss_and_grads(params, inputs["x"], inputs["y"])
+    >>> assert_matches_oracle(impl, model, inputs={"x": x, "y": y}).ok
+    True
     """
     report = compare_with_oracle(impl, case_or_model, params, inputs, dtype=dtype, rtol=rtol,
                                  atol=atol, seed=seed, outputs=outputs)
@@ -306,9 +385,21 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     """Like :func:`assert_matches_golden` but returns one report per case.
 
     The reference is the stored float64 result; the resolution floors are computed by
-    rebuilding the case from refimpl's catalogue (``refimpl.testing.cases.get_case(name)``), whose
-    point and data must equal the stored ones (else ``ValueError``: the folder was written by
-    another catalogue, and its floors cannot be derived here).
+    rebuilding the case from refimpl's catalogue (``refimpl.testing.cases.get_case(name)``),
+    whose point and data must equal the stored ones.
+
+    Returns
+    -------
+    list of ComparisonReport
+        One per selected case, in the order of ``case`` (the manifest's for None).
+
+    Raises
+    ------
+    ValueError
+        When a stored case's point or data differ from the catalogue's (the folder was
+        written by another catalogue, and its floors cannot be derived here).
+    refimpl.testing.golden.GoldenError
+        When the folder or one of its files is missing, malformed or unsafe.
     """
 
     dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
@@ -321,12 +412,14 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
         _check_same_point(name, rebuilt, data)
         floors = case_floors(rebuilt, dtype_name)
         reports.append(_run_and_compare(
-            impl, name, data.params, data.inputs, data.loss, data.grads,
-            data.outputs if outputs else {}, dtype_name, tolerance, floors))
+            impl, name, data.params, data.inputs,
+            (data.loss, data.grads, data.outputs if outputs else {}), dtype_name, tolerance,
+            floors))
     return reports
 
 
 def _check_same_point(name: str, case: Any, data: Any) -> None:
+    """Refuse a stored case whose point or data differ from the catalogue case of that name."""
     for label, stored, built in (("params", data.params, case.params),
                                  ("inputs", data.inputs, case.inputs)):
         same = set(stored) == set(built) and all(
@@ -346,16 +439,36 @@ def assert_matches_golden(impl: Implementation, golden_dir: Any,
                           ) -> list[ComparisonReport]:
     """Assert that ``impl`` reproduces the expected values stored in a golden folder.
 
-    ``golden_dir`` is a folder written by ``refimpl golden --out DIR``; ``case`` selects one
-    case by name, several (an iterable of names), or all (None). Every file is checked
-    against its SHA-256 in the manifest and read without pickle before ``impl`` runs. The
-    implementation protocol, ``dtype`` and tolerances are those of
-    :func:`assert_matches_oracle` (``allow_inconclusive`` included); the reference is the
-    stored float64 result, the resolution floors those of the catalogue case.
+    Every file is checked against its SHA-256 in the manifest and read without pickle
+    before ``impl`` runs. The reference is the stored float64 result, the resolution floors
+    those of the catalogue case.
 
-    Example (one implementation per model configuration)::
+    Parameters
+    ----------
+    impl : callable
+        The implementation (protocol of the module docstring).
+    golden_dir : str or os.PathLike
+        A folder written by ``refimpl golden --out DIR``.
+    case : str or iterable of str, optional
+        One case by name, several, or all (None).
+    dtype, rtol, atol, outputs, allow_inconclusive
+        As for :func:`assert_matches_oracle`.
 
-        from refimpl import golden
+    Returns
+    -------
+    list of ComparisonReport
+        One per case, when none fails (nor, unless allowed, is inconclusive).
+
+    Raises
+    ------
+    AssertionError
+        Counting and describing the cases that do not match.
+
+    Examples
+    --------
+    One implementation per model configuration::
+
+        from refimpl.testing import golden
         from refimpl.testing import assert_matches_golden
         manifest = golden.read_manifest("golden")
         for name, entry in manifest["cases"].items():

@@ -1,8 +1,9 @@
 """The resolution floor: how finely a dtype can resolve each reference tensor at one point.
 
-The model (the comparison rule that uses it is written in :mod:`refimpl.testing`)
---------------------------------------------------------------------------------
-A correct implementation computing in a dtype with unit roundoff ``u`` returns, at best, the
+The model
+---------
+The comparison rule that uses the floor is written in :mod:`refimpl.testing.comparison`. A
+correct implementation computing in a dtype with unit roundoff ``u`` returns, at best, the
 exact result at a point whose parameters and inputs are perturbed by a few units of roundoff
 (the backward-error model of sums and products: ``fl(sum a_i b_i) = sum a_i b_i (1 + d_i)``,
 ``|d_i| <= n u``). So the reference's own sensitivity to such perturbations bounds how well
@@ -98,6 +99,7 @@ def tensors_of(result: tuple[Any, Mapping[str, Any], Mapping[str, Any]]
 
 
 def _is_float(value: Any) -> bool:
+    """Whether ``value`` is a real float array (the perturbations move those only)."""
     return np.asarray(value).dtype.kind == "f"
 
 
@@ -211,14 +213,33 @@ def _add(changes: dict[Key, np.ndarray], loss_change: float, grads: Mapping[str,
 def resolution_floors(evaluate: Evaluate, params: Mapping[str, Any], inputs: Mapping[str, Any],
                       dtype: str, *, reference: Any = None, seed: int = 0,
                       config: Mapping[str, Any] | None = None) -> dict[Key, float]:
-    """The floor of every tensor ``evaluate`` returns, keyed ``(role, name)`` (module docs).
+    """The floor of every tensor ``evaluate`` returns (the model of the module docstring).
 
-    - evaluate: ``evaluate(params, inputs) -> (loss, grads, outputs)``, float64
-    - dtype: "float64", "float32" or "tf32"
-    - reference: ``evaluate(params, inputs)`` if already computed
-    - seed: of the perturbation signs (the floor is deterministic for a given seed)
-    - config: the case's configuration (``{"model": ...}``, ``{"pair": ...}``,
-      ``{"anchored": ...}``): adds :func:`loss_rounding`; None leaves it out
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(params, inputs) -> (loss, grads, outputs)``, in float64.
+    params, inputs : mapping of str to array_like
+        The point and the data.
+    dtype : str
+        "float64", "float32" or "tf32".
+    reference : tuple, optional
+        ``evaluate(params, inputs)`` if already computed.
+    seed : int
+        Of the perturbation signs (the floor is deterministic for a given seed).
+    config : mapping, optional
+        The case's configuration (``{"model": ...}``, ``{"pair": ...}``,
+        ``{"anchored": ...}``): adds :func:`loss_rounding`; None leaves it out.
+
+    Returns
+    -------
+    dict
+        ``{(role, name): floor}`` for the loss, every gradient and every output.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``dtype`` or a negative ``seed``.
     """
     if dtype not in UNIT_ROUNDOFF:
         raise ValueError(f"dtype: expected one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
@@ -248,9 +269,21 @@ def resolution_floors(evaluate: Evaluate, params: Mapping[str, Any], inputs: Map
 
 
 def case_floors(case: Any, dtype: str, reference: Any = None) -> dict[tuple[str, str], float]:
-    """The resolution floor of every tensor of a :class:`refimpl.testing.cases.Case` for ``dtype``
-    (:func:`refimpl.testing.resolution.resolution_floors`; a case without ``evaluate`` perturbs its
-    parameters only). ``reference``: ``(loss, grads, outputs)`` at the case's point, if known.
+    """The resolution floor of every tensor of a case, for ``dtype``.
+
+    Parameters
+    ----------
+    case : refimpl.testing.cases.Case
+        The case; one without ``evaluate`` has its parameters perturbed only.
+    dtype : str
+        "float64", "float32" or "tf32".
+    reference : tuple, optional
+        ``(loss, grads, outputs)`` at the case's point, if known.
+
+    Returns
+    -------
+    dict
+        ``{(role, name): floor}``, as :func:`resolution_floors`.
     """
     if case.evaluate is not None:
         evaluate, inputs = case.evaluate, case.inputs

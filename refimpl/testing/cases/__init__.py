@@ -27,17 +27,29 @@ Params = dict[str, np.ndarray]
 class Case:
     """One deterministic model + point + data.
 
-    - name: unique id, also the golden folder name (``[a-z0-9-]``)
-    - kind: "mlp", "cnn", "tied" or "shared"
-    - config: JSON-able description (model configuration, data sizes, conventions)
-    - params: the point, float64 arrays
-    - inputs: data arrays (``x``, ``y`` or ``xa``, ``ya``, ``xb``, ``yb``), float64 / int64
-    - loss_and_grads: ``f(params) -> (loss, grads)``; accepts complex params (complex step)
-    - outputs: ``g(params) -> {name: array}``, the forward outputs (e.g. ``{"out": logits}``)
-    - evaluate: ``h(params, inputs) -> (loss, grads, outputs)``, the same reference as a
-      function of the data too (``inputs`` keyed like :attr:`inputs`). The resolution floor
-      (:mod:`refimpl.testing.resolution`) perturbs the data as well as the point through it; None
-      (a hand-made case) perturbs the point only, a smaller floor.
+    Attributes
+    ----------
+    name : str
+        Unique id, also the golden folder name (``[a-z0-9-]``).
+    kind : str
+        "mlp", "cnn", "tied" or "shared".
+    config : dict
+        JSON-able description (model configuration, data sizes, conventions).
+    params : dict of str to np.ndarray
+        The point, float64 arrays.
+    inputs : dict of str to np.ndarray
+        Data arrays (``x``, ``y`` or ``xa``, ``ya``, ``xb``, ``yb``), float64 / int64; e.g.
+        ``x`` of shape (N, D) or (N, C, H, W), ``y`` int64 labels of shape (N,).
+    loss_and_grads : callable
+        ``f(params) -> (loss, grads)``; accepts complex params (complex step).
+    outputs : callable
+        ``g(params) -> {name: array}``, the forward outputs (e.g. ``{"out": logits}`` of
+        shape (N, K)).
+    evaluate : callable or None
+        ``h(params, inputs) -> (loss, grads, outputs)``, the same reference as a function of
+        the data too (``inputs`` keyed like :attr:`inputs`). The resolution floor
+        (:mod:`refimpl.testing.resolution`) perturbs the data as well as the point through it;
+        None (a hand-made case) perturbs the point only, a smaller floor.
     """
 
     name: str
@@ -51,6 +63,7 @@ class Case:
                        tuple[Any, Params, dict[str, np.ndarray]]] | None = None
 
     def parameter_total(self) -> int:
+        """The number of scalar parameters (the sum of the sizes of ``params``)."""
         return sum(value.size for value in self.params.values())
 
 
@@ -59,6 +72,7 @@ CASE_MODULES = ("mlp", "cnn", "tied", "shared")
 
 
 def all_cases() -> list[Case]:
+    """Every built-in case, in catalogue order (a fresh list of fresh cases)."""
     cases: list[Case] = []
     for module_name in CASE_MODULES:
         module = importlib.import_module(f"{__name__}.{module_name}")
@@ -71,6 +85,7 @@ def all_cases() -> list[Case]:
 
 
 def get_case(name: str) -> Case:
+    """The built-in case called ``name``; ``ValueError`` listing the known names otherwise."""
     for case in all_cases():
         if case.name == name:
             return case

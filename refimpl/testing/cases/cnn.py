@@ -25,6 +25,7 @@ from .mlp import model_case
 
 
 def _locally_connected() -> Sequential:
+    """A locally connected CNN (unshared weights at every position) on 2x7x7 inputs."""
     # 2x7x7 -> LocallyConnected2D 3x3, stride 2 -> 3x3x3 -> ReLU -> max 2x2 stride 1 -> 2x2x3
     return Sequential(
         [LocallyConnected2D("local1", 2, 3, kernel_size=3, input_size=(7, 7), stride=2),
@@ -34,6 +35,7 @@ def _locally_connected() -> Sequential:
 
 
 def cases() -> list[Case]:
+    """The CNN cases of the catalogue."""
     specs = [
         # (name, model, input_shape (C, H, W), batch)
         ("cnn-relu-maxpool",

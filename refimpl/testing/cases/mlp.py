@@ -46,6 +46,7 @@ def model_case(name: str, kind: str, model: Sequential, input_shape: tuple[int, 
 
 
 def cases() -> list[Case]:
+    """The MLP cases of the catalogue."""
     return [model_case(name, "mlp", MLP(sizes, activation=activation, loss=loss), (sizes[0],),
                        batch, seed=index)
             for index, (name, sizes, activation, loss, batch) in enumerate(MLP_SPECS)]

@@ -17,6 +17,7 @@ from .mlp import model_case
 
 
 def cases() -> list[Case]:
+    """The cases with hard sharing inside one model."""
     tied_autoencoder = Sequential(
         [Dense("enc", 5, 3), Tanh(), Dense("dec", 3, 5)], loss=MSE(),
         share={"dec.weight": transposed("enc.weight")})

@@ -36,6 +36,7 @@ def _away_from(center: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _batch(model: Sequential, input_shape: tuple[int, ...], batch: int,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A batch ``(x, y)`` for ``model`` from ``rng``: standard-normal x, labels or targets."""
     x = rng.standard_normal((batch, *input_shape))
     out_shape = model.output_shape(x.shape)
     if model.loss_spec.config()["type"] == "SoftmaxCrossEntropy":
@@ -121,11 +122,13 @@ def anchored_case(name: str, anchored: AnchoredModel, input_shape: tuple[int, ..
 
 
 def _autoencoder(features: int, code: int) -> Sequential:
+    """An autoencoder ``[d, h, d]`` (MSE), model B of the Lasserre-style pairs."""
     return Sequential([Dense("enc", features, code), Tanh(), Dense("dec", code, features)],
                       loss=MSE())
 
 
 def cases() -> list[Case]:
+    """The cases with two tied models (soft / hard, L2 / L1) and an anchored model."""
     classifier_a = MLP([4, 6, 3], activation="tanh")
     classifier_b = MLP([4, 6, 2], activation="sigmoid")
     deep_a = MLP([3, 5, 5, 2], activation="tanh")
