@@ -181,15 +181,43 @@ def check_nonempty(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: expected at least one element, got shape {array.shape}")
 
 
-def check_real(value: Any, name: str, minimum: float | None = None) -> float:
-    """A real hyper-parameter (a slope, a strength): a finite int or float, not bool,
-    ``>= minimum`` when given; returned as a float. ``TypeError`` / ``ValueError`` naming it."""
-    wanted = "a finite real number" + ("" if minimum is None else f" >= {minimum:g}")
+def check_real(value: Any, name: str, minimum: float | None = None,
+               below: float | None = None) -> float:
+    """A real hyper-parameter (a slope, a strength, a rate) as a float.
+
+    Parameters
+    ----------
+    value : Any
+        A finite int or float (NumPy scalars included), not bool.
+    name : str
+        The argument's name, for the message.
+    minimum : float, optional
+        Inclusive lower bound.
+    below : float, optional
+        Exclusive upper bound (a momentum lies in ``[0, 1)``).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        For a non-number or a bool.
+    ValueError
+        For NaN, an infinity, or a number outside the bounds.
+    """
+    if minimum is not None and below is not None:
+        wanted = f"a finite real number in [{minimum:g}, {below:g})"
+    else:
+        wanted = ("a finite real number" + ("" if minimum is None else f" >= {minimum:g}")
+                  + ("" if below is None else f" < {below:g}"))
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
                                                                      np.floating)):
         raise TypeError(f"{name}: expected {wanted}, got {type(value).__name__} {value!r}")
     number = float(value)
-    if not np.isfinite(number) or (minimum is not None and number < minimum):
+    if not np.isfinite(number) or (minimum is not None and number < minimum) or (
+            below is not None and number >= below):
         raise ValueError(f"{name}: expected {wanted}, got {value!r}")
     return number
 

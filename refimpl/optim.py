@@ -20,23 +20,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._validate import as_float_array, check_shape
+from ._validate import as_float_array, check_real, check_shape
 
 __all__ = ["SGD", "TrainResult", "train"]
 
 Params = dict[str, np.ndarray]
-
-
-def _check_real(value: Any, name: str, low: float, high: float, high_open: bool) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                     np.floating)):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    bracket = ")" if high_open else "]"
-    if not math.isfinite(value) or value < low or value > high or (high_open and value == high):
-        raise ValueError(f"{name}: expected a finite number in [{low:g}, {high:g}{bracket}, "
-                         f"got {value}")
-    return value
 
 
 def _check_distinct_memory(params: Mapping[str, np.ndarray], name: str) -> None:
@@ -63,10 +51,10 @@ class SGD:
     """
 
     def __init__(self, learning_rate: float, momentum: float = 0.0) -> None:
-        self.learning_rate = _check_real(learning_rate, "learning_rate", 0.0, math.inf, True)
+        self.learning_rate = check_real(learning_rate, "learning_rate", minimum=0)
         if self.learning_rate == 0:
             raise ValueError("learning_rate: expected a number > 0, got 0.0")
-        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0, True)
+        self.momentum = check_real(momentum, "momentum", minimum=0, below=1)
 
     def step(
         self,
