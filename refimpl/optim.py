@@ -2,7 +2,7 @@
 
 Parameters are a plain ``dict[str, np.ndarray]`` of *unique* parameters (a shared parameter is
 one key, whatever the number of its uses; a tied pair is one flat dict, see
-:func:`refimpl.tying.join_params`). :meth:`SGD.step` updates every key exactly once and returns
+:meth:`refimpl.tying.TiedPair.join`). :meth:`SGD.step` updates every key exactly once and returns
 new dicts; it never writes into its inputs.
 
 The classic sharing bug of frameworks is a parameter listed twice (two optimizer groups holding
