@@ -15,16 +15,8 @@ from .._validate import (
     no_fp_warnings,
 )
 from ..nn.sequential import ParameterCount, Sequential
-from ._models import (
-    Params,
-    add_penalty_grads,
-    check_lams,
-    check_model,
-    check_total,
-    in_model,
-    item,
-    unique_parameter,
-)
+from . import _models
+from ._models import Params
 from .penalties import anchored_penalty_backward, anchored_penalty_forward, penalty_by_name
 
 __all__ = ["AnchoredModel", "AnchoredResult"]
@@ -61,7 +53,7 @@ class AnchoredModel:
         names: Iterable[str] | None = None,
         penalty: str = "l2",
     ) -> None:
-        self.model = check_model(model, "model")
+        self.model = _models.check_model(model, "model")
         self.penalty_name = penalty_by_name(penalty).name
         shapes = model.parameter_shapes()
         if reference is not None and not isinstance(reference, Mapping):
@@ -77,12 +69,12 @@ class AnchoredModel:
         if not names:
             raise ValueError("names: expected at least one parameter to anchor")
         for name in names:
-            unique_parameter(model, name, "model", "names")
+            _models.unique_parameter(model, name, "model", "names")
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ValueError(f"names: {duplicated} anchored twice")
         self.names = tuple(names)
-        self.lams = check_lams(lam, list(self.names), "parameter")
+        self.lams = _models.check_lams(lam, list(self.names), "parameter")
         if reference is None:
             self.reference = {name: np.zeros(shapes[name]) for name in self.names}
         else:
@@ -99,7 +91,7 @@ class AnchoredModel:
         """``(value, grads)`` of the anchored penalty alone, grads keyed by the anchored names."""
         params = self.model.check_params(params)
         value, grads = self._penalty(params)
-        return item(value), grads
+        return _models.item(value), grads
 
     def _penalty(self, params: Params) -> tuple[Any, Params]:
         total: Any = 0.0
@@ -118,11 +110,11 @@ class AnchoredModel:
 
     def evaluate(self, params: Mapping[str, Any], x: Any, y: Any) -> AnchoredResult:
         params = self.model.check_params(params)
-        loss, grads = in_model("model", self.model.loss_and_grads, params, x, y)
+        loss, grads = _models.in_model("model", self.model.loss_and_grads, params, x, y)
         penalty, penalty_grads = self._penalty(params)
-        penalty = item(penalty)
-        add_penalty_grads(grads, penalty_grads, "")
-        total = check_total(loss + penalty, "total (loss + penalty)")
+        penalty = _models.item(penalty)
+        _models.add_penalty_grads(grads, penalty_grads, "")
+        total = _models.check_total(loss + penalty, "total (loss + penalty)")
         return AnchoredResult(total, loss, penalty, grads)
 
     def loss_and_grads(self, params: Mapping[str, Any], x: Any, y: Any) -> tuple[Any, Params]:
