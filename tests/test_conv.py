@@ -710,6 +710,12 @@ def test_cnn_constructor_layers_and_errors():
         CNN((1, 8, 8), [4], [2], pool="max")
     with pytest.raises(TypeError, match=r"convs\[0\]: expected an int"):
         CNN((1, 8, 8), ["4"], [2])
+    with pytest.raises(ValueError, match=r"activation: unknown name 'gelu'; expected one of "
+                                         r"\['identity', 'leaky_relu', 'relu'"):
+        CNN((1, 8, 8), [4], [2], activation="gelu")
+    with pytest.raises(ValueError, match=r"loss: unknown name 'hinge'; expected one of "
+                                         r"\['cross_entropy', 'mse'\]"):
+        CNN((1, 8, 8), [4], [2], loss="hinge")
 
 
 # --- the built-in CNN cases (refimpl check) --------------------------------------------------

@@ -12,8 +12,9 @@ Kinks (documented, and tested): at exactly ``x == 0``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -222,19 +223,29 @@ def _identity_backward(dout: np.ndarray, cache: ShapeCache) -> np.ndarray:
 
 # --- Layer specs ----------------------------------------------------------------------------
 
-@register
-@dataclass(frozen=True)
-class ReLU(ParameterFreeLayer):
-    """``max(x, 0)``; relu'(0) = 0."""
+class _ElementwiseLayer(ParameterFreeLayer):
+    """A parameter-free layer spec over one forward/backward pair of unchecked free functions
+    (the model checks its input once, at its entry)."""
 
-    output_selects_input = True          # x or 0
-    input_gradient_selects_dout = True   # dout or 0
+    #: ``(forward(x) -> (out, cache), backward(dout, cache) -> dx)``, held in a tuple so that
+    #: the functions are not bound as methods.
+    functions: ClassVar[tuple[Callable[..., Any], Callable[..., Any]]]
 
     def forward(self, x, params):
-        return _relu_forward(x)
+        return self.functions[0](x)
 
     def backward(self, dout, cache):
-        return _relu_backward(dout, cache), {}
+        return self.functions[1](dout, cache), {}
+
+
+@register
+@dataclass(frozen=True)
+class ReLU(_ElementwiseLayer):
+    """``max(x, 0)``; relu'(0) = 0."""
+
+    functions = (_relu_forward, _relu_backward)
+    output_selects_input = True          # x or 0
+    input_gradient_selects_dout = True   # dout or 0
 
 
 @register
@@ -258,44 +269,33 @@ class LeakyReLU(ParameterFreeLayer):
 
 @register
 @dataclass(frozen=True)
-class Tanh(ParameterFreeLayer):
-    def forward(self, x, params):
-        return _tanh_forward(x)
+class Tanh(_ElementwiseLayer):
+    """``tanh(x)``."""
 
-    def backward(self, dout, cache):
-        return _tanh_backward(dout, cache), {}
+    functions = (_tanh_forward, _tanh_backward)
 
 
 @register
 @dataclass(frozen=True)
-class Sigmoid(ParameterFreeLayer):
-    def forward(self, x, params):
-        return _sigmoid_forward(x)
+class Sigmoid(_ElementwiseLayer):
+    """``1 / (1 + exp(-x))``."""
 
-    def backward(self, dout, cache):
-        return _sigmoid_backward(dout, cache), {}
+    functions = (_sigmoid_forward, _sigmoid_backward)
 
 
 @register
 @dataclass(frozen=True)
-class Softplus(ParameterFreeLayer):
+class Softplus(_ElementwiseLayer):
     """``log(1 + exp(x))`` exactly (PyTorch's beta=1 without its linear threshold)."""
 
-    def forward(self, x, params):
-        return _softplus_forward(x)
-
-    def backward(self, dout, cache):
-        return _softplus_backward(dout, cache), {}
+    functions = (_softplus_forward, _softplus_backward)
 
 
 @register
 @dataclass(frozen=True)
-class Identity(ParameterFreeLayer):
+class Identity(_ElementwiseLayer):
+    """``x`` unchanged."""
+
+    functions = (_identity_forward, _identity_backward)
     output_selects_input = True
     input_gradient_selects_dout = True
-
-    def forward(self, x, params):
-        return _identity_forward(x)
-
-    def backward(self, dout, cache):
-        return _identity_backward(dout, cache), {}

@@ -41,15 +41,8 @@ def MLP(
     sizes = list(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes: expected at least two sizes (in, out), got {sizes}")
-    if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: unknown name {activation!r}; "
-                             f"expected one of {sorted(ACTIVATIONS)}")
-        activation = ACTIVATIONS[activation]()
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(LOSSES)}")
-        loss = LOSSES[loss]()
+    activation = _by_name(activation, ACTIVATIONS, "activation")
+    loss = _by_name(loss, LOSSES, "loss")
     layers: list[Layer] = []
     for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
         if index > 1:
@@ -100,33 +93,18 @@ def CNN(
     convs, dense = list(convs), list(dense)
     if not dense:
         raise ValueError("dense: expected at least one dense layer size (the output size)")
-    if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: unknown name {activation!r}; "
-                             f"expected one of {sorted(ACTIVATIONS)}")
-        activation = ACTIVATIONS[activation]()
+    activation = _by_name(activation, ACTIVATIONS, "activation")
     if isinstance(pool, (int, np.integer)) and not isinstance(pool, bool):
         pool = MaxPool2D(int(pool))
     elif pool is not None and not isinstance(pool, Layer):
         raise TypeError(f"pool: expected None, an int window size or a pooling layer spec, "
                         f"got {pool!r}")
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(LOSSES)}")
-        loss = LOSSES[loss]()
+    loss = _by_name(loss, LOSSES, "loss")
 
     layers: list[Layer] = []
     shape: tuple[int, ...] = (1, *input_shape)   # a batch of one, to infer the sizes
     for index, conv in enumerate(convs, start=1):
-        if isinstance(conv, (int, np.integer)) and not isinstance(conv, bool):
-            conv = {"out_channels": int(conv), "kernel_size": 3, "padding": 1}
-        if not isinstance(conv, Mapping):
-            raise TypeError(f"convs[{index - 1}]: expected an int out_channels or a dict of "
-                            f"Conv2D arguments, got {conv!r}")
-        if "in_channels" in conv or "name" in conv:
-            raise ValueError(f"convs[{index - 1}]: in_channels and name are inferred; got "
-                             f"{sorted(conv)}")
-        for block_layer in (Conv2D(f"conv{index}", shape[1], **conv), activation, pool):
+        for block_layer in (_conv_layer(index, conv, shape[1]), activation, pool):
             if block_layer is not None:
                 try:
                     shape = block_layer.output_shape(shape)
@@ -141,3 +119,25 @@ def CNN(
         layers.append(Dense(f"fc{index}", shape[1], size))
         shape = (1, size)
     return Sequential(layers, loss=loss, share=share)
+
+
+def _by_name(value: Any, table: Mapping[str, type], argument: str) -> Any:
+    """``table[value]()`` for a name, ``value`` itself otherwise (a spec, or None)."""
+    if not isinstance(value, str):
+        return value
+    if value not in table:
+        raise ValueError(f"{argument}: unknown name {value!r}; expected one of {sorted(table)}")
+    return table[value]()
+
+
+def _conv_layer(index: int, conv: Any, in_channels: int) -> Conv2D:
+    """The ``index``-th convolution (1-based) of :func:`CNN` from its ``convs`` entry."""
+    if isinstance(conv, (int, np.integer)) and not isinstance(conv, bool):
+        conv = {"out_channels": int(conv), "kernel_size": 3, "padding": 1}
+    if not isinstance(conv, Mapping):
+        raise TypeError(f"convs[{index - 1}]: expected an int out_channels or a dict of "
+                        f"Conv2D arguments, got {conv!r}")
+    if "in_channels" in conv or "name" in conv:
+        raise ValueError(f"convs[{index - 1}]: in_channels and name are inferred; got "
+                         f"{sorted(conv)}")
+    return Conv2D(f"conv{index}", in_channels, **conv)
