@@ -279,14 +279,14 @@ def test_auto_takes_positions_for_narrow_outputs_and_many_channels_per_group():
     assert positions_first(8, 12) and positions_first(64, 1)
     assert not positions_first(7, 12) and not positions_first(8, 13)
     calls = []
-    by_positions = conv_module._input_gradient_by_positions
+    by_positions = conv_module.input_gradient_by_positions
 
     def counting(*args):
         calls.append(args[0].shape)
         return by_positions(*args)
 
     rng = np.random.default_rng(0)
-    with mock.patch.object(conv_module, "_input_gradient_by_positions", counting):
+    with mock.patch.object(conv_module, "input_gradient_by_positions", counting):
         for channels, groups, picked in ((8, 1, True), (16, 2, True), (16, 4, False),
                                          (7, 1, False)):
             x = rng.standard_normal((2, channels, 27, 27))              # Wo = 12

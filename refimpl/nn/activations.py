@@ -238,14 +238,29 @@ class _ElementwiseLayer(ParameterFreeLayer):
         return self.functions[1](dout, cache), {}
 
 
-@register
-@dataclass(frozen=True)
-class ReLU(_ElementwiseLayer):
-    """``max(x, 0)``; relu'(0) = 0."""
+def _elementwise_layer(name: str, forward: Callable[..., Any], backward: Callable[..., Any],
+                       doc: str, selects: bool = False) -> type:
+    """A registered, frozen :class:`_ElementwiseLayer` class called ``name``.
 
-    functions = (_relu_forward, _relu_backward)
-    output_selects_input = True          # x or 0
-    input_gradient_selects_dout = True   # dout or 0
+    ``selects``: every output element is an input element or a zero, and every element of
+    the input gradient one of ``dout`` or a zero (see :class:`~refimpl.nn.base.Layer`).
+    """
+    namespace = {"__doc__": doc, "__module__": __name__, "__qualname__": name,
+                 "functions": (forward, backward), "output_selects_input": selects,
+                 "input_gradient_selects_dout": selects}
+    return register(dataclass(frozen=True)(type(name, (_ElementwiseLayer,), namespace)))
+
+
+ReLU = _elementwise_layer("ReLU", _relu_forward, _relu_backward,
+                          "``max(x, 0)``; relu'(0) = 0.", selects=True)
+Tanh = _elementwise_layer("Tanh", _tanh_forward, _tanh_backward, "``tanh(x)``.")
+Sigmoid = _elementwise_layer("Sigmoid", _sigmoid_forward, _sigmoid_backward,
+                             "``1 / (1 + exp(-x))``.")
+Softplus = _elementwise_layer(
+    "Softplus", _softplus_forward, _softplus_backward,
+    "``log(1 + exp(x))`` exactly (PyTorch's beta=1 without its linear threshold).")
+Identity = _elementwise_layer("Identity", _identity_forward, _identity_backward,
+                              "``x`` unchanged.", selects=True)
 
 
 @register
@@ -265,37 +280,3 @@ class LeakyReLU(ParameterFreeLayer):
 
     def backward(self, dout, cache):
         return _leaky_relu_backward(dout, cache), {}
-
-
-@register
-@dataclass(frozen=True)
-class Tanh(_ElementwiseLayer):
-    """``tanh(x)``."""
-
-    functions = (_tanh_forward, _tanh_backward)
-
-
-@register
-@dataclass(frozen=True)
-class Sigmoid(_ElementwiseLayer):
-    """``1 / (1 + exp(-x))``."""
-
-    functions = (_sigmoid_forward, _sigmoid_backward)
-
-
-@register
-@dataclass(frozen=True)
-class Softplus(_ElementwiseLayer):
-    """``log(1 + exp(x))`` exactly (PyTorch's beta=1 without its linear threshold)."""
-
-    functions = (_softplus_forward, _softplus_backward)
-
-
-@register
-@dataclass(frozen=True)
-class Identity(_ElementwiseLayer):
-    """``x`` unchanged."""
-
-    functions = (_identity_forward, _identity_backward)
-    output_selects_input = True
-    input_gradient_selects_dout = True
