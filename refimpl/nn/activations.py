@@ -173,8 +173,8 @@ def _sigmoid_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
 def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
     """``log(1 + exp(x))`` exactly (no linear threshold, unlike PyTorch's default of 20).
 
-    Evaluated as ``max(x, 0) + log1p(exp(-|x|))`` with |x| written ``s * x``, s = sign(Re x),
-    so that it stays complex-step safe and never overflows.
+    Evaluated as ``max(x, 0) + log1p(exp(-|x|))`` with ``|x|`` written ``s * x``,
+    ``s = sign(Re x)``, so that it stays complex-step safe and never overflows.
     """
     x = check_array(x, "softplus_forward: x")
     return _softplus_forward(x)

@@ -29,6 +29,12 @@ from .penalties import (
     l2_penalty_forward,
 )
 
+# The classes are documented, and re-exported by refimpl, under this public path; their
+# defining submodules are an internal layout.
+for _public in (TiedPair, TiedResult, AnchoredModel, AnchoredResult):
+    _public.__module__ = __name__
+del _public
+
 __all__ = [
     "l2_penalty_forward", "l2_penalty_backward", "l1_penalty_forward", "l1_penalty_backward",
     "anchored_penalty_forward", "anchored_penalty_backward", "L2PenaltyCache", "L1PenaltyCache",
