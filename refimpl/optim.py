@@ -64,9 +64,19 @@ class SGD:
     ) -> tuple[Params, Params]:
         """One update of every unique parameter, exactly once.
 
-        - params: ``{name: array}``; grads: exactly the same keys and shapes;
-          state: the velocities returned by the previous step, or None at the start.
-        - returns ``(new_params, new_state)``, fresh arrays (the inputs are not modified).
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            The unique parameters.
+        grads : dict of str to ndarray
+            Exactly the keys and shapes of ``params``.
+        state : dict of str to ndarray, optional
+            The velocities returned by the previous step; None at the start.
+
+        Returns
+        -------
+        new_params, new_state : dict of str to ndarray
+            Fresh arrays (the inputs are not modified).
         """
         if not isinstance(params, Mapping) or not params:
             raise TypeError("params: expected a non-empty dict of arrays")
@@ -124,14 +134,29 @@ def train(
 ) -> TrainResult:
     """Run ``steps`` optimizer steps and return the final parameters and the loss curve.
 
-    - objective: ``objective(params, step) -> (loss, grads)``; ``step`` (0, 1, ...) lets it
-      pick a mini-batch deterministically; full-batch objectives ignore it.
-    - callback: optional ``callback(step, params, loss)`` after each step's evaluation.
+    Parameters
+    ----------
+    objective : callable
+        ``objective(params, step) -> (loss, grads)``; ``step`` (0, 1, ...) lets it pick a
+        mini-batch deterministically; full-batch objectives ignore it.
+    params : dict of str to ndarray
+        The starting parameters (not modified).
+    optimizer : SGD
+    steps : int
+        How many steps, >= 0.
+    callback : callable, optional
+        ``callback(step, params, loss)`` after each step's evaluation.
 
-    Raises ``FloatingPointError`` naming the step if the loss becomes non-finite, or the
-    objective raises ``FloatingPointError`` (a refimpl model's forward or backward pass
-    overflowed): a learning rate too large for the problem's curvature, e.g. for a large
-    tying strength.
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    FloatingPointError
+        Naming the step, if the loss becomes non-finite or the objective raises
+        ``FloatingPointError`` (a refimpl model's forward or backward pass overflowed): a
+        learning rate too large for the problem's curvature, e.g. for a large tying strength.
     """
     if not callable(objective):
         raise TypeError(f"objective: expected a callable objective(params, step), got "

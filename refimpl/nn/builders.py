@@ -35,8 +35,23 @@ def MLP(
     """A multilayer perceptron ``Dense("fc1", sizes[0], sizes[1]) -> activation -> ... ->
     Dense("fcL", sizes[-2], sizes[-1])`` (no activation after the last layer).
 
-    ``activation``: a name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a
-    parameter-free layer spec; ``loss``: "cross_entropy", "mse", a loss spec or None.
+    Parameters
+    ----------
+    sizes : sequence of int
+        ``[in, hidden..., out]``, at least two.
+    activation : str or Layer
+        A name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a parameter-free
+        layer spec.
+    loss : str, Loss or None
+        ``"cross_entropy"``, ``"mse"``, a loss spec or None.
+    bias : bool
+        Whether the dense layers have a bias.
+    share : dict, optional
+        The sharing map of :class:`~refimpl.nn.Sequential`.
+
+    Returns
+    -------
+    model : refimpl.nn.sequential.Sequential
     """
     sizes = list(sizes)
     if len(sizes) < 2:
@@ -65,24 +80,43 @@ def CNN(
         conv1 -> activation -> pool -> conv2 -> activation -> pool -> ... -> Flatten
               -> fc1 -> activation -> ... -> fcL          (no activation after fcL)
 
-    - input_shape: (C, H, W) of one example (the batch axis is not included).
-    - convs: one entry per convolution, named ``conv1``, ``conv2``, ...: an int
-      ``out_channels`` (a 3x3 kernel with padding 1, which keeps H and W), or a dict of
-      :class:`~refimpl.nn.Conv2D` keyword arguments (``out_channels`` and ``kernel_size``
-      required; ``stride``, ``padding``, ``dilation``, ``groups``, ``bias`` optional).
-      ``in_channels`` is always inferred.
-    - dense: the sizes of the dense layers after flattening, named ``fc1``, ``fc2``, ...; the
-      last is the output size. Their input size is inferred.
-    - activation: a name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a
-      parameter-free layer spec; pool: None, an int ``k`` for ``MaxPool2D(k)``, or a pooling
-      spec (``MaxPool2D``/``AvgPool2D``), used after every convolution's activation;
-      loss and share as :func:`MLP`.
+    Parameters
+    ----------
+    input_shape : (C, H, W)
+        One example's shape (the batch axis is not included).
+    convs : sequence of int or dict
+        One entry per convolution, named ``conv1``, ``conv2``, ...: an int ``out_channels``
+        (a 3x3 kernel with padding 1, which keeps H and W), or a dict of
+        :class:`~refimpl.nn.Conv2D` keyword arguments (``out_channels`` and ``kernel_size``
+        required; ``stride``, ``padding``, ``dilation``, ``groups``, ``bias`` optional).
+        ``in_channels`` is always inferred.
+    dense : sequence of int
+        The sizes of the dense layers after flattening, named ``fc1``, ``fc2``, ...; the last
+        is the output size. Their input size is inferred.
+    activation : str or Layer
+        A name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a parameter-free
+        layer spec.
+    pool : None, int or Layer
+        None, an int ``k`` for ``MaxPool2D(k)``, or a pooling spec (``MaxPool2D`` /
+        ``AvgPool2D``), used after every convolution's activation.
+    loss, share
+        As :func:`MLP`.
 
-    Example: ``CNN((1, 12, 12), [4, {"out_channels": 6, "kernel_size": 3, "stride": 2,
-    "padding": 1}], [16, 10])``: 12x12 -> conv1 12x12 -> pool 6x6 -> conv2 3x3 -> pool 1x1
-    -> Flatten (6) -> fc1 (16) -> fc2 (10).
-    A geometry that does not fit (a kernel or pool window larger than its input) is a
-    ``ValueError`` naming the layer.
+    Returns
+    -------
+    model : refimpl.nn.sequential.Sequential
+
+    Raises
+    ------
+    ValueError
+        Naming the layer, for a geometry that does not fit (a kernel or pool window larger
+        than its input); naming the argument, for an unknown name or a bad size.
+
+    Examples
+    --------
+    ``CNN((1, 12, 12), [4, {"out_channels": 6, "kernel_size": 3, "stride": 2, "padding": 1}],
+    [16, 10])``: 12x12 -> conv1 12x12 -> pool 6x6 -> conv2 3x3 -> pool 1x1 -> Flatten (6)
+    -> fc1 (16) -> fc2 (10).
     """
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or not all(

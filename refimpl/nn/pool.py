@@ -95,11 +95,11 @@ class MaxPool2DCache(NamedTuple):
 def _first_maximum(real_candidates, value_candidates, index_candidates):
     """Running first maximum over a sequence of equally shaped candidates.
 
-    - real_candidates: the real parts (compared); value_candidates: the values (selected) —
-      the same list object for real input, complex arrays under the complex step;
-      index_candidates: what to record for each candidate (unsigned integers; the first an
-      array, the others arrays or scalars), each greater than every earlier one
-    - returns (best real parts, best values, the index candidate of the first maximum).
+    ``real_candidates`` are the real parts (compared), ``value_candidates`` the values
+    (selected): the same list object for real input, complex arrays under the complex step.
+    ``index_candidates`` are what to record for each candidate (unsigned integers; the first
+    an array, the others arrays or scalars), each greater than every earlier one. Returns
+    (best real parts, best values, the index candidate of the first maximum).
 
     Strictly greater replaces: on a tie the earlier candidate keeps the maximum. Written
     without ``np.where`` on the real path, whose branches mispredict on a random mask:
@@ -146,15 +146,27 @@ def maxpool2d_forward(
 ) -> tuple[np.ndarray, MaxPool2DCache]:
     """Max over each window (``torch.nn.functional.max_pool2d``, ceil_mode=False).
 
-    - x: (N, C, H, W); kernel_size, stride (default kernel_size), padding: int or (h, w)
-    - returns out: (N, C, Ho, Wo) and the cache (the offset ``i*kW + j`` of each window's
-      first maximum in row-major scan order).
-
     Separable: first the first maximum of every padded row's kW taps (column offset ``j``,
     (N, C, Hp, Wo)), then the first of the kH row maxima (row offset ``i``, (N, C, Ho, Wo)).
     That is the row-major first maximum of the window: a maximum in an earlier row comes
     first, and within the first row holding the maximum its first column does. kH + kW - 2
     comparisons per output instead of kH*kW - 1.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+    padding : int or (int, int)
+        At most half the kernel size (PyTorch's limit).
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, Ho, Wo)
+    cache : MaxPool2DCache
+        Holds the offset ``i*kW + j`` of each window's first maximum in row-major scan
+        order.
     """
     x = _check_input(x, "maxpool2d_forward")
     kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
@@ -217,8 +229,17 @@ def _maximum_positions(cache: MaxPool2DCache) -> np.ndarray:
 def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     """Gradient of max pooling: each window's ``dout`` goes to its first maximum only.
 
-    - dout: (N, C, Ho, Wo); returns dx: (N, C, H, W). An input that is the maximum of
-      several (overlapping) windows receives the sum of their gradients.
+    An input that is the maximum of several (overlapping) windows receives the sum of their
+    gradients.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, Ho, Wo)
+    cache : MaxPool2DCache
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
     """
     check_cache(cache, MaxPool2DCache, "maxpool2d_backward: cache")
     dout = check_array(dout, "maxpool2d_backward: dout", cache.argmax.shape)
@@ -273,9 +294,19 @@ def avgpool2d_forward(
 ) -> tuple[np.ndarray, AvgPool2DCache]:
     """Mean over each window (``torch.nn.functional.avg_pool2d``, ceil_mode=False).
 
-    - x: (N, C, H, W); returns out: (N, C, Ho, Wo) and the cache.
-    - count_include_pad: True divides by kH*kW (PyTorch's default); False by the number of
-      unpadded inputs in the window.
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size, stride, padding : int or (int, int)
+        As :func:`maxpool2d_forward`.
+    count_include_pad : bool
+        True divides by kH*kW (PyTorch's default); False by the number of unpadded inputs in
+        the window.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, Ho, Wo)
+    cache : AvgPool2DCache
     """
     x = _check_input(x, "avgpool2d_forward")
     kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
@@ -303,7 +334,15 @@ def avgpool2d_backward(dout: np.ndarray, cache: AvgPool2DCache) -> np.ndarray:
     """Gradient of average pooling: every input of a window receives ``dout / divisor``
     (summed over the windows that read it; padded positions are dropped).
 
-    - dout: (N, C, Ho, Wo); returns dx: (N, C, H, W)."""
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, Ho, Wo)
+    cache : AvgPool2DCache
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+    """
     check_cache(cache, AvgPool2DCache, "avgpool2d_backward: cache")
     dout = check_array(dout, "avgpool2d_backward: dout", pool2d_output_shape(
         cache.x_shape, cache.kernel_size, cache.stride, cache.padding, "avgpool2d_backward"))

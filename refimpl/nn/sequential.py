@@ -82,9 +82,9 @@ def transposed(name: str) -> ShareSource:
 class ParameterCount(NamedTuple):
     """Memory accounting of a model (or pair of models).
 
-    - unique: scalars stored (the size of ``params``)
-    - uses: scalars used by the layers (what an unshared model would store)
-    - bytes: bytes stored for the unique parameters (float64: 8 per scalar)
+    ``unique``: scalars stored (the size of ``params``); ``uses``: scalars used by the layers
+    (what an unshared model would store); ``bytes``: bytes stored for the unique parameters
+    (float64: 8 per scalar).
     """
 
     unique: int

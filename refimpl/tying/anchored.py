@@ -36,13 +36,18 @@ class AnchoredModel:
 
     Parameters
     ----------
-    model: a :class:`~refimpl.nn.Sequential` with a loss.
-    lam: one number >= 0, or ``{name: number}`` per anchored parameter.
-    reference: ``{name: array}`` (the fixed ``w0``, e.g. pretrained weights: L2-SP), or None
-        for ``w0 = 0`` (weight decay). Copied at construction.
-    names: the unique parameters to anchor (default: the keys of ``reference``, or every unique
+    model : refimpl.nn.sequential.Sequential
+        A model with a loss.
+    lam : float or dict of str to float
+        One number >= 0, or ``{name: number}`` per anchored parameter.
+    reference : dict of str to ndarray, optional
+        The fixed ``w0`` (e.g. pretrained weights: L2-SP), or None for ``w0 = 0`` (weight
+        decay). Copied at construction.
+    names : iterable of str, optional
+        The unique parameters to anchor (default: the keys of ``reference``, or every unique
         parameter when ``reference`` is None).
-    penalty: ``"l2"`` (squared, default) or ``"l1"``.
+    penalty : {"l2", "l1"}
+        Squared L2 (default) or L1.
     """
 
     def __init__(
@@ -109,6 +114,10 @@ class AnchoredModel:
         return total, grads
 
     def evaluate(self, params: Mapping[str, Any], x: Any, y: Any) -> AnchoredResult:
+        """The one computation: the loss, the penalty and the gradients of their sum.
+
+        :meth:`loss_and_grads` returns a view of this result.
+        """
         params = self.model.check_params(params)
         loss, grads = _models.in_model("model", self.model.loss_and_grads, params, x, y)
         penalty, penalty_grads = self._penalty(params)

@@ -72,16 +72,26 @@ class TiedPair:
 
     Parameters
     ----------
-    model_a, model_b: :class:`~refimpl.nn.Sequential` models with a loss (they may be the
-        same object, or different architectures).
-    pairs: ``{name_a: name_b}`` (or an iterable of ``(name_a, name_b)``) matching unique
+    model_a, model_b : refimpl.nn.sequential.Sequential
+        Models with a loss (they may be the same object, or different architectures).
+    pairs : dict or list
+        ``{name_a: name_b}`` (or an iterable of ``(name_a, name_b)``) matching unique
         parameters of A with unique parameters of B of the same shape; ``name_b`` may be
         ``transposed(name)`` for a 2-D parameter matched with its transpose. Each parameter
         may appear in at most one pair.
-    lam: soft mode only: the strength, one number >= 0 or ``{name_a: number}`` per pair.
-    mode: ``"soft"`` (penalty) or ``"hard"`` (sharing: B reads the paired parameters from
+    lam : float or dict of str to float, optional
+        Soft mode only: the strength, one number >= 0 or ``{name_a: number}`` per pair.
+    mode : {"soft", "hard"}
+        ``"soft"`` (penalty) or ``"hard"`` (sharing: B reads the paired parameters from
         ``params_a``; ``params_b`` omits them).
-    penalty: ``"l2"`` (squared L2, default) or ``"l1"`` (see :data:`PENALTIES`).
+    penalty : {"l2", "l1"}
+        Squared L2 (default) or L1 (see :data:`~refimpl.tying.PENALTIES`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument: a model without a loss, an unknown or shared parameter, a
+        parameter paired twice, shapes that do not match, a missing or superfluous ``lam``.
     """
 
     def __init__(
@@ -225,7 +235,22 @@ class TiedPair:
 
     def evaluate(self, params_a: Mapping[str, Any], params_b: Mapping[str, Any],
                  batch_a: tuple[Any, Any], batch_b: tuple[Any, Any]) -> TiedResult:
-        """Both losses, the penalty and the gradients (see :meth:`loss_and_grads`)."""
+        """The one computation of a pair: both losses, the penalty and the gradients.
+
+        :meth:`loss_and_grads` and :meth:`joined_loss_and_grads` return views of this result.
+
+        Parameters
+        ----------
+        params_a, params_b : dict of str to ndarray
+            As :meth:`check_params` accepts them.
+        batch_a, batch_b : (x, y)
+            Each model's inputs and targets.
+
+        Returns
+        -------
+        TiedResult
+            ``total = loss_a + loss_b + penalty`` and the gradients of ``total``.
+        """
         params_a, params_b = self.check_params(params_a, params_b)
         xa, ya = _check_batch(batch_a, "batch_a")
         xb, yb = _check_batch(batch_b, "batch_b")

@@ -62,8 +62,18 @@ def _check_penalty_backward(dvalue: Any, cache: Any, cache_types: tuple[type, ..
 def l2_penalty_forward(a: np.ndarray, b: np.ndarray, lam: float) -> tuple[Any, L2PenaltyCache]:
     """Squared L2 distance ``lam * sum (a - b)^2``.
 
-    - a, b: (S), one shape; lam: float >= 0
-    - returns the value (0-d; complex under the complex step) and the cache.
+    Parameters
+    ----------
+    a, b : ndarray, shape (S)
+        One shape exactly (nothing is broadcast).
+    lam : float
+        The strength, >= 0.
+
+    Returns
+    -------
+    value : ndarray, 0-d
+        Complex under the complex step.
+    cache : L2PenaltyCache
     """
     return _l2_penalty(*_check_penalty_arguments(a, b, lam, "l2_penalty_forward"))
 
@@ -87,11 +97,20 @@ def l2_penalty_backward(dvalue: Any, cache: L2PenaltyCache) -> tuple[np.ndarray,
 def l1_penalty_forward(a: np.ndarray, b: np.ndarray, lam: float) -> tuple[Any, L1PenaltyCache]:
     """L1 distance ``lam * sum |a - b|``, written ``lam * sum sign(Re(a - b)) * (a - b)``.
 
-    - a, b: (S), one shape; lam: float >= 0
-    - returns the value (0-d) and the cache.
-
     The sign is taken of the real part and used as a constant mask (never ``abs`` on a
     complex value), so the complex step sees the exact derivative where ``a != b``.
+
+    Parameters
+    ----------
+    a, b : ndarray, shape (S)
+        One shape exactly (nothing is broadcast).
+    lam : float
+        The strength, >= 0.
+
+    Returns
+    -------
+    value : ndarray, 0-d
+    cache : L1PenaltyCache
     """
     return _l1_penalty(*_check_penalty_arguments(a, b, lam, "l1_penalty_forward"))
 
