@@ -1,4 +1,5 @@
-"""Tests of refimpl/nn/conv.py: Conv2D and LocallyConnected2D, and CNNs built from them.
+"""Tests of refimpl/nn/conv*.py and locally_connected.py: Conv2D (both input-gradient forms)
+and LocallyConnected2D, and CNNs built from them.
 
 Geometries are drawn *constructively*: per axis an output size ``Ho`` and a remainder
 ``r in [0, s)`` are drawn and the input size is ``H = d(k-1) + 1 - 2p + s(Ho-1) + r``, so
