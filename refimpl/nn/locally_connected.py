@@ -106,6 +106,7 @@ def locally_connected2d_backward(
     Parameters
     ----------
     dout : ndarray, shape (N, F, Ho, Wo)
+        The upstream gradient.
     cache : LocallyConnected2DCache
 
     Returns

@@ -229,9 +229,6 @@ def _maximum_positions(cache: MaxPool2DCache) -> np.ndarray:
 def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     """Gradient of max pooling: each window's ``dout`` goes to its first maximum only.
 
-    An input that is the maximum of several (overlapping) windows receives the sum of their
-    gradients.
-
     Parameters
     ----------
     dout : ndarray, shape (N, C, Ho, Wo)
@@ -240,6 +237,8 @@ def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     Returns
     -------
     dx : ndarray, shape (N, C, H, W)
+        An input that is the maximum of several (overlapping) windows receives the sum of
+        their gradients.
     """
     check_cache(cache, MaxPool2DCache, "maxpool2d_backward: cache")
     dout = check_array(dout, "maxpool2d_backward: dout", cache.argmax.shape)
@@ -331,17 +330,11 @@ def avgpool2d_forward(
 
 
 def avgpool2d_backward(dout: np.ndarray, cache: AvgPool2DCache) -> np.ndarray:
-    """Gradient of average pooling: every input of a window receives ``dout / divisor``
-    (summed over the windows that read it; padded positions are dropped).
+    """Gradient of average pooling: every input of a window receives ``dout / divisor``.
 
-    Parameters
-    ----------
-    dout : ndarray, shape (N, C, Ho, Wo)
-    cache : AvgPool2DCache
-
-    Returns
-    -------
-    dx : ndarray, shape (N, C, H, W)
+    Returns ``dx`` (N, C, H, W) for ``dout`` (N, C, Ho, Wo) and the :class:`AvgPool2DCache`
+    of the forward call: each input receives the sum over the windows that read it; padded
+    positions are dropped.
     """
     check_cache(cache, AvgPool2DCache, "avgpool2d_backward: cache")
     dout = check_array(dout, "avgpool2d_backward: dout", pool2d_output_shape(

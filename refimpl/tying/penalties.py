@@ -99,18 +99,7 @@ def l1_penalty_forward(a: np.ndarray, b: np.ndarray, lam: float) -> tuple[Any, L
 
     The sign is taken of the real part and used as a constant mask (never ``abs`` on a
     complex value), so the complex step sees the exact derivative where ``a != b``.
-
-    Parameters
-    ----------
-    a, b : ndarray, shape (S)
-        One shape exactly (nothing is broadcast).
-    lam : float
-        The strength, >= 0.
-
-    Returns
-    -------
-    value : ndarray, 0-d
-    cache : L1PenaltyCache
+    Arguments and results as :func:`l2_penalty_forward`, with an :class:`L1PenaltyCache`.
     """
     return _l1_penalty(*_check_penalty_arguments(a, b, lam, "l1_penalty_forward"))
 
