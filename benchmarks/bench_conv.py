@@ -23,6 +23,30 @@ size, marked "x N".
 The machine this was written on has 2 cores shared with other jobs: medians move by tens of
 percent from run to run. ``--threads`` sets both libraries' thread count (default 2, the
 core count); the load average is printed before and after.
+
+Measurements behind the forms chosen in ``refimpl/nn/conv*.py`` and ``refimpl/nn/pool.py``
+(2-core machine, NumPy 2.4, OpenBLAS; each measured in isolation when the form was chosen):
+
+* col2im as a loop over the kH*kW kernel offsets, each adding one strided slice, against
+  ``np.add.at`` / ``np.bincount`` over a flat index array: the offset loop was faster for
+  every kernel measured (1x1 to 7x7, stride 1 and 2) once building the indices is counted;
+  even with the indices precomputed, ``bincount`` won only for a 5x5 stride-2 kernel (0.28
+  against 0.45 ms) and lost by 1.1-1.4x for 3x3 stride 1. Accumulating col2im in (C, N, Hp,
+  Wp), the order of the column blocks, was ~1.4x faster than accumulating in NCHW.
+* conv2d forward, the product read per example so that it lands in NCHW against an (F, M)
+  product and a transposing copy: 4-6x faster for a thin 16 x 27 weight, equal to 15% slower
+  for 32 x 144.
+* conv2d weight gradient computed as its transpose ``X_g @ D_g.T``: as fast as, or up to 1.9x
+  faster than, ``D_g @ X_g.T`` for these long, thin operands.
+* The input gradient's "positions" order against "columns": see
+  ``bench_conv_input_gradient.py``.
+* Max pooling on the (64, 32, 16, 16) input: comparing two strided row slices (Wo = 8)
+  ~200 us, copying both into contiguous arrays plus the contiguous comparison ~110 us; the
+  running first maximum with ``np.where`` on a random mask ~4x slower than ``np.maximum``
+  and integer arithmetic; window positions in intp ~2x slower than in the smallest unsigned
+  type. Backward of 2x2 stride-2 pooling: one scatter of dout to the maxima ~0.36 ms against
+  ~0.67 ms for kH*kW masked products; for overlapping windows ``dout * mask`` ~4x faster than
+  ``np.where(mask, dout, 0)``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Two tables:
 
 All figures are medians over repeats (with the interquartile range, to show the noise: the
 machine may be shared). Everything is measured side by side in one run.
+
+Measurements worth keeping (and the reasons they support a form in ``refimpl/``) go into this
+docstring, with the machine, NumPy/BLAS versions and the command that produced them, or into
+the commit message; never into the reference code's comments.
 """
 
 from __future__ import annotations

@@ -132,16 +132,33 @@ def _pattern(shape: Shape) -> str:
 def check_array(value: Any, name: str, shape: Shape | None = None) -> np.ndarray:
     """An array argument of a free function, as float64 (real) or complex128 (complex step).
 
-    - value must be a NumPy array or NumPy scalar (``TypeError`` otherwise: a list is not
-      silently converted);
-      its dtype a real or complex number (``TypeError`` for bool, str, object, extended
-      precision); other real dtypes are widened to float64 exactly, complex64 to complex128;
-    - shape: None (any), or a pattern with one entry per axis: an int is that size exactly, a
-      string (a dimension letter such as ``"N"``) any size, a final ``...`` one or more
-      further axes of any size; ``ValueError`` otherwise.
-
     O(ndim) for float64 / complex128 input: the values are not scanned (the models check
     finiteness once, at their entry). The result may be ``value`` itself: never write into it.
+
+    Parameters
+    ----------
+    value : ndarray or NumPy scalar
+        A list is not silently converted. Its dtype a real or complex number; other real
+        dtypes are widened to float64 exactly, complex64 to complex128.
+    name : str
+        The argument's name, for the message.
+    shape : tuple, optional
+        None (any), or a pattern with one entry per axis: an int is that size exactly, a
+        string (a dimension letter such as ``"N"``) any size, a final ``...`` one or more
+        further axes of any size.
+
+    Returns
+    -------
+    ndarray
+        float64 or complex128.
+
+    Raises
+    ------
+    TypeError
+        For a non-array, or a dtype that is not a number (bool, str, object) or is extended
+        precision.
+    ValueError
+        For a shape that does not fit the pattern.
     """
     if isinstance(value, np.generic):   # x[0] + 1e-20j of a 0-d array is a NumPy scalar
         value = np.asarray(value)
@@ -181,15 +198,43 @@ def check_nonempty(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: expected at least one element, got shape {array.shape}")
 
 
-def check_real(value: Any, name: str, minimum: float | None = None) -> float:
-    """A real hyper-parameter (a slope, a strength): a finite int or float, not bool,
-    ``>= minimum`` when given; returned as a float. ``TypeError`` / ``ValueError`` naming it."""
-    wanted = "a finite real number" + ("" if minimum is None else f" >= {minimum:g}")
+def check_real(value: Any, name: str, minimum: float | None = None,
+               below: float | None = None) -> float:
+    """A real hyper-parameter (a slope, a strength, a rate) as a float.
+
+    Parameters
+    ----------
+    value : Any
+        A finite int or float (NumPy scalars included), not bool.
+    name : str
+        The argument's name, for the message.
+    minimum : float, optional
+        Inclusive lower bound.
+    below : float, optional
+        Exclusive upper bound (a momentum lies in ``[0, 1)``).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        For a non-number or a bool.
+    ValueError
+        For NaN, an infinity, or a number outside the bounds.
+    """
+    if minimum is not None and below is not None:
+        wanted = f"a finite real number in [{minimum:g}, {below:g})"
+    else:
+        wanted = ("a finite real number" + ("" if minimum is None else f" >= {minimum:g}")
+                  + ("" if below is None else f" < {below:g}"))
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
                                                                      np.floating)):
         raise TypeError(f"{name}: expected {wanted}, got {type(value).__name__} {value!r}")
     number = float(value)
-    if not np.isfinite(number) or (minimum is not None and number < minimum):
+    if not np.isfinite(number) or (minimum is not None and number < minimum) or (
+            below is not None and number >= below):
         raise ValueError(f"{name}: expected {wanted}, got {value!r}")
     return number
 

@@ -2,7 +2,7 @@
 
 Parameters are a plain ``dict[str, np.ndarray]`` of *unique* parameters (a shared parameter is
 one key, whatever the number of its uses; a tied pair is one flat dict, see
-:func:`refimpl.tying.join_params`). :meth:`SGD.step` updates every key exactly once and returns
+:meth:`refimpl.tying.TiedPair.join`). :meth:`SGD.step` updates every key exactly once and returns
 new dicts; it never writes into its inputs.
 
 The classic sharing bug of frameworks is a parameter listed twice (two optimizer groups holding
@@ -20,23 +20,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._validate import as_float_array, check_shape
+from ._validate import as_float_array, check_real, check_shape
 
 __all__ = ["SGD", "TrainResult", "train"]
 
 Params = dict[str, np.ndarray]
-
-
-def _check_real(value: Any, name: str, low: float, high: float, high_open: bool) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                     np.floating)):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    bracket = ")" if high_open else "]"
-    if not math.isfinite(value) or value < low or value > high or (high_open and value == high):
-        raise ValueError(f"{name}: expected a finite number in [{low:g}, {high:g}{bracket}, "
-                         f"got {value}")
-    return value
 
 
 def _check_distinct_memory(params: Mapping[str, np.ndarray], name: str) -> None:
@@ -63,10 +51,10 @@ class SGD:
     """
 
     def __init__(self, learning_rate: float, momentum: float = 0.0) -> None:
-        self.learning_rate = _check_real(learning_rate, "learning_rate", 0.0, math.inf, True)
+        self.learning_rate = check_real(learning_rate, "learning_rate", minimum=0)
         if self.learning_rate == 0:
             raise ValueError("learning_rate: expected a number > 0, got 0.0")
-        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0, True)
+        self.momentum = check_real(momentum, "momentum", minimum=0, below=1)
 
     def step(
         self,
@@ -76,9 +64,19 @@ class SGD:
     ) -> tuple[Params, Params]:
         """One update of every unique parameter, exactly once.
 
-        - params: ``{name: array}``; grads: exactly the same keys and shapes;
-          state: the velocities returned by the previous step, or None at the start.
-        - returns ``(new_params, new_state)``, fresh arrays (the inputs are not modified).
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            The unique parameters.
+        grads : dict of str to ndarray
+            Exactly the keys and shapes of ``params``.
+        state : dict of str to ndarray, optional
+            The velocities returned by the previous step; None at the start.
+
+        Returns
+        -------
+        new_params, new_state : dict of str to ndarray
+            Fresh arrays (the inputs are not modified).
         """
         if not isinstance(params, Mapping) or not params:
             raise TypeError("params: expected a non-empty dict of arrays")
@@ -136,14 +134,29 @@ def train(
 ) -> TrainResult:
     """Run ``steps`` optimizer steps and return the final parameters and the loss curve.
 
-    - objective: ``objective(params, step) -> (loss, grads)``; ``step`` (0, 1, ...) lets it
-      pick a mini-batch deterministically; full-batch objectives ignore it.
-    - callback: optional ``callback(step, params, loss)`` after each step's evaluation.
+    Parameters
+    ----------
+    objective : callable
+        ``objective(params, step) -> (loss, grads)``; ``step`` (0, 1, ...) lets it pick a
+        mini-batch deterministically; full-batch objectives ignore it.
+    params : dict of str to ndarray
+        The starting parameters (not modified).
+    optimizer : SGD
+    steps : int
+        How many steps, >= 0.
+    callback : callable, optional
+        ``callback(step, params, loss)`` after each step's evaluation.
 
-    Raises ``FloatingPointError`` naming the step if the loss becomes non-finite, or the
-    objective raises ``FloatingPointError`` (a refimpl model's forward or backward pass
-    overflowed): a learning rate too large for the problem's curvature, e.g. for a large
-    tying strength.
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    FloatingPointError
+        Naming the step, if the loss becomes non-finite or the objective raises
+        ``FloatingPointError`` (a refimpl model's forward or backward pass overflowed): a
+        learning rate too large for the problem's curvature, e.g. for a large tying strength.
     """
     if not callable(objective):
         raise TypeError(f"objective: expected a callable objective(params, step), got "

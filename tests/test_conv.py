@@ -1,4 +1,5 @@
-"""Tests of refimpl/nn/conv.py: Conv2D and LocallyConnected2D, and CNNs built from them.
+"""Tests of refimpl/nn/conv*.py and locally_connected.py: Conv2D (both input-gradient forms)
+and LocallyConnected2D, and CNNs built from them.
 
 Geometries are drawn *constructively*: per axis an output size ``Ho`` and a remainder
 ``r in [0, s)`` are drawn and the input size is ``H = d(k-1) + 1 - 2p + s(Ho-1) + r``, so
@@ -279,14 +280,14 @@ def test_auto_takes_positions_for_narrow_outputs_and_many_channels_per_group():
     assert positions_first(8, 12) and positions_first(64, 1)
     assert not positions_first(7, 12) and not positions_first(8, 13)
     calls = []
-    by_positions = conv_module._input_gradient_by_positions
+    by_positions = conv_module.input_gradient_by_positions
 
     def counting(*args):
         calls.append(args[0].shape)
         return by_positions(*args)
 
     rng = np.random.default_rng(0)
-    with mock.patch.object(conv_module, "_input_gradient_by_positions", counting):
+    with mock.patch.object(conv_module, "input_gradient_by_positions", counting):
         for channels, groups, picked in ((8, 1, True), (16, 2, True), (16, 4, False),
                                          (7, 1, False)):
             x = rng.standard_normal((2, channels, 27, 27))              # Wo = 12
@@ -710,6 +711,12 @@ def test_cnn_constructor_layers_and_errors():
         CNN((1, 8, 8), [4], [2], pool="max")
     with pytest.raises(TypeError, match=r"convs\[0\]: expected an int"):
         CNN((1, 8, 8), ["4"], [2])
+    with pytest.raises(ValueError, match=r"activation: unknown name 'gelu'; expected one of "
+                                         r"\['identity', 'leaky_relu', 'relu'"):
+        CNN((1, 8, 8), [4], [2], activation="gelu")
+    with pytest.raises(ValueError, match=r"loss: unknown name 'hinge'; expected one of "
+                                         r"\['cross_entropy', 'mse'\]"):
+        CNN((1, 8, 8), [4], [2], loss="hinge")
 
 
 # --- the built-in CNN cases (refimpl check) --------------------------------------------------

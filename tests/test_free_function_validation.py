@@ -1,5 +1,5 @@
 """Argument checks of every public forward/backward free function (refimpl/nn/*.py and the
-penalties of refimpl/tying.py): a bad argument is a ``TypeError`` / ``ValueError`` whose
+penalties of refimpl/tying/penalties.py): a bad argument is a ``TypeError`` / ``ValueError`` whose
 message names the function and the argument, before any arithmetic; nothing is broadcast.
 
 Legend: ``N`` batch, ``D`` features, ``F`` filters / output features, ``K`` classes,

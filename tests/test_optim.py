@@ -143,15 +143,18 @@ def test_bad_params_and_state_are_refused():
         SGD(0.1, 0.9).step({"w": np.ones(2)}, {"w": np.ones(2)}, {"w": np.ones(3)})
 
 
+LEARNING_RATE_REFUSED = r"learning_rate: expected a finite real number >= 0"
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(learning_rate=0.0), ValueError, r"learning_rate: expected a number > 0"),
-    (dict(learning_rate=-0.1), ValueError, r"learning_rate: expected a finite number"),
-    (dict(learning_rate=math.inf), ValueError, r"learning_rate: expected a finite number"),
-    (dict(learning_rate=math.nan), ValueError, r"learning_rate: expected a finite number"),
-    (dict(learning_rate=True), TypeError, r"learning_rate: expected a real number"),
-    (dict(learning_rate="0.1"), TypeError, r"learning_rate: expected a real number"),
-    (dict(learning_rate=0.1, momentum=1.0), ValueError, r"momentum: expected a finite number "
-                                                        r"in \[0, 1\)"),
+    (dict(learning_rate=-0.1), ValueError, LEARNING_RATE_REFUSED),
+    (dict(learning_rate=math.inf), ValueError, LEARNING_RATE_REFUSED),
+    (dict(learning_rate=math.nan), ValueError, LEARNING_RATE_REFUSED),
+    (dict(learning_rate=True), TypeError, LEARNING_RATE_REFUSED),
+    (dict(learning_rate="0.1"), TypeError, LEARNING_RATE_REFUSED),
+    (dict(learning_rate=0.1, momentum=1.0), ValueError, r"momentum: expected a finite real "
+                                                        r"number in \[0, 1\)"),
     (dict(learning_rate=0.1, momentum=-0.5), ValueError, r"momentum"),
 ])
 def test_bad_hyper_parameters_are_refused(kwargs, error, match):

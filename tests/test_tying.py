@@ -1,4 +1,4 @@
-"""Tests of refimpl/tying.py: the penalties, TiedPair (soft and hard) and AnchoredModel.
+"""Tests of refimpl/tying/: the penalties, TiedPair (soft and hard) and AnchoredModel.
 
 Exact properties first (no finite differences: the penalty's gradients are ``+-2 lam (a - b)``,
 opposite, zero at ``a == b``, shift invariant; ``lam = 0`` decouples; hard equals soft at
@@ -30,12 +30,10 @@ from refimpl.tying import (
     TiedPair,
     anchored_penalty_backward,
     anchored_penalty_forward,
-    join_params,
     l1_penalty_backward,
     l1_penalty_forward,
     l2_penalty_backward,
     l2_penalty_forward,
-    split_params,
 )
 
 COMPLEX = TOLERANCES["complex"]
@@ -182,7 +180,7 @@ def lasserre_problem(mode="soft", penalty="l2", lam=0.3, seed=0, transposed=Fals
 def joined_check(problem, method="complex"):
     pair, params_a, params_b, batch_a, batch_b = problem
     return ri.check_gradients(lambda q: pair.joined_loss_and_grads(q, batch_a, batch_b),
-                              join_params(params_a, params_b), method=method)
+                              pair.join(params_a, params_b), method=method)
 
 
 # --- the penalties: exact properties ----------------------------------------------------------
@@ -510,15 +508,16 @@ def test_hard_pair_params_b_omit_the_shared_parameters():
 
 
 def test_join_and_split_round_trip_and_refuse_unprefixed_keys():
+    pair = lasserre_problem()[0]
     params_a, params_b = {"w": np.ones(2)}, {"w": np.zeros(2), "v": np.ones(1)}
-    joined = join_params(params_a, params_b)
+    joined = pair.join(params_a, params_b)
     assert list(joined) == ["A:w", "B:w", "B:v"]
-    again_a, again_b = split_params(joined)
+    again_a, again_b = pair.split(joined)
     assert again_a.keys() == params_a.keys() and again_b.keys() == params_b.keys()
     with pytest.raises(ValueError, match=r"key 'w' has neither the prefix 'A:' nor 'B:'"):
-        split_params({"w": np.ones(1)})
+        pair.split({"w": np.ones(1)})
     with pytest.raises(TypeError, match="params: expected a dict"):
-        split_params([("A:w", 1.0)])
+        pair.split([("A:w", 1.0)])
 
 
 @pytest.mark.parametrize("mode, lam", [("soft", {"fc1.weight": 0.25}), ("hard", None)])

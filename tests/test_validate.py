@@ -301,6 +301,14 @@ def test_check_real_rejects(value, minimum, error):
 def test_check_real_accepts_and_returns_a_float():
     assert check_real(np.int64(3), "s") == 3.0 and isinstance(check_real(3, "s"), float)
     assert check_real(0, "lam", minimum=0) == 0.0 and check_real(-2.5, "s") == -2.5
+    assert check_real(0.999, "momentum", minimum=0, below=1) == 0.999
+
+
+@pytest.mark.parametrize("value", [1, 1.0, 2.5, -0.1])
+def test_check_real_bounds_are_half_open(value):
+    with pytest.raises(ValueError, match=r"momentum: expected a finite real number in \[0, 1\), "
+                                         rf"got {value!r}"):
+        check_real(value, "momentum", minimum=0, below=1)
 
 
 @pytest.mark.parametrize("value", [np.ones(2), "1", None, True, [1.0], np.array(True)])

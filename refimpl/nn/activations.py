@@ -12,8 +12,9 @@ Kinks (documented, and tested): at exactly ``x == 0``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -172,8 +173,8 @@ def _sigmoid_backward(dout: np.ndarray, cache: OutputCache) -> np.ndarray:
 def softplus_forward(x: np.ndarray) -> tuple[np.ndarray, InputCache]:
     """``log(1 + exp(x))`` exactly (no linear threshold, unlike PyTorch's default of 20).
 
-    Evaluated as ``max(x, 0) + log1p(exp(-|x|))`` with |x| written ``s * x``, s = sign(Re x),
-    so that it stays complex-step safe and never overflows.
+    Evaluated as ``max(x, 0) + log1p(exp(-|x|))`` with ``|x|`` written ``s * x``,
+    ``s = sign(Re x)``, so that it stays complex-step safe and never overflows.
     """
     x = check_array(x, "softplus_forward: x")
     return _softplus_forward(x)
@@ -222,19 +223,44 @@ def _identity_backward(dout: np.ndarray, cache: ShapeCache) -> np.ndarray:
 
 # --- Layer specs ----------------------------------------------------------------------------
 
-@register
-@dataclass(frozen=True)
-class ReLU(ParameterFreeLayer):
-    """``max(x, 0)``; relu'(0) = 0."""
+class _ElementwiseLayer(ParameterFreeLayer):
+    """A parameter-free layer spec over one forward/backward pair of unchecked free functions
+    (the model checks its input once, at its entry)."""
 
-    output_selects_input = True          # x or 0
-    input_gradient_selects_dout = True   # dout or 0
+    #: ``(forward(x) -> (out, cache), backward(dout, cache) -> dx)``, held in a tuple so that
+    #: the functions are not bound as methods.
+    functions: ClassVar[tuple[Callable[..., Any], Callable[..., Any]]]
 
     def forward(self, x, params):
-        return _relu_forward(x)
+        return self.functions[0](x)
 
     def backward(self, dout, cache):
-        return _relu_backward(dout, cache), {}
+        return self.functions[1](dout, cache), {}
+
+
+def _elementwise_layer(name: str, forward: Callable[..., Any], backward: Callable[..., Any],
+                       doc: str, selects: bool = False) -> type:
+    """A registered, frozen :class:`_ElementwiseLayer` class called ``name``.
+
+    ``selects``: every output element is an input element or a zero, and every element of
+    the input gradient one of ``dout`` or a zero (see :class:`~refimpl.nn.base.Layer`).
+    """
+    namespace = {"__doc__": doc, "__module__": __name__, "__qualname__": name,
+                 "functions": (forward, backward), "output_selects_input": selects,
+                 "input_gradient_selects_dout": selects}
+    return register(dataclass(frozen=True)(type(name, (_ElementwiseLayer,), namespace)))
+
+
+ReLU = _elementwise_layer("ReLU", _relu_forward, _relu_backward,
+                          "``max(x, 0)``; relu'(0) = 0.", selects=True)
+Tanh = _elementwise_layer("Tanh", _tanh_forward, _tanh_backward, "``tanh(x)``.")
+Sigmoid = _elementwise_layer("Sigmoid", _sigmoid_forward, _sigmoid_backward,
+                             "``1 / (1 + exp(-x))``.")
+Softplus = _elementwise_layer(
+    "Softplus", _softplus_forward, _softplus_backward,
+    "``log(1 + exp(x))`` exactly (PyTorch's beta=1 without its linear threshold).")
+Identity = _elementwise_layer("Identity", _identity_forward, _identity_backward,
+                              "``x`` unchanged.", selects=True)
 
 
 @register
@@ -254,48 +280,3 @@ class LeakyReLU(ParameterFreeLayer):
 
     def backward(self, dout, cache):
         return _leaky_relu_backward(dout, cache), {}
-
-
-@register
-@dataclass(frozen=True)
-class Tanh(ParameterFreeLayer):
-    def forward(self, x, params):
-        return _tanh_forward(x)
-
-    def backward(self, dout, cache):
-        return _tanh_backward(dout, cache), {}
-
-
-@register
-@dataclass(frozen=True)
-class Sigmoid(ParameterFreeLayer):
-    def forward(self, x, params):
-        return _sigmoid_forward(x)
-
-    def backward(self, dout, cache):
-        return _sigmoid_backward(dout, cache), {}
-
-
-@register
-@dataclass(frozen=True)
-class Softplus(ParameterFreeLayer):
-    """``log(1 + exp(x))`` exactly (PyTorch's beta=1 without its linear threshold)."""
-
-    def forward(self, x, params):
-        return _softplus_forward(x)
-
-    def backward(self, dout, cache):
-        return _softplus_backward(dout, cache), {}
-
-
-@register
-@dataclass(frozen=True)
-class Identity(ParameterFreeLayer):
-    output_selects_input = True
-    input_gradient_selects_dout = True
-
-    def forward(self, x, params):
-        return _identity_forward(x)
-
-    def backward(self, dout, cache):
-        return _identity_backward(dout, cache), {}

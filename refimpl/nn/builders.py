@@ -35,21 +35,29 @@ def MLP(
     """A multilayer perceptron ``Dense("fc1", sizes[0], sizes[1]) -> activation -> ... ->
     Dense("fcL", sizes[-2], sizes[-1])`` (no activation after the last layer).
 
-    ``activation``: a name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a
-    parameter-free layer spec; ``loss``: "cross_entropy", "mse", a loss spec or None.
+    Parameters
+    ----------
+    sizes : sequence of int
+        ``[in, hidden..., out]``, at least two.
+    activation : str or Layer
+        A name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a parameter-free
+        layer spec.
+    loss : str, Loss or None
+        ``"cross_entropy"``, ``"mse"``, a loss spec or None.
+    bias : bool
+        Whether the dense layers have a bias.
+    share : dict, optional
+        The sharing map of :class:`~refimpl.nn.Sequential`.
+
+    Returns
+    -------
+    model : refimpl.nn.sequential.Sequential
     """
     sizes = list(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes: expected at least two sizes (in, out), got {sizes}")
-    if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: unknown name {activation!r}; "
-                             f"expected one of {sorted(ACTIVATIONS)}")
-        activation = ACTIVATIONS[activation]()
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(LOSSES)}")
-        loss = LOSSES[loss]()
+    activation = _by_name(activation, ACTIVATIONS, "activation")
+    loss = _by_name(loss, LOSSES, "loss")
     layers: list[Layer] = []
     for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
         if index > 1:
@@ -72,24 +80,43 @@ def CNN(
         conv1 -> activation -> pool -> conv2 -> activation -> pool -> ... -> Flatten
               -> fc1 -> activation -> ... -> fcL          (no activation after fcL)
 
-    - input_shape: (C, H, W) of one example (the batch axis is not included).
-    - convs: one entry per convolution, named ``conv1``, ``conv2``, ...: an int
-      ``out_channels`` (a 3x3 kernel with padding 1, which keeps H and W), or a dict of
-      :class:`~refimpl.nn.Conv2D` keyword arguments (``out_channels`` and ``kernel_size``
-      required; ``stride``, ``padding``, ``dilation``, ``groups``, ``bias`` optional).
-      ``in_channels`` is always inferred.
-    - dense: the sizes of the dense layers after flattening, named ``fc1``, ``fc2``, ...; the
-      last is the output size. Their input size is inferred.
-    - activation: a name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a
-      parameter-free layer spec; pool: None, an int ``k`` for ``MaxPool2D(k)``, or a pooling
-      spec (``MaxPool2D``/``AvgPool2D``), used after every convolution's activation;
-      loss and share as :func:`MLP`.
+    Parameters
+    ----------
+    input_shape : (C, H, W)
+        One example's shape (the batch axis is not included).
+    convs : sequence of int or dict
+        One entry per convolution, named ``conv1``, ``conv2``, ...: an int ``out_channels``
+        (a 3x3 kernel with padding 1, which keeps H and W), or a dict of
+        :class:`~refimpl.nn.Conv2D` keyword arguments (``out_channels`` and ``kernel_size``
+        required; ``stride``, ``padding``, ``dilation``, ``groups``, ``bias`` optional).
+        ``in_channels`` is always inferred.
+    dense : sequence of int
+        The sizes of the dense layers after flattening, named ``fc1``, ``fc2``, ...; the last
+        is the output size. Their input size is inferred.
+    activation : str or Layer
+        A name (relu, leaky_relu, tanh, sigmoid, softplus, identity) or a parameter-free
+        layer spec.
+    pool : None, int or Layer
+        None, an int ``k`` for ``MaxPool2D(k)``, or a pooling spec (``MaxPool2D`` /
+        ``AvgPool2D``), used after every convolution's activation.
+    loss, share
+        As :func:`MLP`.
 
-    Example: ``CNN((1, 12, 12), [4, {"out_channels": 6, "kernel_size": 3, "stride": 2,
-    "padding": 1}], [16, 10])``: 12x12 -> conv1 12x12 -> pool 6x6 -> conv2 3x3 -> pool 1x1
-    -> Flatten (6) -> fc1 (16) -> fc2 (10).
-    A geometry that does not fit (a kernel or pool window larger than its input) is a
-    ``ValueError`` naming the layer.
+    Returns
+    -------
+    model : refimpl.nn.sequential.Sequential
+
+    Raises
+    ------
+    ValueError
+        Naming the layer, for a geometry that does not fit (a kernel or pool window larger
+        than its input); naming the argument, for an unknown name or a bad size.
+
+    Examples
+    --------
+    ``CNN((1, 12, 12), [4, {"out_channels": 6, "kernel_size": 3, "stride": 2, "padding": 1}],
+    [16, 10])``: 12x12 -> conv1 12x12 -> pool 6x6 -> conv2 3x3 -> pool 1x1 -> Flatten (6)
+    -> fc1 (16) -> fc2 (10).
     """
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or not all(
@@ -100,33 +127,18 @@ def CNN(
     convs, dense = list(convs), list(dense)
     if not dense:
         raise ValueError("dense: expected at least one dense layer size (the output size)")
-    if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: unknown name {activation!r}; "
-                             f"expected one of {sorted(ACTIVATIONS)}")
-        activation = ACTIVATIONS[activation]()
+    activation = _by_name(activation, ACTIVATIONS, "activation")
     if isinstance(pool, (int, np.integer)) and not isinstance(pool, bool):
         pool = MaxPool2D(int(pool))
     elif pool is not None and not isinstance(pool, Layer):
         raise TypeError(f"pool: expected None, an int window size or a pooling layer spec, "
                         f"got {pool!r}")
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(LOSSES)}")
-        loss = LOSSES[loss]()
+    loss = _by_name(loss, LOSSES, "loss")
 
     layers: list[Layer] = []
     shape: tuple[int, ...] = (1, *input_shape)   # a batch of one, to infer the sizes
     for index, conv in enumerate(convs, start=1):
-        if isinstance(conv, (int, np.integer)) and not isinstance(conv, bool):
-            conv = {"out_channels": int(conv), "kernel_size": 3, "padding": 1}
-        if not isinstance(conv, Mapping):
-            raise TypeError(f"convs[{index - 1}]: expected an int out_channels or a dict of "
-                            f"Conv2D arguments, got {conv!r}")
-        if "in_channels" in conv or "name" in conv:
-            raise ValueError(f"convs[{index - 1}]: in_channels and name are inferred; got "
-                             f"{sorted(conv)}")
-        for block_layer in (Conv2D(f"conv{index}", shape[1], **conv), activation, pool):
+        for block_layer in (_conv_layer(index, conv, shape[1]), activation, pool):
             if block_layer is not None:
                 try:
                     shape = block_layer.output_shape(shape)
@@ -141,3 +153,25 @@ def CNN(
         layers.append(Dense(f"fc{index}", shape[1], size))
         shape = (1, size)
     return Sequential(layers, loss=loss, share=share)
+
+
+def _by_name(value: Any, table: Mapping[str, type], argument: str) -> Any:
+    """``table[value]()`` for a name, ``value`` itself otherwise (a spec, or None)."""
+    if not isinstance(value, str):
+        return value
+    if value not in table:
+        raise ValueError(f"{argument}: unknown name {value!r}; expected one of {sorted(table)}")
+    return table[value]()
+
+
+def _conv_layer(index: int, conv: Any, in_channels: int) -> Conv2D:
+    """The ``index``-th convolution (1-based) of :func:`CNN` from its ``convs`` entry."""
+    if isinstance(conv, (int, np.integer)) and not isinstance(conv, bool):
+        conv = {"out_channels": int(conv), "kernel_size": 3, "padding": 1}
+    if not isinstance(conv, Mapping):
+        raise TypeError(f"convs[{index - 1}]: expected an int out_channels or a dict of "
+                        f"Conv2D arguments, got {conv!r}")
+    if "in_channels" in conv or "name" in conv:
+        raise ValueError(f"convs[{index - 1}]: in_channels and name are inferred; got "
+                         f"{sorted(conv)}")
+    return Conv2D(f"conv{index}", in_channels, **conv)

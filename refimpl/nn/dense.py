@@ -25,13 +25,25 @@ class DenseCache(NamedTuple):
 def dense_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
 ) -> tuple[np.ndarray, DenseCache]:
-    """Affine map.
+    """Affine map ``out = x @ weight.T + bias``.
 
-    - x: (N, D); weight: (F, D); bias: (F,) or None
-    - returns out: (N, F) = x @ weight.T + bias, and the cache for :func:`dense_backward`.
+    Parameters
+    ----------
+    x : ndarray, shape (N, D)
+    weight : ndarray, shape (F, D)
+    bias : ndarray, shape (F,), or None
 
-    ``TypeError`` / ``ValueError`` naming the argument for a non-array, a non-numeric dtype or
-    a shape that does not fit (nothing is broadcast).
+    Returns
+    -------
+    out : ndarray, shape (N, F)
+    cache : DenseCache
+        For :func:`dense_backward`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, for a non-array, a non-numeric dtype or a shape that does not fit
+        (nothing is broadcast).
     """
     x = check_array(x, "dense_forward: x", ("N", "D"))
     weight = check_array(weight, "dense_forward: weight", ("F", x.shape[1]))
@@ -54,12 +66,24 @@ def dense_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Gradients of ``out = x @ W.T + b``.
 
-    - dout: (N, F), the upstream gradient dL/dout
-    - returns dx: (N, D) = dout @ W; dW: (F, D) = dout.T @ x; db: (F,) = sum over N of dout
-      (db is None without a bias).
-
     Every output row uses the same ``W`` and ``b``: their gradients are the *sums* over the
     batch (the batch is the first instance of parameter sharing).
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F)
+        The upstream gradient dL/dout.
+    cache : DenseCache
+        From :func:`dense_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+        ``dout @ W``.
+    dweight : ndarray, shape (F, D)
+        ``dout.T @ x``.
+    dbias : ndarray, shape (F,), or None
+        The sum over N of ``dout``; None without a bias.
     """
     check_cache(cache, DenseCache, "dense_backward: cache")
     dout = check_array(dout, "dense_backward: dout", (cache.x.shape[0], cache.weight.shape[0]))

@@ -48,9 +48,6 @@ def softmax_cross_entropy_forward(
 ) -> tuple[np.ndarray, CrossEntropyCache]:
     """Mean over the batch of ``-log softmax(logits)[label]``.
 
-    - logits: (N, K), labels: (N,) integers in [0, K)
-    - returns loss (0-d) and the cache.
-
     Stable through log-sum-exp: each row's largest logit (largest real part; the index is
     chosen on Re only) is subtracted first, hence logits of +-1e4 give finite results. The
     shift is the logit itself, complex under the complex step: log-softmax is invariant under
@@ -61,6 +58,17 @@ def softmax_cross_entropy_forward(
 
     ``TypeError`` / ``ValueError`` naming the argument for an empty or misshapen ``logits``,
     labels that are not integers of shape (N,), or labels outside [0, K).
+
+    Parameters
+    ----------
+    logits : ndarray, shape (N, K)
+    labels : ndarray of int, shape (N,)
+        Class indices in ``[0, K)``.
+
+    Returns
+    -------
+    loss : ndarray, 0-d
+    cache : CrossEntropyCache
     """
     logits = check_array(logits, "softmax_cross_entropy_forward: logits", ("N", "K"))
     check_nonempty(logits, "softmax_cross_entropy_forward: logits")
@@ -113,7 +121,15 @@ def _softmax_cross_entropy_backward(dloss, cache):
 def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECache]:
     """Mean over *all* elements of ``(out - target)^2`` (PyTorch's ``reduction='mean'``).
 
-    - out, target: one shape exactly (nothing is broadcast), at least one element.
+    Parameters
+    ----------
+    out, target : ndarray
+        One shape exactly (nothing is broadcast), at least one element.
+
+    Returns
+    -------
+    loss : ndarray, 0-d
+    cache : MSECache
     """
     out = check_array(out, "mse_forward: out")
     target = check_array(target, "mse_forward: target")

@@ -40,7 +40,7 @@ import numpy as np
 
 from .._validate import check_array, check_cache
 from .base import ParameterFreeLayer, register
-from .conv import Pair, _pad, _window_slice, as_pair, conv_output_size
+from .conv_geometry import Pair, as_pair, conv_output_size, pad_spatial, window_slice
 
 __all__ = [
     "MaxPool2D", "AvgPool2D", "Flatten", "MaxPool2DCache", "AvgPool2DCache",
@@ -95,15 +95,15 @@ class MaxPool2DCache(NamedTuple):
 def _first_maximum(real_candidates, value_candidates, index_candidates):
     """Running first maximum over a sequence of equally shaped candidates.
 
-    - real_candidates: the real parts (compared); value_candidates: the values (selected) —
-      the same list object for real input, complex arrays under the complex step;
-      index_candidates: what to record for each candidate (unsigned integers; the first an
-      array, the others arrays or scalars), each greater than every earlier one
-    - returns (best real parts, best values, the index candidate of the first maximum).
+    ``real_candidates`` are the real parts (compared), ``value_candidates`` the values
+    (selected): the same list object for real input, complex arrays under the complex step.
+    ``index_candidates`` are what to record for each candidate (unsigned integers; the first
+    an array, the others arrays or scalars), each greater than every earlier one. Returns
+    (best real parts, best values, the index candidate of the first maximum).
 
     Strictly greater replaces: on a tie the earlier candidate keeps the maximum. Written
-    without ``np.where`` on the real path: with a random mask its branches mispredict and it
-    is ~4x slower than ``np.maximum`` (for the value) and integer arithmetic (for the index).
+    without ``np.where`` on the real path, whose branches mispredict on a random mask:
+    ``np.maximum`` selects the value and integer arithmetic the index.
     """
     best_real, best_value = real_candidates[0], value_candidates[0]
     index = index_candidates[0]
@@ -129,13 +129,12 @@ def _gather_rows(a: np.ndarray, start: int, step: int, count: int) -> np.ndarray
     laid out so that NumPy's inner loops run over more than one row.
 
     A strided slice of rows (step > 1) makes every NumPy operation on it run N*C*count inner
-    loops of only L elements each; for the (64, 32, 16, 16) benchmark input (L = Wo = 8) a
-    comparison of two such slices took ~200 us, copying both plus the contiguous comparison
-    ~110 us. The copy moves each row of L elements as one opaque item (a NumPy void of
-    L*itemsize bytes): one long loop over the N*C*count rows. Adjacent rows (step 1) need no
-    copy: their slice's inner loops already span count*L elements.
+    loops of only L elements each, so the rows are copied once into a contiguous array. The
+    copy moves each row of L elements as one opaque item (a NumPy void of L*itemsize bytes):
+    one long loop over the N*C*count rows. Adjacent rows (step 1) need no copy: their slice's
+    inner loops already span count*L elements.
     """
-    rows = _window_slice(start, step, count)
+    rows = window_slice(start, step, count)
     if step == 1 or not a.flags.c_contiguous:   # or a strided view of the input (kW = 1)
         return a[:, :, rows]
     row_type = np.dtype((np.void, a.shape[-1] * a.itemsize))
@@ -147,15 +146,27 @@ def maxpool2d_forward(
 ) -> tuple[np.ndarray, MaxPool2DCache]:
     """Max over each window (``torch.nn.functional.max_pool2d``, ceil_mode=False).
 
-    - x: (N, C, H, W); kernel_size, stride (default kernel_size), padding: int or (h, w)
-    - returns out: (N, C, Ho, Wo) and the cache (the offset ``i*kW + j`` of each window's
-      first maximum in row-major scan order).
-
     Separable: first the first maximum of every padded row's kW taps (column offset ``j``,
     (N, C, Hp, Wo)), then the first of the kH row maxima (row offset ``i``, (N, C, Ho, Wo)).
     That is the row-major first maximum of the window: a maximum in an earlier row comes
     first, and within the first row holding the maximum its first column does. kH + kW - 2
     comparisons per output instead of kH*kW - 1.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+    padding : int or (int, int)
+        At most half the kernel size (PyTorch's limit).
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, Ho, Wo)
+    cache : MaxPool2DCache
+        Holds the offset ``i*kW + j`` of each window's first maximum in row-major scan
+        order.
     """
     x = _check_input(x, "maxpool2d_forward")
     kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
@@ -170,10 +181,10 @@ def maxpool2d_forward(
         real[:, :, ph:ph + height, pw:pw + width] = x.real
     # The values are taken from here; for real x they are the compared array itself. Zeros
     # padded into a complex copy are never selected (their real part is -inf above).
-    values = _pad(x, padding) if np.iscomplexobj(x) else real
+    values = pad_spatial(x, padding) if np.iscomplexobj(x) else real
     offset_type = np.min_scalar_type(kh * kw - 1)
     # Stage 1, along each row: (N, C, Hp, Wo) row maxima and their column offsets j.
-    columns = [(Ellipsis, _window_slice(j, sw, out_w)) for j in range(kw)]
+    columns = [(Ellipsis, window_slice(j, sw, out_w)) for j in range(kw)]
     real_columns = [real[c] for c in columns]
     row_real, row_value, column_offset = _first_maximum(
         real_columns, real_columns if values is real else [values[c] for c in columns],
@@ -204,7 +215,7 @@ def _maximum_positions(cache: MaxPool2DCache) -> np.ndarray:
     out_h, out_w = cache.argmax.shape[2:]
     padded_h, padded_w = height + 2 * ph, width + 2 * pw
     # Within one (Hp, Wp) image, in the smallest unsigned type that holds Hp*Wp - 1 (fewer
-    # bytes to write; the intp arithmetic took ~2x as long): window (ho, wo) starts at
+    # bytes to write than intp): window (ho, wo) starts at
     # ho*sh*Wp + wo*sw, and its offset i*kW + j is the input i*Wp + j further on.
     local_type = np.min_scalar_type(padded_h * padded_w - 1)
     starts = np.arange(out_h)[:, None] * (sh * padded_w) + np.arange(out_w) * sw  # (Ho, Wo)
@@ -218,8 +229,16 @@ def _maximum_positions(cache: MaxPool2DCache) -> np.ndarray:
 def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     """Gradient of max pooling: each window's ``dout`` goes to its first maximum only.
 
-    - dout: (N, C, Ho, Wo); returns dx: (N, C, H, W). An input that is the maximum of
-      several (overlapping) windows receives the sum of their gradients.
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, Ho, Wo)
+    cache : MaxPool2DCache
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+        An input that is the maximum of several (overlapping) windows receives the sum of
+        their gradients.
     """
     check_cache(cache, MaxPool2DCache, "maxpool2d_backward: cache")
     dout = check_array(dout, "maxpool2d_backward: dout", cache.argmax.shape)
@@ -231,23 +250,21 @@ def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     # A finite dout reaches its maximum as 0.0 + dout: its value, with a -0.0 made +0.0 (no
     # gradient is a negative zero). A non-finite one goes through np.where, as dout * mask
     # would spread NaN (0 * inf) over the window; np.where passes dout on as it is, and so
-    # (as before, bit for bit) does the scatter below when any dout is non-finite.
+    # does the scatter below when any dout is non-finite.
     finite = bool(np.isfinite(dout).all())
     if sh >= kh and sw >= kw:
         # Disjoint windows give each input at most one gradient: one scatter of dout into
-        # zeros, at the maxima's flat positions. The per-offset masked products it replaced
-        # wrote kH*kW strided (N, C, Ho, Wo) slices of Wo-element inner loops: ~0.67 ms
-        # against ~0.36 ms on the (64, 32, 16, 16) benchmark input (2x2, stride 2).
+        # zeros, at the maxima's flat positions (instead of kH*kW strided masked products).
         dpad.reshape(-1)[_maximum_positions(cache)] = dout + 0.0 if finite else dout
     else:
         for i in range(kh):
-            rows = _window_slice(i, sh, out_h)
+            rows = window_slice(i, sh, out_h)
             for j in range(kw):
-                target = dpad[:, :, rows, _window_slice(j, sw, out_w)]  # (N, C, Ho, Wo) view
+                target = dpad[:, :, rows, window_slice(j, sw, out_w)]  # (N, C, Ho, Wo) view
                 selected = cache.argmax == i * kw + j
-                # dout * mask is ~4x faster than np.where(mask, dout, 0) (whose branches
-                # mispredict on a random mask) and exact for finite dout; 0.0 + -0.0 = +0.0
-                # keeps the zeros positive.
+                # dout * mask rather than np.where(mask, dout, 0), whose branches mispredict
+                # on a random mask; exact for finite dout; 0.0 + -0.0 = +0.0 keeps the zeros
+                # positive.
                 target += dout * selected if finite else np.where(selected, dout, 0)
     if ph or pw:
         return dpad[:, :, ph:ph + height, pw:pw + width].copy()
@@ -276,9 +293,19 @@ def avgpool2d_forward(
 ) -> tuple[np.ndarray, AvgPool2DCache]:
     """Mean over each window (``torch.nn.functional.avg_pool2d``, ceil_mode=False).
 
-    - x: (N, C, H, W); returns out: (N, C, Ho, Wo) and the cache.
-    - count_include_pad: True divides by kH*kW (PyTorch's default); False by the number of
-      unpadded inputs in the window.
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size, stride, padding : int or (int, int)
+        As :func:`maxpool2d_forward`.
+    count_include_pad : bool
+        True divides by kH*kW (PyTorch's default); False by the number of unpadded inputs in
+        the window.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, Ho, Wo)
+    cache : AvgPool2DCache
     """
     x = _check_input(x, "avgpool2d_forward")
     kernel, stride, padding = _pool_geometry(kernel_size, stride, padding)
@@ -287,12 +314,12 @@ def avgpool2d_forward(
     batch, channels, out_h, out_w = pool2d_output_shape(x.shape, kernel, stride, padding,
                                                         "avgpool2d_forward")
     (kh, kw), (sh, sw) = kernel, stride
-    padded = _pad(x, padding)
+    padded = pad_spatial(x, padding)
     total = np.zeros((batch, channels, out_h, out_w), dtype=x.dtype)
     for i in range(kh):
-        rows = _window_slice(i, sh, out_h)
+        rows = window_slice(i, sh, out_h)
         for j in range(kw):
-            total += padded[:, :, rows, _window_slice(j, sw, out_w)]
+            total += padded[:, :, rows, window_slice(j, sw, out_w)]
     if count_include_pad:
         divisor: Any = kh * kw
     else:
@@ -303,10 +330,12 @@ def avgpool2d_forward(
 
 
 def avgpool2d_backward(dout: np.ndarray, cache: AvgPool2DCache) -> np.ndarray:
-    """Gradient of average pooling: every input of a window receives ``dout / divisor``
-    (summed over the windows that read it; padded positions are dropped).
+    """Gradient of average pooling: every input of a window receives ``dout / divisor``.
 
-    - dout: (N, C, Ho, Wo); returns dx: (N, C, H, W)."""
+    Returns ``dx`` (N, C, H, W) for ``dout`` (N, C, Ho, Wo) and the :class:`AvgPool2DCache`
+    of the forward call: each input receives the sum over the windows that read it; padded
+    positions are dropped.
+    """
     check_cache(cache, AvgPool2DCache, "avgpool2d_backward: cache")
     dout = check_array(dout, "avgpool2d_backward: dout", pool2d_output_shape(
         cache.x_shape, cache.kernel_size, cache.stride, cache.padding, "avgpool2d_backward"))
@@ -316,9 +345,9 @@ def avgpool2d_backward(dout: np.ndarray, cache: AvgPool2DCache) -> np.ndarray:
     share = dout / cache.divisor                                      # (N, C, Ho, Wo)
     dpad = np.zeros((batch, channels, height + 2 * ph, width + 2 * pw), dtype=share.dtype)
     for i in range(kh):
-        rows = _window_slice(i, sh, out_h)
+        rows = window_slice(i, sh, out_h)
         for j in range(kw):
-            dpad[:, :, rows, _window_slice(j, sw, out_w)] += share
+            dpad[:, :, rows, window_slice(j, sw, out_w)] += share
     if ph or pw:
         return dpad[:, :, ph:ph + height, pw:pw + width].copy()
     return dpad

@@ -43,6 +43,36 @@ class ShareSource(NamedTuple):
     name: str
     transpose: bool = False
 
+    def read_shape(self, shape: tuple[int, ...], where: str, verb: str) -> tuple[int, ...]:
+        """The shape a reader of this source sees: ``shape``, reversed when read transposed.
+
+        Raises
+        ------
+        ValueError
+            Naming ``where``, for a transposed source that is not 2-D.
+        """
+        if not self.transpose:
+            return shape
+        if len(shape) != 2:
+            raise ValueError(f"{where}: only 2-D parameters can be {verb} transposed; "
+                             f"{self.name!r} has shape {shape}")
+        return shape[::-1]
+
+
+def as_share_source(value: Any, where: str, expected: str) -> ShareSource:
+    """A parameter name (read as is) or a :class:`ShareSource`, as a :class:`ShareSource`.
+
+    Raises
+    ------
+    TypeError
+        Naming ``where`` and what was ``expected``, for anything else.
+    """
+    if isinstance(value, str):
+        return ShareSource(value)
+    if not isinstance(value, ShareSource):
+        raise TypeError(f"{where}: expected {expected} or transposed(name), got {value!r}")
+    return value
+
 
 def transposed(name: str) -> ShareSource:
     """Share a 2-D parameter transposed: ``share={"dec.weight": transposed("enc.weight")}``."""
@@ -52,9 +82,9 @@ def transposed(name: str) -> ShareSource:
 class ParameterCount(NamedTuple):
     """Memory accounting of a model (or pair of models).
 
-    - unique: scalars stored (the size of ``params``)
-    - uses: scalars used by the layers (what an unshared model would store)
-    - bytes: bytes stored for the unique parameters (float64: 8 per scalar)
+    ``unique``: scalars stored (the size of ``params``); ``uses``: scalars used by the layers
+    (what an unshared model would store); ``bytes``: bytes stored for the unique parameters
+    (float64: 8 per scalar).
     """
 
     unique: int
@@ -128,24 +158,17 @@ class Sequential:
         if not isinstance(share, Mapping):
             raise TypeError(f"share: expected a mapping {{slot: source}}, got {share!r}")
         checked: dict[str, ShareSource] = {}
-        for slot, source in share.items():
-            if isinstance(source, str):
-                source = ShareSource(source)
-            if not isinstance(source, ShareSource):
-                raise TypeError(f"share[{slot!r}]: expected a parameter name or "
-                                f"transposed(name), got {source!r}")
+        for slot, given in share.items():
+            source = as_share_source(given, f"share[{slot!r}]", "a parameter name")
             for role, name in (("slot", slot), ("source", source.name)):
                 if name not in self._slots:
                     raise ValueError(f"share: unknown {role} {name!r}; parameters are "
                                      f"{sorted(self._slots)}")
             if slot == source.name:
                 raise ValueError(f"share: slot {slot!r} is shared onto itself")
-            slot_shape, source_shape = self._slots[slot], self._slots[source.name]
-            if source.transpose:
-                if len(source_shape) != 2:
-                    raise ValueError(f"share[{slot!r}]: only 2-D parameters can be shared "
-                                     f"transposed; {source.name!r} has shape {source_shape}")
-                source_shape = source_shape[::-1]
+            slot_shape = self._slots[slot]
+            source_shape = source.read_shape(self._slots[source.name], f"share[{slot!r}]",
+                                             "shared")
             if slot_shape != source_shape:
                 kind = "transposed " if source.transpose else ""
                 raise ValueError(f"share[{slot!r}]: slot shape {slot_shape} does not match "
