@@ -36,10 +36,9 @@ from refimpl.nn.conv import (
     conv2d_forward,
     conv2d_input_gradient,
     im2col,
-    locally_connected2d_backward,
-    locally_connected2d_forward,
     positions_first,
 )
+from refimpl.nn.locally_connected import locally_connected2d_backward, locally_connected2d_forward
 
 COMPLEX = TOLERANCES["complex"]
 

@@ -14,6 +14,7 @@ import pytest
 from refimpl import tying
 from refimpl.nn import activations as act
 from refimpl.nn import conv, dense, losses, pool
+from refimpl.nn import locally_connected as lc
 
 RNG = np.random.default_rng(0)
 X2 = RNG.standard_normal((2, 4))            # (N, D)
@@ -31,7 +32,7 @@ def caches():
     return {
         "dense": dense.dense_forward(X2, W2, B2)[1],
         "conv2d": conv.conv2d_forward(X4, CONV_W, np.zeros(4))[1],
-        "locally_connected2d": conv.locally_connected2d_forward(X4, LC_W)[1],
+        "locally_connected2d": lc.locally_connected2d_forward(X4, LC_W)[1],
         "maxpool2d": pool.maxpool2d_forward(X4, 2)[1],
         "avgpool2d": pool.avgpool2d_forward(X4, 2, padding=1)[1],
         "flatten": pool.flatten_forward(X4)[1],
@@ -132,12 +133,12 @@ FORWARD_CASES = [
      ValueError, r"stride: expected values >= 1, got 0"),
     ("conv2d groups", lambda: conv.conv2d_forward(X4, CONV_W, groups=0),
      ValueError, r"groups: expected a positive int, got 0"),
-    ("locally connected x rank", lambda: conv.locally_connected2d_forward(X4[0], LC_W),
+    ("locally connected x rank", lambda: lc.locally_connected2d_forward(X4[0], LC_W),
      ValueError, r"locally_connected2d_forward: x: expected shape \(N, C, H, W\)"),
-    ("locally connected weight rank", lambda: conv.locally_connected2d_forward(X4, CONV_W),
+    ("locally connected weight rank", lambda: lc.locally_connected2d_forward(X4, CONV_W),
      ValueError, r"locally_connected2d_forward: weight: expected shape "
                  r"\(Ho, Wo, F, Cg, kH, kW\), got \(4, 3, 3, 3\)"),
-    ("locally connected bias", lambda: conv.locally_connected2d_forward(X4, LC_W, np.ones(4)),
+    ("locally connected bias", lambda: lc.locally_connected2d_forward(X4, LC_W, np.ones(4)),
      ValueError, r"locally_connected2d_forward: bias: expected shape \(4, 3, 3\), got \(4,\)"),
     # pooling and flatten
     ("maxpool x rank", lambda: pool.maxpool2d_forward(X2, 2),
@@ -197,7 +198,7 @@ def backward_cases():
          ValueError, r"dense_backward: dout: expected shape \(2, 3\), got \(1, 3\)"),
         ("conv2d_backward", conv.conv2d_backward, "conv2d", np.ones((2, 4, 3, 2)),
          ValueError, r"conv2d_backward: dout: expected shape \(2, 4, 3, 3\), got \(2, 4, 3, 2\)"),
-        ("locally_connected2d_backward", conv.locally_connected2d_backward,
+        ("locally_connected2d_backward", lc.locally_connected2d_backward,
          "locally_connected2d", np.ones((2, 4, 3)),
          ValueError, r"locally_connected2d_backward: dout: expected shape \(2, 4, 3, 3\)"
                      r", got \(2, 4, 3\)"),

@@ -37,7 +37,7 @@ def golden_dir(tmp_path_factory):
     return golden.write(tmp_path_factory.mktemp("golden") / "vectors")
 
 
-# --- the README example, verbatim ---------------------------------------------------------------
+# --- the complete example of docs/oracle-kit.md --------------------------------------------------
 
 def my_loss_and_grads(params, inputs):
     """A two-layer tanh MLP with softmax cross-entropy, written from scratch in NumPy."""

@@ -25,9 +25,8 @@ from typing import Any
 
 from .._io import JSON_HELP, check_destination, write_text_atomically
 from .._table import format_table
-from ..nn import MLP, ParameterCount, Sequential, transposed
+from ..nn import MLP, Conv2D, LocallyConnected2D, ParameterCount, Sequential, transposed
 from ..nn.activations import Tanh
-from ..nn.conv import Conv2D, LocallyConnected2D
 from ..nn.dense import Dense
 from ..nn.losses import MSE
 from ..tying import TiedPair

@@ -8,8 +8,9 @@ imports nothing above it.
 from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from .base import Layer, ParameterFreeLayer
 from .builders import CNN, MLP
-from .conv import Conv2D, LocallyConnected2D
+from .conv import Conv2D
 from .dense import Dense
+from .locally_connected import LocallyConnected2D
 from .losses import MSE, Loss, SoftmaxCrossEntropy
 from .pool import AvgPool2D, Flatten, MaxPool2D
 from .sequential import ParameterCount, Sequential, ShareSource, transposed

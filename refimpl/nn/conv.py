@@ -45,21 +45,11 @@ from .conv_geometry import (
     output_shape_of,
 )
 from .conv_positions import input_gradient_by_positions, positions_first
-from .locally_connected import (
-    LocallyConnected2D,
-    LocallyConnected2DCache,
-    locally_connected2d_backward,
-    locally_connected2d_forward,
-)
 
-# LocallyConnected2D lives in refimpl.nn.locally_connected; its names stay importable from
-# refimpl.nn.conv, where callers found them before it had a module of its own.
 __all__ = [
     "Conv2D", "Conv2DCache", "conv2d_forward", "conv2d_backward", "conv2d_input_gradient",
     "INPUT_GRADIENT_METHODS", "positions_first", "input_gradient_by_positions",
     "conv_output_size", "conv2d_output_shape", "im2col", "col2im", "as_pair",
-    "LocallyConnected2D", "LocallyConnected2DCache", "locally_connected2d_forward",
-    "locally_connected2d_backward",
 ]
 
 

@@ -60,7 +60,7 @@ def input_gradient_by_positions(dout: np.ndarray, weight: np.ndarray,
     dout : ndarray, shape (N, F, Ho, Wo)
         The upstream gradient, already checked.
     weight : ndarray, shape (F, Cg, kH, kW)
-    geometry : ConvGeometry
+    geometry : ~refimpl.nn.conv_geometry.ConvGeometry
         Of the forward call.
 
     Returns

@@ -2,7 +2,7 @@
 and the anchored penalty (L2-SP, L1 weight decay).
 
 A pair's two parameter dicts are one flat dict with keys ``"A:<name>"`` / ``"B:<name>"``
-(:func:`refimpl.tying.join_params`), so that the case is a function of one parameter dict.
+(:meth:`refimpl.tying.TiedPair.join`), so that the case is a function of one parameter dict.
 In hard mode the ``"B:"`` keys omit the shared parameters (B reads them from A).
 
 The L1 penalty has a kink at ``a == b`` (and the L1 weight decay at ``w == 0``): those cases
