@@ -128,7 +128,8 @@ def conv2d_output_shape(
 
 
 def output_shape_of(geometry: ConvGeometry, filters: int) -> tuple[int, int, int, int]:
-    """(N, F, Ho, Wo) of the forward output a :class:`~refimpl.nn.conv_geometry.ConvGeometry` belongs to."""
+    """(N, F, Ho, Wo) of the forward output that ``geometry`` (a
+    :class:`~refimpl.nn.conv_geometry.ConvGeometry`) belongs to."""
     batch, _, height, width = geometry.x_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry[1:5]
     return (batch, filters, conv_output_size(height, kh, sh, ph, dh),
