@@ -58,17 +58,19 @@ def _failures(report: golden.VerifyReport) -> dict[str, list[str]]:
     return failed
 
 
-def _rehash(folder: Path, relative: str) -> None:
-    """After a deliberate change to ``relative``, make the manifest and SHA256SUMS agree with
-    it, so that only the content checks (header, values) can catch the change."""
+def _tamper(folder: Path, edit=None) -> None:
+    """Apply ``edit(manifest)``, then make every listed file's SHA-256 and size, the manifest
+    and SHA256SUMS agree with what is on disk, so that only verify's own checks can tell."""
     manifest_path = folder / golden.MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    digest = hashlib.sha256((folder / relative).read_bytes()).hexdigest()
+    if edit is not None:
+        edit(manifest)
     for entry in manifest["cases"].values():
         for file_entry in entry["files"]:
-            if file_entry["path"] == relative:
-                file_entry["sha256"] = digest
-                file_entry["bytes"] = (folder / relative).stat().st_size
+            path = folder / file_entry["path"]
+            if path.is_file():
+                file_entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+                file_entry["bytes"] = path.stat().st_size
     text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
     manifest_path.write_text(text)
     lines = [f"{hashlib.sha256(text.encode()).hexdigest()}  {golden.MANIFEST}"]
@@ -257,7 +259,7 @@ def test_changed_values_with_consistent_hashes_fail_by_recomputation(copy):
     array = np.load(copy / relative)
     array.reshape(-1)[0] *= 1 + 1e-6
     np.save(copy / relative, array, allow_pickle=False)
-    _rehash(copy, relative)
+    _tamper(copy)
     failed = _failures(golden.verify(copy))
     assert list(failed) == [relative]
     assert "recomputed values differ" in failed[relative][0]
@@ -320,7 +322,7 @@ def test_pickled_npy_is_refused_without_being_loaded(copy, tmp_path):
     case = all_cases()[0]
     relative = f"{case.name}/gradient.{next(iter(case.params))}.npy"
     (copy / relative).write_bytes(_pickled_npy(marker))
-    _rehash(copy, relative)      # hashes agree: only the header check stands in the way
+    _tamper(copy)      # hashes agree: only the header check stands in the way
 
     report = golden.verify(copy)
     failed = _failures(report)
@@ -451,27 +453,6 @@ def test_command_line_golden_and_verify(tmp_path, capsys):
 
 
 # --- tampering that re-hashes everything consistently (as an attacker would) -------------------
-
-def _tamper(folder: Path, edit=None) -> None:
-    """Apply ``edit(manifest)``, then make every listed file's SHA-256 and size, the manifest
-    and SHA256SUMS agree with what is on disk, so that only verify's own checks can tell."""
-    manifest_path = folder / golden.MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    if edit is not None:
-        edit(manifest)
-    for entry in manifest["cases"].values():
-        for file_entry in entry["files"]:
-            path = folder / file_entry["path"]
-            if path.is_file():
-                file_entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-                file_entry["bytes"] = path.stat().st_size
-    text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    manifest_path.write_text(text)
-    lines = [f"{hashlib.sha256(text.encode()).hexdigest()}  {golden.MANIFEST}"]
-    for name in manifest["case_order"]:
-        lines += [f"{f['sha256']}  {f['path']}" for f in manifest["cases"][name]["files"]]
-    (folder / golden.CHECKSUMS).write_text("\n".join(lines) + "\n")
-
 
 def _case_entry(manifest, case_name):
     return manifest["cases"][case_name]
