@@ -198,6 +198,8 @@ class Sequential:
         return {slot: (use.root, use.transpose) for slot, use in self._uses.items()}
 
     def parameter_count(self) -> ParameterCount:
+        """Entries stored (unique parameters) against entries used by the layers (every slot,
+        shared ones included), and the bytes stored as float64 (``refimpl memory``)."""
         unique = sum(int(np.prod(shape)) for shape in self._unique.values())
         uses = sum(int(np.prod(shape)) for shape in self._slots.values())
         return ParameterCount(unique, uses, 8 * unique)
