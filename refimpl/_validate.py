@@ -109,13 +109,7 @@ def check_tolerance(value: Any, name: str) -> float:
     NaN would make every comparison ``error <= limit`` False *and* hide it when negated; an
     infinite or negative tolerance accepts everything or nothing. All three are refused.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a finite non-negative number, got "
-                        f"{type(value).__name__} {value!r}")
-    number = float(value)
-    if not np.isfinite(number) or number < 0:
-        raise ValueError(f"{name}: expected a finite non-negative number, got {value!r}")
-    return number
+    return _real_number(value, name, "a finite non-negative number", minimum=0.0)
 
 
 # --- the arguments of the public free functions (O(ndim) checks, no scan of the values) ---------
@@ -229,6 +223,12 @@ def check_real(value: Any, name: str, minimum: float | None = None,
     else:
         wanted = ("a finite real number" + ("" if minimum is None else f" >= {minimum:g}")
                   + ("" if below is None else f" < {below:g}"))
+    return _real_number(value, name, wanted, minimum, below)
+
+
+def _real_number(value: Any, name: str, wanted: str, minimum: float | None = None,
+                 below: float | None = None) -> float:
+    """``value`` as a finite float in ``[minimum, below)``, or an error saying ``wanted``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
                                                                      np.floating)):
         raise TypeError(f"{name}: expected {wanted}, got {type(value).__name__} {value!r}")
