@@ -36,6 +36,7 @@ import numpy as np
 from .._validate import check_seed
 from . import golden
 from .cases import Case, get_case
+from .cases.tied import tied_case
 from .comparison import (
     ComparisonReport,
     Implementation,
@@ -211,26 +212,10 @@ def _case_from_pair(pair: Any, params: Mapping[str, Any] | None,
         raise ValueError(f"inputs: a TiedPair takes exactly {sorted(expected)}, got "
                          f"{sorted(data)}")
     joined = pair.join(*pair.init(seed)) if params is None else dict(params)
-    batch_a, batch_b = (data["xa"], data["ya"]), (data["xb"], data["yb"])
-
-    def pair_loss_and_grads(p: Mapping[str, Any]) -> tuple[Any, dict]:
-        return pair.joined_loss_and_grads(p, batch_a, batch_b)
-
-    def pair_outputs(p: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        out_a, out_b = pair.forward(*pair.split(p), data["xa"], data["xb"])
-        return {"out_a": out_a, "out_b": out_b}
-
-    def pair_evaluate(p: Mapping[str, Any], at: Mapping[str, np.ndarray]) -> tuple:
-        loss, grads = pair.joined_loss_and_grads(p, (at["xa"], at["ya"]),
-                                                 (at["xb"], at["yb"]))
-        out_a, out_b = pair.forward(*pair.split(p), at["xa"], at["xb"])
-        return loss, grads, {"out_a": out_a, "out_b": out_b}
-
-    pair_loss_and_grads(joined)  # validates everything before the impl runs
-    return Case(name="tied-pair", kind="tied", config={"pair": config},
-                params={k: np.asarray(v) for k, v in joined.items()}, inputs=data,
-                loss_and_grads=pair_loss_and_grads, outputs=pair_outputs,
-                evaluate=pair_evaluate)
+    case = tied_case("tied-pair", pair, {k: np.asarray(v) for k, v in joined.items()}, data,
+                     {"pair": config})
+    case.loss_and_grads(joined)  # validates everything before the impl runs
+    return case
 
 
 def unresolved_tensors(case: Any, dtype: Any = "float32") -> list[str]:

@@ -59,35 +59,42 @@ def pair_case(name: str, pair: TiedPair, input_a: tuple[int, ...], input_b: tupl
             params_b[p.name_b] = _away_from(a.T if p.transpose else a, rng)
     xa, ya = _batch(pair.model_a, input_a, batch_a, rng)
     if autoencoder_b:
-        xb = rng.standard_normal((batch_b, *input_b))
-        yb = xb
+        inputs = {"xa": xa, "ya": ya, "xb": rng.standard_normal((batch_b, *input_b))}
     else:
         xb, yb = _batch(pair.model_b, input_b, batch_b, rng)
-    inputs = {"xa": xa, "ya": ya, "xb": xb} if autoencoder_b else \
-        {"xa": xa, "ya": ya, "xb": xb, "yb": yb}
+        inputs = {"xa": xa, "ya": ya, "xb": xb, "yb": yb}
     config = {"pair": pair.config(), "input_shape_a": [batch_a, *input_a],
               "input_shape_b": [batch_b, *input_b], "seed": seed,
               "params": "keys 'A:<name>' for model_a, 'B:<name>' for model_b",
               "target_b": "xb (autoencoder)" if autoencoder_b else "yb"}
+    return tied_case(name, pair, pair.join(params_a, params_b), inputs, config)
 
-    def outputs(joined: dict[str, Any]) -> dict[str, np.ndarray]:
-        out_a, out_b = pair.forward(*pair.split(joined), xa, xb)
-        return {"out_a": out_a, "out_b": out_b}
 
+def _batches(data: dict[str, np.ndarray]) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """``(xa, ya), (xb, yb)``; without ``yb``, B is an autoencoder whose target is its input
+    (one array, so a perturbation of the data moves both)."""
+    return (data["xa"], data["ya"]), (data["xb"], data["yb"] if "yb" in data else data["xb"])
+
+
+def _outputs(pair: TiedPair, joined: dict[str, Any], data: dict[str, np.ndarray]
+             ) -> dict[str, np.ndarray]:
+    out_a, out_b = pair.forward(*pair.split(joined), data["xa"], data["xb"])
+    return {"out_a": out_a, "out_b": out_b}
+
+
+def tied_case(name: str, pair: TiedPair, params: dict[str, np.ndarray],
+              inputs: dict[str, np.ndarray], config: dict[str, Any]) -> Case:
+    """The :class:`Case` of ``pair`` at the joined ``params`` (``"A:"`` / ``"B:"`` keys) on
+    ``inputs`` ``{"xa", "ya", "xb", "yb"}`` (no ``"yb"``: B is an autoencoder): its loss and
+    gradients, outputs ``{"out_a", "out_b"}`` and the same at perturbed data (``evaluate``)."""
     def evaluate(joined: dict[str, Any], data: dict[str, np.ndarray]) -> tuple:
-        # The autoencoder's target is its input: one array, perturbed once.
-        target_b = data["xb"] if autoencoder_b else data["yb"]
-        loss, grads = pair.joined_loss_and_grads(joined, (data["xa"], data["ya"]),
-                                                 (data["xb"], target_b))
-        out_a, out_b = pair.forward(*pair.split(joined), data["xa"], data["xb"])
-        return loss, grads, {"out_a": out_a, "out_b": out_b}
+        return (*pair.joined_loss_and_grads(joined, *_batches(data)),
+                _outputs(pair, joined, data))
 
-    return Case(
-        name=name, kind="tied", config=config, params=pair.join(params_a, params_b),
-        inputs=inputs,
-        loss_and_grads=lambda joined: pair.joined_loss_and_grads(joined, (xa, ya), (xb, yb)),
-        outputs=outputs, evaluate=evaluate,
-    )
+    return Case(name=name, kind="tied", config=config, params=params, inputs=inputs,
+                loss_and_grads=lambda joined: pair.joined_loss_and_grads(joined,
+                                                                         *_batches(inputs)),
+                outputs=lambda joined: _outputs(pair, joined, inputs), evaluate=evaluate)
 
 
 def anchored_case(name: str, anchored: AnchoredModel, input_shape: tuple[int, ...], batch: int,

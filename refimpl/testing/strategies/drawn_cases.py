@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ...nn import Sequential
 from ...nn.builders import ACTIVATIONS
 from ..cases import Case
+from ..cases.tied import tied_case
 from ..oracle import unresolved_tensors
 from ._checks import _bools, _choices, _positive, _range
 from .convolution import cnns, conv_geometries
@@ -34,22 +35,7 @@ def _model_case(kind: str, model: Sequential, input_shape: tuple[int, ...], poin
 
 def _pair_case(pair: Any, point: Point) -> Case:
     """A drawn case of a tied pair at ``point`` (flat ``"A:"`` / ``"B:"`` parameters)."""
-    data = point.inputs
-    batch_a, batch_b = (data["xa"], data["ya"]), (data["xb"], data["yb"])
-
-    def outputs(p):
-        out_a, out_b = pair.forward(*pair.split(p), data["xa"], data["xb"])
-        return {"out_a": out_a, "out_b": out_b}
-
-    def evaluate(p, at):
-        loss, grads = pair.joined_loss_and_grads(p, (at["xa"], at["ya"]), (at["xb"], at["yb"]))
-        out_a, out_b = pair.forward(*pair.split(p), at["xa"], at["xb"])
-        return loss, grads, {"out_a": out_a, "out_b": out_b}
-
-    return Case(name="drawn-tied", kind="tied", config={"pair": pair.config()},
-                params=point.params, inputs=data,
-                loss_and_grads=lambda p: pair.joined_loss_and_grads(p, batch_a, batch_b),
-                outputs=outputs, evaluate=evaluate)
+    return tied_case("drawn-tied", pair, point.params, point.inputs, {"pair": pair.config()})
 
 
 def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin: float = 0.05,
