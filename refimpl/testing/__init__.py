@@ -24,6 +24,7 @@ from .comparison import (
     VERDICTS,
     ComparisonReport,
     Implementation,
+    NotExpressible,
     TensorComparison,
     Tolerance,
     compare_tensor,
@@ -42,5 +43,5 @@ __all__ = [
     "assert_matches_oracle", "compare_with_oracle", "assert_matches_golden",
     "compare_with_golden", "compare_tensor", "resolve_tolerance", "case_floors",
     "unresolved_tensors", "DTYPE_TOLERANCES", "RESOLVED_FRACTION", "VERDICTS", "Tolerance",
-    "Implementation", "TensorComparison", "ComparisonReport",
+    "Implementation", "NotExpressible", "TensorComparison", "ComparisonReport",
 ]

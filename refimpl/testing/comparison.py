@@ -94,7 +94,7 @@ from ..gradcheck import Tolerance
 
 __all__ = [
     "DTYPE_TOLERANCES", "Tolerance", "Implementation", "TensorComparison", "ComparisonReport",
-    "compare_tensor", "resolve_tolerance", "VERDICTS", "RESOLVED_FRACTION",
+    "compare_tensor", "resolve_tolerance", "VERDICTS", "RESOLVED_FRACTION", "NotExpressible",
 ]
 
 #: Default tolerances per dtype of the implementation under test: the one place they are set.
@@ -108,6 +108,12 @@ DTYPE_TOLERANCES: dict[str, Tolerance] = {
 #: A tensor is resolved (can pass) only when its tolerance is below this fraction of its
 #: scale; at or above it the verdict is "inconclusive" (module docstring).
 RESOLVED_FRACTION = 1.0 / 3.0
+
+class NotExpressible(Exception):
+    """Raised by a builder (``build(config, dtype) -> impl``) for a case its framework cannot
+    express (e.g. grouped convolutions); a conformance run reports the case as "not
+    expressible" with ``str(exc)`` as the reason, never as a pass or a fail."""
+
 
 #: Implementation protocol: ``impl(params, inputs) -> (loss, grads)`` or
 #: ``(loss, grads, outputs)`` (see the module docstring).
