@@ -68,7 +68,7 @@ class Case:
 
 
 #: Modules of ``refimpl.testing.cases`` that define ``cases() -> list[Case]``, in catalogue order.
-CASE_MODULES = ("mlp", "cnn", "tied", "shared")
+CASE_MODULES = ("mlp", "cnn", "tied", "shared", "probes")
 
 
 def all_cases() -> list[Case]:
