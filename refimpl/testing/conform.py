@@ -49,9 +49,8 @@ import numpy as np
 from .._table import format_table
 from .._validate import check_seed
 from .._version import __version__
-from .cases import Case, all_cases
+from .cases import Case, all_cases, probes
 from .cases.drawn import case_named, drawn_cases
-from .cases.probes import diagnose as probe_diagnose
 from .comparison import ComparisonReport, NotExpressible, resolve_tolerance
 from .oracle import compare_with_oracle
 
@@ -279,7 +278,7 @@ def _diagnosed(case: Case, result: Any, diagnose: Diagnose) -> str | None:
 
 
 def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
-                 diagnose: Diagnose = probe_diagnose) -> ConformanceRow:
+                 diagnose: Diagnose | None = None) -> ConformanceRow:
     """One case in one dtype: build the implementation, run it once, judge it.
 
     Parameters
@@ -290,9 +289,9 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
         A catalogue, probe or drawn case.
     dtype : str
         "float64", "float32" or "tf32".
-    diagnose : callable
+    diagnose : callable, optional
         ``diagnose(case, loss, grads) -> str | None`` for failed convention probes
-        (default: :func:`refimpl.testing.cases.probes.diagnose`).
+        (default: :func:`refimpl.testing.cases.probes.diagnose`, looked up when called).
 
     Returns
     -------
@@ -334,7 +333,7 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
         return row("fail", f"{where} raised {type(error).__name__}: {error}")
     worst, tensor = _worst(report)
     if report.verdict == "fail":
-        convention = _diagnosed(case, recorder.result, diagnose)
+        convention = _diagnosed(case, recorder.result, diagnose or probes.diagnose)
         if convention:
             return row("convention differs", convention, worst, tensor)
     return row(report.verdict, _detail(report), worst, tensor)
@@ -351,7 +350,7 @@ def _selected(cases: Iterable[Case | str] | None) -> list[Case]:
 
 def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
             cases: Iterable[Case | str] | None = None, drawn: int = 0, seed: int = 0,
-            strict_conventions: bool = False, diagnose: Diagnose = probe_diagnose
+            strict_conventions: bool = False, diagnose: Diagnose | None = None
             ) -> ConformanceReport:
     """Run a builder's implementations over the catalogue and drawn cases, per dtype.
 
@@ -371,8 +370,9 @@ def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
         The first drawn case's seed.
     strict_conventions : bool
         Count "convention differs" as a failure of the run.
-    diagnose : callable
-        ``diagnose(case, loss, grads) -> str | None`` for failed probes.
+    diagnose : callable, optional
+        ``diagnose(case, loss, grads) -> str | None`` for failed probes (default:
+        :func:`refimpl.testing.cases.probes.diagnose`).
 
     Returns
     -------
