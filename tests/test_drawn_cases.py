@@ -11,7 +11,13 @@ import refimpl
 from refimpl.nn import MLP
 from refimpl.testing import unresolved_tensors
 from refimpl.testing.cases import Case, drawn
-from refimpl.testing.cases.drawn import DRAWN_KINDS, case_named, drawn_case, drawn_cases
+from refimpl.testing.cases.drawn import (
+    DRAWN_KINDS,
+    case_named,
+    drawn_case,
+    drawn_cases,
+    drawn_name,
+)
 
 SEEDS = range(12)
 
@@ -33,7 +39,7 @@ def _same(a: Case, b: Case) -> bool:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_seed_regenerates_its_case_exactly(seed):
     case = drawn_case(seed)
-    assert case.name == f"drawn-{case.kind}-{seed}"
+    assert case.name == f"drawn-{case.kind}-{seed}" == drawn_name(seed)
     assert case.config["seed"] == seed
     assert _same(case, drawn_case(seed))
     assert _same(case, drawn_case(seed, case.kind))        # naming the kind changes nothing

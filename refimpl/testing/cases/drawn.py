@@ -35,8 +35,8 @@ from . import Case, get_case
 from .mlp import model_case
 from .tied import pair_case
 
-__all__ = ["DRAWN_KINDS", "RESOLVED_IN", "drawn_case", "drawn_cases", "case_named",
-           "unresolved_tensors"]
+__all__ = ["DRAWN_KINDS", "RESOLVED_IN", "drawn_case", "drawn_cases", "drawn_name",
+           "case_named", "unresolved_tensors"]
 
 #: What :func:`drawn_case` draws, in the order its ``kind`` index uses.
 DRAWN_KINDS = ("mlp", "cnn", "shared", "tied")
@@ -86,6 +86,13 @@ def _kind_of(seed: int) -> str:
     """The kind ``drawn_case(seed)`` draws: from its own stream, so that naming the kind
     explicitly (``drawn_case(seed, kind)``) regenerates the same case."""
     return DRAWN_KINDS[int(np.random.default_rng(seed).integers(len(DRAWN_KINDS)))]
+
+
+def drawn_name(seed: int) -> str:
+    """The name of ``drawn_case(seed)``, ``drawn-<kind>-<seed>``, without drawing the case
+    (cheap: what a test collector needs)."""
+    seed = check_seed(seed, "seed")
+    return f"drawn-{_kind_of(seed)}-{seed}"
 
 
 def _activation(rng: np.random.Generator) -> str:
