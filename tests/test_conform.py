@@ -83,12 +83,15 @@ def test_a_negated_gradient_fails_every_case_and_dtype():
     for row in report.rows:
         assert row.outcome == "fail" and row.worst > 1, row
         assert row.tensor.startswith("gradient") and "worst index" in row.detail
+        assert row.detail.startswith(row.tensor)       # the detail explains the worst tensor
 
 
 def test_a_gradient_off_by_one_part_in_a_million_fails_in_float64():
     report = conform(planted(_scaled), cases=SMALL, dtypes=["float64"])
     assert [row.outcome for row in report.rows] == ["fail"] * len(SMALL)
     assert all(1 < row.worst < math.inf for row in report.rows)
+    assert all(row.detail.startswith(row.tensor) and "more)" in row.detail
+               for row in report.rows)
     assert not report.ok
 
 

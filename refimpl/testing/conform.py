@@ -104,9 +104,12 @@ class ConformanceRow:
 
 
 def builder_name(build: Any) -> str:
-    """``module:qualified name`` of a builder (its ``repr`` when it has neither)."""
+    """``module:qualified name`` of a builder (the name alone without a module; its
+    ``repr`` without a name)."""
     module, name = getattr(build, "__module__", None), getattr(build, "__qualname__", None)
-    return f"{module}:{name}" if module and name else repr(build)
+    if not name:
+        return repr(build)
+    return f"{module}:{name}" if module else name
 
 
 @dataclass(frozen=True)
@@ -256,14 +259,17 @@ def _worst(report: ComparisonReport) -> tuple[float, str]:
     return (worst, label) if worst >= 0 else (math.nan, "")
 
 
-def _detail(report: ComparisonReport) -> str:
-    """The first reason of a non-passing report, or the number of tensors compared."""
+def _detail(report: ComparisonReport, worst_tensor: str) -> str:
+    """The first reason of a non-passing report (a problem, else the worst tensor's), or the
+    number of tensors compared."""
     if report.verdict == "pass":
         return f"{len(report.rows)} tensors match"
     if report.verdict == "inconclusive":
         return "unresolved in this dtype: " + ", ".join(row.label
                                                          for row in report.inconclusive)
-    reasons = [*report.problems, *(row.describe() for row in report.failures)]
+    # the same tensor as the row's worst/limit column first (stable sort keeps the rest)
+    failures = sorted(report.failures, key=lambda row: row.label != worst_tensor)
+    reasons = [*report.problems, *(row.describe() for row in failures)]
     more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
     return reasons[0] + more
 
@@ -336,7 +342,7 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
         convention = _diagnosed(case, recorder.result, diagnose or probes.diagnose)
         if convention:
             return row("convention differs", convention, worst, tensor)
-    return row(report.verdict, _detail(report), worst, tensor)
+    return row(report.verdict, _detail(report, tensor), worst, tensor)
 
 
 def _selected(cases: Iterable[Case | str] | None) -> list[Case]:
