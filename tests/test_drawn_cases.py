@@ -101,15 +101,29 @@ def _fit_case(offset: float) -> Case:
                               {"out": model.forward(p, d["x"])}))
 
 
+def _dead_case() -> Case:
+    """A bias-free ReLU network whose hidden layer is dead on the batch: every gradient is
+    exactly zero at every nearby point too, so every tensor "resolves" (zero floor, judged
+    exactly) and only the all-zero check refuses it: it would check nothing."""
+    model = MLP([2, 3, 2], activation="relu", loss="cross_entropy", bias=False)
+    params = {"fc1.weight": -np.ones((3, 2)), "fc2.weight": np.ones((2, 3))}
+    x, y = np.abs(np.random.default_rng(0).standard_normal((4, 2))) + 0.5, np.array([0, 1, 1, 0])
+    return Case("dead", "mlp", {"model": model.config(), "seed": 0}, params, {"x": x, "y": y},
+                lambda p: model.loss_and_grads(p, x, y), lambda p: {"out": model.forward(p, x)},
+                lambda p, d: (*model.loss_and_grads(p, d["x"], d["y"]),
+                              {"out": model.forward(p, d["x"])}))
+
+
 def test_unresolvable_or_all_zero_draws_are_redrawn_from_the_same_stream(monkeypatch):
     real_attempt = drawn._attempt
-    assert not any(np.any(g != 0) for g in _fit_case(0.0).loss_and_grads(
-        _fit_case(0.0).params)[1].values())
+    dead = _dead_case()
+    assert not any(np.any(g != 0) for g in dead.loss_and_grads(dead.params)[1].values())
+    assert unresolved_tensors(dead, "float32") == []
     assert unresolved_tensors(_fit_case(1e-9), "float32")
 
     def run() -> tuple[Case, list[str]]:
         seen: list[str] = []
-        planted = [_fit_case(0.0), _fit_case(1e-9)]
+        planted = [_dead_case(), _fit_case(1e-9)]
 
         def attempt(kind, rng, name):
             case = real_attempt(kind, rng, name)      # consumes the stream as usual

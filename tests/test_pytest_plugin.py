@@ -8,8 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from refimpl.nn import MLP
 from refimpl.testing.cases import Case, all_cases, get_case, probes
 
 pytest_plugins = ["pytester"]
@@ -104,6 +106,28 @@ def test_not_expressible_is_skipped_with_its_reason(pytester, builders):
     result = pytester.runpytest(*PLUGIN, f"--refimpl-build={builders}:dense_only", *FEW, "-rs")
     result.assert_outcomes(passed=4, skipped=2)
     assert "not expressible: no convolutions" in result.stdout.str()
+
+
+def _near_a_fit() -> Case:
+    """Targets equal to the outputs up to 1e-9: every gradient far below float32's floor."""
+    model = MLP([2, 3, 2], activation="tanh", loss="mse")
+    rng = np.random.default_rng(0)
+    params, x = model.init(0), rng.standard_normal((3, 2))
+    y = model.forward(params, x) + 1e-9 * rng.standard_normal((3, 2))
+    return Case("near-a-fit", "mlp", {"model": model.config(), "seed": 0}, params,
+                {"x": x, "y": y}, lambda p: model.loss_and_grads(p, x, y),
+                lambda p: {"out": model.forward(p, x)},
+                lambda p, d: (*model.loss_and_grads(p, d["x"], d["y"]),
+                              {"out": model.forward(p, d["x"])}))
+
+
+def test_inconclusive_is_skipped_never_passed(pytester, builders, monkeypatch):
+    case = _near_a_fit()
+    monkeypatch.setattr(probes, "cases", lambda: [case])
+    result = pytester.runpytest(*PLUGIN, f"--refimpl-build={builders}:reference",
+                                "--refimpl-case=near-a-fit", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)            # float64 passes, float32 cannot
+    assert "inconclusive: unresolved in this dtype: loss" in result.stdout.str()
 
 
 def test_k_selects_cases_and_dtypes_are_chosen(pytester, builders):
