@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from .._version import __version__
-from . import check, demo, golden, memory
+from . import check, conform, demo, golden, memory
 
 #: (sub-command, module, one-line help).
 SUBCOMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
@@ -29,6 +29,8 @@ SUBCOMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
      "the parameter-tying experiment: a lambda sweep and hard sharing, and the Lasserre variant"),
     ("memory", memory,
      "unique parameters vs parameter uses and bytes, with and without sharing"),
+    ("conform", conform,
+     "run a builder build(config, dtype) -> impl over every case and dtype; one table"),
 )
 
 

@@ -10,12 +10,15 @@ do not):
   (:mod:`.golden` writes, reads and verifies them);
 - the comparison rule, its tolerances and the three verdicts (:mod:`.comparison`), and the
   resolution floor derived from the point (:mod:`.resolution`);
-- the catalogue of built-in cases (:mod:`.cases`) and, with Hypothesis installed, public
-  strategies (:mod:`.strategies`, imported on its own: ``from refimpl.testing import
-  strategies``).
+- :func:`conform`: a builder ``build(config, dtype) -> impl`` over every case and dtype, one
+  outcome per row (:mod:`.conform`; ``refimpl conform`` and the pytest plugin
+  :mod:`.pytest_plugin` run it too);
+- the catalogue of built-in cases (:mod:`.cases`; drawn cases in :mod:`.cases.drawn`) and,
+  with Hypothesis installed, public strategies (:mod:`.strategies`, imported on its own:
+  ``from refimpl.testing import strategies``).
 
 Layers inside the kit, bottom to top: comparison | resolution -> cases -> golden -> oracle ->
-strategies.
+strategies | conform -> pytest_plugin.
 """
 
 from .comparison import (
@@ -30,6 +33,7 @@ from .comparison import (
     compare_tensor,
     resolve_tolerance,
 )
+from .conform import ConformanceReport, ConformanceRow, conform
 from .oracle import (
     assert_matches_golden,
     assert_matches_oracle,
@@ -43,5 +47,6 @@ __all__ = [
     "assert_matches_oracle", "compare_with_oracle", "assert_matches_golden",
     "compare_with_golden", "compare_tensor", "resolve_tolerance", "case_floors",
     "unresolved_tensors", "DTYPE_TOLERANCES", "RESOLVED_FRACTION", "VERDICTS", "Tolerance",
-    "Implementation", "NotExpressible", "TensorComparison", "ComparisonReport",
+    "Implementation", "NotExpressible", "TensorComparison", "ComparisonReport", "conform",
+    "ConformanceReport", "ConformanceRow",
 ]

@@ -36,6 +36,7 @@ import numpy as np
 from .._validate import check_seed
 from . import golden
 from .cases import Case, get_case
+from .cases.drawn import unresolved_tensors
 from .cases.tied import tied_case
 from .comparison import (
     ComparisonReport,
@@ -46,7 +47,7 @@ from .comparison import (
     compare_tensor,
     resolve_tolerance,
 )
-from .resolution import HAND_OVER_DTYPE, case_floors, tensors_of
+from .resolution import HAND_OVER_DTYPE, case_floors
 
 __all__ = [
     "Implementation", "compare_with_oracle", "assert_matches_oracle", "compare_with_golden",
@@ -196,12 +197,31 @@ def _case_from_model(model: Any, params: Mapping[str, Any] | None,
     model.loss_and_grads(params, x, y)  # validates everything before the impl runs
     if "model" not in config:            # a Sequential's configuration: wrap it as cases do
         config = {"model": config}
-    return Case(name="model", kind="model", config=config, params=params,
+    return Case(name=_model_name(model), kind="model", config=config, params=params,
                 inputs={"x": x, "y": y},
                 loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
                 outputs=lambda p: {"out": network.forward(p, x)},
                 evaluate=lambda p, at: (*model.loss_and_grads(p, at["x"], at["y"]),
                                         {"out": network.forward(p, at["x"])}))
+
+
+def _model_name(model: Any) -> str:
+    """The default report name of a model: its type and its parameterised layers, e.g.
+    ``"Sequential(fc1, fc2)"``, ``"TiedPair(fc1, fc2 | enc, dec)"``."""
+    def layers(network: Any) -> str:
+        names = dict.fromkeys(key.split(".")[0] for key in network.parameter_shapes())
+        return ", ".join(names)
+
+    if hasattr(model, "model_a"):
+        return f"{type(model).__name__}({layers(model.model_a)} | {layers(model.model_b)})"
+    network = model if hasattr(model, "forward") else model.model
+    return f"{type(model).__name__}({layers(network)})"
+
+
+def _check_name(name: Any) -> None:
+    """A report name is a non-empty str (None: the case's or the model's own name)."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name: expected a non-empty str or None, got {name!r}")
 
 
 def _case_from_pair(pair: Any, params: Mapping[str, Any] | None,
@@ -212,48 +232,17 @@ def _case_from_pair(pair: Any, params: Mapping[str, Any] | None,
         raise ValueError(f"inputs: a TiedPair takes exactly {sorted(expected)}, got "
                          f"{sorted(data)}")
     joined = pair.join(*pair.init(seed)) if params is None else dict(params)
-    case = tied_case("tied-pair", pair, {k: np.asarray(v) for k, v in joined.items()}, data,
+    case = tied_case(_model_name(pair), pair, {k: np.asarray(v) for k, v in joined.items()}, data,
                      {"pair": config})
     case.loss_and_grads(joined)  # validates everything before the impl runs
     return case
-
-
-def unresolved_tensors(case: Any, dtype: Any = "float32") -> list[str]:
-    """Labels of the tensors of ``case`` on which no implementation in ``dtype`` can be judged.
-
-    Those are the tensors that :func:`compare_with_oracle` would call inconclusive with the
-    default tolerance even for a candidate equal to the reference (``rtol * scale + floor >=
-    scale * RESOLVED_FRACTION``, except exactly zero references with a zero floor).
-
-    Parameters
-    ----------
-    case : refimpl.testing.cases.Case
-        A catalogue or drawn case.
-    dtype : str or numpy dtype
-        "float64", "float32" or "tf32".
-
-    Returns
-    -------
-    list of str
-        Labels such as ``"gradient 'fc1.weight'"``; empty when every tensor can be judged.
-    """
-    dtype_name, tolerance = resolve_tolerance(dtype)
-    loss, grads = case.loss_and_grads(case.params)
-    outputs = case.outputs(case.params)
-    floors = case_floors(case, dtype_name, (loss, grads, outputs))
-    found = []
-    for key, reference in tensors_of((loss, grads, outputs)):
-        row = compare_tensor(key[0], key[1], reference, reference, tolerance, floor=floors[key])
-        if row.verdict != "pass":
-            found.append(row.label)
-    return found
 
 
 def compare_with_oracle(impl: Implementation, case_or_model: Any,
                         params: Mapping[str, Any] | None = None,
                         inputs: Mapping[str, Any] | None = None, *, dtype: Any = "float64",
                         rtol: float | None = None, atol: float | None = None, seed: int = 0,
-                        outputs: bool = True) -> ComparisonReport:
+                        outputs: bool = True, name: str | None = None) -> ComparisonReport:
     """Like :func:`assert_matches_oracle` but returns the report (whatever its verdict).
 
     The parameters are those of :func:`assert_matches_oracle` (without
@@ -267,11 +256,12 @@ def compare_with_oracle(impl: Implementation, case_or_model: Any,
     """
     dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
     seed = check_seed(seed, "seed")
+    _check_name(name)
     case = _as_case(case_or_model, params, inputs, seed)
     loss, grads = case.loss_and_grads(case.params)
     expected_outputs = case.outputs(case.params)
     floors = case_floors(case, dtype_name, (loss, grads, expected_outputs))
-    return _run_and_compare(impl, case.name, case.params, case.inputs,
+    return _run_and_compare(impl, name or case.name, case.params, case.inputs,
                             (loss, grads, expected_outputs if outputs else {}), dtype_name,
                             tolerance, floors)
 
@@ -296,7 +286,8 @@ def assert_matches_oracle(impl: Implementation, case_or_model: Any,
                           inputs: Mapping[str, Any] | None = None, *, dtype: Any = "float64",
                           rtol: float | None = None, atol: float | None = None,
                           seed: int = 0, outputs: bool = True,
-                          allow_inconclusive: bool = False) -> ComparisonReport:
+                          allow_inconclusive: bool = False,
+                          name: str | None = None) -> ComparisonReport:
     """Assert that ``impl`` computes refimpl's loss, gradients (and outputs) for a case.
 
     Parameters
@@ -329,6 +320,11 @@ def assert_matches_oracle(impl: Implementation, case_or_model: Any,
     allow_inconclusive : bool
         Return the report (``report.verdict == "inconclusive"``) instead of raising when
         some tensor cannot be resolved at this point in this dtype.
+    name : str, optional
+        The report's name (``report.case``, and the first words of its message). Default:
+        the case's name, or for a model its type and parameterised layers, e.g.
+        ``"Sequential(fc1, fc2)"`` or ``"TiedPair(fc1, fc2 | enc, dec)"``; pass your own
+        to tell the reports of several models apart.
 
     Returns
     -------
@@ -356,7 +352,7 @@ def assert_matches_oracle(impl: Implementation, case_or_model: Any,
     True
     """
     report = compare_with_oracle(impl, case_or_model, params, inputs, dtype=dtype, rtol=rtol,
-                                 atol=atol, seed=seed, outputs=outputs)
+                                 atol=atol, seed=seed, outputs=outputs, name=name)
     _raise_unless_pass([report], allow_inconclusive, "")
     return report
 

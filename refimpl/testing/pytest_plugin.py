@@ -1,0 +1,152 @@
+"""A pytest plugin: the conformance suite as one test per (case, dtype).
+
+::
+
+    pytest -p refimpl.testing.pytest_plugin --refimpl-build=MODULE:FUNCTION \\
+        [--refimpl-dtypes=float64,float32] [--refimpl-drawn=N] [--refimpl-seed=S] \\
+        [--refimpl-case=NAME ...] [--refimpl-strict-conventions] [-n auto]
+
+(``-p ...`` is not needed once refimpl is installed: it registers the plugin as the ``refimpl``
+entry point of ``pytest11``). Each item, ``refimpl-conform::<case>[<dtype>]``, runs
+:func:`refimpl.testing.conform.conform_case`; so ``pytest-xdist`` (``-n auto``) spreads a
+large drawn run over cores or machines, ``-k`` selects cases, and ``--lf`` reruns the failures.
+
+Outcomes: "pass" passes; "fail" fails with the failing tensor (or the exception); "inconclusive"
+and "not expressible" are skipped with their reason (``-rs`` lists them): never a pass;
+"convention differs" is an expected failure (xfail) naming the convention, or a failure with
+``--refimpl-strict-conventions``.
+
+Without ``--refimpl-build`` the plugin adds no option values, items or work: importing it
+builds no case and runs nothing (it costs the import of refimpl itself).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .cases import all_cases
+from .cases.drawn import case_named, drawn_name
+from .comparison import resolve_tolerance
+from .conform import conform_case, load_builder
+
+#: The collector every conformance item hangs from (the first part of their node ids).
+COLLECTOR = "refimpl-conform"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The ``--refimpl-*`` options."""
+    group = parser.getgroup("refimpl", "refimpl conformance (refimpl.testing.conform)")
+    group.addoption("--refimpl-build", metavar="MODULE:FUNCTION", default=None,
+                    help="run the builder build(config, dtype) -> impl over every case; "
+                         "one test per case and dtype")
+    group.addoption("--refimpl-dtypes", metavar="DTYPES", default="float64,float32",
+                    help="comma-separated dtypes (float64, float32, tf32); default "
+                         "float64,float32")
+    group.addoption("--refimpl-drawn", metavar="N", type=int, default=0,
+                    help="also run N drawn cases (default 0)")
+    group.addoption("--refimpl-seed", metavar="S", type=int, default=0,
+                    help="seed of the first drawn case; case i has seed S + i (default 0)")
+    group.addoption("--refimpl-case", metavar="NAME", action="append", default=None,
+                    help="only this case (repeatable): a built-in name or drawn-<kind>-<seed>")
+    group.addoption("--refimpl-strict-conventions", action="store_true",
+                    help="fail, rather than xfail, a case whose convention differs")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check the options once, before collection: a usage error, not a failed test."""
+    spec = config.getoption("refimpl_build")
+    if spec is None:
+        return
+    try:
+        builder = load_builder(spec)
+        dtypes = [resolve_tolerance(name.strip())[0]
+                  for name in config.getoption("refimpl_dtypes").split(",") if name.strip()]
+        if not dtypes:
+            raise ValueError("--refimpl-dtypes: expected at least one dtype")
+        for option in ("refimpl_drawn", "refimpl_seed"):
+            if config.getoption(option) < 0:
+                raise ValueError(f"--{option.replace('_', '-')}: expected a non-negative int, "
+                                 f"got {config.getoption(option)}")
+        for name in config.getoption("refimpl_case") or []:
+            case_named(name)
+    except ValueError as error:
+        raise pytest.UsageError(f"refimpl: {error}") from None
+    config.stash[_RUN] = _Run(builder, spec, tuple(dict.fromkeys(dtypes)),
+                              bool(config.getoption("refimpl_strict_conventions")))
+
+
+class _Run:
+    """What every item of one session shares: the builder, the dtypes, strictness."""
+
+    def __init__(self, builder: Any, spec: str, dtypes: tuple[str, ...], strict: bool) -> None:
+        self.builder, self.spec, self.dtypes, self.strict = builder, spec, dtypes, strict
+
+
+_RUN = pytest.StashKey[_Run]()
+
+
+class ConformanceFailure(Exception):
+    """A (case, dtype) whose outcome fails: its row's detail is the message."""
+
+
+class ConformanceItem(pytest.Item):
+    """One case in one dtype. ``case`` is a Case, or a drawn case's name (drawn when run)."""
+
+    def __init__(self, *, case: Any, dtype: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case, self.dtype = case, dtype
+
+    def runtest(self) -> None:
+        """Run the case; pass, fail, skip (inconclusive, not expressible) or xfail."""
+        run = self.config.stash[_RUN]
+        case = case_named(self.case) if isinstance(self.case, str) else self.case
+        row = conform_case(run.builder, case, self.dtype)
+        self.user_properties.append(("refimpl", row.to_dict()))
+        if row.outcome == "pass":
+            return
+        if row.outcome in ("inconclusive", "not expressible"):
+            pytest.skip(f"{row.outcome}: {row.detail}")
+        if row.outcome == "convention differs" and not run.strict:
+            pytest.xfail(f"convention differs: {row.detail}")
+        raise ConformanceFailure(f"{row.case} [{row.dtype}] with {run.spec}: {row.outcome}: "
+                                 f"{row.detail} (worst tensor {row.tensor or '-'}, "
+                                 f"error/limit {row.worst:.3e})")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        """The row's message alone for a conformance failure (no traceback into refimpl)."""
+        if isinstance(excinfo.value, ConformanceFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{COLLECTOR}::{self.name}"
+
+
+class ConformanceCollector(pytest.Collector):
+    """The parent of every conformance item."""
+
+    def collect(self) -> list[pytest.Item]:
+        run = self.config.stash[_RUN]
+        names = self.config.getoption("refimpl_case")
+        cases: list[Any] = all_cases() if names is None else [
+            name if name.startswith("drawn-") else case_named(name) for name in names]
+        seed = self.config.getoption("refimpl_seed")
+        cases += [drawn_name(seed + index)
+                  for index in range(self.config.getoption("refimpl_drawn"))]
+        return [ConformanceItem.from_parent(
+                    self, name=f"{case if isinstance(case, str) else case.name}[{dtype}]",
+                    case=case, dtype=dtype)
+                for case in cases for dtype in run.dtypes]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Add the conformance items (first, so that ``-k`` and ``-m`` select among them)."""
+    if _RUN not in config.stash:
+        return
+    collector = ConformanceCollector.from_parent(session, name=COLLECTOR, nodeid=COLLECTOR)
+    items.extend(collector.collect())
