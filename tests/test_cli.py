@@ -211,10 +211,14 @@ def test_registered_sub_commands_run_through_main(argv, expected, capsys):
     assert expected in capsys.readouterr().out
 
 
+#: The positional arguments (or required options) each sub-command needs to parse.
+REQUIRED_ARGUMENTS = {"golden": ["--out", "x"], "verify": ["x"], "conform": ["m:f"]}
+
+
 def test_every_registered_sub_command_has_its_hooks():
     parser = cli.build_parser()
     for name, _, _ in cli.SUBCOMMANDS:
-        args = parser.parse_args([name] + {"golden": ["--out", "x"], "verify": ["x"]}.get(name, []))
+        args = parser.parse_args([name] + REQUIRED_ARGUMENTS.get(name, []))
         assert callable(args.handler)
 
 

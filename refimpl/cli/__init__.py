@@ -4,7 +4,8 @@
 - ``check`` (:mod:`.check`): every built-in case through the gradient checker;
 - ``golden``, ``verify`` (:mod:`.golden`): golden test vectors on disk;
 - ``demo`` (:mod:`.demo`): the parameter-tying experiment;
-- ``memory`` (:mod:`.memory`): unique parameters against parameter uses.
+- ``memory`` (:mod:`.memory`): unique parameters against parameter uses;
+- ``conform`` (:mod:`.conform`): another implementation's builder over every case and dtype.
 
 Only this package parses arguments or prints; everything below it returns values or raises.
 """
