@@ -30,8 +30,9 @@ from ..tying.penalties import PENALTIES
 __all__ = ["Use", "LayerStep", "ModelPlan", "Run", "Term", "CasePlan", "plan_case",
            "LAYER_FIELDS", "LOSSES", "PENALTY_NAMES", "CASE_KEYS"]
 
-#: Per layer type: (required fields, {optional field: default}). Pair-valued fields
-#: (kernel_size, stride, padding, dilation, input_size) become ``(int, int)``.
+#: Per layer type: (required fields, {optional field: default}). The geometry fields of the
+#: convolutions and poolings (kernel_size, stride, padding, dilation, input_size) become
+#: ``(int, int)``.
 LAYER_FIELDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "Dense": (("name", "in_features", "out_features"), {"bias": True}),
     "Conv2D": (("name", "in_channels", "out_channels", "kernel_size"),
@@ -53,6 +54,7 @@ LOSSES = ("SoftmaxCrossEntropy", "MSE")
 PENALTY_NAMES = ("l2", "l1")
 #: The top-level keys that name a case's kind; any other top-level key is ignored.
 CASE_KEYS = ("model", "pair", "anchored")
+_GEOMETRY_TYPES = ("Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D")
 _PAIR_FIELDS = ("kernel_size", "stride", "padding", "dilation", "input_size")
 
 
@@ -212,7 +214,7 @@ def _layer(config: Any, what: str) -> tuple[str | None, str, dict[str, Any], tup
     required, optional = LAYER_FIELDS[layer_type]
     check_keys(config, ["type", *required], list(optional), what=f"{what} ({layer_type})")
     options = {**optional, **{key: value for key, value in config.items() if key != "type"}}
-    for key in _PAIR_FIELDS:
+    for key in _PAIR_FIELDS if layer_type in _GEOMETRY_TYPES else ():
         if options.get(key) is not None:
             options[key] = _pair(options[key], f"{what}[{key!r}]")
     if layer_type in ("MaxPool2D", "AvgPool2D") and options["stride"] is None:

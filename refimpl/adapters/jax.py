@@ -125,7 +125,7 @@ def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, 
         return value, outputs
 
     (value, outputs), grads = jax.value_and_grad(total, has_aux=True)(leaves)
-    return (float(value), {key: np.asarray(grad) for key, grad in grads.items()},
+    return (float(value), {key: np.asarray(grads[key]) for key in plan.parameters},
             {key: np.asarray(out) for key, out in outputs.items()})
 
 
