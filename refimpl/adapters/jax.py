@@ -8,7 +8,8 @@ the count of real inputs, a ``reduce_window`` of ones), ``jax.lax.conv_general_d
 for ``LocallyConnected2D``, ``jax.nn.relu``, ``jax.nn.leaky_relu``, ``jax.nn.softplus``,
 ``jax.nn.sigmoid``, ``jnp.tanh``, ``jax.nn.log_softmax``, ``jnp.take`` (embedding),
 ``jax.lax.scan`` (the RNN: JAX has no RNN layer, so PyTorch's formula is written out), and
-``jnp.abs`` for the L1 penalty.
+``jnp.abs`` for the L1 penalty; the loss and its gradients are ``jax.jit(jax.value_and_grad(...))``
+of the total, as a JAX user runs them.
 
 JAX's conventions are kept where they differ from refimpl's (PyTorch's): the comparison
 shows them instead of hiding them. Known: ``jax.nn.leaky_relu`` takes the slope 1 at
@@ -124,7 +125,8 @@ def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, 
             value = value + _penalty(plan.penalty, term, leaves, data)
         return value, outputs
 
-    (value, outputs), grads = jax.value_and_grad(total, has_aux=True)(leaves)
+    # jit: one XLA computation per call instead of one dispatch per operation.
+    (value, outputs), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(leaves)
     return (float(value), {key: np.asarray(grads[key]) for key in plan.parameters},
             {key: np.asarray(out) for key, out in outputs.items()})
 
@@ -207,14 +209,15 @@ def _window(o: Mapping[str, Any]) -> tuple[tuple, tuple, list]:
 
 
 def _max_pool2d(x: Any, p: Arrays, o: Mapping[str, Any]) -> Any:
-    """Padding counts as ``-inf``: the initial value of the max."""
-    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, *_window(o))
+    """Padding counts as ``-inf``: the initial value of the max (a concrete NumPy scalar,
+    which ``reduce_window`` recognises as the max's identity and differentiates)."""
+    return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, *_window(o))
 
 
 def _avg_pool2d(x: Any, p: Arrays, o: Mapping[str, Any]) -> Any:
     """The window sum over the zero-padded input, divided by ``kH*kW``
     (``count_include_pad``) or by the number of real inputs in each window."""
-    zero = jnp.array(0, x.dtype)
+    zero = np.array(0, x.dtype)
     total = lax.reduce_window(x, zero, lax.add, *_window(o))
     if o["count_include_pad"]:
         return total / (o["kernel_size"][0] * o["kernel_size"][1])
