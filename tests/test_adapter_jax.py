@@ -28,7 +28,7 @@ from adapter_reference import (  # noqa: E402
 from refimpl import TiedPair  # noqa: E402
 from refimpl.adapters import jax as jax_adapter  # noqa: E402
 from refimpl.adapters.jax import build  # noqa: E402
-from refimpl.nn import MLP, MSE, Dense, LeakyReLU, Sequential  # noqa: E402
+from refimpl.nn import MLP, MSE, AvgPool2D, Dense, Flatten, LeakyReLU, Sequential  # noqa: E402
 from refimpl.testing import NotExpressible, compare_with_oracle  # noqa: E402
 from refimpl.testing.cases import all_cases, get_case  # noqa: E402
 
@@ -98,6 +98,19 @@ def test_jax_abs_takes_derivative_1_at_zero():
                                rtol=1e-12)
     np.testing.assert_allclose(jax_grads["B:fc1.weight"] - grads["B:fc1.weight"], -0.5,
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_padded_average_pooling_in_both_count_modes(count_include_pad):
+    # The catalogue's average pool is unpadded: here the divisor of the edge windows
+    # (9 with count_include_pad, 4 or 6 without) decides the result.
+    model = Sequential([AvgPool2D(3, stride=2, padding=1, count_include_pad=count_include_pad),
+                        Flatten(), Dense("fc", 2 * 3 * 3, 2)], loss=MSE())
+    rng = np.random.default_rng(7)
+    inputs = {"x": rng.standard_normal((2, 2, 5, 5)), "y": rng.standard_normal((2, 2))}
+    report = compare_with_oracle(build({"model": model.config()}, "float64"), model,
+                                 inputs=inputs)
+    assert report.ok, report
 
 
 @pytest.mark.parametrize("name, config, params, inputs", SEQUENCE,

@@ -26,6 +26,7 @@ from adapter_reference import (  # noqa: E402
 
 from refimpl.adapters import torch as torch_adapter  # noqa: E402
 from refimpl.adapters.torch import build, make_builder  # noqa: E402
+from refimpl.nn import MSE, AvgPool2D, Dense, Flatten, LeakyReLU, Sequential  # noqa: E402
 from refimpl.testing import NotExpressible, compare_with_oracle  # noqa: E402
 from refimpl.testing.cases import all_cases, get_case  # noqa: E402
 
@@ -58,6 +59,30 @@ def test_a_penalty_read_untransposed_fails(monkeypatch):
                         real_penalty(penalty, term._replace(transpose=False), leaves, data))
     with pytest.raises(RuntimeError, match="size of tensor"):
         impl(cast(case.params, "float64"), cast(case.inputs, "float64"))
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_padded_average_pooling_in_both_count_modes(count_include_pad):
+    # The catalogue's average pool is unpadded: here the divisor of the edge windows
+    # (9 with count_include_pad, 4 or 6 without) decides the result.
+    model = Sequential([AvgPool2D(3, stride=2, padding=1, count_include_pad=count_include_pad),
+                        Flatten(), Dense("fc", 2 * 3 * 3, 2)], loss=MSE())
+    rng = np.random.default_rng(7)
+    inputs = {"x": rng.standard_normal((2, 2, 5, 5)), "y": rng.standard_normal((2, 2))}
+    report = compare_with_oracle(build({"model": model.config()}, "float64"), model,
+                                 inputs=inputs)
+    assert report.ok, report
+
+
+def test_torch_leaky_relu_at_zero_is_refimpls_convention():
+    # Every pre-activation exactly 0: PyTorch, like refimpl, takes the negative slope there
+    # (JAX takes 1: tests/test_adapter_jax.py).
+    model = Sequential([Dense("fc1", 2, 3), LeakyReLU(0.25), Dense("fc2", 3, 2)], loss=MSE())
+    params = {**model.init(0), "fc1.bias": np.zeros(3)}
+    inputs = {"x": np.zeros((4, 2)), "y": np.random.default_rng(0).standard_normal((4, 2))}
+    report = compare_with_oracle(build({"model": model.config()}, "float64"), model, params,
+                                 inputs)
+    assert report.ok, report
 
 
 @pytest.mark.parametrize("name, config, params, inputs", SEQUENCE,
