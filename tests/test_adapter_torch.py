@@ -6,6 +6,7 @@ inconclusive only on tensors the oracle itself cannot resolve (never a fail).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import subprocess
 import sys
@@ -38,6 +39,16 @@ SEQUENCE = sequence_cases()
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_every_catalogue_case_matches_the_oracle(case, dtype):
     assert_conforms(build, case, dtype)
+
+
+def test_only_a_case_kind_the_adapters_do_not_claim_may_be_skipped():
+    # The acceptance rule of the catalogue test: NotExpressible is a visible skip for a config
+    # without "model" / "pair" / "anchored", and an error for one the adapters claim.
+    case = get_case("mlp-tanh-ce")
+    with pytest.raises(pytest.skip.Exception, match="not expressible"):
+        assert_conforms(build, dataclasses.replace(case, config={"siamese": {}}), "float64")
+    with pytest.raises(NotExpressible, match="tf32"):
+        assert_conforms(build, case, "tf32")
 
 
 def test_a_slope_stored_in_float32_fails_in_float64(monkeypatch):
