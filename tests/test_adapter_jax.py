@@ -8,6 +8,7 @@ two tests pin them, so that a change on either side is seen.
 
 from __future__ import annotations
 
+import doctest
 import importlib
 import sys
 
@@ -151,3 +152,7 @@ def test_importing_the_adapter_without_jax_is_a_clear_import_error(monkeypatch):
         importlib.import_module("refimpl.adapters.jax")
     assert str(raised.value) == "refimpl.adapters.jax needs JAX: pip install 'refimpl[jax]'"
     assert isinstance(raised.value.__cause__, ImportError)
+
+
+def test_the_docstring_example_runs():
+    assert doctest.testmod(jax_adapter).failed == 0

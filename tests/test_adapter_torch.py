@@ -7,6 +7,7 @@ inconclusive only on tensors the oracle itself cannot resolve (never a fail).
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import importlib
 import subprocess
 import sys
@@ -121,6 +122,14 @@ def test_issue13_layers_match_a_numpy_forward(name, config, params, inputs):
     np.testing.assert_allclose(loss32, loss, rtol=1e-5)
 
 
+def test_an_rnn_draws_nothing_from_torchs_global_generator():
+    name, config, params, inputs = SEQUENCE[1]
+    assert name == "rnn-tanh-last-step"
+    state = torch.random.get_rng_state()
+    build(config, "float64")(cast(params, "float64"), cast(inputs, "float64"))
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_tied_language_model_gradient_is_the_sum_over_both_uses():
     name, config, params, inputs = SEQUENCE[0]
     assert name == "tied-language-model"
@@ -175,3 +184,7 @@ def test_the_adapters_package_imports_no_framework():
     code = ("import sys, refimpl.adapters; "
             "assert not {'torch', 'jax'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_docstring_example_runs():
+    assert doctest.testmod(torch_adapter).failed == 0

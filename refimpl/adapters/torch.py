@@ -200,8 +200,10 @@ def _locally_connected2d(x: torch.Tensor, p: Tensors, o: Mapping[str, Any]) -> t
 
 def _rnn(x: torch.Tensor, p: Tensors, o: Mapping[str, Any]) -> torch.Tensor:
     """``nn.RNN`` (batch first, h0 = 0) running on the given tensors: (N, T, D) -> (N, T, H)."""
+    # A module on the meta device allocates nothing and draws nothing from torch's global
+    # generator; functional_call runs it on the given tensors, on their device.
     module = torch.nn.RNN(o["input_size"], o["hidden_size"], nonlinearity=o["nonlinearity"],
-                          bias=o["bias"], batch_first=True, device=x.device, dtype=x.dtype)
+                          bias=o["bias"], batch_first=True, device="meta", dtype=x.dtype)
     weights = {f"{local}_l0": tensor for local, tensor in p.items()}
     return functional_call(module, weights, (x,))[0]
 
