@@ -130,8 +130,16 @@ def test_issue13_layers_match_a_numpy_forward(name, config, params, inputs):
 
 
 def test_tf32_on_cpu_is_not_expressible():
+    config = get_case("mlp-tanh-ce").config
     with pytest.raises(NotExpressible, match="tf32 needs a GPU"):
-        build(get_case("mlp-tanh-ce").config, "tf32")
+        build(config, "tf32")
+    try:
+        jax.devices("gpu")
+    except RuntimeError:                 # no GPU here: a GPU device is an error, tf32 on it
+        with pytest.raises(NotExpressible, match="tf32 needs a GPU"):   # not expressible
+            build(config, "tf32", device="gpu")
+        with pytest.raises(ValueError, match="device: no JAX device of platform 'gpu'"):
+            build(config, "float64", device="gpu")
 
 
 def test_bad_arguments_are_clear_errors():
