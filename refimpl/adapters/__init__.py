@@ -1,0 +1,48 @@
+"""Adapters: builders that express refimpl's cases in another framework, with its own layers.
+
+An **adapter** turns a case configuration (``case.config`` of every catalogue case, the golden
+manifest's ``cases[name]["config"]``) into an implementation under test written with a
+framework's *own* operations and autodiff — ``torch.nn.functional.conv2d`` and
+``loss.backward()``, ``jax.lax.conv_general_dilated`` and ``jax.value_and_grad`` — so that
+:func:`refimpl.testing.compare_with_oracle` (or ``refimpl conform``) checks that framework
+against refimpl's hand-written gradients. Nothing is patched to agree with refimpl: where a
+framework follows another convention (JAX's leaky ReLU at 0, for instance) the comparison
+shows it.
+
+The builder protocol
+--------------------
+::
+
+    build(config: dict, dtype: str) -> impl
+    impl(params, inputs) -> (loss, grads, outputs)
+
+``dtype`` is "float64", "float32" or "tf32"; ``impl`` follows the implementation protocol of
+:mod:`refimpl.testing.oracle` (params keyed like a ``state_dict``, ``"A:"`` / ``"B:"`` for a
+tied pair; inputs ``x``, ``y`` / ``xa``, ``ya``, ``xb``, ``yb`` / ``w0:<name>``) and returns
+NumPy arrays of the dtype under test and the loss as a Python float. A builder raises
+:class:`refimpl.testing.NotExpressible` for what its framework cannot express (TF32 without a
+GPU), never a wrong answer.
+
+- :mod:`refimpl.adapters.torch`: ``build(config, dtype, *, device="cpu")`` (PyTorch, the
+  ``torch`` extra);
+- :mod:`refimpl.adapters.jax`: ``build(config, dtype, *, device="cpu")`` (JAX, the ``jax``
+  extra).
+
+Importing this package imports no framework; importing an adapter without its framework is
+an ``ImportError`` saying which extra to install.
+
+Writing your own
+----------------
+Start from :mod:`refimpl.adapters._config`: :func:`~refimpl.adapters._config.plan_case` parses
+every config into a framework-neutral :class:`~refimpl.adapters._config.CasePlan` — the runs
+(model, input, target, output name), the penalty terms and the exact parameter keys, with
+every sharing chain and hard tie already resolved to "which key, transposed or not". An
+adapter is then one function per layer type (``Dense``, ``Conv2D``, ``MaxPool2D``, ...), one
+per loss and one per penalty, and a walk over the plan: copy ``refimpl/adapters/torch.py``
+and replace each framework call with yours (a CUDA kernel behind a Python binding, a C++
+library through ``ctypes``, another autodiff framework).
+"""
+
+from ._config import CasePlan, plan_case
+
+__all__ = ["plan_case", "CasePlan"]
