@@ -433,7 +433,8 @@ def test_loss_configs_and_registry():
     ([0, 1, 2], (2, 3), ValueError, r"y: expected shape \(2,\), got \(3,\)"),
     ([[0], [1]], (2, 3), ValueError, r"y: expected shape \(2,\), got \(2, 1\)"),
     (1, (1, 3), ValueError, r"y: expected shape \(1,\), got \(\)"),
-    ([0, 1], (2, 3, 4), ValueError, r"y: SoftmaxCrossEntropy needs model output \(N, K\)"),
+    # (N, T, K) output wants (N, T) labels: per-example labels (N,) are refused, not broadcast
+    ([0, 1], (2, 3, 4), ValueError, r"y: expected shape \(2, 3\), got \(2,\)"),
     ([0, 1], (2,), ValueError, r"y: SoftmaxCrossEntropy needs model output \(N, K\)"),
 ])
 def test_cross_entropy_rejects_bad_labels(labels, output_shape, error, match):
