@@ -292,8 +292,6 @@ class LastStep(Layer):
     """Select the last time step: ``(N, T, H) -> (N, H)``, no parameters."""
 
     name = None
-    output_selects_input = True
-    input_gradient_selects_dout = True
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 3 or input_shape[1] < 1:
