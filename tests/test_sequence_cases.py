@@ -187,3 +187,82 @@ def test_pytorch_agrees_with_the_oracle_in_float64(case):
     report = assert_matches_oracle(torch_impl(case.config["model"]), case, rtol=1e-10,
                                    atol=0.0)
     assert report.ok
+
+
+# --- the strategies: drawn sequence cases -------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from refimpl.testing.strategies import sequence as ss  # noqa: E402
+
+DRAWN = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                          HealthCheck.filter_too_much])
+
+
+@DRAWN
+@given(case=ss.sequence_cases(labels=["last"]))
+def test_drawn_cases_with_a_label_per_sequence_check_and_resolve(case):
+    assert case.kind == "sequence" and case.inputs["y"].ndim == 1
+    report = ri.check_gradients(case.loss_and_grads, case.params, method="complex")
+    assert report.ok, report
+    assert unresolved_tensors(case, "float32") == []
+    x = case.inputs["x"]
+    if x.dtype == np.int64 and x.size >= 2:      # token ids: some row is named twice
+        assert len(np.unique(x)) < x.size
+
+
+@DRAWN
+@given(case=ss.sequence_cases(kinds=["rnn"], labels=["last"]))
+def test_drawn_relu_rnns_are_kink_free_enough_for_central_differences(case):
+    report = ri.check_gradients(case.loss_and_grads, case.params, method="central")
+    assert report.ok, report
+
+
+@NEEDS_POSITION_FLOORS
+@settings(DRAWN, report_multiple_bugs=False)
+@given(case=ss.sequence_cases(labels=["positions"]))
+def test_drawn_cases_with_a_label_per_position_check_and_resolve(case):
+    assert case.inputs["y"].shape == case.inputs["x"].shape[:2]
+    assert ri.check_gradients(case.loss_and_grads, case.params, method="complex").ok
+
+
+@settings(max_examples=20, deadline=None)
+@given(model=ss.tied_lms(labels=["last"], middles=["rnn"]))
+def test_drawn_tied_lms_share_the_table(model):
+    assert model.share["out.weight"].name == "embed.weight"
+    assert model.share["out.weight"].transpose is False
+    assert "out.weight" not in model.parameter_shapes()
+    assert model.parameter_count().uses - model.parameter_count().unique == \
+        model.layers[0].num_embeddings * model.layers[0].embedding_dim
+
+
+@pytest.mark.parametrize("factory, kwargs, error, match", [
+    (ss.sequence_cases, {"kinds": ["lstm"]}, ValueError, r"kinds: unknown \['lstm'\]"),
+    (ss.sequence_cases, {"labels": []}, ValueError, "labels: expected at least one"),
+    (ss.sequence_cases, {"min_steps": 3, "max_steps": 2}, ValueError, "min_steps, max_steps"),
+    (ss.sequence_cases, {"kink_margin": 0}, ValueError, "kink_margin: expected a finite "
+                                                        "number > 0"),
+    (ss.tied_lms, {"max_vocabulary": 1}, ValueError, "max_vocabulary: expected an int >= 2"),
+    (ss.tied_lms, {"tied": "yes"}, TypeError, "tied: expected True, False or None"),
+    (ss.rnns, {"nonlinearities": ["gelu"]}, ValueError, "nonlinearities: unknown"),
+    (ss.embedding_models, {"max_classes": 1}, ValueError, "max_classes: expected an int >= 2"),
+])
+def test_strategies_validate_their_overrides_when_created(factory, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        factory(**kwargs)
+
+
+def test_relu_draws_near_the_kink_are_recognised():
+    from types import SimpleNamespace
+
+    from refimpl.testing.strategies.sequence import _near_relu_kink
+    relu = Sequential([ri.nn.RNN("rnn", 2, 3, nonlinearity="relu"), ri.nn.LastStep(),
+                       ri.nn.Dense("fc", 3, 2)], loss=ri.nn.SoftmaxCrossEntropy())
+    params = {**relu.init(0), "rnn.weight_hh": np.zeros((3, 3)),
+              "rnn.bias_ih": np.full(3, 2e-4), "rnn.bias_hh": np.full(3, 3e-4)}
+    case = SimpleNamespace(inputs={"x": np.zeros((2, 3, 2))}, params=params)  # pre = 5e-4
+    assert _near_relu_kink(relu, case, 1e-3)
+    assert not _near_relu_kink(relu, case, 1e-4)
+    tanh = Sequential([ri.nn.RNN("rnn", 2, 3), ri.nn.LastStep(), ri.nn.Dense("fc", 3, 2)],
+                      loss=ri.nn.SoftmaxCrossEntropy())
+    assert not _near_relu_kink(tanh, case, 1e-3)
