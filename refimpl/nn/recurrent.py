@@ -34,7 +34,7 @@ NONLINEARITIES = ("tanh", "relu")
 
 
 class RNNCache(NamedTuple):
-    x: np.ndarray            # (N, T, D)
+    inputs: np.ndarray       # x, (N, T, D)
     weight_ih: np.ndarray    # (H, D), or (T, H, D) for the unrolled twin
     weight_hh: np.ndarray    # (H, H), or (T, H, H) (step 0's copy is never used)
     hidden: np.ndarray       # (N, T, H) h_t
@@ -172,7 +172,7 @@ def rnn_backward(dout: np.ndarray, cache: RNNCache) -> tuple[np.ndarray, ...]:
 
 def _rnn_backward(dout, cache):
     """:func:`rnn_backward` without the argument checks."""
-    x, weight_ih, weight_hh, hidden = cache.x, cache.weight_ih, cache.weight_hh, cache.hidden
+    x, weight_ih, weight_hh, hidden = cache.inputs, cache.weight_ih, cache.weight_hh, cache.hidden
     _, steps, size = hidden.shape
     dpre = np.empty(hidden.shape, dtype=np.result_type(dout, hidden))   # (N, T, H)
     from_next = np.zeros_like(dpre[:, 0])                     # dpre_{t+1} W_hh, 0 after T-1
@@ -383,7 +383,7 @@ def unrolled_rnn_backward(dout: np.ndarray, cache: RNNCache) -> tuple[np.ndarray
 
 
 def _unrolled_rnn_backward(dout, cache):
-    x, weights_ih, weights_hh, hidden = cache.x, cache.weight_ih, cache.weight_hh, cache.hidden
+    x, weights_ih, weights_hh, hidden = cache.inputs, cache.weight_ih, cache.weight_hh, cache.hidden
     steps = hidden.shape[1]
     dtype = np.result_type(dout, hidden)
     dx = np.empty(x.shape, dtype=np.result_type(dtype, weights_ih))
