@@ -552,6 +552,5 @@ def test_cross_entropy_free_function_rejects_flattened_labels():
     with pytest.raises(ValueError, match=r"softmax_cross_entropy_forward: labels: expected "
                                          r"shape \(2, 3\), got \(6,\)"):
         CE_FORWARD(np.zeros((2, 3, 4)), np.zeros(6, np.int64))
-    with pytest.raises(ValueError, match=r"logits: expected shape \(N, K\) or \(N, \.\.\., "
-                                         r"K\), got \(4,\)"):
+    with pytest.raises(ValueError, match=r"logits: expected shape \(N, K\), got \(4,\)"):
         CE_FORWARD(np.zeros(4), np.zeros((), np.int64))

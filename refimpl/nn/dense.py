@@ -48,10 +48,8 @@ def dense_forward(
         Naming the argument, for a non-array, a non-numeric dtype or a shape that does not fit
         (nothing is broadcast).
     """
-    x = check_array(x, "dense_forward: x")
-    if x.ndim < 2:
-        raise ValueError(f"dense_forward: x: expected shape (N, D) or (N, ..., D), got "
-                         f"{x.shape}")
+    # rank >= 3 (N, ..., D) as nn.Linear; anything else is held to (N, D) and its message
+    x = check_array(x, "dense_forward: x", ("N", "T", ...) if np.ndim(x) > 2 else ("N", "D"))
     weight = check_array(weight, "dense_forward: weight", ("F", x.shape[-1]))
     if bias is not None:
         bias = check_array(bias, "dense_forward: bias", (weight.shape[0],))

@@ -75,10 +75,9 @@ def softmax_cross_entropy_forward(
     loss : ndarray, 0-d
     cache : CrossEntropyCache
     """
-    logits = check_array(logits, "softmax_cross_entropy_forward: logits")
-    if logits.ndim < 2:
-        raise ValueError(f"softmax_cross_entropy_forward: logits: expected shape (N, K) or "
-                         f"(N, ..., K), got {logits.shape}")
+    # rank >= 3 (N, ..., K) positions; anything else is held to (N, K) and its message
+    logits = check_array(logits, "softmax_cross_entropy_forward: logits",
+                         ("N", "T", ...) if np.ndim(logits) > 2 else ("N", "K"))
     check_nonempty(logits, "softmax_cross_entropy_forward: logits")
     labels = _label_positions(labels, "softmax_cross_entropy_forward: labels",
                               logits.shape[:-1], logits.shape[-1])
