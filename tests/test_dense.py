@@ -322,3 +322,67 @@ def test_numpy_integer_sizes_are_stored_as_ints():
     layer = nn.Dense("fc", np.int64(3), np.int32(2))
     assert type(layer.in_features) is int and type(layer.out_features) is int
     json.dumps(layer_config(layer))
+
+
+# --- inputs of rank >= 3: the last axis, as torch.nn.Linear --------------------------------
+
+@st.composite
+def sequence_problems(draw, central=False):
+    """(x (N, T, D) or (N, T, U, D), weight (F, D), bias (F,))."""
+    middle = draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))
+    n, d, f = draw(SIZES), draw(SIZES), draw(SIZES)
+    values = order_one if central else arrays
+    return draw(values((n, *middle, d))), draw(values((f, d))), draw(values((f,)))
+
+
+@given(problem=sequence_problems(), seed=st.integers(0, 2**16))
+def test_rank_3_and_4_backward_matches_complex_step(problem, seed):
+    x, weight, bias = problem
+    report = check_vjp(dense_forward, dense_backward, {"x": x, "weight": weight, "bias": bias},
+                       seed=seed, method="complex")
+    assert report.ok, report
+
+
+@given(problem=sequence_problems(central=True), seed=st.integers(0, 2**16))
+def test_rank_3_and_4_backward_matches_central_differences(problem, seed):
+    x, weight, bias = problem
+    report = check_vjp(dense_forward, dense_backward, {"x": x, "weight": weight, "bias": bias},
+                       seed=seed, method="central")
+    assert report.ok, report
+
+
+@given(problem=sequence_problems(), seed=st.integers(0, 2**16))
+def test_every_position_is_a_row_and_shares_the_weight(problem, seed):
+    # Per position (n, t, ...) the rank-2 map on that one row; W and b's gradients are the
+    # sums over every position (each time step is one more use of the same weight).
+    x, weight, bias = problem
+    out, cache = dense_forward(x, weight, bias)
+    assert out.shape == (*x.shape[:-1], weight.shape[0])
+    dout = np.random.default_rng(seed).standard_normal(out.shape)
+    dx, dweight, dbias = dense_backward(dout, cache)
+    positions = list(np.ndindex(x.shape[:-1]))
+    rows = [backward_with(dout[p][None], x[p][None], weight, bias) for p in positions]
+    for p in positions:
+        assert_equal_up_to_rounding(out[p], dense_forward(x[p][None], weight, bias)[0][0],
+                                    np.abs(x[p]) @ np.abs(weight).T + np.abs(bias))
+    assert_equal_up_to_rounding(dx, np.stack([r[0][0] for r in rows]).reshape(dx.shape),
+                                np.abs(dout) @ np.abs(weight))
+    flat_dout, flat_x = np.abs(dout).reshape(-1, dout.shape[-1]), np.abs(x).reshape(-1,
+                                                                                 x.shape[-1])
+    assert_equal_up_to_rounding(dweight, sum(r[1] for r in rows), flat_dout.T @ flat_x)
+    assert_equal_up_to_rounding(dbias, sum(r[2] for r in rows), flat_dout.sum(axis=0))
+
+
+def test_rank_3_spec_shapes_and_errors():
+    layer = nn.Dense("fc", 4, 2)
+    assert layer.output_shape((3, 5, 4)) == (3, 5, 2)
+    assert layer.output_shape((3, 5, 6, 4)) == (3, 5, 6, 2)
+    with pytest.raises(ValueError, match=r"fc: expected input of shape \(N, 4\), got \(3, 5, "
+                                         r"2\) \(or \(N, \.\.\., 4\): Dense acts on the last"):
+        layer.output_shape((3, 5, 2))
+    with pytest.raises(ValueError, match=r"dense_forward: x: expected shape \(N, D\), got "
+                                         r"\(4,\)"):
+        dense_forward(np.zeros(4), np.zeros((2, 4)), None)
+    _, cache = dense_forward(np.zeros((3, 5, 4)), np.zeros((2, 4)), None)
+    with pytest.raises(ValueError, match=r"dense_backward: dout: expected shape \(3, 5, 2\)"):
+        dense_backward(np.zeros((15, 2)), cache)    # flattened positions are not accepted

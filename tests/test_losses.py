@@ -433,7 +433,8 @@ def test_loss_configs_and_registry():
     ([0, 1, 2], (2, 3), ValueError, r"y: expected shape \(2,\), got \(3,\)"),
     ([[0], [1]], (2, 3), ValueError, r"y: expected shape \(2,\), got \(2, 1\)"),
     (1, (1, 3), ValueError, r"y: expected shape \(1,\), got \(\)"),
-    ([0, 1], (2, 3, 4), ValueError, r"y: SoftmaxCrossEntropy needs model output \(N, K\)"),
+    # (N, T, K) output wants (N, T) labels: per-example labels (N,) are refused, not broadcast
+    ([0, 1], (2, 3, 4), ValueError, r"y: expected shape \(2, 3\), got \(2,\)"),
     ([0, 1], (2,), ValueError, r"y: SoftmaxCrossEntropy needs model output \(N, K\)"),
 ])
 def test_cross_entropy_rejects_bad_labels(labels, output_shape, error, match):
@@ -463,3 +464,93 @@ def test_mse_target_integers_become_float64():
     checked = nn.MSE().check_target(np.arange(6).reshape(2, 3), (2, 3))
     assert checked.dtype == np.float64
     np.testing.assert_array_equal(checked, np.arange(6.0).reshape(2, 3))
+
+
+# === cross-entropy over positions: logits (N, ..., K), labels (N, ...) ======================
+
+@st.composite
+def position_problems(draw, low=-20.0, high=20.0):
+    """(logits (N, T, K) or (N, T, U, K), labels of the leading shape)."""
+    shape = (draw(st.integers(1, 3)), *draw(st.lists(st.integers(1, 3), min_size=1,
+                                                       max_size=2)))
+    classes = draw(st.integers(2, 4))
+    logits = draw(arrays((*shape, classes), low, high))
+    labels = draw(hnp.arrays(np.int64, shape, elements=st.integers(0, classes - 1)))
+    return logits, labels
+
+
+@given(problem=position_problems(), seed=st.integers(0, 2**16))
+def test_cross_entropy_over_positions_matches_complex_step(problem, seed):
+    logits, labels = problem
+    report = check_vjp(CE_FORWARD, CE_BACKWARD, {"logits": logits}, static={"labels": labels},
+                       seed=seed, method="complex")
+    assert report.ok, report
+
+
+@given(problem=position_problems(-4.0, 4.0), dloss=st.floats(-5.0, 5.0))
+def test_cross_entropy_over_positions_matches_central_differences(problem, dloss):
+    logits, labels = problem
+    report = check_vjp(CE_FORWARD, CE_BACKWARD, {"logits": logits}, static={"labels": labels},
+                       dout=np.array(dloss), method="central")
+    assert report.ok, report
+
+
+@given(problem=position_problems())
+def test_cross_entropy_over_positions_is_the_mean_over_every_position(problem):
+    # PyTorch's cross_entropy on the positions flattened to (P, K): the mean over all P
+    # positions, not a mean over N of per-sequence sums.
+    logits, labels = problem
+    loss, cache = CE_FORWARD(logits, labels)
+    terms = []
+    for position in np.ndindex(labels.shape):
+        row = logits[position]
+        top = max(row)
+        log_norm = top + math.log(math.fsum(math.exp(v - top) for v in row))
+        terms.append(log_norm - row[labels[position]])
+    expected = math.fsum(terms) / len(terms)
+    assert abs(loss - expected) <= COMPLEX.atol + COMPLEX.rtol * max(1.0, math.fsum(
+        abs(t) for t in terms) / len(terms))
+    flat_loss, flat_cache = CE_FORWARD(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    assert loss == flat_loss
+    grad = CE_BACKWARD(1.0, cache)
+    assert grad.shape == logits.shape
+    np.testing.assert_array_equal(grad.reshape(-1, logits.shape[-1]),
+                                  CE_BACKWARD(1.0, flat_cache))
+
+
+def test_cross_entropy_over_positions_agrees_with_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    logits, labels = rng.standard_normal((3, 5, 4)) * 3, rng.integers(0, 4, (3, 5))
+    z = torch.from_numpy(logits).requires_grad_(True)
+    value = torch.nn.functional.cross_entropy(z.reshape(-1, 4), torch.from_numpy(labels)
+                                              .reshape(-1))
+    value.backward()
+    loss, cache = CE_FORWARD(logits, labels)
+    assert loss == pytest.approx(value.item(), rel=1e-14)
+    np.testing.assert_allclose(CE_BACKWARD(1.0, cache), z.grad.numpy(), rtol=1e-12,
+                               atol=1e-16)
+
+
+@pytest.mark.parametrize("labels, output_shape, error, match", [
+    (np.zeros(6, np.int64), (2, 3, 4), ValueError, r"y: expected shape \(2, 3\), got \(6,\)"),
+    (np.zeros((3, 2), np.int64), (2, 3, 4), ValueError,
+     r"y: expected shape \(2, 3\), got \(3, 2\)"),
+    (np.zeros((2, 3)), (2, 3, 4), TypeError, "y: expected integer class labels, got dtype "
+                                             "float64"),
+    (np.zeros((2, 3), bool), (2, 3, 4), TypeError, "y: expected integer class labels"),
+    (np.full((2, 3), 4), (2, 3, 4), ValueError, r"y: labels must lie in \[0, 4\), got range "
+                                                r"\[4, 4\]"),
+    (np.zeros((2, 0), np.int64), (2, 0, 4), ValueError, "with at least one position"),
+])
+def test_cross_entropy_over_positions_rejects_bad_labels(labels, output_shape, error, match):
+    with pytest.raises(error, match=match):
+        nn.SoftmaxCrossEntropy().check_target(labels, output_shape)
+
+
+def test_cross_entropy_free_function_rejects_flattened_labels():
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy_forward: labels: expected "
+                                         r"shape \(2, 3\), got \(6,\)"):
+        CE_FORWARD(np.zeros((2, 3, 4)), np.zeros(6, np.int64))
+    with pytest.raises(ValueError, match=r"logits: expected shape \(N, K\), got \(4,\)"):
+        CE_FORWARD(np.zeros(4), np.zeros((), np.int64))

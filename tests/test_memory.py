@@ -12,9 +12,10 @@ from refimpl.cli.memory import (
     add_memory_arguments,
     convolution_count,
     memory_examples,
+    recurrence_count,
     run_memory,
 )
-from refimpl.nn import Conv2D, LocallyConnected2D, ParameterCount
+from refimpl.nn import RNN, Conv2D, LocallyConnected2D, ParameterCount, Sequential, UnrolledRNN
 
 
 def parse(argv):
@@ -84,3 +85,32 @@ def test_run_memory_json(tmp_path, capsys):
     path = tmp_path / "memory.json"
     assert run_memory(parse(["--json", str(path)])) == 0
     assert json.loads(path.read_text()) == document
+
+
+def test_tied_language_model_stores_the_table_once():
+    table = counts()
+    untied = table["LM: Embedding 10000x256, RNN, Dense 256->10000"]
+    tied = table["  same, out.weight = embed.weight (tied)"]
+    # embed 10000*256, rnn 2*256*256 + 2*256, out 256*10000 + 10000
+    total = 10000 * 256 + 2 * 256 * 256 + 2 * 256 + 256 * 10000 + 10000
+    assert untied == ParameterCount(total, total, 8 * total)
+    # tied: the (V, D) output weight reads the embedding, stored once and used twice
+    assert tied == ParameterCount(total - 10000 * 256, total, 8 * (total - 10000 * 256))
+
+
+def test_an_rnn_stores_what_one_step_of_its_unrolled_twin_stores():
+    table = counts()
+    rnn = table["RNN 256->256 over 32 steps (per step)"]
+    unrolled = table["  UnrolledRNN, a copy per step"]
+    per_step = 256 * 256 + 256 * 256 + 256 + 256
+    assert rnn.unique == per_step
+    # W_hh at step 0 multiplies h_{-1} = 0: 32 copies of everything but 31 of W_hh
+    assert rnn.uses == 32 * per_step - 256 * 256 == unrolled.unique == unrolled.uses
+
+
+@pytest.mark.parametrize("inputs, hidden, steps, bias", [(3, 4, 1, True), (2, 5, 7, False)])
+def test_recurrence_uses_equal_the_unrolled_parameters_for_any_size(inputs, hidden, steps,
+                                                                    bias):
+    rnn = RNN("r", inputs, hidden, bias=bias)
+    unrolled = Sequential([UnrolledRNN("r", inputs, hidden, steps, bias=bias)])
+    assert recurrence_count(rnn, steps).uses == unrolled.parameter_count().unique

@@ -10,9 +10,11 @@ For each example model (or pair of models) the table gives:
 
 The examples: a plain MLP (nothing shared), a deep MLP reusing one hidden layer (identity
 sharing), a tied autoencoder (decoder weight = encoder weight transposed), two separate MLPs
-vs the same two with their first layer hard-shared, and a convolution vs the locally
+vs the same two with their first layer hard-shared, a convolution vs the locally
 connected layer of the same geometry (one kernel used at every position vs a kernel per
-position; see :func:`convolution_count`).
+position; see :func:`convolution_count`), a language model vs the same with its output layer
+tied to its input embedding, and an RNN vs its unrolled twin (one set of weights used at
+every time step vs a copy per step; see :func:`recurrence_count`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,35 @@ from typing import Any
 
 from .._io import JSON_HELP, check_destination, write_text_atomically
 from .._table import format_table
-from ..nn import MLP, Conv2D, LocallyConnected2D, ParameterCount, Sequential, transposed
+from ..nn import (
+    MLP,
+    RNN,
+    Conv2D,
+    Embedding,
+    LocallyConnected2D,
+    ParameterCount,
+    Sequential,
+    UnrolledRNN,
+    transposed,
+)
 from ..nn.activations import Tanh
 from ..nn.dense import Dense
-from ..nn.losses import MSE
+from ..nn.losses import MSE, SoftmaxCrossEntropy
 from ..tying import TiedPair
 
-__all__ = ["memory_examples", "add_memory_arguments", "run_memory"]
+__all__ = ["memory_examples", "add_memory_arguments", "run_memory", "convolution_count",
+           "recurrence_count"]
+
+#: The language model of the table: vocabulary, embedding (= hidden) size, time steps.
+LM_VOCABULARY, LM_DIM, LM_STEPS = 10_000, 256, 32
+
+
+def language_model(tied: bool) -> Sequential:
+    """``Embedding("embed", V, D) -> RNN("rnn", D, D) -> Dense("out", D, V)``; ``tied``: the
+    output weight is the embedding (``share={"out.weight": "embed.weight"}``)."""
+    return Sequential([Embedding("embed", LM_VOCABULARY, LM_DIM), RNN("rnn", LM_DIM, LM_DIM),
+                       Dense("out", LM_DIM, LM_VOCABULARY)], loss=SoftmaxCrossEntropy(),
+                      share={"out.weight": "embed.weight"} if tied else None)
 
 
 def memory_examples() -> list[tuple[str, ParameterCount]]:
@@ -67,6 +91,13 @@ def memory_examples() -> list[tuple[str, ParameterCount]]:
         ("  same pair, fc1 hard-shared", hard.parameter_count()),
         ("Conv2D 3->16 3x3 pad 1 on 3x32x32 (per position)", convolution_count(conv, (3, 32, 32))),
         ("  LocallyConnected2D, same geometry", Sequential([local]).parameter_count()),
+        (f"LM: Embedding {LM_VOCABULARY}x{LM_DIM}, RNN, Dense {LM_DIM}->{LM_VOCABULARY}",
+         language_model(False).parameter_count()),
+        ("  same, out.weight = embed.weight (tied)", language_model(True).parameter_count()),
+        (f"RNN {LM_DIM}->{LM_DIM} over {LM_STEPS} steps (per step)",
+         recurrence_count(RNN("rnn", LM_DIM, LM_DIM), LM_STEPS)),
+        ("  UnrolledRNN, a copy per step",
+         Sequential([UnrolledRNN("rnn", LM_DIM, LM_DIM, LM_STEPS)]).parameter_count()),
     ]
 
 
@@ -94,6 +125,30 @@ def convolution_count(conv: Conv2D, input_shape: tuple[int, int, int]) -> Parame
     _, _, out_h, out_w = conv.output_shape((1, *input_shape))
     unique = sum(math.prod(shape) for shape in conv.parameter_shapes().values())
     return ParameterCount(unique, unique * out_h * out_w, 8 * unique)
+
+
+def recurrence_count(rnn: RNN, steps: int) -> ParameterCount:
+    """Count an RNN's sharing per time step.
+
+    Every parameter is stored once and used at each of the ``steps`` steps, except
+    ``weight_hh`` at the first step, which multiplies ``h_{-1} = 0``: the uses are exactly
+    what the unrolled twin (:class:`refimpl.nn.UnrolledRNN`) stores.
+
+    Parameters
+    ----------
+    rnn : RNN
+        The recurrent layer.
+    steps : int
+        T, the number of time steps.
+
+    Returns
+    -------
+    refimpl.ParameterCount
+        ``unique`` scalars stored, ``uses`` = ``T * unique - H * H``, ``bytes`` = 8 per
+        unique scalar.
+    """
+    unique = sum(math.prod(shape) for shape in rnn.parameter_shapes().values())
+    return ParameterCount(unique, steps * unique - rnn.hidden_size ** 2, 8 * unique)
 
 
 def _bytes(count: int) -> str:

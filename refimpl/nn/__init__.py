@@ -10,13 +10,15 @@ from .base import Layer, ParameterFreeLayer
 from .builders import CNN, MLP
 from .conv import Conv2D
 from .dense import Dense
+from .embedding import Embedding
 from .locally_connected import LocallyConnected2D
 from .losses import MSE, Loss, SoftmaxCrossEntropy
 from .pool import AvgPool2D, Flatten, MaxPool2D
+from .recurrent import RNN, LastStep, UnrolledRNN
 from .sequential import ParameterCount, Sequential, ShareSource, transposed
 
 __all__ = [
-    "Layer", "ParameterFreeLayer", "Dense",
+    "Layer", "ParameterFreeLayer", "Dense", "Embedding", "RNN", "LastStep", "UnrolledRNN",
     "Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D", "Flatten",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
     "Loss", "SoftmaxCrossEntropy", "MSE",

@@ -1,6 +1,6 @@
 """Losses as forward/backward pairs, reduced by the mean as PyTorch's defaults.
 
-Legend: ``N`` batch, ``K`` classes, ``...`` any trailing shape.
+Legend: ``N`` batch, ``K`` classes, ``...`` any further axes (``T`` time steps, say).
 
 ``*_forward(out, target) -> (loss, cache)`` returns a 0-d value (complex under the complex
 step); ``*_backward(dloss, cache) -> dout`` takes the upstream scalar ``dloss`` (1 for a
@@ -9,6 +9,7 @@ plain loss; any number in a property test, which checks linearity in it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,8 +36,8 @@ LOSS_TYPES: dict[str, type] = {}
 
 
 class CrossEntropyCache(NamedTuple):
-    probabilities: np.ndarray  # (N, K) softmax of the logits
-    labels: np.ndarray         # (N,) int64
+    probabilities: np.ndarray  # (N, ..., K) softmax of the logits
+    labels: np.ndarray         # (N, ...) int64
 
 
 class MSECache(NamedTuple):
@@ -46,7 +47,11 @@ class MSECache(NamedTuple):
 def softmax_cross_entropy_forward(
     logits: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, CrossEntropyCache]:
-    """Mean over the batch of ``-log softmax(logits)[label]``.
+    """Mean over every label position of ``-log softmax(logits)[label]``.
+
+    Logits ``(N, ..., K)`` with labels ``(N, ...)``: every position is one example, and the
+    mean is over all ``P = N * ...`` of them (PyTorch's ``cross_entropy`` on the logits
+    flattened to ``(P, K)``; sequence labelling is ``(N, T, K)`` with labels ``(N, T)``).
 
     Stable through log-sum-exp: each row's largest logit (largest real part; the index is
     chosen on Re only) is subtracted first, hence logits of +-1e4 give finite results. The
@@ -57,12 +62,12 @@ def softmax_cross_entropy_forward(
     derivative (``Im log(total) - h`` would cancel).
 
     ``TypeError`` / ``ValueError`` naming the argument for an empty or misshapen ``logits``,
-    labels that are not integers of shape (N,), or labels outside [0, K).
+    labels that are not integers of shape ``logits.shape[:-1]``, or labels outside [0, K).
 
     Parameters
     ----------
-    logits : ndarray, shape (N, K)
-    labels : ndarray of int, shape (N,)
+    logits : ndarray, shape (N, K) or (N, ..., K)
+    labels : ndarray of int, shape (N,) or (N, ...)
         Class indices in ``[0, K)``.
 
     Returns
@@ -70,17 +75,37 @@ def softmax_cross_entropy_forward(
     loss : ndarray, 0-d
     cache : CrossEntropyCache
     """
-    logits = check_array(logits, "softmax_cross_entropy_forward: logits", ("N", "K"))
+    # rank >= 3 (N, ..., K) positions; anything else is held to (N, K) and its message
+    logits = check_array(logits, "softmax_cross_entropy_forward: logits",
+                         ("N", "T", ...) if np.ndim(logits) > 2 else ("N", "K"))
     check_nonempty(logits, "softmax_cross_entropy_forward: logits")
-    batch = logits.shape[0]
-    labels = as_label_array(labels, "softmax_cross_entropy_forward: labels", batch,
-                            logits.shape[1])
+    labels = _label_positions(labels, "softmax_cross_entropy_forward: labels",
+                              logits.shape[:-1], logits.shape[-1])
     return _softmax_cross_entropy_forward(logits, labels)
+
+
+def _label_positions(value: Any, name: str, positions: tuple[int, ...], classes: int
+                     ) -> np.ndarray:
+    """Integer labels of shape ``positions`` exactly, in ``[0, classes)``, as int64.
+
+    A label array of another shape is an error even when it has as many entries (labels
+    flattened to ``(N * T,)`` for logits ``(N, T, K)`` would otherwise be paired with the
+    wrong positions without a word)."""
+    array = np.asarray(value)
+    if array.shape == tuple(positions):
+        flat = as_label_array(array.reshape(-1), name, array.size, classes)
+        return flat.reshape(array.shape)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer class labels, got dtype {array.dtype}")
+    raise ValueError(f"{name}: expected shape {tuple(positions)}, got {array.shape}")
 
 
 def _softmax_cross_entropy_forward(logits, labels):
     """:func:`softmax_cross_entropy_forward` without the argument checks (the model checked
     them once)."""
+    shape = logits.shape
+    logits = logits.reshape(-1, shape[-1])   # (P, K): one row per label position
+    labels = labels.reshape(-1)              # (P,)
     batch = logits.shape[0]
     rows = np.arange(batch)
     top = logits.real.argmax(axis=1)                         # (N,), index on Re only
@@ -92,11 +117,13 @@ def _softmax_cross_entropy_forward(logits, labels):
     log_probabilities = shifted - np.log1p(rest)             # (N, K)
     picked = log_probabilities[rows, labels]                 # (N,)
     loss = -picked.sum() / batch
-    return loss, CrossEntropyCache(exponentials / (1 + rest), labels)
+    probabilities = exponentials / (1 + rest)                # (P, K)
+    return loss, CrossEntropyCache(probabilities.reshape(shape), labels.reshape(shape[:-1]))
 
 
 def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.ndarray:
-    """dL/dlogits = dloss * (softmax - onehot(labels)) / N, shape (N, K).
+    """dL/dlogits = dloss * (softmax - onehot(labels)) / P, shape (N, ..., K), with ``P``
+    the number of label positions (``N`` for logits (N, K)).
 
     The label entry p_y - 1 is computed as -(sum of the other probabilities), equal since the
     probabilities sum to 1: ``p_y - 1`` cancels when p_y ~ 1 (a confident right prediction)
@@ -109,13 +136,15 @@ def softmax_cross_entropy_backward(dloss: Any, cache: CrossEntropyCache) -> np.n
 
 def _softmax_cross_entropy_backward(dloss, cache):
     """:func:`softmax_cross_entropy_backward` without the argument checks."""
-    probabilities, labels = cache
+    shape = cache.probabilities.shape
+    probabilities = cache.probabilities.reshape(-1, shape[-1])   # (P, K)
+    labels = cache.labels.reshape(-1)                            # (P,)
     batch = probabilities.shape[0]
     rows = np.arange(batch)
     dlogits = probabilities.copy()
     dlogits[rows, labels] = 0
     dlogits[rows, labels] = -dlogits.sum(axis=1)
-    return dlogits * (dloss / batch)
+    return (dlogits * (dloss / batch)).reshape(shape)
 
 
 def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECache]:
@@ -180,15 +209,20 @@ def _register_loss(cls: type) -> type:
 @_register_loss
 @dataclass(frozen=True)
 class SoftmaxCrossEntropy(Loss):
-    """Softmax cross-entropy with integer labels, mean over the batch
-    (``torch.nn.CrossEntropyLoss()``). Model output must be ``(N, K)``."""
+    """Softmax cross-entropy with integer labels, mean over every label position
+    (``torch.nn.CrossEntropyLoss()`` on the positions flattened). Model output ``(N, K)``
+    with labels ``(N,)``, or ``(N, ..., K)`` with labels ``(N, ...)`` (sequence labelling:
+    ``(N, T, K)`` and ``(N, T)``)."""
 
     def check_target(self, target, output_shape):
-        if len(output_shape) != 2:
+        output_shape = tuple(output_shape)
+        if len(output_shape) < 2 or math.prod(output_shape) == 0:
             raise ValueError(
-                f"y: SoftmaxCrossEntropy needs model output (N, K), got {tuple(output_shape)}"
-            )
-        return as_label_array(target, "y", output_shape[0], output_shape[1])
+                f"y: SoftmaxCrossEntropy needs model output (N, K) or (N, ..., K) with at "
+                f"least one position and class, got {output_shape}")
+        if len(output_shape) == 2:
+            return as_label_array(target, "y", output_shape[0], output_shape[1])
+        return _label_positions(target, "y", output_shape[:-1], output_shape[-1])
 
     def forward(self, out, target):
         return _softmax_cross_entropy_forward(out, target)

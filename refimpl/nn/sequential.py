@@ -130,6 +130,10 @@ class Sequential:
         if loss is not None and not isinstance(loss, Loss):
             raise TypeError(
                 f"loss: expected a loss spec such as SoftmaxCrossEntropy(), got {loss!r}")
+        for index, layer in enumerate(layers[1:], start=1):
+            if getattr(layer, "takes_indices", False):
+                raise ValueError(f"layers[{index}]: {type(layer).__name__} takes integer "
+                                 f"indices, so it can only be the first layer")
         self.layers = layers
         self.loss_spec = loss
 
@@ -252,7 +256,11 @@ class Sequential:
         return shape
 
     def _check_input(self, x: Any) -> np.ndarray:
-        x = as_float_array(x, "x")
+        first = self.layers[0]
+        # A first layer that takes indices (Embedding) gets int64 indices checked in range;
+        # every other model float64 / complex128 values.
+        x = (first.check_input(x, "x") if getattr(first, "takes_indices", False)
+             else as_float_array(x, "x"))
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError(f"x: expected a non-empty batch (N >= 1 along axis 0), got shape "
                              f"{x.shape}")
@@ -298,7 +306,9 @@ class Sequential:
                                                       reversed(caches), strict=True)):
             index = last - position
             dout, local_grads = layer.backward(dout, cache)
-            if (index or need_dx) and not layer.input_gradient_selects_dout:
+            # dout is None after a layer whose input is not differentiable (indices)
+            if (index or need_dx) and dout is not None \
+                    and not layer.input_gradient_selects_dout:
                 check_finite_result(dout, lambda i=index, spec=layer: (
                     f"{_describe(i, spec)}: backward: gradient with respect to its input"))
             for local, grad in local_grads.items():
@@ -322,7 +332,9 @@ class Sequential:
 
     @no_fp_warnings()
     def forward(self, params: Mapping[str, Any], x: Any) -> np.ndarray:
-        """Model output for the batch ``x`` (batch first; e.g. (N, D) or (N, C, H, W))."""
+        """Model output for the batch ``x`` (batch first; e.g. (N, D), (N, T, D) or
+        (N, C, H, W); int64 indices such as (N, T) for a model starting with an
+        ``Embedding``)."""
         params = self.check_params(params)
         x = self._check_input(x)
         return self._forward(params, x)[0]
@@ -335,6 +347,7 @@ class Sequential:
 
         Returns ``(out, dx, grads)``: the output, and the gradients of ``<out, dout>`` with
         respect to ``x`` and to every unique parameter. ``dout`` has the output's shape.
+        ``dx`` is None for a model whose input is integer indices (a first ``Embedding``).
         """
         params = self.check_params(params)
         x = self._check_input(x)
