@@ -12,8 +12,10 @@ from .conv import Conv2D
 from .dense import Dense
 from .locally_connected import LocallyConnected2D
 from .losses import MSE, Loss, SoftmaxCrossEntropy
+from .metric_losses import ContrastiveLoss, MetricLoss, TripletMarginLoss
 from .pool import AvgPool2D, Flatten, MaxPool2D
 from .sequential import ParameterCount, Sequential, ShareSource, transposed
+from .siamese import Siamese
 
 __all__ = [
     "Layer", "ParameterFreeLayer", "Dense",
@@ -21,5 +23,6 @@ __all__ = [
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
     "Loss", "SoftmaxCrossEntropy", "MSE",
     "Sequential", "MLP", "CNN", "transposed", "ShareSource", "ParameterCount",
+    "MetricLoss", "TripletMarginLoss", "ContrastiveLoss", "Siamese",
 ]
 
