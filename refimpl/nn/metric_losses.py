@@ -251,7 +251,7 @@ def check_similarity_labels(y: Any, batch: int, name: str) -> np.ndarray:
     bad = (array != 0) & (array != 1)
     if bad.any():
         raise ValueError(f"{name}: expected labels 0 (dissimilar) or 1 (similar), got "
-                         f"{array[bad][0]!r} at index {int(np.flatnonzero(bad)[0])}")
+                         f"{float(array[bad][0])!r} at index {int(np.flatnonzero(bad)[0])}")
     return array
 
 
