@@ -240,3 +240,22 @@ def test_the_batch_is_not_mutated():
     x.flags.writeable = y.flags.writeable = False
     accumulated_loss_and_grads(model, model.init(0), (x, y), [[3, 1], [0, 2]])
     assert np.array_equal(x, before[0]) and np.array_equal(y, before[1])
+
+
+@pytest.mark.parametrize("model_b, pairs", [
+    # B an autoencoder whose decoder weight (4, 3) is A's first weight (3, 4) transposed.
+    (ri.MLP([4, 3, 4], loss="mse"), {"fc1.weight": ri.transposed("fc2.weight")}),
+    # square weights: a transpose forgotten would not even change a shape.
+    (ri.MLP([4, 3, 3], activation="sigmoid"), {"fc2.weight": ri.transposed("fc2.weight")}),
+])
+def test_hard_transposed_pairs_accumulate_to_the_full_batch(model_b, pairs):
+    rng = np.random.default_rng(8)
+    model_a = ri.MLP([4, 3, 3]) if "fc2.weight" in pairs else ri.MLP([4, 3, 2])
+    pair = ri.TiedPair(model_a, model_b, pairs, mode="hard")
+    params = pair.join(*pair.init(8))
+    xb = rng.standard_normal((5, 4))
+    yb = xb if model_b.loss_spec.config()["type"] == "MSE" else rng.integers(0, 3, 5)
+    batches = ((rng.standard_normal((4, 4)), rng.integers(0, 2, 4)), (xb, yb))
+    assert_same_step(accumulated_loss_and_grads(pair, params, batches, [1, 3],
+                                                splits_b=[[4, 0], [2, 1, 3]]),
+                     pair.joined_loss_and_grads(params, *batches))
