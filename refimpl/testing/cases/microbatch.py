@@ -94,7 +94,9 @@ def microbatch_case(name: str, base: Case, model: Any, sizes: list[int],
                             for key, value in base.evaluate(params, micro)[2].items()})
         return loss, grads, outputs
 
-    config = {"base": base.config, "base_kind": base.kind, "micro_batches": list(sizes),
+    base_kind = ("tied" if pair else "anchored" if isinstance(model, AnchoredModel)
+                 else "siamese" if isinstance(model, Siamese) else base.kind)
+    config = {"base": base.config, "base_kind": base_kind, "micro_batches": list(sizes),
               **({"micro_batches_b": list(sizes_b)} if pair else {}),
               "inputs": "'<name>.<i>': micro-batch i of the base case's input <name>",
               "step": "loss and gradients of the step: sum over micro-batches of (n_i / N) "
