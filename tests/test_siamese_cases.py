@@ -55,6 +55,15 @@ def test_every_case_can_be_judged_in_float32(case):
     assert unresolved_tensors(case, "float32") == []
 
 
+@pytest.mark.parametrize("case", SIAMESE, ids=lambda case: case.name)
+def test_siamese_outputs_are_the_tower_on_each_branch(case):
+    model = Siamese.from_config(case.config["siamese"])
+    outputs = case.outputs(case.params)
+    for name in model.branch_names:
+        assert np.array_equal(outputs[f"out_{name}"],
+                              model.tower.forward(case.params, case.inputs[name]))
+
+
 def placement(case):
     model = Siamese.from_config(case.config["siamese"])
     distances = siamese.kink_distances(model, case.params, case.inputs)
@@ -109,6 +118,36 @@ def full_batch(case):
         return model.loss_and_grads(case.params, data["x"], data["y"])
     return ri.Sequential.from_config(base["model"]).loss_and_grads(case.params, data["x"],
                                                                    data["y"])
+
+
+def expected_outputs(case):
+    """Every micro-batch's forward outputs, from the base model rebuilt from the config."""
+    base, kind = case.config["base"], case.config["base_kind"]
+    expected = {}
+    for i in range(len(case.config["micro_batches"])):
+        if kind == "tied":
+            pair = ri.TiedPair.from_config(base["pair"])
+            out_a, out_b = pair.forward(*pair.split(case.params), case.inputs[f"xa.{i}"],
+                                        case.inputs[f"xb.{i}"])
+            expected.update({f"out_a.{i}": out_a, f"out_b.{i}": out_b})
+        elif kind == "siamese":
+            model = Siamese.from_config(base["siamese"])
+            outs = model.forward(case.params, *(case.inputs[f"{n}.{i}"]
+                                                for n in model.branch_names))
+            expected.update({f"out_{n}.{i}": out for n, out in zip(model.branch_names, outs,
+                                                                    strict=True)})
+        else:
+            model = ri.Sequential.from_config(base.get("anchored", base)["model"])
+            expected[f"out.{i}"] = model.forward(case.params, case.inputs[f"x.{i}"])
+    return expected
+
+
+@pytest.mark.parametrize("case", MICRO, ids=lambda case: case.name)
+def test_micro_batch_outputs_are_every_micro_batch_forward(case):
+    outputs, expected = case.outputs(case.params), expected_outputs(case)
+    assert list(outputs) == list(expected)
+    for key in expected:
+        assert np.array_equal(outputs[key], expected[key]), key
 
 
 @pytest.mark.parametrize("case", MICRO, ids=lambda case: case.name)
