@@ -11,6 +11,11 @@ computed branch by branch with the tower's public ``forward`` and ``vjp``: each 
 embedding gradient (from the loss's backward) is pulled back through its own copy of the
 tower, and the branch gradients are added. Two (three) untied copies of the tower, with
 their gradients summed, give exactly this gradient (``tests/test_siamese.py``).
+
+Both metric losses depend on the embeddings only through differences ``x1 - x2``, so a
+translation of every embedding changes nothing: the bias of a tower's *final* Dense layer has
+a gradient of exactly 0 (up to rounding). End a tower with a Dense layer without bias, or
+with an activation, when that gradient is to be compared (the built-in cases do).
 """
 
 from __future__ import annotations
