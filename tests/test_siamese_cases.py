@@ -259,3 +259,59 @@ def test_drawn_micro_batch_cases_match_complex_step_and_the_full_batch(case):
     ri.gradcheck.assert_close(loss, expected_loss, name="loss")
     for key in expected_grads:
         ri.gradcheck.assert_close(grads[key], expected_grads[key], name=key)
+
+
+# --- agreement with PyTorch on every Siamese case (float64, the oracle's rtol 1e-10) ----------
+
+def torch_tower(torch, tower_config, params):
+    """A torch module for the layers the Siamese cases use, loaded with ``params``."""
+    modules = []
+    for layer in tower_config["layers"]:
+        kind = layer["type"]
+        if kind == "Dense":
+            module = torch.nn.Linear(layer["in_features"], layer["out_features"],
+                                     bias=layer["bias"], dtype=torch.float64)
+        elif kind == "Conv2D":
+            module = torch.nn.Conv2d(layer["in_channels"], layer["out_channels"],
+                                     tuple(layer["kernel_size"]), tuple(layer["stride"]),
+                                     tuple(layer["padding"]), tuple(layer["dilation"]),
+                                     layer["groups"], bias=layer["bias"], dtype=torch.float64)
+        else:
+            module = {"Tanh": torch.nn.Tanh, "Sigmoid": torch.nn.Sigmoid,
+                      "Softplus": torch.nn.Softplus, "Flatten": torch.nn.Flatten}[kind]()
+        modules.append((layer.get("name"), module))
+    shared = {slot: source["source"] for slot, source in tower_config["share"].items()}
+    tensors = {key: torch.tensor(value, requires_grad=True) for key, value in params.items()}
+    for name, module in modules:
+        for local in ("weight", "bias"):
+            slot = f"{name}.{local}"
+            if name is not None and getattr(module, local, None) is not None:
+                delattr(module, local)
+                setattr(module, local, tensors[shared.get(slot, slot)])
+    return torch.nn.Sequential(*(module for _, module in modules)), tensors
+
+
+@pytest.mark.parametrize("case", SIAMESE, ids=lambda case: case.name)
+def test_every_siamese_case_agrees_with_pytorch(case):
+    torch = pytest.importorskip("torch")
+    spec = case.config["siamese"]["loss"]
+
+    def impl(params, inputs):
+        tower, tensors = torch_tower(torch, case.config["siamese"]["tower"], params)
+        if spec["type"] == "TripletMarginLoss":
+            outs = [tower(torch.tensor(inputs[n])) for n in ("anchor", "positive", "negative")]
+            loss = torch.nn.functional.triplet_margin_loss(*outs, margin=spec["margin"], p=2,
+                                                           eps=spec["eps"])
+            names = ("anchor", "positive", "negative")
+        else:   # y d^2 + (1 - y) max(0, m - d)^2, mean, no 1/2
+            outs = [tower(torch.tensor(inputs[n])) for n in ("x1", "x2")]
+            d = torch.nn.functional.pairwise_distance(*outs, p=2, eps=spec["eps"])
+            y = torch.tensor(inputs["y"], dtype=torch.float64)
+            loss = (y * d ** 2 + (1 - y) * torch.clamp_min(spec["margin"] - d, 0) ** 2).mean()
+            names = ("x1", "x2")
+        loss.backward()
+        return (loss.item(), {k: t.grad.numpy() for k, t in tensors.items()},
+                {f"out_{n}": o.detach().numpy() for n, o in zip(names, outs, strict=True)})
+
+    report = compare_with_oracle(impl, case, dtype="float64")
+    assert report.verdict == "pass", report
