@@ -353,3 +353,18 @@ def test_inputs_are_not_mutated():
                                   ContrastiveLoss(margin=2.0)])
 def test_spec_config_round_trips(spec):
     assert metric_loss_from_config(spec.config()) == spec
+
+
+def test_defaults_are_pytorchs():
+    # TripletMarginLoss() is torch.nn.TripletMarginLoss(): margin 1, p 2, eps 1e-6; the
+    # contrastive loss takes the same margin and distance eps.
+    assert TripletMarginLoss().config() == {"type": "TripletMarginLoss", "margin": 1.0, "p": 2,
+                                            "eps": 1e-6}
+    assert ContrastiveLoss().config() == {"type": "ContrastiveLoss", "margin": 1.0, "eps": 1e-6}
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    problem = [rng.standard_normal((4, 3)) * 0.3 for _ in range(3)]
+    problem[1] = problem[0] + 1e-7        # d(a, p) ~ eps: where eps decides the value
+    expected = torch.nn.TripletMarginLoss()(*(torch.tensor(v) for v in problem)).item()
+    spec = TripletMarginLoss()
+    assert abs(spec.forward(tuple(problem), None)[0] - expected) <= 1e-14

@@ -25,7 +25,7 @@ from refimpl.testing import cases as catalogue
 from refimpl.testing.cases import microbatch, siamese
 from refimpl.testing.cases.microbatch import join_inputs
 from refimpl.testing.golden import read_manifest, verify, write
-from refimpl.testing.strategies.siamese import microbatch_cases
+from refimpl.testing.strategies.siamese import microbatch_cases, siamese_cases
 
 SIAMESE = siamese.cases()
 MICRO = microbatch.cases()
@@ -315,3 +315,12 @@ def test_every_siamese_case_agrees_with_pytorch(case):
 
     report = compare_with_oracle(impl, case, dtype="float64")
     assert report.verdict == "pass", report
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=siamese_cases())
+def test_drawn_siamese_cases_keep_away_from_kinks_and_resolve_in_float32(case):
+    model = Siamese.from_config(case.config["siamese"])
+    distances = siamese.kink_distances(model, case.params, case.inputs)
+    assert np.all(np.abs(distances[np.isfinite(distances)]) >= 0.05)
+    assert unresolved_tensors(case, "float32") == []

@@ -115,9 +115,9 @@ def siamese_cases(*, losses: Iterable[str] | None = None,
     """Whole Siamese cases (kind "siamese"), every row at least ``gap`` from its kink.
 
     The margin is placed relative to the drawn point: one drawn row is put at a drawn distance
-    in ``[gap, 1]`` inside its hinge (so some branch carries gradient), and the draw is
-    rejected if another row then lies within ``gap`` of its kink, if every gradient is 0, or
-    if a tensor cannot be judged in float32 (:data:`RESOLVED_IN`).
+    in ``(gap, max(1, 2 gap)]`` inside its hinge (so some branch carries gradient), and the
+    draw is rejected if another row then lies within ``gap`` of its kink, if every gradient
+    is 0, or if a tensor cannot be judged in float32 (:data:`RESOLVED_IN`).
 
     Parameters
     ----------
@@ -150,12 +150,13 @@ def siamese_cases(*, losses: Iterable[str] | None = None,
         if finite.size:
             # One row (among those a positive margin can reach) a drawn distance inside.
             reachable = finite[finite < gap]
-            offset = draw(st.floats(gap, 1.0))
+            offset = draw(st.floats(gap * (1 + 1e-6), max(1.0, 2 * gap)))  # >= gap, rounded
             margin = offset - float(draw(st.sampled_from(sorted(reachable.tolist())))) \
                 if reachable.size else offset
             drawn = Siamese(drawn.tower, type(drawn.loss_spec)(margin=margin,
                                                                eps=drawn.loss_spec.eps))
-            if np.min(np.abs(finite + margin)) < gap:
+            placed = kink_distances(drawn, params, inputs)
+            if np.min(np.abs(placed[np.isfinite(placed)])) < gap:
                 reject()
         first = inputs[drawn.branch_names[0]]
         config = {"siamese": drawn.config(), "input_shape": list(first.shape),
