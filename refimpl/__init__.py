@@ -25,12 +25,14 @@ True
 from . import nn
 from ._version import __version__
 from .gradcheck import GradcheckReport, check_gradients, check_vjp
-from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, transposed
+from .microbatch import accumulated_loss_and_grads
+from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, Siamese, transposed
 from .optim import SGD, train
 from .tying import AnchoredModel, TiedPair
 
 __all__ = [
     "nn", "Sequential", "MLP", "CNN", "ShareSource", "transposed", "ParameterCount",
     "TiedPair", "AnchoredModel", "SGD", "train",
+    "Siamese", "accumulated_loss_and_grads",
     "check_gradients", "check_vjp", "GradcheckReport", "__version__",
 ]

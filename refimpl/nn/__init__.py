@@ -13,9 +13,11 @@ from .dense import Dense
 from .embedding import Embedding
 from .locally_connected import LocallyConnected2D
 from .losses import MSE, Loss, SoftmaxCrossEntropy
+from .metric_losses import ContrastiveLoss, MetricLoss, TripletMarginLoss
 from .pool import AvgPool2D, Flatten, MaxPool2D
 from .recurrent import RNN, LastStep, UnrolledRNN
 from .sequential import ParameterCount, Sequential, ShareSource, transposed
+from .siamese import Siamese
 
 __all__ = [
     "Layer", "ParameterFreeLayer", "Dense", "Embedding", "RNN", "LastStep", "UnrolledRNN",
@@ -23,5 +25,6 @@ __all__ = [
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softplus", "Identity",
     "Loss", "SoftmaxCrossEntropy", "MSE",
     "Sequential", "MLP", "CNN", "transposed", "ShareSource", "ParameterCount",
+    "MetricLoss", "TripletMarginLoss", "ContrastiveLoss", "Siamese",
 ]
 
