@@ -35,7 +35,8 @@ def test_every_gradient_of_every_case_has_a_nonzero_entry(case):
 def test_catalogue_names_kinds_and_configs():
     names = [case.name for case in CASES]
     assert len(set(names)) == len(names)
-    assert {case.kind for case in CASES} == {"mlp", "cnn", "tied", "shared"}
+    assert {case.kind for case in CASES} == {"mlp", "cnn", "tied", "shared", "sequence",
+                                           "siamese", "microbatch"}
     assert CASE_MODULES[:4] == ("mlp", "cnn", "tied", "shared")
     for case in CASES:
         json.dumps(case.config, allow_nan=False)

@@ -5,8 +5,8 @@ Per page (``README.md`` and each ``docs/*.md``), in one fresh temporary folder, 
 - every ```python block runs, in ONE namespace per page: a page is read top to bottom, so its
   later blocks may use names defined by earlier ones (the tutorial builds on its first model).
   A block whose first line is ``# A fragment: ...`` is skipped (it needs code the reader
-  supplies), and a block that imports torch runs in a test of its own, skipped visibly when
-  torch is not installed;
+  supplies), and a block that imports torch or jax runs in a test of its own, skipped visibly
+  when that framework is not installed;
 - every ``refimpl ...`` command of a ```sh block runs as ``python -m refimpl ...`` with this
   tree on ``PYTHONPATH`` (the pip install before it on a fresh machine is not repeated) and
   must exit with status 0; ``(cd DIR && sha256sum -c SHA256SUMS)`` runs where ``sha256sum``
@@ -66,13 +66,15 @@ def _blocks(page: Path) -> list[Block]:
     return blocks
 
 
-def _is_torch(block: Block) -> bool:
-    return block.language == "python" and re.search(r"^import torch\b", block.source, re.M)
+def _framework(block: Block) -> str | None:
+    """The optional framework (torch or jax) a python block imports at top level, if any."""
+    found = re.search(r"^import (torch|jax)\b", block.source, re.M)
+    return found.group(1) if block.language == "python" and found else None
 
 
 def _runs_here(block: Block) -> bool:
     return (block.language == "python" and not block.source.startswith(FRAGMENT)
-            and not _is_torch(block))
+            and not _framework(block))
 
 
 def _shell_steps(source: str) -> list[list[str]]:
@@ -166,17 +168,19 @@ def test_the_pages_have_enough_runnable_examples():
                        or block.source.startswith(TRANSCRIPT) for block in page), name
 
 
-TORCH_BLOCKS = [(page, block) for page in PAGES for block in _blocks(page) if _is_torch(block)]
+FRAMEWORK_BLOCKS = [(page, block) for page in PAGES for block in _blocks(page)
+                    if _framework(block)]
 
 
-def test_there_is_a_pytorch_example():
-    assert TORCH_BLOCKS
+def test_there_are_pytorch_and_jax_examples():
+    assert {_framework(block) for _, block in FRAMEWORK_BLOCKS} == {"torch", "jax"}
 
 
-@pytest.mark.parametrize("page, block", TORCH_BLOCKS,
-                         ids=[f"{page.name}:{block.line}" for page, block in TORCH_BLOCKS])
-def test_pytorch_example(page, block, tmp_path, monkeypatch):
-    pytest.importorskip("torch", reason="the PyTorch example needs torch")
+@pytest.mark.parametrize("page, block", FRAMEWORK_BLOCKS,
+                         ids=[f"{page.name}:{block.line}" for page, block in FRAMEWORK_BLOCKS])
+def test_framework_example(page, block, tmp_path, monkeypatch):
+    framework = _framework(block)
+    pytest.importorskip(framework, reason=f"the example needs {framework}")
     monkeypatch.chdir(tmp_path)
     exec(compile(block.source, f"{page.relative_to(ROOT)}:{block.line}", "exec"),
-         {"__name__": f"docs_{page.stem}_torch"})
+         {"__name__": f"docs_{page.stem}_{framework}"})

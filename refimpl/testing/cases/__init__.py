@@ -32,7 +32,7 @@ class Case:
     name : str
         Unique id, also the golden folder name (``[a-z0-9-]``).
     kind : str
-        "mlp", "cnn", "tied" or "shared".
+        "mlp", "cnn", "tied", "shared", "probe", "sequence", "siamese" or "microbatch".
     config : dict
         JSON-able description (model configuration, data sizes, conventions).
     params : dict of str to np.ndarray
@@ -68,7 +68,7 @@ class Case:
 
 
 #: Modules of ``refimpl.testing.cases`` that define ``cases() -> list[Case]``, in catalogue order.
-CASE_MODULES = ("mlp", "cnn", "tied", "shared", "probes")
+CASE_MODULES = ("mlp", "cnn", "tied", "shared", "probes", "sequence", "siamese", "microbatch")
 
 
 def all_cases() -> list[Case]:

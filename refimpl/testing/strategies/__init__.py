@@ -28,6 +28,12 @@ What there is
 ``cases(...)``                     a whole :class:`refimpl.testing.cases.Case`, ready for
                                    ``refimpl.testing.assert_matches_oracle`` or
                                    ``refimpl.check_gradients(case.loss_and_grads, case.params)``
+``embedding_models``, ``rnns``,    sequence models (embeddings with repeated indices, RNNs,
+``tied_lms``, ``sequence_cases``   tied language models) and whole sequence cases
+``siamese_models``,                Siamese towers with a triplet or contrastive loss, their
+``siamese_cases``                  cases (rows kept away from the losses' kinks)
+``micro_batch_splits``,            splits of a batch into micro-batches, and whole cases whose
+``microbatch_cases``               implementation receives micro-batches
 =================================  ==========================================================
 
 Every strategy takes keyword overrides (sizes, ranges, choices) and validates them when it is
@@ -58,8 +64,9 @@ function of the parameters, so whichever entry wins gets the same gradient.
 
 Modules: :mod:`.models` (MLPs, sharing maps, MLPs that share, tied pairs),
 :mod:`.convolution` (convolution geometries, CNNs), :mod:`.data` (arrays, parameters,
-batches, points), :mod:`.kink_free` (the construction above) and :mod:`.drawn_cases` (whole
-cases); every strategy is re-exported here.
+batches, points), :mod:`.kink_free` (the construction above), :mod:`.drawn_cases` (whole
+cases), :mod:`.sequence` (embeddings, RNNs, tied LMs) and :mod:`.siamese` (Siamese towers,
+micro-batches); every strategy is re-exported here.
 """
 
 try:
@@ -74,9 +81,21 @@ from .data import Point, arrays, batches, parameters, points
 from .drawn_cases import CASE_KINDS, RESOLVED_IN, cases
 from .kink_free import KINKED_ACTIVATIONS
 from .models import mlps, shared_mlps, sharing_maps, tied_pairs
+from .sequence import LABELS, SEQUENCE_KINDS, embedding_models, rnns, sequence_cases, tied_lms
+from .siamese import (
+    METRIC_LOSSES,
+    SMOOTH_ACTIVATIONS,
+    micro_batch_splits,
+    microbatch_cases,
+    siamese_cases,
+    siamese_models,
+)
 
 __all__ = [
     "arrays", "mlps", "ConvGeometry", "conv_geometries", "ModelExample", "cnns",
     "sharing_maps", "shared_mlps", "tied_pairs", "parameters", "batches", "Point", "points",
     "cases", "KINKED_ACTIVATIONS", "CASE_KINDS", "RESOLVED_IN",
+    "embedding_models", "rnns", "tied_lms", "sequence_cases", "LABELS", "SEQUENCE_KINDS",
+    "siamese_models", "siamese_cases", "micro_batch_splits", "microbatch_cases",
+    "METRIC_LOSSES", "SMOOTH_ACTIVATIONS",
 ]
