@@ -25,6 +25,7 @@ True
 from . import nn
 from ._version import __version__
 from .gradcheck import GradcheckReport, check_gradients, check_vjp
+from .modelcheck import check_model_gradients
 from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, transposed
 from .optim import SGD, train
 from .tying import AnchoredModel, TiedPair
@@ -33,4 +34,5 @@ __all__ = [
     "nn", "Sequential", "MLP", "CNN", "ShareSource", "transposed", "ParameterCount",
     "TiedPair", "AnchoredModel", "SGD", "train",
     "check_gradients", "check_vjp", "GradcheckReport", "__version__",
+    "check_model_gradients",
 ]
