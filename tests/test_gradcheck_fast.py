@@ -64,7 +64,9 @@ def assert_fast_equals_loop(model, params, data, method):
     with warnings.catch_warnings():
         warnings.simplefilter("error")      # a guard fallback would hide a difference
         for name, quick, loop, grad in fast_and_loop(model, params, data, method):
-            assert quick is not None, name
+            if quick is None:     # the loop's way: the guard would cover every coordinate
+                assert loop.size <= fast.GUARD_COORDINATES, name
+                continue
             scale = max(1.0, float(np.max(np.abs(grad))))
             error = float(np.max(np.abs(quick - loop)))
             assert error <= AGREEMENT[method] * scale, (name, error, scale)
@@ -81,7 +83,9 @@ def assert_same_report(model, params, data, method="complex"):
     for a, b in zip(quick.rows, loop.rows, strict=True):
         assert (a.name, a.shape, a.checked, a.status, a.nondifferentiable) == \
             (b.name, b.shape, b.checked, b.status, b.nondifferentiable)
-        assert abs(a.max_abs_error - b.max_abs_error) <= AGREEMENT[method] * max(1, b.scale)
+        if b.status != "non-finite":
+            assert abs(a.max_abs_error - b.max_abs_error) <= \
+                AGREEMENT[method] * max(1, b.scale)
     return quick
 
 
@@ -101,7 +105,10 @@ def test_fast_derivatives_equal_the_loop_on_drawn_cases_real_differences(case, m
 
 
 @settings(max_examples=8, deadline=None)
-@given(rs.cnns(locally_connected=True), st.integers(0, 2**16))
+@given(rs.cnns(locally_connected=True,
+               geometries=rs.conv_geometries(max_kernel=3, max_stride=2, max_padding=1,
+                                             max_dilation=2, max_channels=2, max_groups=2)),
+       st.integers(0, 2**16))
 def test_fast_derivatives_equal_the_loop_on_locally_connected_cnns(example, seed):
     # LocallyConnected2D is not sliced: its first use runs copy by copy.
     model = example.model
@@ -154,6 +161,19 @@ def test_unknown_loss_and_shared_second_uses_run_copy_by_copy_and_equal_the_loop
     data = (rng.standard_normal((4, 3)), rng.standard_normal((4, 2)))
     for method in METHODS:
         assert_fast_equals_loop(model, model.init(5), data, method)
+
+
+def test_a_copy_whose_layer_overflows_is_non_finite_as_in_the_loop():
+    # tanh saturates, so the loss stays finite where the first layer's output overflows at
+    # the perturbed point; the model raises there, and the loop reads a NaN loss.
+    model = ri.Sequential([nn.Dense("fc1", 1, 4, bias=False), nn.Tanh(),
+                           nn.Dense("fc2", 4, 1)], loss=nn.MSE())
+    largest = np.finfo(np.float64).max / 1e300       # x w overflows for w above it
+    params = {"fc1.weight": np.array([[largest * (1 - 2e-6)], [0.5], [-0.2], [0.3]]),
+              "fc2.weight": np.array([[0.5, 0.2, -0.1, 0.3]]), "fc2.bias": np.array([0.1])}
+    data = (np.array([[1e300]]), np.array([[0.3]]))
+    report = assert_same_report(model, params, data, "central")
+    assert [row.status for row in report.rows] == ["non-finite", "ok", "ok"]
 
 
 # --- planted wrong gradients are still rejected ---------------------------------------------
@@ -257,8 +277,9 @@ def test_a_planted_wrong_loss_twin_is_caught_by_the_guard(monkeypatch):
     rng = np.random.default_rng(4)
     data = (rng.standard_normal((5, 3)), rng.integers(0, 2, 5))
     twin = copies.cross_entropy_per_copy
+    # A twin 1e-9 off: the guard's tolerance is rounding, not a loose bound.
     monkeypatch.setattr(copies, "cross_entropy_per_copy",
-                        lambda logits, labels: twin(logits, labels) * 1.5)   # sum, not mean
+                        lambda logits, labels: twin(logits, labels) * (1 + 1e-9))
     with pytest.warns(RuntimeWarning, match="disagrees"):
         assert_same_report(model, model.init(4), data)
 

@@ -141,6 +141,8 @@ class _FastNumerical:
     def __call__(self, name: str, evaluator: _Evaluator, grads: Params,
                  tolerance: Tolerance) -> np.ndarray | None:
         params = evaluator.params
+        if params[name].size <= GUARD_COORDINATES:
+            return None     # the guard would evaluate every coordinate the loop's way anyway
         if self.copies is None:
             self.copies = [ChainCopies(chain, params) for chain in self.chains]
             self.base = [float(np.asarray(chain.model.loss(
