@@ -256,10 +256,12 @@ def test_a_planted_wrong_slicing_is_caught_by_the_guard(monkeypatch):
     wrong = numerical("fc1.weight", evaluator, grads, TOLERANCES["complex"])
     assert np.max(np.abs(wrong - grads["fc1.weight"].reshape(-1))) > 1e-3
     # ... and the guard sees it: a warning, and the loop's verdict (a pass, rightly).
-    with pytest.warns(RuntimeWarning, match="disagrees with the model's own loss on "
-                                            "'fc1.weight'"):
+    with pytest.warns(RuntimeWarning, match="disagrees with the model's own loss") as seen:
         report = assert_same_report(model, params, data)
     assert report.ok
+    # Every Dense parameter the fast path would take (fc2.bias, 2 entries, takes the loop).
+    warned = {str(warning.message).split("on '")[1].split("'")[0] for warning in seen}
+    assert warned == {"fc1.weight", "fc1.bias", "fc2.weight"}
 
 
 def test_a_planted_wrong_gradient_is_rejected_even_when_the_guard_falls_back(monkeypatch):
