@@ -5,14 +5,15 @@ Run by hand (never a timed test)::
     python benchmarks/bench_gradcheck.py [--repeats 5] [--threads 1] [--no-loop]
 
 Three problems, each one scalar loss of every parameter: the MLP 784-32-10 (tanh,
-cross-entropy, batch 4, 25,450 parameters), a small CNN (conv 1->4 3x3, ReLU, max pool,
-dense 64->10, batch 4, on 1x8x8 inputs) and a soft-tied pair of MLPs 64-32-10 (L2 penalty on
-the first layer; 2 x 2,410 parameters). For each: ``ri.check_model_gradients`` (complex,
-central), the coordinate loop ``ri.check_gradients(..., loss_fn=...)`` (complex) and, when
-torch is installed, ``torch.autograd.gradcheck`` in slow mode (``fast_mode=False``: every
-coordinate, central differences) and fast mode (one random projection) on the same function
-in float64. The timings alternate between the contenders, with a pause before each so that
-BLAS threads settle; the medians are printed with the ratio ``torch slow / refimpl``.
+cross-entropy, batch 4, 25,450 parameters), a small CNN (conv 1->8 3x3 padded, ReLU, 2x2 max
+pool, dense 288->10, batch 4, on 1x12x12 inputs; 2,970 parameters) and a soft-tied pair of
+MLPs 64-32-10 (L2 penalty on the first layer's weight; 2 x 2,410 parameters). For each:
+``ri.check_model_gradients`` (complex, central), the coordinate loop
+``ri.check_gradients(..., loss_fn=...)`` (complex) and, when torch is installed,
+``torch.autograd.gradcheck`` in slow mode (``fast_mode=False``: every coordinate, central
+differences) and fast mode (one random projection) on the same function in float64. The
+timings alternate between the contenders, with a pause before each so that BLAS threads
+settle; the medians are printed with the ratio ``torch slow / refimpl``.
 
 BLAS and torch use ``--threads`` threads (default 1: the machine these numbers come from is
 shared, and the small matrix products here gain nothing from threads; with several threads
@@ -55,11 +56,11 @@ def mlp_problem():
 
 
 def cnn_problem():
-    model = ri.Sequential([nn.Conv2D("conv1", 1, 4, kernel_size=3, padding=1), nn.ReLU(),
-                           nn.MaxPool2D(2), nn.Flatten(), nn.Dense("fc", 64, 10)],
+    model = ri.Sequential([nn.Conv2D("conv1", 1, 8, kernel_size=3, padding=1), nn.ReLU(),
+                           nn.MaxPool2D(2), nn.Flatten(), nn.Dense("fc", 8 * 6 * 6, 10)],
                           loss=nn.SoftmaxCrossEntropy())
     rng = np.random.default_rng(1)
-    x, y = rng.standard_normal((4, 1, 8, 8)), rng.integers(0, 10, 4)
+    x, y = rng.standard_normal((4, 1, 12, 12)), rng.integers(0, 10, 4)
     return "CNN conv3x3-pool-dense", model, model.init(1), (x, y)
 
 

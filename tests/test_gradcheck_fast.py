@@ -129,6 +129,29 @@ def test_fast_check_gives_the_loops_report_on_every_catalogue_case(case):
     assert report.ok, report
 
 
+@settings(max_examples=15, deadline=None)
+@given(rs.cases(kinds=["tied", "shared", "cnn"]), st.integers(0, 2**16))
+def test_the_copies_losses_are_the_models_losses_at_the_perturbed_points(case, seed):
+    # Not only their differences: the real differences cancel any constant offset.
+    model, params, data = problem_of(case)
+    _, loss_fn, chains, penalties, penalty_value = _problem(model, params, data)
+    numerical = _FastNumerical(chains, penalties, penalty_value, "central", 0)
+    numerical.copies = [copies.ChainCopies(chain, params) for chain in chains]
+    numerical.base = [float(chain.model.loss({u: (params[n].T if t else params[n])
+                                              for u, (n, t) in chain.reads.items()},
+                                             chain.x, chain.y)) for chain in chains]
+    rng = np.random.default_rng(seed)
+    for name, value in params.items():
+        flat = rng.integers(0, value.size, 4)
+        deltas = rng.uniform(-0.1, 0.1, 4)
+        quick = numerical.losses(name, flat, deltas, params)
+        for k in range(4):
+            moved = {key: array.copy() for key, array in params.items()}
+            moved[name].flat[flat[k]] += deltas[k]
+            expected = float(np.real(loss_fn(moved)))
+            assert abs(quick[k] - expected) <= 1e-13 * max(1.0, abs(expected)), name
+
+
 def test_anchored_models_and_grouped_strided_convolutions_equal_the_loop():
     rng = np.random.default_rng(3)
     model = ri.Sequential([nn.Conv2D("conv", 4, 6, kernel_size=3, stride=2, padding=1,
