@@ -5,7 +5,11 @@ is the small, stable face of the package; the layers below it, each importing on
 layers under it:
 
 - :mod:`refimpl.cli`: the ``refimpl`` command (the only layer that parses or prints);
-- :mod:`refimpl.testing`: the oracle kit (comparison rule, golden vectors, strategies, cases);
+- :mod:`refimpl.adapters`: builders that express every case in PyTorch or JAX (optional);
+- :mod:`refimpl.testing`: the oracle kit (comparison rule, golden vectors, strategies, cases,
+  conformance runs);
+- :mod:`refimpl.microbatch`, :mod:`refimpl.modelcheck`: accumulated micro-batch gradients,
+  the fast full gradient check of a model, tied pair or anchored model;
 - :mod:`refimpl.tying`, :mod:`refimpl.optim`, :mod:`refimpl.gradcheck`: parameter tying,
   training, the numerical gradient checker;
 - :mod:`refimpl.nn`: the operations (forward/backward pairs), ``Sequential`` and its sharing
@@ -26,6 +30,7 @@ from . import nn
 from ._version import __version__
 from .gradcheck import GradcheckReport, check_gradients, check_vjp
 from .microbatch import accumulated_loss_and_grads
+from .modelcheck import check_model_gradients
 from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, Siamese, transposed
 from .optim import SGD, train
 from .tying import AnchoredModel, TiedPair
@@ -35,4 +40,5 @@ __all__ = [
     "TiedPair", "AnchoredModel", "SGD", "train",
     "Siamese", "accumulated_loss_and_grads",
     "check_gradients", "check_vjp", "GradcheckReport", "__version__",
+    "check_model_gradients",
 ]

@@ -661,8 +661,7 @@ def edge_cnn_problem():
 @example(edge_cnn_problem())
 def test_cnn_loss_and_grads_match_complex_step(problem):
     model, params, x, y = problem
-    report = check_gradients(lambda p: model.loss_and_grads(p, x, y), params,
-                             loss_fn=lambda p: model.loss(p, x, y))
+    report = ri.check_model_gradients(model, params, (x, y))
     assert report.ok, report
 
 

@@ -60,8 +60,7 @@ def tiny_problem(activation="tanh", loss="cross_entropy", sizes=(3, 4, 2), batch
 @example(tiny_problem(loss="mse", sizes=(1, 1), batch=1))  # a single affine unit
 def test_loss_and_grads_match_complex_step(problem):
     model, params, x, y = problem
-    report = ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params,
-                                method="complex")
+    report = ri.check_model_gradients(model, params, (x, y), method="complex")
     assert report.ok, report
     assert max(row.max_rel_error for row in report.rows) <= COMPLEX.rtol
 
@@ -70,13 +69,14 @@ def test_loss_and_grads_match_complex_step(problem):
 def test_loss_and_grads_match_central_differences(problem):
     # Smooth activations only: central differences straddle a kink (complex step does not).
     model, params, x, y = problem
-    report = ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params,
-                                method="central")
+    report = ri.check_model_gradients(model, params, (x, y), method="central")
     assert report.ok, report
 
 
 @given(mlp_problems(), st.integers(0, 2**16))
 def test_vjp_matches_complex_step_with_random_upstream_gradient(problem, seed):
+    # The coordinate loop of check_gradients (over the parameters and the input), which the
+    # two tests above replace by the fast path of check_model_gradients.
     model, params, x, _ = problem
     dout = np.random.default_rng(seed).standard_normal(model.output_shape(x.shape))
     _, dx, grads = model.vjp(params, x, dout)

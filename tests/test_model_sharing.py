@@ -235,6 +235,7 @@ def test_a_parameter_used_three_times_gets_three_contributions():
 @given(shared_mlp_problems())
 @example(tied_autoencoder_problem())
 def test_shared_mlp_matches_complex_step(problem):
+    # The coordinate loop (check_gradients); the CNN test below takes the fast path.
     model, params, x, y = problem
     report = ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params,
                                 method="complex")
@@ -245,8 +246,7 @@ def test_shared_mlp_matches_complex_step(problem):
 @given(shared_cnn_problems())
 def test_shared_cnn_matches_complex_step(problem):
     model, params, x, y = problem
-    report = ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params,
-                                method="complex")
+    report = ri.check_model_gradients(model, params, (x, y), method="complex")
     assert report.ok, report
 
 

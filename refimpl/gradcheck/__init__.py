@@ -76,6 +76,12 @@ Modules
     :func:`check_gradients`, full and directional modes.
 :mod:`~refimpl.gradcheck.vjp`
     :func:`check_vjp` and :func:`assert_close`.
+:mod:`~refimpl.gradcheck.copies`
+    Many perturbed copies of a model in one forward pass (sliced output units, copies folded
+    into the batch): the engine of the fast full check.
+:mod:`~refimpl.gradcheck.fast`
+    :func:`~refimpl.gradcheck.fast.check_chains`, the fast full check of a sum of models'
+    losses and penalties, with its guard; :func:`refimpl.check_model_gradients` builds it.
 """
 
 from .checker import check_gradients

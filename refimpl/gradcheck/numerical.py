@@ -84,18 +84,40 @@ def _central(f_plus: float, f_minus: float, h: float) -> float:
     return (f_plus - f_minus) / (2 * h)
 
 
-def _numerical_coordinate(method: str, evaluator: _Evaluator, work: Params, name: str,
-                          index: int, value: float) -> float:
+def _deltas(method: str, value: Any) -> list[Any]:
+    """The perturbations of a coordinate whose value is ``value`` (a float or an array of
+    them), in the order :func:`_combine` reads the losses: complex ``[i h]``; central
+    ``[h, -h]``; Richardson ``[h, -h, h/2, -h/2]``, with ``h = STEPS[method] max(1, |value|)``.
+    """
     if method == "complex":
-        return evaluator.complex_coordinate(work, name, index, STEPS["complex"])
-    h = STEPS[method] * max(1.0, abs(value))
-    d_h = _central(evaluator.real_coordinate(work, name, index, h),
-                   evaluator.real_coordinate(work, name, index, -h), h)
+        return [1j * STEPS["complex"]]
+    h = STEPS[method] * np.maximum(1.0, np.abs(value))
+    if method == "central":
+        return [h, -h]
+    return [h, -h, h / 2, -h / 2]
+
+
+def _combine(method: str, losses: list[Any], value: Any) -> Any:
+    """The numerical derivative from the losses at the :func:`_deltas` perturbations (the
+    imaginary parts for the complex step, the real losses otherwise); elementwise on arrays."""
+    if method == "complex":
+        return losses[0] / STEPS["complex"]
+    h = STEPS[method] * np.maximum(1.0, np.abs(value))
+    d_h = _central(losses[0], losses[1], h)
     if method == "central":
         return d_h
-    d_half = _central(evaluator.real_coordinate(work, name, index, h / 2),
-                      evaluator.real_coordinate(work, name, index, -h / 2), h / 2)
+    d_half = _central(losses[2], losses[3], h / 2)
     return (4 * d_half - d_h) / 3
+
+
+def _numerical_coordinate(method: str, evaluator: _Evaluator, work: Params, name: str,
+                          index: int, value: float) -> float:
+    """One coordinate's numerical derivative, one loss evaluation per perturbation."""
+    if method == "complex":   # Im f / h, as _combine divides
+        return evaluator.complex_coordinate(work, name, index, STEPS["complex"])
+    losses = [evaluator.real_coordinate(work, name, index, delta)
+              for delta in _deltas(method, value)]
+    return float(_combine(method, losses, value))
 
 
 def _near_kink(evaluator: _Evaluator, work: Params, name: str, index: int, value: float,

@@ -1,0 +1,156 @@
+"""check_model_gradients: the full gradient check of a model, a tied pair or an anchored model,
+through the fast path of :mod:`refimpl.gradcheck.fast`.
+
+It sits above :mod:`refimpl.gradcheck` and :mod:`refimpl.tying` (it knows both) and below
+:mod:`refimpl.testing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ._validate import as_float_array
+from .gradcheck import check_gradients
+from .gradcheck.copies import Chain
+from .gradcheck.fast import PENALTY_TERMS, PenaltyTerm, check_chains
+from .gradcheck.report import GradcheckReport
+from .nn import Sequential
+from .tying import AnchoredModel, TiedPair
+from .tying.pair import PREFIX_A, PREFIX_B
+
+__all__ = ["check_model_gradients"]
+
+
+def check_model_gradients(
+    model: Sequential | TiedPair | AnchoredModel,
+    params: Mapping[str, Any],
+    data: tuple[Any, Any],
+    *,
+    method: str = "complex",
+    mode: str = "full",
+    names: Iterable[str] | None = None,
+    directions: int = 8,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> GradcheckReport:
+    """Check a model's ``loss_and_grads`` against numerical derivatives, fast.
+
+    The report is the one :func:`refimpl.check_gradients` gives for
+    ``f = lambda p: model.loss_and_grads(p, x, y)`` (the same steps, comparison, kink probes
+    and verdict; numerical derivatives equal to rounding), but in full mode every parameter's
+    perturbed points are evaluated together, reusing the forward pass's structure
+    (:mod:`refimpl.gradcheck.copies`): only forward evaluations of the model's own layers,
+    never a backward formula. Seeded coordinates are checked against the model's own loss
+    first (:mod:`refimpl.gradcheck.fast`); a disagreement falls back to the coordinate loop
+    with a ``RuntimeWarning``. Directional mode is :func:`refimpl.check_gradients`'s.
+
+    Parameters
+    ----------
+    model : Sequential, TiedPair or AnchoredModel
+        With a loss.
+    params : dict of str to array_like
+        The point: the model's unique parameters; for a ``TiedPair`` the joined dict
+        ``pair.join(params_a, params_b)`` (keys ``"A:<name>"``, ``"B:<name>"``).
+    data : (x, y), or ((xa, ya), (xb, yb)) for a TiedPair
+        Inputs, e.g. x (N, D) or (N, C, H, W), and targets (labels (N,) or outputs).
+    method : {"complex", "central", "richardson"}
+    mode : {"full", "directional"}
+    names, directions, seed, rtol, atol
+        As in :func:`refimpl.check_gradients`; in full mode ``seed`` also picks the guard's
+        coordinates.
+
+    Returns
+    -------
+    refimpl.gradcheck.GradcheckReport
+
+    Raises
+    ------
+    TypeError
+        For a ``model`` of another type or ``data`` that is not a pair.
+    TypeError, ValueError
+        From the model, naming the argument, for bad parameters or data; and those of
+        :func:`refimpl.check_gradients`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import refimpl as ri
+    >>> model = ri.MLP([3, 4, 2])
+    >>> x, y = np.random.default_rng(0).standard_normal((5, 3)), np.array([0, 1, 1, 0, 1])
+    >>> ri.check_model_gradients(model, model.init(seed=0), (x, y)).ok
+    True
+    """
+    f, loss_fn, chains, penalties, penalty_value = _problem(model, params, data)
+    options = {"method": method, "names": names, "seed": seed, "rtol": rtol, "atol": atol}
+    if mode != "full" or any(term.kind not in PENALTY_TERMS for term in penalties):
+        return check_gradients(f, params, mode=mode, directions=directions, loss_fn=loss_fn,
+                               **options)
+    return check_chains(f, params, chains, penalties, penalty_value, loss_fn=loss_fn,
+                        **options)
+
+
+def _pair_of(value: Any, name: str) -> tuple[Any, Any]:
+    """``value`` as a pair, or a ``TypeError`` naming ``name``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name}: expected a pair, got {type(value).__name__} {value!r:.80}")
+    return value[0], value[1]
+
+
+def _chain(model: Sequential, params: Mapping[str, Any], x: Any, y: Any,
+           reads: dict[str, tuple[str, bool]]) -> Chain:
+    """A chain on checked data (the model's own checks first, so errors name the argument)."""
+    model.loss(params, x, y)
+    x = as_float_array(x, "x", allow_complex=False)
+    return Chain(model, x, model.loss_spec.check_target(y, model.output_shape(x.shape)), reads)
+
+
+def _problem(model: Any, params: Mapping[str, Any], data: Any) -> tuple:
+    """``(f, loss_fn, chains, penalties, penalty value)`` of a model, pair or anchored model."""
+    if isinstance(model, Sequential):
+        x, y = _pair_of(data, "data")
+        chain = _chain(model, params, x, y, {u: (u, False) for u in model.parameter_shapes()})
+        return (lambda p: model.loss_and_grads(p, x, y), lambda p: model.loss(p, x, y),
+                [chain], [], 0.0)
+    if isinstance(model, AnchoredModel):
+        x, y = _pair_of(data, "data")
+        inner = model.model
+        chain = _chain(inner, params, x, y, {u: (u, False) for u in inner.parameter_shapes()})
+        penalties = [PenaltyTerm(model.penalty_name, model.lams[name], name, None, False,
+                                 model.reference[name]) for name in model.names]
+        return (lambda p: model.loss_and_grads(p, x, y),
+                lambda p: model.loss_and_grads(p, x, y)[0], [chain], penalties,
+                float(np.asarray(model.penalty(params)[0]).real))
+    if isinstance(model, TiedPair):
+        return _pair_problem(model, params, data)
+    raise TypeError(f"model: expected a Sequential, TiedPair or AnchoredModel, got "
+                    f"{type(model).__name__}")
+
+
+def _pair_problem(pair: TiedPair, params: Mapping[str, Any], data: Any) -> tuple:
+    """The chains of a tied pair: A, then B (reading A's parameters in hard mode)."""
+    batch_a, batch_b = _pair_of(data, "data")
+    xa, ya = _pair_of(batch_a, "data[0] (batch_a)")
+    xb, yb = _pair_of(batch_b, "data[1] (batch_b)")
+    params_a, params_b = pair.check_params(*pair.split(params))
+    penalty_value = float(np.asarray(pair.penalty(params_a, params_b)[0]).real)
+    joined = pair.join(params_a, params_b)
+    shared = pair.shared_b()
+    reads_a = {u: (PREFIX_A + u, False) for u in pair.model_a.parameter_shapes()}
+    reads_b = {u: ((PREFIX_A + shared[u][0], shared[u][1]) if u in shared else
+                   (PREFIX_B + u, False)) for u in pair.model_b.parameter_shapes()}
+    full_b = {u: (joined[name].T if transpose else joined[name])
+              for u, (name, transpose) in reads_b.items()}
+    chains = [_chain(pair.model_a, params_a, xa, ya, reads_a),
+              _chain(pair.model_b, full_b, xb, yb, reads_b)]
+    penalties = [] if pair.mode == "hard" else [
+        PenaltyTerm(pair.penalty_name, p.lam, PREFIX_A + p.name_a, PREFIX_B + p.name_b,
+                    p.transpose) for p in pair.pairs]
+
+    def f(joined: Mapping[str, Any]) -> tuple[Any, Any]:
+        return pair.joined_loss_and_grads(joined, batch_a, batch_b)
+
+    return f, lambda joined: f(joined)[0], chains, penalties, penalty_value
