@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from .._version import __version__
-from . import check, demo, golden, memory
+from . import check, demo, explain, golden, memory, steps
 
 #: (sub-command, module, one-line help).
 SUBCOMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
@@ -29,6 +29,10 @@ SUBCOMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
      "the parameter-tying experiment: a lambda sweep and hard sharing, and the Lasserre variant"),
     ("memory", memory,
      "unique parameters vs parameter uses and bytes, with and without sharing"),
+    ("explain", explain,
+     "where every gradient comes from: each use, output position, task and tying pull"),
+    ("steps", steps,
+     "errors of forward, central, Richardson and complex-step derivatives, h = 1e-1..1e-300"),
 )
 
 
