@@ -18,6 +18,7 @@ from refimpl.study import (
 )
 from refimpl.testing import strategies as rs
 from refimpl.testing.cases import Case, all_cases
+from refimpl.testing.cases.tied import pair_case
 
 EPS = np.finfo(np.float64).eps
 #: ``||sum of terms - gradient|| <= SUM_RTOL * sum_i ||term_i||``. The terms come from the
@@ -270,3 +271,17 @@ def test_inputs_are_not_mutated():
     for key in params:
         np.testing.assert_array_equal(params[key], copies[key])
     np.testing.assert_array_equal(x, x_copy)
+
+
+def test_hard_pair_through_a_tied_autoencoder_transposes_twice():
+    # B's decoder reads B's encoder transposed, and B's encoder reads A's fc1 transposed: the
+    # decoder's use is A's fc1 as it is (two transposes cancel).
+    model_b = nn.Sequential([nn.Dense("enc", 3, 4), nn.Tanh(), nn.Dense("dec", 4, 3)],
+                            loss=nn.MSE(), share={"dec.weight": transposed("enc.weight")})
+    pair = TiedPair(MLP([4, 3, 2]), model_b, {"fc1.weight": transposed("enc.weight")},
+                    mode="hard")
+    case = pair_case("double-transpose", pair, (4,), (3,), 3, 4, seed=6, autoencoder_b=True)
+    found = assert_terms_sum_to_gradients(case)
+    labels = [(t.model, t.slot, t.transposed) for t in found["A:fc1.weight"].terms]
+    assert labels == [("model_a", "fc1.weight", False), ("model_b", "enc.weight", True),
+                      ("model_b", "dec.weight", False)]

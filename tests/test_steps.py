@@ -1,0 +1,143 @@
+"""Tests of refimpl/study/steps.py: the error curves of four numerical derivatives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refimpl.study import (
+    EPS,
+    EXPONENTS,
+    METHODS,
+    StepStudy,
+    best_step,
+    coordinate_direction,
+    default_steps,
+    random_direction,
+    study_steps,
+)
+from refimpl.testing import strategies as rs
+from refimpl.testing.cases import get_case
+
+#: The best step of a formula of order k is ``(c eps |f| / |f^(k+1)|)^(1/(k+1))`` with c of
+#: order one; for a smooth function whose derivatives are of the same order of magnitude
+#: (the drawn tanh / sigmoid / softplus networks, unit direction) the ratio under the root is
+#: within 1e-2..1e2 for forward differences (a factor 10 in h) and the root of a larger spread
+#: for the higher orders. A factor 100 in h either way still tells eps^(1/2) (1.5e-8),
+#: eps^(1/3) (6e-6) and eps^(1/5) (7e-4) apart: neighbours differ by a factor 120 to 400.
+FACTOR_IN_H = 100.0
+#: The complex step subtracts nothing: its error is the rounding of the imaginary part through
+#: the forward pass and of the analytic gradient, a few eps each per layer, relative to the
+#: size of the summands of ``<g, v>`` (``sum |g_i v_i|``), not to the sum, which can cancel.
+#: 64 eps bounds it for the networks here (at most three layers) at every step from 1e-10 to
+#: 1e-300.
+COMPLEX_FLAT = 64 * EPS
+#: Steps for the property tests: 4 per decade down to 1e-20 (the V-curves), then every tenth
+#: decade down to 1e-300 (the flat line).
+STEPS = np.concatenate([default_steps(4, 20), 10.0 ** -np.arange(30.0, 301.0, 10.0)])
+
+
+def _study(case, direction):
+    _, gradient = case.loss_and_grads(case.params)
+    study = study_steps(lambda p: case.loss_and_grads(p)[0], case.params, gradient, direction,
+                        STEPS)
+    return study, _summands(gradient, direction)
+
+
+def _summands(gradient, direction) -> float:
+    return float(sum(np.sum(np.abs(gradient[key] * direction[key])) for key in gradient))
+
+
+def _assert_curves(study: StepStudy, summands: float):
+    for method, exponent in EXPONENTS.items():
+        ratio = best_step(study, method) / EPS ** exponent
+        assert 1 / FACTOR_IN_H <= ratio <= FACTOR_IN_H, (method, ratio)
+    flat = study.errors["complex"][study.steps <= 1e-10] * abs(study.analytic) / summands
+    assert flat.max() <= COMPLEX_FLAT, flat.max() / EPS
+    # Below the spacing of the numbers around the point the step vanishes: estimate 0,
+    # relative error exactly 1 (the documented behaviour).
+    tiny = study.steps <= 1e-30
+    for method in ("forward", "central", "richardson"):
+        assert np.all(study.estimates[method][tiny] == 0)
+        assert np.all(study.errors[method][tiny] == 1)
+
+
+@settings(max_examples=20)
+@given(rs.mlps(min_hidden=1, activations=["tanh", "sigmoid", "softplus"],
+               losses=["cross_entropy"]).flatmap(lambda model: rs.points(model, max_batch=3)
+                                                 .map(lambda point: (model, point))),
+       st.integers(0, 2**32 - 1))
+def test_minima_near_eps_powers_and_a_flat_complex_step_on_drawn_networks(drawn, seed):
+    model, point = drawn
+    x, y = point.inputs["x"], point.inputs["y"]
+    loss = lambda p: model.loss(p, x, y)                       # noqa: E731
+    _, gradient = model.loss_and_grads(point.params, x, y)
+    direction = random_direction(point.params, seed)
+    study = study_steps(loss, point.params, gradient, direction, STEPS)
+    _assert_curves(study, _summands(gradient, direction))
+
+
+@pytest.mark.parametrize("name", ["mlp-tanh-ce", "shared-tied-autoencoder", "tied-soft-l2",
+                                  "cnn-batch1-one-channel"])
+def test_minima_near_eps_powers_on_built_in_cases(name):
+    case = get_case(name)
+    _assert_curves(*_study(case, random_direction(case.params, 0)))
+
+
+def test_truncation_errors_of_each_formula_on_the_exponential():
+    # f(w) = exp(w) at w = 0.5, h = 0.1: Taylor gives the relative errors, rounding (~eps/h)
+    # is far below them: forward h/2 + h^2/6 + ..., central h^2/6 + h^4/120,
+    # Richardson (4 C(h/2) - C(h)) / 3 - f' = -h^4/480 f' (+ O(h^6)), complex -h^2/6 f'.
+    h = 0.1
+    study = study_steps(lambda p: np.exp(p["w"][0]), {"w": np.array([0.5])},
+                        {"w": np.array([np.exp(0.5)])}, {"w": np.array([1.0])}, np.array([h]))
+    expected = {"forward": h / 2 + h**2 / 6 + h**3 / 24, "central": h**2 / 6 + h**4 / 120,
+                "richardson": h**4 / 480, "complex": h**2 / 6 - h**4 / 120}
+    for method in METHODS:
+        assert study.errors[method][0] == pytest.approx(expected[method], rel=2e-3), method
+    assert study.estimates["richardson"][0] < np.exp(0.5) < study.estimates["central"][0]
+
+
+def test_best_step_follows_the_curve_not_a_lucky_point():
+    steps = 10.0 ** -np.arange(1.0, 16.0)
+    below = np.arange(15.0) - 7.0                    # h = 1e-8 at 0
+    errors = np.where(below < 0, -3 * below, below) + 1.0   # a V with its bottom at h = 1e-8
+    errors[11] = 1e-9                                 # a lucky cancellation at h = 1e-12
+    study = StepStudy(steps, 1.0, {m: errors for m in METHODS}, {m: errors for m in METHODS})
+    assert best_step(study, "central") == pytest.approx(1e-8)
+    assert best_step(study, "central", window=1) == pytest.approx(1e-12)
+
+
+def test_default_steps_span_1e_1_to_1e_300():
+    steps = default_steps()
+    assert steps[0] == pytest.approx(0.1) and steps[-1] == pytest.approx(1e-300)
+    assert steps.size == 4 * 299 + 1 and np.all(np.diff(steps) < 0)
+
+
+def test_directions():
+    params = {"a": np.zeros((2, 3)), "b": np.zeros(4)}
+    direction = coordinate_direction(params, "a", 4)
+    assert direction["a"][1, 1] == 1 and sum(d.sum() for d in direction.values()) == 1
+    random = random_direction(params, 3)
+    assert sum(float(np.sum(d * d)) for d in random.values()) == pytest.approx(1, rel=1e-15)
+    assert not np.array_equal(random["a"], random_direction(params, 4)["a"])
+
+
+def test_bad_arguments_are_clear_errors():
+    params = {"a": np.zeros(2)}
+    with pytest.raises(ValueError, match="name: unknown parameter 'c'"):
+        coordinate_direction(params, "c", 0)
+    with pytest.raises(ValueError, match=r"index: expected 0 <= index < 2 .* got 2"):
+        coordinate_direction(params, "a", 2)
+    with pytest.raises(ValueError, match="smallest_exponent: expected at most 300"):
+        default_steps(smallest_exponent=320)
+    with pytest.raises(ValueError, match=r"gradient: expected the keys of params"):
+        study_steps(lambda p: 0.0, params, {}, params)
+    with pytest.raises(ValueError, match=r"direction\['a'\]: expected shape \(2,\), got \(3,\)"):
+        study_steps(lambda p: 0.0, params, params, {"a": np.zeros(3)})
+    with pytest.raises(ValueError, match="steps: expected a non-empty 1-D array"):
+        study_steps(lambda p: 0.0, params, params, params, np.array([1e-3, -1.0]))
+    with pytest.raises(ValueError, match="window: expected an odd number"):
+        best_step(StepStudy(np.ones(1), 1.0, {}, {"central": np.ones(1)}), "central", 2)
