@@ -104,10 +104,10 @@ def test_best_step_follows_the_curve_not_a_lucky_point():
     steps = 10.0 ** -np.arange(1.0, 16.0)
     below = np.arange(15.0) - 7.0                    # h = 1e-8 at 0
     errors = np.where(below < 0, -3 * below, below) + 1.0   # a V with its bottom at h = 1e-8
-    errors[11] = 1e-9                                 # a lucky cancellation at h = 1e-12
+    errors[12] = 1e-9                                 # a lucky cancellation at h = 1e-13
     study = StepStudy(steps, 1.0, {m: errors for m in METHODS}, {m: errors for m in METHODS})
     assert best_step(study, "central") == pytest.approx(1e-8)
-    assert best_step(study, "central", window=1) == pytest.approx(1e-12)
+    assert best_step(study, "central", window=1) == pytest.approx(1e-13)
 
 
 def test_default_steps_span_1e_1_to_1e_300():
