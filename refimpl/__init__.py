@@ -27,10 +27,12 @@ from ._version import __version__
 from .gradcheck import GradcheckReport, check_gradients, check_vjp
 from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, transposed
 from .optim import SGD, train
+from .study import anchored_contributions, model_contributions, pair_contributions, study_steps
 from .tying import AnchoredModel, TiedPair
 
 __all__ = [
     "nn", "Sequential", "MLP", "CNN", "ShareSource", "transposed", "ParameterCount",
     "TiedPair", "AnchoredModel", "SGD", "train",
     "check_gradients", "check_vjp", "GradcheckReport", "__version__",
+    "model_contributions", "pair_contributions", "anchored_contributions", "study_steps",
 ]
