@@ -98,7 +98,7 @@ def format_steps(name: str, described: str, study: StepStudy, per_decade: int) -
              format_table(("h", *METHODS), rows), ""]
     for method, exponent in EXPONENTS.items():
         lines.append(f"best h for {method:<10}  {best_step(study, method):.1e}   "
-                     f"(eps^{exponent:.2g} = {EPS ** exponent:.1e}); error there "
+                     f"(eps^(1/{round(1 / exponent)}) = {EPS ** exponent:.1e}); error there "
                      f"{_error_at(study, method):.1e}")
     flat = study.errors["complex"][study.steps <= FLAT_BELOW]
     lines.append(f"complex step: largest error for h <= {FLAT_BELOW:.0e} (down to "
@@ -125,24 +125,29 @@ def steps_document(name: str, described: str, study: StepStudy) -> dict[str, Any
 
 
 def plot_steps(name: str, study: StepStudy, path: str) -> None:
-    """The V-curves: every method's error against h, log-log, with eps^(1/k) marked."""
+    """The V-curves on log-log axes: down to 1e-20 (left), and down to 1e-300 (right)."""
     import matplotlib  # optional extra: refimpl[plot]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     floor = EPS / 16   # an exact estimate (error 0) is drawn at the bottom of the plot
-    for number, method in enumerate(METHODS):
-        axis.loglog(study.steps, np.maximum(study.errors[method], floor), label=method,
-                    color=f"C{number}", linewidth=1)
-        if method in EXPONENTS:
-            axis.axvline(EPS ** EXPONENTS[method], color=f"C{number}", linestyle=":",
-                         linewidth=1)
-    axis.set(xlabel="step h (dotted: eps^(1/2), eps^(1/3), eps^(1/5))",
-             ylabel="relative error", title=f"refimpl steps {name}", ylim=(floor / 2, 10))
-    axis.invert_xaxis()
-    axis.legend(fontsize=8)
+    for axis, smallest in zip(axes, (1e-20, study.steps[-1]), strict=True):
+        shown = study.steps >= smallest
+        for number, method in enumerate(METHODS):
+            axis.loglog(study.steps[shown], np.maximum(study.errors[method][shown], floor),
+                        label=method, color=f"C{number}", linewidth=1)
+            if method in EXPONENTS:
+                axis.axvline(EPS ** EXPONENTS[method], color=f"C{number}", linestyle=":",
+                             linewidth=1)
+        axis.set(xlabel="step h", ylabel="relative error", ylim=(floor / 2, 10),
+                 xlim=(study.steps[0], smallest))
+    axes[0].set_title(f"{name}: the V-curves (dotted: eps^(1/2), eps^(1/3), eps^(1/5))",
+                      fontsize=9)
+    axes[1].set_title("down to 1e-300: the complex step stays flat (0 drawn at eps/16)",
+                      fontsize=9)
+    axes[0].legend(fontsize=8)
     figure.tight_layout()
     try:
         with atomic_output(path) as temporary:
