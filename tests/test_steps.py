@@ -145,3 +145,51 @@ def test_bad_arguments_are_clear_errors():
         study_steps(lambda p: 0.0, params, params, params, np.array([1e-3, -1.0]))
     with pytest.raises(ValueError, match="window: expected an odd number"):
         best_step(StepStudy(np.ones(1), 1.0, {}, {"central": np.ones(1)}), "central", 2)
+
+
+def test_estimates_are_the_formulas_as_written_where_the_step_vanishes():
+    # Steps around the spacing of the numbers near p, where some entries move and some do
+    # not: the estimates are the four formulas evaluated as written, zeros included.
+    case = get_case("mlp-tanh-ce")
+    params, direction = case.params, random_direction(case.params, 1)
+    _, gradient = case.loss_and_grads(params)
+    steps = 10.0 ** -np.arange(13.0, 24.0, 0.25)
+    study = study_steps(lambda p: case.loss_and_grads(p)[0], params, gradient, direction, steps)
+
+    def f(step):
+        shifted = {key: params[key] + step * direction[key] for key in params}
+        return case.loss_and_grads(shifted)[0]
+
+    for position, h in enumerate(steps):
+        central = (f(h) - f(-h)) / (2 * h)
+        expected = {"forward": (f(h) - f(0.0)) / h, "central": central,
+                    "richardson": (4 * (f(h / 2) - f(-h / 2)) / h - central) / 3,
+                    "complex": f(1j * h).imag / h}
+        for method in METHODS:
+            assert study.estimates[method][position] == expected[method], (method, h)
+    assert np.any(study.estimates["forward"] == 0) and np.any(study.estimates["forward"] != 0)
+
+
+def test_no_difference_is_skipped_while_some_entry_still_moves():
+    # Two entries of very different sizes: from h ~ 1e-10 the big one no longer moves, the
+    # small one moves down to h ~ 1e-16, and at some steps p + h v moves while p + h v / 2
+    # does not. Each estimate is the formula evaluated as written.
+    # small = 1.5: the numbers near it are 2.2e-16 apart on both sides, so p +- h v / 2 == p
+    # while p +- h v != p for 1.4e-16 < h < 2.8e-16; sin keeps the big entry's term O(1), so
+    # f resolves a one-ulp move of the small one.
+    params, direction = {"big": np.array([1e6]), "small": np.array([1.5])}, \
+        {"big": np.array([0.6]), "small": np.array([0.8])}
+    loss = lambda p: np.exp(p["small"][0]) + np.sin(p["big"][0])        # noqa: E731
+    gradient = {"big": np.array([np.cos(1e6)]), "small": np.array([np.exp(1.5)])}
+    steps = 10.0 ** -np.arange(9.0, 18.0, 0.05)
+    study = study_steps(loss, params, gradient, direction, steps)
+
+    def f(step):
+        return loss({key: params[key] + step * direction[key] for key in params})
+
+    for position, h in enumerate(steps):
+        central = (f(h) - f(-h)) / (2 * h)
+        assert study.estimates["forward"][position] == (f(h) - f(0.0)) / h, h
+        assert study.estimates["central"][position] == central, h
+        assert study.estimates["richardson"][position] == \
+            (4 * (f(h / 2) - f(-h / 2)) / h - central) / 3, h
