@@ -33,6 +33,7 @@ from .microbatch import accumulated_loss_and_grads
 from .modelcheck import check_model_gradients
 from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, Siamese, transposed
 from .optim import SGD, train
+from .study import anchored_contributions, model_contributions, pair_contributions, study_steps
 from .tying import AnchoredModel, TiedPair
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "Siamese", "accumulated_loss_and_grads",
     "check_gradients", "check_vjp", "GradcheckReport", "__version__",
     "check_model_gradients",
+    "model_contributions", "pair_contributions", "anchored_contributions", "study_steps",
 ]

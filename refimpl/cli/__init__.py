@@ -5,7 +5,9 @@
 - ``golden``, ``verify`` (:mod:`.golden`): golden test vectors on disk;
 - ``demo`` (:mod:`.demo`): the parameter-tying experiment;
 - ``memory`` (:mod:`.memory`): unique parameters against parameter uses;
-- ``conform`` (:mod:`.conform`): another implementation's builder over every case and dtype.
+- ``conform`` (:mod:`.conform`): another implementation's builder over every case and dtype;
+- ``explain``, ``steps`` (:mod:`.explain`, :mod:`.steps`): where a gradient comes from, and
+  the errors of numerical derivatives against the step size.
 
 Only this package parses arguments or prints; everything below it returns values or raises.
 """
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from .._version import __version__
-from . import check, conform, demo, golden, memory
+from . import check, conform, demo, explain, golden, memory, steps
 
 #: (sub-command, module, one-line help).
 SUBCOMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
@@ -32,6 +34,10 @@ SUBCOMMANDS: tuple[tuple[str, ModuleType, str], ...] = (
      "unique parameters vs parameter uses and bytes, with and without sharing"),
     ("conform", conform,
      "run a builder build(config, dtype) -> impl over every case and dtype; one table"),
+    ("explain", explain,
+     "where every gradient comes from: each use, output position, task and tying pull"),
+    ("steps", steps,
+     "errors of forward, central, Richardson and complex-step derivatives, h = 1e-1..1e-300"),
 )
 
 

@@ -1,0 +1,162 @@
+"""Tests of refimpl/cli/explain.py and refimpl/cli/steps.py (`refimpl explain`, `refimpl steps`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import refimpl.cli as cli
+from refimpl.cli.explain import case_contributions
+from refimpl.cli.steps import choose_direction
+from refimpl.study import summarize
+from refimpl.testing.cases import get_case
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def test_explain_tied_autoencoder_prints_one_row_per_parameter(capsys):
+    assert cli.main(["explain", "shared-tied-autoencoder"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index("") + 1:]
+    assert table[0].split()[:2] == ["parameter", "||gradient||"]
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert list(rows) == ["enc.weight", "enc.bias", "dec.bias"]
+    assert "enc.weight" in rows["enc.weight"] and "dec.weight^T" in rows["enc.weight"]
+    # The numbers are those of the study functions.
+    found = case_contributions(get_case("shared-tied-autoencoder"))
+    summary = summarize(found["enc.weight"])
+    assert f"{summary.norm:.3g}" in rows["enc.weight"]
+    assert f"{summary.cosines[0, 1]:+.3f}" in rows["enc.weight"]
+    assert f"({summary.shares[1]:+.0%})" in rows["enc.weight"]
+
+
+def test_explain_convolution_prints_a_map_over_positions(capsys):
+    assert cli.main(["explain", "shared-cnn-kernel"]) == 0
+    out = capsys.readouterr().out
+    assert "conv1.weight, use conv2.weight: ||gradient|| at each output position " \
+           "(Ho x Wo = 5 x 5)" in out
+    found = case_contributions(get_case("shared-cnn-kernel"))
+    term = found["conv1.weight"].terms[1]
+    norm_00 = np.linalg.norm(term.parts.gradients[0, 0])
+    block = out.split("use conv2.weight")[1].splitlines()
+    assert block[1].split()[0] == f"{norm_00:.2e}"
+
+
+def test_explain_tied_pair_prints_pull_over_task(capsys):
+    assert cli.main(["explain", "tied-soft-lasserre"]) == 0
+    out = capsys.readouterr().out
+    found = case_contributions(get_case("tied-soft-lasserre"))
+    ratio = summarize(found["A:fc1.weight"]).pull_to_task
+    row = next(line for line in out.splitlines() if line.startswith("A:fc1.weight"))
+    assert row.split()[-1] == f"{ratio:.3g}" and "pull" in row
+    assert next(line for line in out.splitlines()
+                if line.startswith("A:fc2.weight")).split()[-1] == "-"
+
+
+def test_explain_json_to_stdout_and_to_a_file(tmp_path, capsys):
+    assert cli.main(["explain", "tied-hard", "--json", "-"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    path = tmp_path / "explain.json"
+    assert cli.main(["explain", "tied-hard", "--json", str(path)]) == 0
+    assert json.loads(path.read_text()) == document
+    shared = next(p for p in document["parameters"] if p["name"] == "A:fc1.weight")
+    assert [t["model"] for t in shared["terms"]] == ["model_a", "model_b"]
+    assert sum(t["share"] for t in shared["terms"]) == pytest.approx(1, rel=1e-12)
+
+
+def test_explain_config_file_rebuilds_the_case(tmp_path, capsys):
+    for name in ("shared-tied-autoencoder", "tied-soft-lasserre"):
+        case = get_case(name)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(case.config))
+        assert cli.main(["explain", name]) == 0
+        built_in = capsys.readouterr().out
+        assert cli.main(["explain", "--config", str(path)]) == 0
+        from_file = capsys.readouterr().out
+        assert from_file.split("\n", 1)[1] == built_in.split("\n", 1)[1]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["explain", "no-such-case"], "unknown case 'no-such-case'"),
+    (["explain"], "expected a built-in CASE or --config PATH"),
+    (["steps", "mlp-tanh-ce", "--param", "fc1.weight", "--direction", "1"],
+     "--direction: a random direction takes no --param or --index"),
+    (["steps", "mlp-tanh-ce", "--index", "2"], "--index: needs --param NAME"),
+    (["steps", "mlp-tanh-ce", "--param", "nope"], "name: unknown parameter 'nope'"),
+    (["steps", "mlp-tanh-ce", "--per-decade", "0"], "per_decade"),
+])
+def test_bad_arguments_are_one_line_usage_errors(arguments, message, capsys):
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_explain_bad_config_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text('{"layers": []}')
+    assert cli.main(["explain", "--config", str(path)]) == 2
+    assert "expected a key 'model' or 'pair'" in capsys.readouterr().err
+    path.write_text("{not json")
+    assert cli.main(["explain", "--config", str(path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_steps_prints_the_table_and_the_best_steps(capsys):
+    assert cli.main(["steps", "mlp-tanh-ce", "--param", "fc1.weight", "--index", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "coordinate fc1.weight[3]" in lines[0]
+    header = lines.index("h       forward  central  richardson  complex")
+    rows = [line.split()[0] for line in lines[header + 1:lines.index("", header)]]
+    assert rows[:3] == ["1e-01", "1e-02", "1e-03"] and rows[-1] == "1e-300"
+    assert "1e-20" in rows and "1e-40" in rows and "1e-30" not in rows
+    assert "best h for central" in out and "complex step: largest error" in out
+
+
+def test_steps_refuses_a_coordinate_whose_gradient_is_zero():
+    case = get_case("mlp-tanh-ce")
+    _, gradient = case.loss_and_grads(case.params)
+    gradient["fc1.bias"] = np.zeros_like(gradient["fc1.bias"])
+    args = argparse.Namespace(param="fc1.bias", index=1, direction=None)
+    with pytest.raises(ValueError, match=r"--param fc1.bias --index 1: the gradient there is 0"):
+        choose_direction(case, gradient, args)
+    args.param = "fc1.weight"
+    assert choose_direction(case, gradient, args)[0] == "coordinate fc1.weight[1] (flat index)"
+
+
+def test_steps_json_has_every_step(tmp_path, capsys):
+    path = tmp_path / "steps.json"
+    assert cli.main(["steps", "shared-tied-autoencoder", "--direction", "3", "--json",
+                     str(path)]) == 0
+    document = json.loads(path.read_text())
+    assert document["direction"] == "random unit direction (seed 3)"
+    assert len(document["steps"]) == 4 * 299 + 1
+    assert set(document["errors"]) == {"forward", "central", "richardson", "complex"}
+    assert document["errors"]["forward"][-1] == 1.0
+
+
+@pytest.mark.parametrize("command", [["explain", "shared-cnn-kernel"],
+                                     ["steps", "mlp-tanh-ce", "--per-decade", "1"]])
+def test_plot_without_matplotlib_is_a_one_line_error(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    path = tmp_path / "figure.png"
+    assert cli.main([*command, "--plot", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--plot needs matplotlib" in err
+    assert "pip install 'refimpl[plot]'" in err and not path.exists()
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (optional)")
+@pytest.mark.parametrize("command", [["explain", "shared-cnn-kernel"],
+                                     ["explain", "tied-soft-lasserre"],
+                                     ["steps", "mlp-tanh-ce", "--per-decade", "1"]])
+def test_plot_is_a_png(command, tmp_path, capsys):
+    path = tmp_path / "figure.png"
+    assert cli.main([*command, "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plot written to {path}" in capsys.readouterr().out

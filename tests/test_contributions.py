@@ -1,0 +1,292 @@
+"""Tests of refimpl/study/contributions.py: the labelled terms of every gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refimpl import MLP, AnchoredModel, TiedPair, nn, transposed
+from refimpl.study import (
+    Contributions,
+    Term,
+    anchored_contributions,
+    model_contributions,
+    pair_contributions,
+    summarize,
+)
+from refimpl.testing import strategies as rs
+from refimpl.testing.cases import Case, all_cases
+from refimpl.testing.cases.tied import pair_case
+
+EPS = np.finfo(np.float64).eps
+#: ``||sum of terms - gradient|| <= SUM_RTOL * sum_i ||term_i||``. The terms come from the
+#: untied twin, whose forward and backward passes add the same products in another order (a
+#: convolution's positions one by one instead of in one matrix product), so the sum agrees
+#: with ``loss_and_grads`` to the rounding of those sums: a few eps relative to the size of
+#: the summands, not to the (possibly cancelling) total. 16 eps leaves room for the longest
+#: sums drawn; a dropped term or a use not transposed back is wrong by the size of a term.
+SUM_RTOL = 16 * EPS
+
+
+def contributions_of(case: Case) -> dict[str, Contributions]:
+    """The contributions of a drawn or built-in case, from its configuration."""
+    config, data = case.config, case.inputs
+    if "model" in config:
+        model = nn.Sequential.from_config(config["model"])
+        return model_contributions(model, case.params, data["x"], data["y"])
+    if "pair" in config:
+        pair = TiedPair.from_config(config["pair"])
+        batch_b = (data["xb"], data["yb"] if "yb" in data else data["xb"])
+        return pair_contributions(pair, *pair.split(case.params), (data["xa"], data["ya"]),
+                                  batch_b)
+    anchored = config["anchored"]
+    reference = {key[3:]: value for key, value in data.items() if key.startswith("w0:")}
+    model = AnchoredModel(nn.Sequential.from_config(anchored["model"]), anchored["lam"],
+                          reference=reference or None, names=anchored["names"],
+                          penalty=anchored["penalty"])
+    return anchored_contributions(model, case.params, data["x"], data["y"])
+
+
+def assert_terms_sum_to_gradients(case: Case) -> dict[str, Contributions]:
+    _, grads = case.loss_and_grads(case.params)
+    found = contributions_of(case)
+    assert list(found) == list(grads)
+    for name, contributions in found.items():
+        assert np.array_equal(contributions.gradient, grads[name])
+        assert contributions.terms, name
+        scale = sum(np.linalg.norm(term.gradient) for term in contributions.terms)
+        error = np.linalg.norm(contributions.total() - grads[name])
+        assert error <= SUM_RTOL * scale, (name, error, scale)
+        for term in contributions.terms:
+            assert term.gradient.shape == grads[name].shape
+            if term.parts is not None:
+                grid = tuple(range(len(term.parts.axes)))
+                assert term.parts.gradients.shape[len(grid):] == grads[name].shape
+                parts_error = np.linalg.norm(term.parts.gradients.sum(axis=grid)
+                                             - term.gradient)
+                assert parts_error <= SUM_RTOL * np.abs(term.parts.gradients).sum()
+    return found
+
+
+@settings(max_examples=50)
+@given(rs.cases())
+def test_terms_sum_to_the_gradient_of_every_drawn_model(case):
+    assert_terms_sum_to_gradients(case)
+
+
+#: Case kinds whose contributions are not built yet (per Siamese branch, per micro-batch).
+NOT_YET = {"siamese", "microbatch"}
+
+
+@pytest.mark.parametrize("case", [case for case in all_cases() if case.kind not in NOT_YET],
+                         ids=lambda case: case.name)
+def test_terms_sum_to_the_gradient_of_every_built_in_case(case):
+    found = assert_terms_sum_to_gradients(case)
+    uses = sum(len(c.terms) for c in found.values())
+    if case.kind in ("shared", "tied"):
+        assert uses > len(found)   # something is shared or pulled: some parameter has 2 terms
+    with_parts = [t for c in found.values() for t in c.terms if t.parts is not None]
+    assert bool(with_parts) == ("conv1.weight" in case.params
+                                or "A:conv1.weight" in case.params)
+
+
+def _slot_derivative(model, params, x, y, slot, direction, h=1e-30):
+    """d loss / d (slot alone) along ``direction`` by the complex step on the untied twin's
+    *forward* pass (no backward): every other slot keeps its unique parameter's value."""
+    twin = nn.Sequential(model.layers, loss=model.loss_spec)
+    slot_params = {}
+    for name, (root, transpose) in model.slot_uses().items():
+        slot_params[name] = params[root].T if transpose else params[root]
+    slot_params[slot] = slot_params[slot] + 1j * h * direction
+    return twin.loss(slot_params, x, y).imag / h
+
+
+@settings(max_examples=30)
+@given(rs.shared_mlps(), st.integers(0, 2**32 - 1))
+def test_each_use_is_the_derivative_through_that_slot_alone(model, seed):
+    rng = np.random.default_rng(seed)
+    params = model.init(seed % 1000)
+    x = rng.standard_normal((3, model.layers[0].in_features))
+    out = model.output_shape(x.shape)
+    y = (rng.integers(0, out[1], 3) if model.loss_spec.config()["type"] ==
+         "SoftmaxCrossEntropy" else rng.standard_normal(out))
+    found = model_contributions(model, params, x, y)
+    for contributions in found.values():
+        for term in contributions.terms:
+            slot_shape = model.slot_uses()[term.slot]
+            direction = rng.standard_normal(term.gradient.shape)   # in the parameter's layout
+            in_slot = direction.T if slot_shape[1] else direction
+            expected = _slot_derivative(model, params, x, y, term.slot, in_slot)
+            got = float(np.sum(term.gradient * direction))
+            scale = float(np.sum(np.abs(term.gradient * direction)))
+            assert abs(got - expected) <= 1e-12 * max(scale, 1e-300), (term.label, got, expected)
+
+
+def test_tied_autoencoder_has_the_encoder_use_and_the_decoder_use_transposed_back():
+    model = nn.Sequential([nn.Dense("enc", 4, 3), nn.Tanh(), nn.Dense("dec", 3, 4)],
+                          loss=nn.MSE(), share={"dec.weight": transposed("enc.weight")})
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 4))
+    params = model.init(1)
+    found = model_contributions(model, params, x, x)
+    encoder, decoder = found["enc.weight"].terms
+    assert (encoder.slot, encoder.transposed) == ("enc.weight", False)
+    assert (decoder.slot, decoder.transposed) == ("dec.weight", True)
+    assert decoder.label == "dec.weight (transposed back)"
+    # The decoder's use by hand: dec reads W.T, so out = h @ (W.T).T = h @ W, and with
+    # MSE = mean((out - x)^2): dL/dW[i, j] = sum_n h[n, i] * 2 (out - x)[n, j] / (N * D).
+    h = np.tanh(x @ params["enc.weight"].T + params["enc.bias"])   # (N, 3)
+    out = h @ params["enc.weight"] + params["dec.bias"]             # (N, 4)
+    by_hand = h.T @ (2 * (out - x) / out.size)                      # (3, 4), enc's layout
+    np.testing.assert_allclose(decoder.gradient, by_hand, rtol=1e-13, atol=0)
+
+
+def test_convolution_positions_are_the_kernel_gradient_at_each_position():
+    model = nn.Sequential([nn.Conv2D("conv", 1, 2, kernel_size=2), nn.Tanh(), nn.Flatten(),
+                           nn.Dense("fc", 2 * 2 * 2, 2)], loss=nn.SoftmaxCrossEntropy())
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((3, 1, 3, 3)), np.array([0, 1, 1])
+    params = model.init(2)
+    term, = model_contributions(model, params, x, y)["conv.weight"].terms
+    assert term.parts.axes == ("Ho", "Wo") and term.parts.gradients.shape == (2, 2, 2, 1, 2, 2)
+    # Position (i, j) alone: the kernel read at that position only, by the complex step on a
+    # forward pass written out here (conv output (i, j) = sum x[:, :, i:i+2, j:j+2] * w).
+    def loss_with_kernel_at(position, kernel):
+        pre = np.empty((3, 2, 2, 2), dtype=complex)
+        for i in range(2):
+            for j in range(2):
+                w = kernel if (i, j) == position else params["conv.weight"]
+                pre[:, :, i, j] = np.einsum("nchw,fchw->nf", x[:, :, i:i + 2, j:j + 2], w)
+        hidden = np.tanh(pre + params["conv.bias"][:, None, None]).reshape(3, -1)
+        logits = hidden @ params["fc.weight"].T + params["fc.bias"]
+        shifted = logits - logits.real.max(axis=1, keepdims=True)
+        log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return -log_softmax[np.arange(3), y].mean()
+    for position in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        direction = rng.standard_normal(params["conv.weight"].shape)
+        kernel = params["conv.weight"] + 1e-30j * direction
+        expected = loss_with_kernel_at(position, kernel).imag / 1e-30
+        got = np.sum(term.parts.gradients[position] * direction)
+        assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_soft_pair_has_each_task_and_the_pull(transpose):
+    model_a = MLP([3, 4, 2])
+    model_b = nn.Sequential([nn.Dense("enc", 3, 4), nn.Tanh(), nn.Dense("dec", 4, 3)],
+                            loss=nn.MSE())
+    pairs = {"fc1.weight": transposed("dec.weight") if transpose else "enc.weight"}
+    pair = TiedPair(model_a, model_b, pairs, lam=0.7)
+    rng = np.random.default_rng(3)
+    params_a, params_b = pair.init(3)
+    xa, xb = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    batch_a, batch_b = (xa, np.array([0, 1, 1, 0])), (xb, xb)
+    found = pair_contributions(pair, params_a, params_b, batch_a, batch_b)
+    task, pull = found["A:fc1.weight"].terms
+    assert (task.role, task.model, pull.role) == ("task", "model_a", "pull")
+    np.testing.assert_array_equal(task.gradient, model_a.loss_and_grads(params_a, *batch_a)[1]
+                                  ["fc1.weight"])
+    name_b = "dec.weight" if transpose else "enc.weight"
+    b = params_b[name_b].T if transpose else params_b[name_b]
+    np.testing.assert_allclose(pull.gradient, 2 * 0.7 * (params_a["fc1.weight"] - b),
+                               rtol=1e-15)
+    task_b, pull_b = found[f"B:{name_b}"].terms
+    expected_pull_b = -2 * 0.7 * (params_a["fc1.weight"] - b)
+    np.testing.assert_allclose(pull_b.gradient, expected_pull_b.T if transpose
+                               else expected_pull_b, rtol=1e-15)
+    summary = summarize(found["A:fc1.weight"])
+    assert summary.pull_to_task == pytest.approx(
+        np.linalg.norm(pull.gradient) / np.linalg.norm(task.gradient), rel=1e-14)
+
+
+def test_hard_pair_has_both_models_uses_of_the_shared_array():
+    model_a = MLP([3, 4, 2])
+    model_b = nn.Sequential([nn.Dense("enc", 3, 4), nn.Tanh(), nn.Dense("dec", 4, 3)],
+                            loss=nn.MSE())
+    pair = TiedPair(model_a, model_b, {"fc1.weight": transposed("dec.weight")}, mode="hard")
+    rng = np.random.default_rng(4)
+    params_a, params_b = pair.init(4)
+    xa, xb = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    found = pair_contributions(pair, params_a, params_b, (xa, np.array([0, 1, 1, 0])),
+                               (xb, xb))
+    assert "B:dec.weight" not in found
+    from_a, from_b = found["A:fc1.weight"].terms
+    assert (from_a.model, from_b.model, from_b.slot, from_b.transposed) == \
+        ("model_a", "model_b", "dec.weight", True)
+    full_b = {**params_b, "dec.weight": params_a["fc1.weight"].T}
+    full_b = {key: full_b[key] for key in model_b.parameter_shapes()}
+    np.testing.assert_array_equal(from_b.gradient,
+                                  model_b.loss_and_grads(full_b, xb, xb)[1]["dec.weight"].T)
+
+
+def test_anchored_model_has_task_and_pull():
+    model = MLP([3, 4, 2])
+    anchored = AnchoredModel(model, lam=0.2, names=["fc1.weight"])
+    rng = np.random.default_rng(5)
+    params, x, y = model.init(5), rng.standard_normal((4, 3)), np.array([0, 1, 1, 0])
+    found = anchored_contributions(anchored, params, x, y)
+    task, pull = found["fc1.weight"].terms
+    np.testing.assert_allclose(pull.gradient, 2 * 0.2 * params["fc1.weight"], rtol=1e-15)
+    assert [term.role for term in found["fc2.weight"].terms] == ["task"]
+
+
+def test_summary_shares_and_cosines_by_hand():
+    terms = (Term("a", "task", "model", "a", False, np.array([1.0, 0.0])),
+             Term("b", "task", "model", "b", False, np.array([1.0, 1.0])))
+    summary = summarize(Contributions("w", np.array([2.0, 1.0]), terms))
+    # s = (2, 1), ||s||^2 = 5: shares <a, s> / 5 = 2/5 and <b, s> / 5 = 3/5.
+    assert summary.shares == pytest.approx((0.4, 0.6), rel=1e-15)
+    assert summary.norms == pytest.approx((1.0, np.sqrt(2)), rel=1e-15)
+    assert summary.cosines[0, 1] == pytest.approx(1 / np.sqrt(2), rel=1e-15)
+    assert summary.norm == pytest.approx(np.sqrt(5), rel=1e-15)
+    assert summary.pull_to_task is None
+    fighting = (Term("a", "task", "model", "a", False, np.array([3.0])),
+                Term("pull", "pull", "penalty", None, False, np.array([-1.0])))
+    summary = summarize(Contributions("w", np.array([2.0]), fighting))
+    assert summary.shares == pytest.approx((1.5, -0.5), rel=1e-15)
+    assert summary.cosines[0, 1] == -1.0
+    assert summary.pull_to_task == pytest.approx(1 / 3, rel=1e-15)
+
+
+def test_bad_arguments_are_clear_errors():
+    model = MLP([2, 3])
+    with pytest.raises(TypeError, match="model: expected a refimpl Sequential"):
+        model_contributions("mlp", {}, np.zeros((1, 2)), np.array([0]))
+    with pytest.raises(ValueError, match="params"):
+        model_contributions(model, {"fc1.weight": np.zeros((3, 2))}, np.zeros((1, 2)),
+                            np.array([0]))
+    with pytest.raises(TypeError, match="pair: expected a refimpl TiedPair"):
+        pair_contributions(model, {}, {}, (None, None), (None, None))
+    with pytest.raises(TypeError, match="anchored: expected a refimpl AnchoredModel"):
+        anchored_contributions(model, {}, None, None)
+    with pytest.raises(TypeError, match="found: expected Contributions"):
+        summarize({})
+
+
+def test_inputs_are_not_mutated():
+    model = nn.Sequential([nn.Dense("enc", 3, 2), nn.Tanh(), nn.Dense("dec", 2, 3)],
+                          loss=nn.MSE(), share={"dec.weight": transposed("enc.weight")})
+    params = model.init(0)
+    copies = {key: value.copy() for key, value in params.items()}
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    x_copy = x.copy()
+    model_contributions(model, params, x, x)
+    for key in params:
+        np.testing.assert_array_equal(params[key], copies[key])
+    np.testing.assert_array_equal(x, x_copy)
+
+
+def test_hard_pair_through_a_tied_autoencoder_transposes_twice():
+    # B's decoder reads B's encoder transposed, and B's encoder reads A's fc1 transposed: the
+    # decoder's use is A's fc1 as it is (two transposes cancel).
+    model_b = nn.Sequential([nn.Dense("enc", 3, 4), nn.Tanh(), nn.Dense("dec", 4, 3)],
+                            loss=nn.MSE(), share={"dec.weight": transposed("enc.weight")})
+    pair = TiedPair(MLP([4, 3, 2]), model_b, {"fc1.weight": transposed("enc.weight")},
+                    mode="hard")
+    case = pair_case("double-transpose", pair, (4,), (3,), 3, 4, seed=6, autoencoder_b=True)
+    found = assert_terms_sum_to_gradients(case)
+    labels = [(t.model, t.slot, t.transposed) for t in found["A:fc1.weight"].terms]
+    assert labels == [("model_a", "fc1.weight", False), ("model_b", "enc.weight", True),
+                      ("model_b", "dec.weight", False)]
