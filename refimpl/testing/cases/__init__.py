@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Case", "all_cases", "get_case", "CASE_MODULES"]
+__all__ = ["Case", "all_cases", "get_case", "CASE_MODULES", "INPUT_ROLES", "describe_inputs",
+           "resolved_share"]
 
 Params = dict[str, np.ndarray]
 
@@ -32,9 +33,11 @@ class Case:
     name : str
         Unique id, also the golden folder name (``[a-z0-9-]``).
     kind : str
-        "mlp", "cnn", "tied" or "shared".
+        "mlp", "cnn", "tied", "shared" or "probe".
     config : dict
-        JSON-able description (model configuration, data sizes, conventions).
+        JSON-able description (model configuration, data sizes, conventions). Every case's
+        config has ``"inputs"``, the description of :attr:`inputs` as data
+        (:func:`describe_inputs`), and ``"resolved_share"`` (:func:`resolved_share`).
     params : dict of str to np.ndarray
         The point, float64 arrays.
     inputs : dict of str to np.ndarray
@@ -65,6 +68,85 @@ class Case:
     def parameter_total(self) -> int:
         """The number of scalar parameters (the sum of the sizes of ``params``)."""
         return sum(value.size for value in self.params.values())
+
+
+#: The role of every input name a case can have (``"w0:<name>"``: :data:`REFERENCE_ROLE`).
+INPUT_ROLES = {"x": "features", "xa": "features", "xb": "features", "y": None, "ya": None,
+               "yb": None}
+
+#: The role of an input ``"w0:<name>"``: the fixed reference of an anchored parameter.
+REFERENCE_ROLE = "reference weights"
+
+#: The role of ``"xb"`` in a pair whose model B is an autoencoder (no ``"yb"``).
+AUTOENCODER_ROLE = "features and targets"
+
+
+def _role(name: str, value: np.ndarray, inputs: dict[str, np.ndarray]) -> str:
+    """The role of one input (see :func:`describe_inputs`)."""
+    if name.startswith("w0:"):
+        return REFERENCE_ROLE
+    if name not in INPUT_ROLES:
+        raise ValueError(f"inputs: unknown input name {name!r}; known: "
+                         f"{sorted(INPUT_ROLES)} and 'w0:<parameter>'")
+    if name == "xb" and "yb" not in inputs:
+        return AUTOENCODER_ROLE
+    if INPUT_ROLES[name] is not None:
+        return INPUT_ROLES[name]
+    return "labels" if value.dtype.kind in "iu" else "targets"
+
+
+def describe_inputs(inputs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Every input of a case described as data (JSON-able), in the order of ``inputs``.
+
+    Parameters
+    ----------
+    inputs : dict of str to ndarray
+        A case's inputs: ``x`` (N, D) or (N, C, H, W); ``y`` (N,) int64 labels or float
+        targets of the output's shape; a pair's ``xa``, ``ya``, ``xb`` and ``yb`` (absent when
+        B is an autoencoder, whose target is ``xb``); an anchored model's ``w0:<name>``.
+
+    Returns
+    -------
+    dict
+        ``{name: {"shape": [...], "dtype": "float64" | "int64", "role": role}}`` with role
+        "features", "labels" (int64 class indices, cross-entropy), "targets" (float, MSE),
+        "features and targets" (``xb`` of an autoencoder B: its input is its target) or
+        "reference weights" (``w0:<name>``, the anchor of parameter ``<name>``, shaped like
+        it).
+
+    Raises
+    ------
+    ValueError
+        For an input name outside those.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> describe_inputs({"x": np.zeros((2, 3)), "y": np.zeros(2, dtype=np.int64)})["y"]
+    {'shape': [2], 'dtype': 'int64', 'role': 'labels'}
+    """
+    return {name: {"shape": list(np.shape(value)), "dtype": str(np.asarray(value).dtype),
+                   "role": _role(name, np.asarray(value), inputs)}
+            for name, value in inputs.items()}
+
+
+def resolved_share(model: Any) -> dict[str, dict[str, Any]]:
+    """A model's sharing map with every chain resolved: ``{slot: {"source": unique
+    parameter, "transpose": bool}}``, the transposes along the chain composed (``fc4 -> fc3^T
+    -> fc2^T``: fc4 reads fc2 untransposed). Empty for a model without sharing.
+
+    Parameters
+    ----------
+    model : refimpl.nn.Sequential
+        The model.
+
+    Returns
+    -------
+    dict
+        One entry per shared slot (the keys of ``model.share``).
+    """
+    uses = model.slot_uses()
+    return {slot: {"source": uses[slot][0], "transpose": uses[slot][1]} for slot in model.share}
 
 
 #: Modules of ``refimpl.testing.cases`` that define ``cases() -> list[Case]``, in catalogue order.
