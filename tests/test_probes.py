@@ -163,7 +163,7 @@ PLANTED = {
                                                                  _leaky_one_at_zero)},
                                  "leaky_relu'(0): implementation ~ 1 "),
     "probe-leaky-relu-slope-float64": ({"activation": _activation_with(
-        "LeakyReLU", _leaky_float32_slope)}, "negative_slope: implementation ~ 0.100000001"),
+        "LeakyReLU", _leaky_float32_slope)}, "negative_slope: implementation ~ 0.10000000149 "),
     "probe-softplus-above-20": ({"activation": _activation_with("Softplus",
                                                                 _softplus_threshold)},
                                 "softplus'(20.5): implementation ~ 1 "),
@@ -179,7 +179,7 @@ PLANTED = {
     "probe-grouped-conv-backward": (_swapped_group_backward, "other group's input channels"),
     "probe-l1-tie": (_l1_sign_plus_at_tie, "subgradient of |a - b| at 0 (in units of lam): "
                                            "implementation ~ 1 "),
-    "probe-l2-lambda-float64": (_lam_float32, "lam: implementation ~ 0.100000001"),
+    "probe-l2-lambda-float64": (_lam_float32, "lam: implementation ~ 0.10000000149 "),
     "probe-logits-1e4": ({"loss_function": _naive_cross_entropy}, "non-finite"),
 }
 
