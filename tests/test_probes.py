@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from refimpl.testing import compare_with_oracle
-from refimpl.testing.cases import probes
+from refimpl.testing.cases import get_case, probes
 from refimpl.testing.resolution import case_floors
 
 PROBES = {case.name: case for case in probes.cases()}
@@ -261,6 +261,10 @@ def test_diagnose_names_nothing_it_does_not_recognise():
     assert probes.diagnose(case, loss, {"fc1.weight": grads["fc1.weight"]}) is None
     wrong_shape = {**grads, "fc1.bias": np.zeros(5)}
     assert probes.diagnose(case, loss, wrong_shape) is None
+    assert probes.diagnose(case, "not a number", scrambled) is None
+    assert probes.diagnose(case, loss, {**grads, "fc1.bias": "text"}) is None
+    assert probes.diagnose(case, float("nan"), grads) is None     # only the 1e4 probe names it
+    assert probes.diagnose(get_case("mlp-tanh-ce"), loss, grads) is None
     other = PROBES["probe-dilated-window-fits"]
     assert probes.diagnose(other, *other.loss_and_grads(other.params)) is None
 
