@@ -78,26 +78,19 @@ def _model(case: Case) -> Sequential:
     return Sequential.from_config(case.config["model"])
 
 
-def _replaced(case: Case, index: int, layer: Any) -> Sequential:
-    """The case's model with ``layers[index]`` replaced by ``layer`` (None: removed)."""
+def _replaced(case: Case, index: int, *layers: Any, keep: bool = False) -> Sequential:
+    """The case's model with ``layers[index]`` replaced by ``layers`` (``keep``: inserted
+    before it)."""
     model = _model(case)
-    layers = list(model.layers)
-    layers[index:index + 1] = [] if layer is None else [layer]
-    return Sequential(layers, loss=model.loss_spec, share=model.share)
-
-
-def _inserted(case: Case, index: int, layer: Any) -> Sequential:
-    model = _model(case)
-    layers = list(model.layers)
-    layers.insert(index, layer)
-    return Sequential(layers, loss=model.loss_spec, share=model.share)
+    new = list(model.layers)
+    new[index:index if keep else index + 1] = layers
+    return Sequential(new, loss=model.loss_spec, share=model.share)
 
 
 def _probe(name: str, model: Sequential, params: Grads, x: np.ndarray, y: np.ndarray,
            convention: dict[str, str], exact: list[str]) -> Case:
-    case = model_case_at(name, "probe", model, params, x, y,
+    return model_case_at(name, "probe", model, params, x, y,
                          {"convention": convention, "exact": exact})
-    return case
 
 
 def _convention(name: str, rule: str, isolates: str) -> dict[str, str]:
@@ -214,7 +207,7 @@ def _neg_inf_padding_probe() -> Case:
 
 def _zero_padding(case: Case) -> Grads:
     """Padding counted as 0: with one real value per window, max(value, 0) = ReLU(value)."""
-    return _grads_of(_inserted(case, 1, ReLU()), case)
+    return _grads_of(_replaced(case, 1, ReLU(), keep=True), case)
 
 
 # --- convolution geometry --------------------------------------------------------------------
