@@ -35,9 +35,11 @@ def test_every_gradient_of_every_case_has_a_nonzero_entry(case):
 def test_catalogue_names_kinds_and_configs():
     names = [case.name for case in CASES]
     assert len(set(names)) == len(names)
-    assert {case.kind for case in CASES} == {"mlp", "cnn", "tied", "shared", "sequence",
+    assert {case.kind for case in CASES} == {"mlp", "cnn", "tied", "shared", "probe", "sequence",
                                            "siamese", "microbatch"}
-    assert CASE_MODULES[:4] == ("mlp", "cnn", "tied", "shared")
+    assert CASE_MODULES == ("mlp", "cnn", "tied", "shared", "probes", "sequence", "siamese",
+                            "microbatch")
+    assert sum(case.kind == "probe" for case in CASES) == 14
     for case in CASES:
         json.dumps(case.config, allow_nan=False)
         assert all(c.isalnum() or c == "-" for c in case.name)
@@ -49,3 +51,46 @@ def test_get_case():
     assert get_case(CASES[0].name).name == CASES[0].name
     with pytest.raises(ValueError, match="case: unknown case 'nope'"):
         get_case("nope")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_every_input_is_described_as_data(case):
+    described = case.config["inputs"]
+    assert list(described) == list(case.inputs)
+    for name, value in case.inputs.items():
+        entry = described[name]
+        assert entry["shape"] == list(value.shape) and entry["dtype"] == str(value.dtype)
+        expected = ("reference weights" if name.startswith("w0:") else
+                    "labels" if value.dtype == np.int64 else
+                    "features and targets" if name == "xb" and "yb" not in case.inputs else
+                    "targets" if name in ("y", "ya", "yb") else "features")
+        assert entry["role"] == expected, (name, entry)
+
+
+def test_reference_weight_inputs_match_the_anchored_config():
+    for case in CASES:
+        anchored = case.config.get("anchored")
+        references = [name[3:] for name in case.inputs if name.startswith("w0:")]
+        if anchored is None:
+            assert references == []
+        elif anchored["reference"] == "inputs":
+            assert references == anchored["names"]
+            for name in references:
+                assert case.inputs[f"w0:{name}"].shape == case.params[name].shape
+        else:
+            assert anchored["reference"] == "zero" and references == []
+
+
+def test_sharing_chains_are_resolved_in_the_config():
+    chain = get_case("shared-transpose-chain")
+    assert chain.config["resolved_share"] == {
+        "fc3.weight": {"source": "fc2.weight", "transpose": True},
+        "fc4.weight": {"source": "fc2.weight", "transpose": False},   # (fc2^T)^T
+        "fc4.bias": {"source": "fc2.bias", "transpose": False},
+        "fc3.bias": {"source": "fc2.bias", "transpose": False}}      # fc3 -> fc4 -> fc2
+    for case in CASES:
+        resolved = case.config["resolved_share"]
+        members = resolved.values() if "pair" in case.config else [resolved]
+        for member in members:
+            for slot, use in member.items():
+                assert use["source"] not in member, (case.name, slot)   # a root, not a slot

@@ -4,6 +4,7 @@ never unpickle anything."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import hashlib
 import io
@@ -22,12 +23,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_io import read_only_folder
 
+import refimpl.testing.cases as cases_module
 from refimpl.cli import golden as golden_command
-from refimpl.nn import Sequential
+from refimpl.nn import MLP, Sequential
 from refimpl.testing import DTYPE_TOLERANCES, golden
-from refimpl.testing.cases import all_cases
+from refimpl.testing.cases import all_cases, get_case
+from refimpl.testing.cases.mlp import model_case
 from refimpl.testing.golden import format as golden_format
 from refimpl.testing.golden import install as golden_install
+from refimpl.testing.golden import verification as golden_verification
 from refimpl.testing.golden import writing as golden_writing
 
 
@@ -118,7 +122,7 @@ def test_manifest_describes_every_file(fresh):
         raise AssertionError(f"{name} in the manifest")
 
     manifest = json.loads(text, parse_constant=no_constants)
-    assert manifest["format"] == "refimpl-golden" and manifest["schema_version"] == 1
+    assert manifest["format"] == "refimpl-golden" and manifest["schema_version"] == 2
     generator = manifest["generator"]
     assert generator["numpy"] == np.__version__ and generator["command"].startswith(
         "refimpl golden")
@@ -239,7 +243,7 @@ def test_unparsable_manifest_fails_naming_it(copy):
 
 
 def test_manifest_with_nan_is_refused(copy):
-    text = (copy / "manifest.json").read_text().replace('"schema_version": 1',
+    text = (copy / "manifest.json").read_text().replace('"schema_version": 2',
                                                         '"schema_version": NaN')
     (copy / "manifest.json").write_text(text)
     failed = _failures(golden.verify(copy))
@@ -281,7 +285,7 @@ def test_unknown_case_in_manifest_fails(copy):
     manifest["case_order"][0] = "no-such-case"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     report = golden.verify(copy)
-    assert any(entry.case == "no-such-case" and "catalogue" in entry.message
+    assert any(entry.case == "no-such-case" and "cannot be verified" in entry.message
                for entry in report.failures)
 
 
@@ -648,9 +652,29 @@ def _manifest_edits():
     def file_order(manifest):
         manifest["cases"][first]["files"].reverse()
 
+    def probe_convention(manifest):
+        manifest["cases"][PROBE]["convention"]["refimpl_rule"] = "relu'(0) = 1"
+
+    def probe_convention_in_config(manifest):
+        manifest["cases"][PROBE]["config"]["convention"]["name"] = "relu'(0) = 1"
+
+    def convention_of_a_non_probe(manifest):
+        manifest["cases"][first]["convention"] = {"name": "anything"}
+
+    def input_role(manifest):
+        manifest["cases"][first]["inputs"]["y"]["role"] = "targets"
+
+    def input_shape(manifest):
+        manifest["cases"][first]["inputs"]["x"]["shape"][0] += 1
+
+    def input_description_in_config(manifest):
+        manifest["cases"][first]["config"]["inputs"]["x"]["dtype"] = "float32"
+
     return [loosened_tolerances, case_tolerances, comparison_rule, conventions,
             case_conventions, npy, command, kind, seed, config, parameter_list, case_order,
-            extra_field, extra_case_field, file_order]
+            extra_field, extra_case_field, file_order, probe_convention,
+            probe_convention_in_config, convention_of_a_non_probe, input_role, input_shape,
+            input_description_in_config]
 
 
 @pytest.mark.parametrize("edit", _manifest_edits(), ids=lambda edit: edit.__name__)
@@ -659,6 +683,87 @@ def test_an_edited_manifest_field_fails_on_the_manifest(copy, edit):
     report = golden.verify(copy)
     failed = _failures(report)
     assert golden.MANIFEST in failed, str(report)
+
+
+PROBE = "probe-relu-at-zero"
+
+
+def test_the_manifest_records_each_probe_convention_and_describes_inputs(fresh):
+    manifest = golden.read_manifest(fresh)
+    probes = [case for case in all_cases() if case.kind == "probe"]
+    assert len(probes) == 14
+    for case in all_cases():
+        entry = manifest["cases"][case.name]
+        assert entry["convention"] == case.config.get("convention")
+        assert (entry["convention"] is not None) == (case.kind == "probe")
+        assert entry["inputs"] == case.config["inputs"]
+        assert sorted(entry["inputs"]) == sorted(case.inputs)    # the manifest's keys sort
+        for name, value in case.inputs.items():
+            assert entry["inputs"][name]["shape"] == list(value.shape)
+            assert entry["inputs"][name]["dtype"] == str(value.dtype)
+    assert manifest["cases"]["tied-soft-lasserre"]["inputs"]["xb"]["role"] == \
+        "features and targets"
+    assert manifest["cases"]["tied-anchored-l2sp"]["inputs"]["w0:fc1.weight"]["role"] == \
+        "reference weights"
+
+
+# --- cases outside the catalogue (drawn cases) ------------------------------------------------
+
+def _drawn(seed: int):
+    return model_case(f"drawn-test-{seed}", "mlp", MLP([3, 4, 2], activation="tanh"), (3,), 4,
+                      seed)
+
+
+def test_a_case_outside_the_catalogue_is_written_and_never_verified_unchecked(tmp_path):
+    out = golden.write(tmp_path / "drawn", cases=[_drawn(7), "mlp-tanh-ce"])
+    manifest = golden.read_manifest(out)
+    assert manifest["case_order"] == ["mlp-tanh-ce", "drawn-test-7"]
+    assert manifest["cases"]["drawn-test-7"]["seed"] == 7
+    data = golden.load_case(out, "drawn-test-7")
+    assert np.array_equal(data.inputs["x"], _drawn(7).inputs["x"])
+    report = golden.verify(out)
+    assert not report.ok
+    assert [(entry.case, entry.message) for entry in report.failures] == [
+        ("drawn-test-7", golden_verification.NOT_REBUILT)]
+
+
+def test_a_registered_rebuilder_verifies_a_drawn_case_and_catches_tampering(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setitem(cases_module.REBUILDERS, "drawn-test-", _drawn)
+    out = golden.write(tmp_path / "drawn", cases=[_drawn(7)])
+    assert golden.verify(out).ok
+
+    def other_seed(manifest):
+        manifest["cases"]["drawn-test-7"]["config"]["seed"] = 8
+    _tamper(out, other_seed)
+    report = golden.verify(out)
+    assert not report.ok and any(entry.case == "drawn-test-7" for entry in report.failures)
+
+
+def test_a_drawn_case_whose_seed_rebuilds_another_case_fails(tmp_path, monkeypatch):
+    monkeypatch.setitem(cases_module.REBUILDERS, "drawn-test-", lambda seed: _drawn(seed + 1))
+    out = golden.write(tmp_path / "drawn", cases=[_drawn(7)])
+    report = golden.verify(out)
+    assert any(entry.case == "drawn-test-7" and "rebuilds a case called 'drawn-test-8'"
+               in entry.message for entry in report.failures)
+
+
+def test_a_changed_catalogue_case_written_as_an_object_fails_verify(tmp_path):
+    case = get_case("mlp-tanh-ce")
+    changed = dataclasses.replace(case, params={k: v + 1.0 for k, v in case.params.items()})
+    out = golden.write(tmp_path / "changed", cases=[changed])
+    failed = _failures(golden.verify(out))
+    assert any(path.startswith("mlp-tanh-ce/parameter.") for path in failed)
+
+
+def test_write_refuses_what_is_not_a_case_and_a_case_given_twice(tmp_path):
+    with pytest.raises(TypeError, match="cases: expected case names or"):
+        golden.write(tmp_path / "a", cases=[3])
+    with pytest.raises(ValueError, match="'drawn-test-7' is given twice"):
+        golden.write(tmp_path / "b", cases=[_drawn(7), _drawn(7)])
+    with pytest.raises(ValueError, match="'mlp-tanh-ce' is given twice"):
+        golden.write(tmp_path / "c", cases=["mlp-tanh-ce", get_case("mlp-tanh-ce")])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_bytes_after_the_data_fail_naming_the_file(copy):

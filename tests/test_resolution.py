@@ -207,3 +207,47 @@ def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="stored params differ from refimpl's catalogue"):
         compare_with_golden(make_impl(case.config, "float32"), folder, case=name,
                             dtype="float32")
+
+
+# --- exact points (the convention probes) ------------------------------------------------------
+
+def test_perturbed_leaves_exact_arrays_and_labels_alone():
+    arrays = {"x": np.array([0.5, -0.25]), "w": np.array([1.5, 2.0]),
+              "y": np.array([1, 0], dtype=np.int64)}
+    moved = resolution.perturbed(arrays, 1e-3, np.random.default_rng(0), exact=["x"])
+    assert np.array_equal(moved["x"], arrays["x"]) and np.array_equal(moved["y"], arrays["y"])
+    assert np.all(moved["w"] != arrays["w"])
+    assert np.allclose(moved["w"], arrays["w"], rtol=1.01e-3, atol=0)
+
+
+def test_an_exact_name_that_is_neither_a_parameter_nor_an_input_is_refused():
+    case = get_case("probe-relu-at-zero")
+    with pytest.raises(ValueError, match=r"exact: \['fc1.weights'\] are neither params"):
+        resolution.resolution_floors(case.evaluate, case.params, case.inputs, "float32",
+                                     exact=["fc1.weights"])
+    with pytest.raises(TypeError, match="exact: expected a list of array names"):
+        resolution.resolution_floors(case.evaluate, case.params, case.inputs, "float32",
+                                     exact="x")
+    misspelt = Case(**{**case.__dict__, "config": {**case.config, "exact": ["X"]}})
+    with pytest.raises(ValueError, match=r"exact: \['X'\]"):
+        resolution.case_floors(misspelt, "float32")
+
+
+def test_exact_arrays_are_still_rounded_to_the_hand_over_dtype():
+    # declaring a non-representable array exact does not hide its rounding: 0.1 in float32
+    case = get_case("probe-relu-at-zero")
+    inputs = {**case.inputs, "x": case.inputs["x"] + 0.1}
+    exact = resolution.resolution_floors(case.evaluate, case.params, inputs, "float32",
+                                         exact=["x", "fc1.weight", "fc1.bias"])
+    assert exact[("gradient", "fc2.weight")] > 0
+    rounded_only = resolution.rounded_to(inputs, "float32")["x"]
+    assert not np.array_equal(rounded_only, inputs["x"])
+
+
+def test_a_probe_floor_perturbs_everything_after_the_kink():
+    case = get_case("probe-relu-at-zero")
+    floors = resolution.case_floors(case, "float32")
+    # fc2 and the targets are perturbed: every tensor that depends on them has a floor
+    for key in (("loss", "loss"), ("gradient", "fc2.weight"), ("gradient", "fc2.bias"),
+                ("gradient", "fc1.bias"), ("output", "out")):
+        assert floors[key] > 0, key

@@ -12,8 +12,19 @@ An implementation under test is any callable::
   or modify them.
 - ``inputs``: ``dict[str, np.ndarray]``: ``{"x": ..., "y": ...}`` for one model (``x`` batch
   first, ``(N, D)`` or ``(N, C, H, W)``; ``y`` int64 class labels for cross-entropy, float
-  targets for MSE), ``{"xa", "ya", "xb", "yb"}`` for a tied pair. Float inputs are cast to the
+  targets for MSE), ``{"xa", "ya", "xb", "yb"}`` for a tied pair, without ``"yb"`` when model
+  B is an autoencoder (its target is its input ``xb``). An anchored model
+  (:class:`refimpl.tying.AnchoredModel`, ``config["anchored"]["reference"] == "inputs"``)
+  also receives its fixed reference weights as ``"w0:<name>"``, one per anchored parameter,
+  shaped like it (``"zero"``: none, the anchors are 0, weight decay). Every case describes
+  its inputs as data in ``case.config["inputs"]`` (and the golden manifest in
+  ``cases.<name>.inputs``): ``{name: {"shape": [...], "dtype": "float64" | "int64",
+  "role": ...}}`` with role "features", "labels", "targets", "features and targets" (the
+  autoencoder's ``xb``) or "reference weights" (``w0:<name>``). Float inputs are cast to the
   ``dtype`` under test; integer labels stay int64.
+- ``case.config`` also gives ``"resolved_share"``: every shared slot with the unique
+  parameter it finally reads and the composed transpose (``{slot: {"source", "transpose"}}``;
+  for a pair ``{"model_a": ..., "model_b": ...}``), so a builder need not follow chains.
 - returns ``loss``: a number (Python float, NumPy scalar or 0-d / 1-element array) and
   ``grads``: a mapping with exactly the keys of ``params``, each array of its parameter's
   shape. Optionally a third element ``outputs``, a mapping such as ``{"out": logits}``,

@@ -35,6 +35,19 @@ gradients are small where their rounding is large). A ReLU pre-activation within
 its kink makes the reference jump between perturbed points: the floor then says, correctly,
 that the dtype cannot tell on which side the implementation lands.
 
+Exact points (the convention probes)
+------------------------------------
+A probe (:mod:`refimpl.testing.cases.probes`) sits *on* a kink on purpose: a ReLU
+pre-activation of exactly 0, two tied maxima, an L1 pair with ``a == b``. Perturbing the
+arrays that build the kink would cross it and make the floor say "inconclusive" for a point
+every dtype computes exactly. Such a case lists those arrays in ``config["exact"]``: their
+entries are small dyadic rationals, exactly representable in float32 and in TF32's 10-bit
+mantissa, and every sum and product up to the kink is exact in any order, so no dtype rounds
+them. The floor then rounds them to the hand-over dtype (a no-op, checked by
+``tests/test_probes.py``) and does not perturb them; every other array (the layers after the
+kink, the targets) is perturbed as above, and the loss rounding is added as above: what the
+dtype actually rounds.
+
 ``FLOOR_SAFETY`` was chosen from the measured ratio "error of an independent float32 /
 simulated-TF32 implementation over the raw spread" where the floor dominates the limit (at
 most 1.3 / 1.5; ``tests/oracle_stress.py``), and is pinned by ``tests/test_resolution.py``.
@@ -45,7 +58,7 @@ Cost: ``FLOOR_PERTURBATIONS + 1`` extra float64 evaluations of the reference, an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -110,14 +123,16 @@ def rounded_to(arrays: Mapping[str, Any], dtype: str) -> dict[str, np.ndarray]:
             else np.asarray(value) for name, value in arrays.items()}
 
 
-def perturbed(arrays: Mapping[str, Any], relative: float, rng: np.random.Generator
-              ) -> dict[str, np.ndarray]:
+def perturbed(arrays: Mapping[str, Any], relative: float, rng: np.random.Generator,
+              exact: Iterable[str] = ()) -> dict[str, np.ndarray]:
     """Every float array times ``1 + relative * s`` entry-wise, ``s = +-1`` at random (a zero
-    stays zero, as it does in floating point); integer arrays (labels) untouched."""
+    stays zero, as it does in floating point); integer arrays (labels) and the arrays named in
+    ``exact`` (computed exactly in every dtype: module docstring) untouched."""
+    exact = set(exact)
     result = {}
     for name, value in arrays.items():
         array = np.asarray(value)
-        if _is_float(array):
+        if _is_float(array) and name not in exact:
             signs = np.where(rng.random(array.shape) < 0.5, -1.0, 1.0)
             result[name] = array.astype(np.float64) * (1.0 + relative * signs)
         else:
@@ -212,7 +227,8 @@ def _add(changes: dict[Key, np.ndarray], loss_change: float, grads: Mapping[str,
 
 def resolution_floors(evaluate: Evaluate, params: Mapping[str, Any], inputs: Mapping[str, Any],
                       dtype: str, *, reference: Any = None, seed: int = 0,
-                      config: Mapping[str, Any] | None = None) -> dict[Key, float]:
+                      config: Mapping[str, Any] | None = None,
+                      exact: Iterable[str] = ()) -> dict[Key, float]:
     """The floor of every tensor ``evaluate`` returns (the model of the module docstring).
 
     Parameters
@@ -230,6 +246,9 @@ def resolution_floors(evaluate: Evaluate, params: Mapping[str, Any], inputs: Map
     config : mapping, optional
         The case's configuration (``{"model": ...}``, ``{"pair": ...}``,
         ``{"anchored": ...}``): adds :func:`loss_rounding`; None leaves it out.
+    exact : iterable of str
+        Names of params / inputs computed exactly in every dtype (module docstring, "Exact
+        points"): rounded to the hand-over dtype, never perturbed.
 
     Returns
     -------
@@ -250,7 +269,8 @@ def resolution_floors(evaluate: Evaluate, params: Mapping[str, Any], inputs: Map
     expected = dict(tensors_of(reference))
     relative = FLOOR_ROUNDOFF_UNITS * UNIT_ROUNDOFF[dtype]
     points = [(rounded_to(params, dtype), rounded_to(inputs, dtype))]
-    points += [(perturbed(params, relative, rng), perturbed(inputs, relative, rng))
+    exact = _check_exact(exact, params, inputs)
+    points += [(perturbed(params, relative, rng, exact), perturbed(inputs, relative, rng, exact))
                for _ in range(FLOOR_PERTURBATIONS)]
     spread = dict.fromkeys(expected, 0.0)
     for point_params, point_inputs in points:
@@ -268,13 +288,28 @@ def resolution_floors(evaluate: Evaluate, params: Mapping[str, Any], inputs: Map
     return {key: FLOOR_SAFETY * value for key, value in spread.items()}
 
 
+def _check_exact(exact: Iterable[str], params: Mapping[str, Any], inputs: Mapping[str, Any]
+                 ) -> list[str]:
+    """``exact`` as a list of names of ``params`` / ``inputs``; a ``ValueError`` for any other
+    name (a misspelt name would silently leave its array perturbed)."""
+    if isinstance(exact, str):
+        raise TypeError(f"exact: expected a list of array names, got the string {exact!r}")
+    exact = list(exact)
+    unknown = [name for name in exact if name not in params and name not in inputs]
+    if unknown:
+        raise ValueError(f"exact: {unknown} are neither params {sorted(params)} nor inputs "
+                         f"{sorted(inputs)}")
+    return exact
+
+
 def case_floors(case: Any, dtype: str, reference: Any = None) -> dict[tuple[str, str], float]:
     """The resolution floor of every tensor of a case, for ``dtype``.
 
     Parameters
     ----------
     case : refimpl.testing.cases.Case
-        The case; one without ``evaluate`` has its parameters perturbed only.
+        The case; one without ``evaluate`` has its parameters perturbed only. The arrays its
+        ``config["exact"]`` names (a probe's kink) are not perturbed.
     dtype : str
         "float64", "float32" or "tf32".
     reference : tuple, optional
@@ -291,5 +326,8 @@ def case_floors(case: Any, dtype: str, reference: Any = None) -> dict[tuple[str,
         def evaluate(p: Mapping[str, Any], _: Mapping[str, Any]) -> tuple:
             return (*case.loss_and_grads(p), case.outputs(p))
         inputs = {}
+    exact = [name for name in _check_exact(case.config.get("exact", ()), case.params,
+                                           case.inputs) if name in case.params or name in inputs]
     return resolution_floors(evaluate, case.params, inputs, dtype, reference=reference,
-                             config=case.config if case.evaluate is not None else None)
+                             config=case.config if case.evaluate is not None else None,
+                             exact=exact)

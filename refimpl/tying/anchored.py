@@ -48,7 +48,21 @@ class AnchoredModel:
         parameter when ``reference`` is None).
     penalty : {"l2", "l1"}
         Squared L2 (default) or L1.
+
+    Examples
+    --------
+    >>> from refimpl import MLP
+    >>> model = MLP([3, 4, 2], activation="tanh")
+    >>> decay = AnchoredModel(model, lam=0.01, names=["fc1.weight"])
+    >>> decay.config()["reference"]
+    'zero'
+    >>> AnchoredModel.from_config(decay.config()).config() == decay.config()
+    True
     """
+
+    #: ``config()["reference"]``: the anchors are zero (weight decay) / data handed to an
+    #: implementation as inputs ``"w0:<name>"`` (e.g. pretrained weights, L2-SP).
+    REFERENCE_MODES = ("zero", "inputs")
 
     def __init__(
         self,
@@ -80,6 +94,7 @@ class AnchoredModel:
             raise ValueError(f"names: {duplicated} anchored twice")
         self.names = tuple(names)
         self.lams = _models.check_lams(lam, list(self.names), "parameter")
+        self.reference_mode = "zero" if reference is None else "inputs"
         if reference is None:
             self.reference = {name: np.zeros(shapes[name]) for name in self.names}
         else:
@@ -136,9 +151,62 @@ class AnchoredModel:
         return self.model.parameter_count()
 
     def config(self) -> dict[str, Any]:
-        """JSON-able description (the reference arrays are data, not configuration)."""
+        """JSON-able description from which :meth:`from_config` rebuilds the model.
+
+        ``{"model": Sequential config, "names": [...], "lam": {name: float}, "penalty": "l2" |
+        "l1", "reference": "zero" | "inputs"}``. The reference arrays are data, not
+        configuration: with ``"inputs"`` an implementation receives them as the inputs
+        ``"w0:<name>"`` (shaped like the parameter) next to ``x`` and ``y``.
+        """
         return {"model": self.model.config(), "names": list(self.names), "lam": dict(self.lams),
-                "penalty": self.penalty_name}
+                "penalty": self.penalty_name, "reference": self.reference_mode}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], reference: Mapping[str, Any] | None = None,
+                    what: str = "config") -> AnchoredModel:
+        """Inverse of :meth:`config`.
+
+        Parameters
+        ----------
+        config : mapping
+            As returned by :meth:`config` (``"penalty"`` and ``"reference"`` optional:
+            "l2" and "zero").
+        reference : dict of str to ndarray, optional
+            The anchors ``{name: w0}``; required when ``config["reference"] == "inputs"``,
+            refused when it is "zero".
+        what : str
+            Names the configuration in error messages.
+
+        Returns
+        -------
+        AnchoredModel
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the missing, unknown or malformed key (``config['lam']``, ...) or the
+            reference that does not fit the mode.
+        """
+        check_keys(config, ["model", "names", "lam"], ["penalty", "reference"], what=what)
+        mode = config.get("reference", "zero")
+        if not isinstance(mode, str) or mode not in cls.REFERENCE_MODES:
+            raise ValueError(f"{what}['reference']: expected one of {list(cls.REFERENCE_MODES)}, "
+                             f"got {mode!r}")
+        if mode == "inputs" and reference is None:
+            raise ValueError(f"reference: {what}['reference'] is 'inputs': pass the anchors "
+                             f"{{name: w0}} (an implementation's inputs 'w0:<name>')")
+        if mode == "zero" and reference is not None:
+            raise ValueError(f"reference: {what}['reference'] is 'zero' (weight decay); got "
+                             f"anchors for {sorted(reference)!r:.80}")
+        names = config["names"]
+        if not isinstance(names, (list, tuple)):
+            raise TypeError(f"{what}['names']: expected a list of parameter names, got "
+                            f"{type(names).__name__} {names!r:.80}")
+        penalty = config.get("penalty", "l2")
+        if not isinstance(penalty, str):
+            raise TypeError(f"{what}['penalty']: expected 'l2' or 'l1', got {penalty!r}")
+        model = Sequential.from_config(config["model"], what=f"{what}['model']")
+        return cls(model, lam=config["lam"], reference=reference, names=names, penalty=penalty)
 
     def __repr__(self) -> str:
         return (f"AnchoredModel({self.model!r}, lam={self.lams!r}, names={list(self.names)}, "

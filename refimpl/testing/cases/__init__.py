@@ -12,13 +12,14 @@ tied pairs included (whose keys are prefixed ``"A:"`` / ``"B:"``), checkable by
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Case", "all_cases", "get_case", "CASE_MODULES"]
+__all__ = ["Case", "all_cases", "get_case", "CASE_MODULES", "INPUT_ROLES", "describe_inputs",
+           "resolved_share", "REBUILDERS", "register_rebuilder", "rebuild_case"]
 
 Params = dict[str, np.ndarray]
 
@@ -34,7 +35,9 @@ class Case:
     kind : str
         "mlp", "cnn", "tied", "shared", "probe", "sequence", "siamese" or "microbatch".
     config : dict
-        JSON-able description (model configuration, data sizes, conventions).
+        JSON-able description (model configuration, data sizes, conventions). Every case's
+        config has ``"inputs"``, the description of :attr:`inputs` as data
+        (:func:`describe_inputs`), and ``"resolved_share"`` (:func:`resolved_share`).
     params : dict of str to np.ndarray
         The point, float64 arrays.
     inputs : dict of str to np.ndarray
@@ -67,6 +70,85 @@ class Case:
         return sum(value.size for value in self.params.values())
 
 
+#: The role of every input name a case can have (``"w0:<name>"``: :data:`REFERENCE_ROLE`).
+INPUT_ROLES = {"x": "features", "xa": "features", "xb": "features", "y": None, "ya": None,
+               "yb": None}
+
+#: The role of an input ``"w0:<name>"``: the fixed reference of an anchored parameter.
+REFERENCE_ROLE = "reference weights"
+
+#: The role of ``"xb"`` in a pair whose model B is an autoencoder (no ``"yb"``).
+AUTOENCODER_ROLE = "features and targets"
+
+
+def _role(name: str, value: np.ndarray, inputs: dict[str, np.ndarray]) -> str:
+    """The role of one input (see :func:`describe_inputs`)."""
+    if name.startswith("w0:"):
+        return REFERENCE_ROLE
+    if name not in INPUT_ROLES:
+        raise ValueError(f"inputs: unknown input name {name!r}; known: "
+                         f"{sorted(INPUT_ROLES)} and 'w0:<parameter>'")
+    if name == "xb" and "yb" not in inputs:
+        return AUTOENCODER_ROLE
+    if INPUT_ROLES[name] is not None:
+        return INPUT_ROLES[name]
+    return "labels" if value.dtype.kind in "iu" else "targets"
+
+
+def describe_inputs(inputs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Every input of a case described as data (JSON-able), in the order of ``inputs``.
+
+    Parameters
+    ----------
+    inputs : dict of str to ndarray
+        A case's inputs: ``x`` (N, D) or (N, C, H, W); ``y`` (N,) int64 labels or float
+        targets of the output's shape; a pair's ``xa``, ``ya``, ``xb`` and ``yb`` (absent when
+        B is an autoencoder, whose target is ``xb``); an anchored model's ``w0:<name>``.
+
+    Returns
+    -------
+    dict
+        ``{name: {"shape": [...], "dtype": "float64" | "int64", "role": role}}`` with role
+        "features", "labels" (int64 class indices, cross-entropy), "targets" (float, MSE),
+        "features and targets" (``xb`` of an autoencoder B: its input is its target) or
+        "reference weights" (``w0:<name>``, the anchor of parameter ``<name>``, shaped like
+        it).
+
+    Raises
+    ------
+    ValueError
+        For an input name outside those.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> describe_inputs({"x": np.zeros((2, 3)), "y": np.zeros(2, dtype=np.int64)})["y"]
+    {'shape': [2], 'dtype': 'int64', 'role': 'labels'}
+    """
+    return {name: {"shape": list(np.shape(value)), "dtype": str(np.asarray(value).dtype),
+                   "role": _role(name, np.asarray(value), inputs)}
+            for name, value in inputs.items()}
+
+
+def resolved_share(model: Any) -> dict[str, dict[str, Any]]:
+    """A model's sharing map with every chain resolved: ``{slot: {"source": unique
+    parameter, "transpose": bool}}``, the transposes along the chain composed (``fc4 -> fc3^T
+    -> fc2^T``: fc4 reads fc2 untransposed). Empty for a model without sharing.
+
+    Parameters
+    ----------
+    model : refimpl.nn.Sequential
+        The model.
+
+    Returns
+    -------
+    dict
+        One entry per shared slot (the keys of ``model.share``).
+    """
+    uses = model.slot_uses()
+    return {slot: {"source": uses[slot][0], "transpose": uses[slot][1]} for slot in model.share}
+
+
 #: Modules of ``refimpl.testing.cases`` that define ``cases() -> list[Case]``, in catalogue order.
 CASE_MODULES = ("mlp", "cnn", "tied", "shared", "probes", "sequence", "siamese", "microbatch")
 
@@ -90,3 +172,83 @@ def get_case(name: str) -> Case:
         if case.name == name:
             return case
     raise ValueError(f"case: unknown case {name!r}")
+
+
+#: Name prefix -> ``(module of refimpl.testing.cases, function)`` or a callable ``f(seed) ->
+#: Case``: how a case that is not in the catalogue is rebuilt from its ``config["seed"]`` (a
+#: drawn case ``drawn-<kind>-<seed>``), so that a golden folder holding it can be verified.
+REBUILDERS: dict[str, tuple[str, str] | Callable[[int], Case]] = {
+    "drawn-": ("drawn", "drawn_case"),
+}
+
+
+def register_rebuilder(prefix: str, build: Callable[[int], Case]) -> None:
+    """Let :func:`rebuild_case` rebuild the cases whose names start with ``prefix``.
+
+    Parameters
+    ----------
+    prefix : str
+        A name prefix such as ``"drawn-"`` (not empty).
+    build : callable
+        ``build(seed) -> Case``, deterministic: the same seed gives the same case.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a prefix that is not a non-empty string or a ``build`` that is not callable.
+    """
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(f"prefix: expected a non-empty name prefix, got {prefix!r}")
+    if not callable(build):
+        raise TypeError(f"build: expected a callable build(seed) -> Case, got {build!r}")
+    REBUILDERS[prefix] = build
+
+
+def rebuild_case(name: str, config: Mapping[str, Any]) -> Case | None:
+    """The case called ``name`` rebuilt from refimpl alone: the catalogue's, or for a name a
+    registered rebuilder recognises, ``build(config["seed"])``; None when nothing can rebuild
+    it (such a case can be compared, never verified against refimpl).
+
+    Parameters
+    ----------
+    name : str
+        The case's name, e.g. ``"mlp-tanh-ce"`` or ``"drawn-mlp-7"``.
+    config : mapping
+        The configuration stored with it (only its ``"seed"`` is used, to rebuild; the
+        caller compares the rest with the rebuilt case's).
+
+    Returns
+    -------
+    Case or None
+
+    Raises
+    ------
+    ValueError
+        When a rebuilder applies but the config has no integer ``"seed"``, or the rebuilt case
+        is called otherwise than ``name``.
+    """
+    for case in all_cases():
+        if case.name == name:
+            return case
+    # the longest matching prefix first: "drawn-mlp-" before "drawn-"
+    for prefix in sorted(REBUILDERS, key=len, reverse=True):
+        build = REBUILDERS[prefix]
+        if not name.startswith(prefix):
+            continue
+        if isinstance(build, tuple):
+            module_name, function = build
+            try:
+                module = importlib.import_module(f"{__name__}.{module_name}")
+            except ModuleNotFoundError:
+                continue          # that module is not part of this refimpl
+            build = getattr(module, function)
+        seed = config.get("seed") if isinstance(config, Mapping) else None
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"config['seed']: case {name!r} is rebuilt from its seed, a "
+                             f"non-negative int; got {seed!r}")
+        case = build(seed)
+        if case.name != name:
+            raise ValueError(f"case {name!r}: its seed {seed} rebuilds a case called "
+                             f"{case.name!r}")
+        return case
+    return None

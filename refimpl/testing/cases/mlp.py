@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...nn import MLP, Sequential
-from . import Case
+from . import Case, describe_inputs, resolved_share
 
 #: (name, sizes, activation, loss, batch). Small enough for a full complex-step check.
 MLP_SPECS = (
@@ -34,10 +34,20 @@ def model_case(name: str, kind: str, model: Sequential, input_shape: tuple[int, 
         y = rng.integers(0, out_shape[1], size=batch).astype(np.int64)
     else:
         y = rng.standard_normal(out_shape)
-    config = {"model": model.config(), "input_shape": [batch, *input_shape], "seed": seed,
-              **(extra_config or {})}
+    return model_case_at(name, kind, model, params, x, y, {"seed": seed, **(extra_config or {})})
+
+
+def model_case_at(name: str, kind: str, model: Sequential, params: dict[str, np.ndarray],
+                  x: np.ndarray, y: np.ndarray, extra_config: dict | None = None) -> Case:
+    """The case of ``model`` at the given point ``params`` and data ``x`` (batch first), ``y``
+    (int64 labels or float targets); its config is ``{"model", "input_shape", "inputs",
+    "resolved_share", **extra_config}``."""
+    config = {"model": model.config(), "input_shape": list(x.shape),
+              "resolved_share": resolved_share(model), **(extra_config or {})}
+    inputs = {"x": x, "y": y}
+    config["inputs"] = describe_inputs(inputs)
     return Case(
-        name=name, kind=kind, config=config, params=params, inputs={"x": x, "y": y},
+        name=name, kind=kind, config=config, params=params, inputs=inputs,
         loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
         outputs=lambda p: {"out": model.forward(p, x)},
         evaluate=lambda p, data: (*model.loss_and_grads(p, data["x"], data["y"]),

@@ -20,7 +20,7 @@ from ...nn.activations import Tanh
 from ...nn.dense import Dense
 from ...nn.losses import MSE
 from ...tying import AnchoredModel, TiedPair
-from . import Case
+from . import Case, describe_inputs, resolved_share
 
 #: Entries of a difference that must stay away from the L1 kink are at least this large.
 KINK_MARGIN = 0.1
@@ -66,7 +66,9 @@ def pair_case(name: str, pair: TiedPair, input_a: tuple[int, ...], input_b: tupl
     config = {"pair": pair.config(), "input_shape_a": [batch_a, *input_a],
               "input_shape_b": [batch_b, *input_b], "seed": seed,
               "params": "keys 'A:<name>' for model_a, 'B:<name>' for model_b",
-              "target_b": "xb (autoencoder)" if autoencoder_b else "yb"}
+              "target_b": "xb (autoencoder)" if autoencoder_b else "yb",
+              "resolved_share": {"model_a": resolved_share(pair.model_a),
+                                 "model_b": resolved_share(pair.model_b)}}
     return tied_case(name, pair, pair.join(params_a, params_b), inputs, config)
 
 
@@ -83,15 +85,17 @@ def _outputs(pair: TiedPair, joined: dict[str, Any], data: dict[str, np.ndarray]
 
 
 def tied_case(name: str, pair: TiedPair, params: dict[str, np.ndarray],
-              inputs: dict[str, np.ndarray], config: dict[str, Any]) -> Case:
+              inputs: dict[str, np.ndarray], config: dict[str, Any], kind: str = "tied") -> Case:
     """The :class:`Case` of ``pair`` at the joined ``params`` (``"A:"`` / ``"B:"`` keys) on
     ``inputs`` ``{"xa", "ya", "xb", "yb"}`` (no ``"yb"``: B is an autoencoder): its loss and
-    gradients, outputs ``{"out_a", "out_b"}`` and the same at perturbed data (``evaluate``)."""
+    gradients, outputs ``{"out_a", "out_b"}`` and the same at perturbed data (``evaluate``).
+    ``config`` gains ``"inputs"``, the inputs described as data."""
     def evaluate(joined: dict[str, Any], data: dict[str, np.ndarray]) -> tuple:
         return (*pair.joined_loss_and_grads(joined, *_batches(data)),
                 _outputs(pair, joined, data))
 
-    return Case(name=name, kind="tied", config=config, params=params, inputs=inputs,
+    config = {**config, "inputs": describe_inputs(inputs)}
+    return Case(name=name, kind=kind, config=config, params=params, inputs=inputs,
                 loss_and_grads=lambda joined: pair.joined_loss_and_grads(joined,
                                                                          *_batches(inputs)),
                 outputs=lambda joined: _outputs(pair, joined, inputs), evaluate=evaluate)
@@ -100,7 +104,12 @@ def tied_case(name: str, pair: TiedPair, params: dict[str, np.ndarray],
 def anchored_case(name: str, anchored: AnchoredModel, input_shape: tuple[int, ...], batch: int,
                   seed: int, reference_given: bool) -> Case:
     """A case for an :class:`AnchoredModel` at a point at least :data:`KINK_MARGIN` away from
-    its reference in every entry; the reference arrays are inputs ``"w0:<name>"``."""
+    its reference in every entry; ``reference_given``: the reference arrays are inputs
+    ``"w0:<name>"`` (``anchored.config()["reference"] == "inputs"``), else the reference is
+    zero (weight decay)."""
+    if reference_given != (anchored.reference_mode == "inputs"):
+        raise ValueError(f"reference_given: {reference_given} does not match the model's "
+                         f"reference mode {anchored.reference_mode!r}")
     rng = np.random.default_rng(seed)
     params = anchored.model.init(seed)
     for key in anchored.names:
@@ -111,13 +120,15 @@ def anchored_case(name: str, anchored: AnchoredModel, input_shape: tuple[int, ..
         inputs.update({f"w0:{key}": anchored.reference[key] for key in anchored.names})
     config = {"anchored": anchored.config(), "input_shape": [batch, *input_shape],
               "seed": seed,
-              "reference": "inputs 'w0:<name>'" if reference_given else "zero (weight decay)"}
+              "reference": "inputs 'w0:<name>'" if reference_given else "zero (weight decay)",
+              "resolved_share": resolved_share(anchored.model), "inputs": describe_inputs(inputs)}
+
     def evaluate(p: dict[str, Any], data: dict[str, np.ndarray]) -> tuple:
         model = anchored
         if reference_given:     # the anchors are data the implementation receives
-            model = AnchoredModel(anchored.model, lam=dict(anchored.lams),
-                                  reference={key: data[f"w0:{key}"] for key in anchored.names},
-                                  names=anchored.names, penalty=anchored.penalty_name)
+            model = AnchoredModel.from_config(
+                anchored.config(),
+                reference={key: data[f"w0:{key}"] for key in anchored.names})
         loss, grads = model.loss_and_grads(p, data["x"], data["y"])
         return loss, grads, {"out": anchored.model.forward(p, data["x"])}
 

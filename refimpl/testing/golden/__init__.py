@@ -18,9 +18,11 @@ manifest maps each file to its name anyway.
 ``manifest.json`` (sorted keys, no NaN/Inf) holds the schema version, the refimpl and NumPy
 versions, the generating command, the comparison rule and default tolerances per dtype, and
 per case: kind, model configuration (``Sequential.from_config`` rebuilds it; enough for any
-other implementation to build the same model), seed, layouts and conventions, the loss as
-a decimal and as ``float.hex()``, and every file with role, name, shape, dtype, size and
-SHA-256.
+other implementation to build the same model), seed, layouts and conventions, a convention
+probe's ``convention``, every input described as data (shape, dtype, role), the loss as a
+decimal and as ``float.hex()``, and every file with role, name, shape, dtype, size and
+SHA-256. :func:`write` also takes ``Case`` objects (a drawn case); :func:`verify` rebuilds such
+a case from its seed with a registered rebuilder, or fails it ("cannot be verified").
 
 Writes are all-or-nothing and reproducible: everything is written (and fsynced) into a
 temporary sibling folder ``.DIR.tmp-<pid>-<random>``, then switched into place; an existing

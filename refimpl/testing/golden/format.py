@@ -19,11 +19,12 @@ import numpy as np
 from ..._version import __version__
 from ...nn.base import LAYER_TYPES
 from ...nn.losses import LOSS_TYPES
+from ..cases import describe_inputs
 from ..comparison import DTYPE_TOLERANCES, RESOLVED_FRACTION
 from ..resolution import case_floors
 
 FORMAT = "refimpl-golden"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
 COMMAND = "refimpl golden --out DIR"
@@ -246,9 +247,11 @@ def _case_entry(case: Any, files: list[_File]) -> dict[str, Any]:
         "config": config,
         "seed": config.get("seed") if isinstance(config, Mapping) else None,
         "conventions": _case_conventions(config),
+        # a probe's convention (what it isolates, refimpl's rule); null for other cases
+        "convention": config.get("convention") if isinstance(config, Mapping) else None,
         "tolerances": _tolerances_json(),
         "loss": _json_value(loss),
-        "inputs": list(case.inputs),
+        "inputs": _normalised(describe_inputs(case.inputs)),
         "parameters": list(case.params),
         "files": [file.entry for file in files],
     }

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..cases import all_cases
+from ..cases import Case, all_cases
 from .format import (
     CHECKSUMS,
     FORMAT,
@@ -57,8 +57,8 @@ def _check_target(out: Path, force: bool) -> None:
 
 
 def write(out_dir: str | os.PathLike, force: bool = False,
-          cases: Iterable[str] | None = None) -> Path:
-    """Write the golden folder ``out_dir`` for every catalogue case (or the named ``cases``).
+          cases: str | Case | Iterable[str | Case] | None = None) -> Path:
+    """Write the golden folder ``out_dir`` for every catalogue case (or the given ``cases``).
 
     All or nothing (:mod:`refimpl.testing.golden.install`); leftovers of interrupted earlier
     writes of ``out_dir`` are cleaned up first.
@@ -70,8 +70,14 @@ def write(out_dir: str | os.PathLike, force: bool = False,
         folder.
     force : bool
         Replace an existing golden folder.
-    cases : str or iterable of str, optional
-        Write only these catalogue cases (a subset that :func:`verify` recognises).
+    cases : str, Case or iterable of them, optional
+        Write only these cases: catalogue names, and :class:`refimpl.testing.cases.Case`
+        objects written as they are (e.g. a drawn case, ``drawn-<kind>-<seed>``, to be run
+        by another language). Catalogue cases come first in catalogue order, then the
+        others in the order given. :func:`verify` rebuilds a case that is not in the
+        catalogue from its ``config["seed"]`` with a registered rebuilder
+        (:func:`refimpl.testing.cases.rebuild_case`); one that nothing rebuilds fails
+        verification ("cannot be verified").
 
     Returns
     -------
@@ -86,23 +92,16 @@ def write(out_dir: str | os.PathLike, force: bool = False,
         If ``out_dir`` is a file, contains the current folder, or is a non-empty folder
         that is not a golden folder (``force`` replaces only golden folders).
     ValueError
-        For an unknown case name.
+        For an unknown case name, or two cases of one name.
+    TypeError
+        For an entry of ``cases`` that is neither a name nor a ``Case``.
     refimpl._io.OutputError
         An ``OSError`` naming ``out_dir``, if the file system refuses (permission,
         read-only, full).
     """
 
     out = Path(out_dir)
-    catalogue = all_cases()
-    selection = None
-    if cases is not None:
-        wanted = [cases] if isinstance(cases, str) else list(cases)
-        known = [case.name for case in catalogue]
-        unknown = [name for name in wanted if name not in known]
-        if unknown:
-            raise ValueError(f"cases: unknown case(s) {unknown}; known: {known}")
-        catalogue = [case for case in catalogue if case.name in wanted]
-        selection = [case.name for case in catalogue]   # catalogue order, as case_order
+    catalogue, selection = _selected(cases)
     # Every name is derived from the absolute, normalised path ("DIR/." and "." have no name
     # of their own); messages keep the user's spelling.
     target = Path(os.path.abspath(out))
@@ -121,6 +120,35 @@ def write(out_dir: str | os.PathLike, force: bool = False,
         with _naming_errors(out):
             _build_and_install(target, catalogue, _command(selection))
     return target
+
+
+def _selected(cases: Any) -> tuple[list[Any], list[str] | None]:
+    """The cases to write and the ``--case`` selection (None: the whole catalogue)."""
+    catalogue = all_cases()
+    if cases is None:
+        return catalogue, None
+    wanted = [cases] if isinstance(cases, str | Case) else list(cases)
+    bad = [item for item in wanted if not isinstance(item, str | Case)]
+    if bad:
+        raise TypeError(f"cases: expected case names or refimpl.testing.cases.Case objects, "
+                        f"got {bad[0]!r:.80}")
+    names = [item for item in wanted if isinstance(item, str)]
+    known = [case.name for case in catalogue]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"cases: unknown case(s) {unknown}; known: {known}")
+    given: dict[str, Case] = {}
+    for item in wanted:
+        if isinstance(item, Case):
+            if item.name in given or item.name in names:
+                raise ValueError(f"cases: the case {item.name!r} is given twice")
+            given[item.name] = item
+    # catalogue order; a given Case with a catalogue name stands where the catalogue's would
+    chosen = [given.pop(case.name, case) for case in catalogue
+              if case.name in names or case.name in given]
+    chosen += list(given.values())
+    all_names = [case.name for case in chosen]
+    return chosen, all_names
 
 
 def _build_and_install(out: Path, catalogue: list[Any], command: str) -> None:
