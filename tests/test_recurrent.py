@@ -115,6 +115,34 @@ def test_rnn_without_bias_matches_complex_step(problem, seed):
 
 # --- the forward against explicit sums --------------------------------------------------------
 
+@pytest.mark.parametrize("unrolled", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_a_complex_step_on_one_argument_alone_reaches_the_output(name, unrolled):
+    # The other arguments stay real: a buffer typed from them alone would silently drop the
+    # perturbation's imaginary part (a derivative of 0), which a check that makes every
+    # argument complex at once never sees.
+    p = seeded(seed=3)
+    steps = p["x"].shape[1]
+    forward, backward = rnn_forward, rnn_backward
+    if unrolled:
+        forward, backward = unrolled_rnn_forward, unrolled_rnn_backward
+        p = {"x": p["x"], "weights_ih": np.stack([p["weight_ih"]] * steps),
+             "weights_hh": np.stack([p["weight_hh"]] * steps),
+             "biases_ih": np.stack([p["bias_ih"]] * steps),
+             "biases_hh": np.stack([p["bias_hh"]] * steps)}
+        name = name.replace("weight_", "weights_").replace("bias_", "biases_")
+    rng = np.random.default_rng(7)
+    dout = rng.standard_normal(forward(**p)[0].shape)
+    grads = dict(zip(p, backward(dout, forward(**p)[1]), strict=True))
+    direction = rng.standard_normal(p[name].shape)
+    h = 1e-20
+    out = forward(**{**p, name: p[name] + 1j * h * direction})[0]
+    numerical = np.sum(dout * out.imag) / h
+    analytic = np.sum(grads[name] * direction)
+    assert numerical == pytest.approx(analytic, rel=1e-12, abs=1e-14)
+    assert analytic != 0
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @given(problem=rnn_problems())
 @example(problem=seeded())

@@ -126,9 +126,12 @@ def _rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
     projected = (x.reshape(-1, x.shape[2]) @ weight_ih.T).reshape(batch, steps, -1)  # (N, T, H)
     if bias_ih is not None:
         projected = projected + (bias_ih + bias_hh)               # (H,) over (N, T)
-    pre = np.empty_like(projected)                                # (N, T, H)
-    hidden = np.empty_like(projected)                             # (N, T, H)
-    h = np.zeros((batch, weight_hh.shape[0]), dtype=projected.dtype)   # h_{-1} = 0
+    # complex as soon as any argument is (the complex step may perturb W_hh alone: a real
+    # buffer would drop its imaginary part on assignment)
+    dtype = np.result_type(projected, weight_hh)
+    pre = np.empty(projected.shape, dtype=dtype)                  # (N, T, H)
+    hidden = np.empty(projected.shape, dtype=dtype)               # (N, T, H)
+    h = np.zeros((batch, weight_hh.shape[0]), dtype=dtype)        # h_{-1} = 0
     for t in range(steps):
         pre[:, t] = projected[:, t] + h @ weight_hh.T             # (N, H)
         h = _activate(pre[:, t], nonlinearity)
@@ -338,7 +341,10 @@ def unrolled_rnn_forward(x: np.ndarray, weights_ih: np.ndarray, weights_hh: np.n
 
 def _unrolled_rnn_forward(x, weights_ih, weights_hh, biases_ih, biases_hh, nonlinearity):
     batch, steps, _ = x.shape
-    dtype = np.result_type(x, weights_ih, weights_hh)
+    # every argument's type, biases included (a complex-step perturbation of one of them
+    # alone must reach the buffers)
+    dtype = np.result_type(x, weights_ih, weights_hh,
+                           *[b for b in (biases_ih, biases_hh) if b is not None])
     pre = np.empty((batch, steps, weights_ih.shape[1]), dtype=dtype)   # (N, T, H)
     hidden = np.empty_like(pre)
     for t in range(steps):
