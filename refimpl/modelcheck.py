@@ -104,7 +104,10 @@ def _chain(model: Sequential, params: Mapping[str, Any], x: Any, y: Any,
            reads: dict[str, tuple[str, bool]]) -> Chain:
     """A chain on checked data (the model's own checks first, so errors name the argument)."""
     model.loss(params, x, y)
-    x = as_float_array(x, "x", allow_complex=False)
+    first = model.layers[0]
+    # A first layer that takes indices (Embedding) keeps its int64 indices.
+    x = (first.check_input(x, "x") if getattr(first, "takes_indices", False)
+         else as_float_array(x, "x", allow_complex=False))
     return Chain(model, x, model.loss_spec.check_target(y, model.output_shape(x.shape)), reads)
 
 

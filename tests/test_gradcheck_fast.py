@@ -120,7 +120,17 @@ def test_fast_derivatives_equal_the_loop_on_locally_connected_cnns(example, seed
     assert_fast_equals_loop(model, model.init(seed), (x, y), "complex")
 
 
-@pytest.mark.parametrize("case", all_cases(), ids=lambda case: case.name)
+#: check_model_gradients takes a Sequential, TiedPair or AnchoredModel; a Siamese model or a
+#: micro-batch step is checked by check_gradients' coordinate loop.
+FAST_KINDS = {"mlp", "cnn", "shared", "tied", "probe", "sequence"}
+
+
+# The guard's fallback is right but means the fast path evaluated another function than the
+# model: on the catalogue that is a bug to see (it found an RNN forward that dropped the
+# imaginary part of a perturbed W_hh), so here it is an error, not a warning.
+@pytest.mark.filterwarnings("error:the fast full check disagrees")
+@pytest.mark.parametrize("case", [case for case in all_cases() if case.kind in FAST_KINDS],
+                         ids=lambda case: case.name)
 def test_fast_check_gives_the_loops_report_on_every_catalogue_case(case):
     model, params, data = problem_of(case)
     if case.parameter_total() > 1000:

@@ -20,10 +20,12 @@ formula, no linearisation), and three reuses of structure:
 A layer or loss of a type not listed here, a second use of the parameter (sharing) or a
 layer reading it in two slots is evaluated copy by copy through its own forward: slower,
 never different. The losses are mean reductions, whose forward returns one number for the
-whole batch, so the per-copy losses of the two known losses are computed by the batched
-twins :func:`cross_entropy_per_copy` and :func:`mse_per_copy`, which repeat the nn formulas
-with a leading copy axis; :mod:`refimpl.gradcheck.fast` verifies them (and every slicing)
-against the model's own loss at seeded coordinates before it trusts a parameter's results.
+whole batch, so the per-copy losses of the two known losses take the mean of nn's own
+per-row terms (:func:`refimpl.nn.losses.cross_entropy_rows`,
+:func:`refimpl.nn.losses.squared_errors`) over each copy's rows
+(:func:`cross_entropy_per_copy`, :func:`mse_per_copy`); :mod:`refimpl.gradcheck.fast`
+verifies them (and every slicing) against the model's own loss at seeded coordinates before
+it trusts a parameter's results.
 
 Legend: ``K`` copies, ``N`` batch, ``F`` output units (features or channels), ``D`` input
 features.
@@ -54,6 +56,7 @@ from ..nn import (
     Softplus,
     Tanh,
 )
+from ..nn.losses import cross_entropy_rows, squared_errors
 
 __all__ = ["Chain", "ChainCopies", "cross_entropy_per_copy", "mse_per_copy"]
 
@@ -290,7 +293,7 @@ def _loss_per_copy(loss: Any, out: np.ndarray, target: np.ndarray) -> np.ndarray
 
 
 def cross_entropy_per_copy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """:func:`refimpl.nn.losses.softmax_cross_entropy_forward` of every copy, step by step.
+    """:func:`refimpl.nn.losses.softmax_cross_entropy_forward` of every copy.
 
     Parameters
     ----------
@@ -301,23 +304,17 @@ def cross_entropy_per_copy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray
     Returns
     -------
     ndarray, shape (K,)
-        ``mean_n -log softmax(logits[k, n])[labels[n]]``, through the same stable
-        log-sum-exp: shift by the logit of largest real part, ``log1p`` of the others.
+        ``mean_n -log softmax(logits[k, n])[labels[n]]``: nn's own per-row terms
+        (:func:`refimpl.nn.losses.cross_entropy_rows`) of the K * N stacked rows, averaged
+        per copy.
     """
-    batch = logits.shape[1]
-    top = logits.real.argmax(axis=2)[..., None]                     # (K, N, 1)
-    shifted = logits - np.take_along_axis(logits, top, axis=2)      # (K, N, C), 0 at top
-    exponentials = np.exp(shifted)
-    is_top = np.arange(logits.shape[2]) == top                      # (K, N, C)
-    rest = np.where(is_top, 0, exponentials).sum(axis=2, keepdims=True)   # (K, N, 1)
-    log_probabilities = shifted - np.log1p(rest)
-    picked = np.take_along_axis(log_probabilities,
-                                np.broadcast_to(labels[None, :, None], top.shape), axis=2)
-    return -picked[..., 0].sum(axis=1) / batch
+    copies, batch, classes = logits.shape
+    losses, _ = cross_entropy_rows(logits.reshape(-1, classes), np.tile(labels, copies))
+    return losses.reshape(copies, batch).sum(axis=1) / batch
 
 
 def mse_per_copy(out: np.ndarray, target: np.ndarray) -> np.ndarray:
     """:func:`refimpl.nn.losses.mse_forward` of every copy: (K, N, ...) -> (K,), the mean
-    over all of a copy's entries of ``(out - target)^2``."""
-    difference = (out - target).reshape(out.shape[0], -1)
-    return (difference * difference).sum(axis=1) / difference.shape[1]
+    over all of a copy's entries of nn's own squared errors."""
+    errors = squared_errors(out, target).reshape(out.shape[0], -1)
+    return errors.sum(axis=1) / errors.shape[1]

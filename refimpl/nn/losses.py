@@ -29,7 +29,7 @@ from .._validate import (
 __all__ = [
     "Loss", "SoftmaxCrossEntropy", "MSE",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-    "mse_forward", "mse_backward", "LOSS_TYPES",
+    "mse_forward", "mse_backward", "LOSS_TYPES", "cross_entropy_rows", "squared_errors",
 ]
 
 LOSS_TYPES: dict[str, type] = {}
@@ -100,24 +100,44 @@ def _label_positions(value: Any, name: str, positions: tuple[int, ...], classes:
     raise ValueError(f"{name}: expected shape {tuple(positions)}, got {array.shape}")
 
 
+def cross_entropy_rows(logits: np.ndarray, labels: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The cross-entropy of every row and the softmax probabilities, without checks.
+
+    The one place the stable log-sum-exp is written: :func:`softmax_cross_entropy_forward`
+    takes the mean of the rows' values, and a gradient check that evaluates many perturbed
+    copies at once (:mod:`refimpl.gradcheck.copies`) stacks the copies' rows.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (P, K)
+        One row per label position; complex under the complex step.
+    labels : ndarray of int, shape (P,)
+
+    Returns
+    -------
+    losses : ndarray, shape (P,)
+        ``-log softmax(logits[p])[labels[p]]``.
+    probabilities : ndarray, shape (P, K)
+    """
+    rows = np.arange(logits.shape[0])
+    top = logits.real.argmax(axis=1)                         # (P,), index on Re only
+    shifted = logits - logits[rows, top][:, None]            # (P, K), Re <= 0, 0 at top
+    exponentials = np.exp(shifted)                           # (P, K), no overflow, 1 at top
+    is_top = np.zeros(logits.shape, dtype=bool)
+    is_top[rows, top] = True
+    rest = np.where(is_top, 0, exponentials).sum(axis=1, keepdims=True)  # (P, 1) = total - 1
+    log_probabilities = shifted - np.log1p(rest)             # (P, K)
+    return -log_probabilities[rows, labels], exponentials / (1 + rest)
+
+
 def _softmax_cross_entropy_forward(logits, labels):
     """:func:`softmax_cross_entropy_forward` without the argument checks (the model checked
     them once)."""
     shape = logits.shape
-    logits = logits.reshape(-1, shape[-1])   # (P, K): one row per label position
-    labels = labels.reshape(-1)              # (P,)
-    batch = logits.shape[0]
-    rows = np.arange(batch)
-    top = logits.real.argmax(axis=1)                         # (N,), index on Re only
-    shifted = logits - logits[rows, top][:, None]            # (N, K), Re <= 0, 0 at top
-    exponentials = np.exp(shifted)                           # (N, K), no overflow, 1 at top
-    is_top = np.zeros(logits.shape, dtype=bool)
-    is_top[rows, top] = True
-    rest = np.where(is_top, 0, exponentials).sum(axis=1, keepdims=True)  # (N, 1) = total - 1
-    log_probabilities = shifted - np.log1p(rest)             # (N, K)
-    picked = log_probabilities[rows, labels]                 # (N,)
-    loss = -picked.sum() / batch
-    probabilities = exponentials / (1 + rest)                # (P, K)
+    losses, probabilities = cross_entropy_rows(logits.reshape(-1, shape[-1]),  # (P, K)
+                                               labels.reshape(-1))             # (P,)
+    loss = losses.sum() / losses.shape[0]
     return loss, CrossEntropyCache(probabilities.reshape(shape), labels.reshape(shape[:-1]))
 
 
@@ -167,10 +187,17 @@ def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECac
     return _mse_forward(out, target)
 
 
+def squared_errors(out: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``(out - target)^2`` entry by entry (same shapes, no checks): the terms whose mean is
+    :func:`mse_forward`'s loss, for a check that evaluates many perturbed copies at once."""
+    difference = out - target
+    return difference * difference
+
+
 def _mse_forward(out, target):
     """:func:`mse_forward` without the argument checks (the model checked them once)."""
     difference = out - target
-    return (difference * difference).sum() / difference.size, MSECache(difference)
+    return squared_errors(out, target).sum() / difference.size, MSECache(difference)
 
 
 def mse_backward(dloss: Any, cache: MSECache) -> np.ndarray:
