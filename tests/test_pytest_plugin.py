@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,12 @@ from refimpl.testing.cases import Case, all_cases, get_case, probes
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = ("-p", "refimpl.testing.pytest_plugin")
+#: Installed (``pip install .``: the ``pytest11`` entry point of setup.cfg) the plugin loads
+#: by itself, and a second ``-p`` of the same module is an error; run from a source tree
+#: without installing, it is loaded by ``-p``.
+PLUGIN = () if any(entry.value == "refimpl.testing.pytest_plugin"
+                   for entry in entry_points(group="pytest11")) \
+    else ("-p", "refimpl.testing.pytest_plugin")
 
 BUILDERS = textwrap.dedent('''
     import json
