@@ -1,7 +1,9 @@
 """``refimpl explain CASE``: where each unique parameter's gradient comes from
-(:mod:`refimpl.study.contributions`) — one row per parameter: its gradient norm, the norm and
-share of every contribution, the cosine between them, and for a tied parameter the ratio of the
-penalty's pull to the task gradient; per-position maps of a convolution's kernel gradient."""
+(:mod:`refimpl.study`) — one row per parameter: its gradient norm, the norm and share of every
+contribution (per use, per Siamese branch, per micro-batch, the penalty's pull), the cosine
+between them, and for a tied parameter the ratio of the penalty's pull to the task gradient;
+then the uses inside a layer: per-position maps of a convolution's kernel gradient, per-step
+norms of an RNN's weights, the rows of an embedding its occurrences move most."""
 
 from __future__ import annotations
 
@@ -41,8 +43,10 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     add_case_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help=JSON_HELP.format(what="contributions"))
     parser.add_argument("--plot", metavar="PATH",
-                        help="also plot a bar chart of the contributions and the per-position "
-                             f"map of every convolution kernel's gradient to PATH {PLOT_HELP}")
+                        help="also plot a bar chart of the contributions, and a panel per use "
+                             "inside a layer (a convolution's per-position map, an RNN's "
+                             "per-step bars, an embedding's top rows), to PATH "
+                             f"{PLOT_HELP}")
 
 
 def _model_and_batch(config: Mapping[str, Any], data: Mapping[str, np.ndarray]
@@ -147,7 +151,8 @@ def _parts_lines(key: str, term: Term, shape: tuple[int, ...]) -> list[str]:
 
 
 def format_explanation(name: str, found: Mapping[str, Contributions]) -> str:
-    """The text of ``refimpl explain``: the table, then every convolution's position maps."""
+    """The text of ``refimpl explain``: the table, then every use inside a layer (position
+    maps, per-step norms, top embedding rows)."""
     rows = []
     for key, contributions in found.items():
         summary = summarize(contributions)
