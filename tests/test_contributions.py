@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import re
 
@@ -459,3 +460,10 @@ def test_bad_arguments_of_the_new_forms_are_clear_errors():
                                  {}, ((x, y), (x, y)), [3])
     with pytest.raises(TypeError, match="splits_b: .* refused for any other model"):
         microbatch_contributions(model, model.init(0), (x, y), [3], splits_b=[3])
+
+
+def test_the_docstring_examples_run():
+    from refimpl.study import contributions, forms
+    for module in (contributions, forms):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
