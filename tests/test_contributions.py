@@ -24,6 +24,8 @@ from refimpl.study import (
     siamese_contributions,
     summarize,
 )
+from refimpl.study import contributions as contributions_module
+from refimpl.study import forms as forms_module
 from refimpl.testing import strategies as rs
 from refimpl.testing.cases import Case, all_cases, get_case
 from refimpl.testing.cases.sequence import sequence_case
@@ -463,7 +465,6 @@ def test_bad_arguments_of_the_new_forms_are_clear_errors():
 
 
 def test_the_docstring_examples_run():
-    from refimpl.study import contributions, forms
-    for module in (contributions, forms):
+    for module in (contributions_module, forms_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
