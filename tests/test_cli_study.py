@@ -100,7 +100,8 @@ def test_explain_bad_config_is_a_usage_error(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text('{"layers": []}')
     assert cli.main(["explain", "--config", str(path)]) == 2
-    assert "expected a key 'model' or 'pair'" in capsys.readouterr().err
+    assert "expected a key 'model', 'pair', 'siamese' or 'micro_batches'" in \
+        capsys.readouterr().err
     path.write_text("{not json")
     assert cli.main(["explain", "--config", str(path)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
@@ -240,3 +241,27 @@ def test_explain_json_lists_every_embedding_row_touched(capsys):
     assert sorted(r["row"] for r in rows) == sorted(set(tokens.reshape(-1).tolist()))
     assert sum(r["occurrences"] for r in rows) == tokens.size
     assert second["positions"] is None and second["slot"] == "out.weight"
+
+
+@pytest.mark.parametrize("name", ["sequence-rnn-classifier", "sequence-rnn-labelling",
+                                  "siamese-triplet-all-active", "siamese-contrastive-all-active",
+                                  "microbatch-tied-soft", "microbatch-tied-hard",
+                                  "microbatch-anchored", "microbatch-siamese-triplet"])
+def test_explain_config_file_rebuilds_the_new_kinds(name, tmp_path, capsys):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(get_case(name).config))
+    assert cli.main(["explain", name]) == 0
+    built_in = capsys.readouterr().out
+    assert cli.main(["explain", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.split("\n", 1)[1] == built_in.split("\n", 1)[1]
+
+
+def test_explain_config_of_an_embedding_model_draws_token_ids(tmp_path, capsys):
+    case = get_case("sequence-tied-lm")
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps(case.config))
+    assert cli.main(["explain", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines()[3:9]]
+    assert rows == list(case.params)
+    assert "embed.weight, use embed.weight: 15 occurrences (N x T)" in out
