@@ -33,7 +33,14 @@ from .microbatch import accumulated_loss_and_grads
 from .modelcheck import check_model_gradients
 from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, Siamese, transposed
 from .optim import SGD, train
-from .study import anchored_contributions, model_contributions, pair_contributions, study_steps
+from .study import (
+    anchored_contributions,
+    microbatch_contributions,
+    model_contributions,
+    pair_contributions,
+    siamese_contributions,
+    study_steps,
+)
 from .tying import AnchoredModel, TiedPair
 
 __all__ = [
@@ -43,4 +50,5 @@ __all__ = [
     "check_gradients", "check_vjp", "GradcheckReport", "__version__",
     "check_model_gradients",
     "model_contributions", "pair_contributions", "anchored_contributions", "study_steps",
+    "siamese_contributions", "microbatch_contributions",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import refimpl.cli as cli
-from refimpl.cli.explain import case_contributions
+from refimpl.cli.explain import TOP_ROWS, case_contributions
 from refimpl.cli.steps import choose_direction
 from refimpl.study import summarize
 from refimpl.testing.cases import get_case
@@ -100,7 +100,8 @@ def test_explain_bad_config_is_a_usage_error(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text('{"layers": []}')
     assert cli.main(["explain", "--config", str(path)]) == 2
-    assert "expected a key 'model' or 'pair'" in capsys.readouterr().err
+    assert "expected a key 'model', 'pair', 'siamese' or 'micro_batches'" in \
+        capsys.readouterr().err
     path.write_text("{not json")
     assert cli.main(["explain", "--config", str(path)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
@@ -154,9 +155,113 @@ def test_plot_without_matplotlib_is_a_one_line_error(command, tmp_path, monkeypa
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (optional)")
 @pytest.mark.parametrize("command", [["explain", "shared-cnn-kernel"],
                                      ["explain", "tied-soft-lasserre"],
+                                     ["explain", "sequence-tied-lm"],
+                                     ["explain", "sequence-rnn-classifier"],
+                                     ["explain", "siamese-triplet-all-active"],
+                                     ["explain", "microbatch-tied-soft"],
                                      ["steps", "mlp-tanh-ce", "--per-decade", "1"]])
 def test_plot_is_a_png(command, tmp_path, capsys):
     path = tmp_path / "figure.png"
     assert cli.main([*command, "--plot", str(path)]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot written to {path}" in capsys.readouterr().out
+
+
+def test_explain_tied_language_model_lists_the_rows_used_most(capsys):
+    assert cli.main(["explain", "sequence-tied-lm"]) == 0
+    out = capsys.readouterr().out
+    case = get_case("sequence-tied-lm")
+    tokens = case.inputs["x"]
+    counts = np.bincount(tokens.reshape(-1), minlength=11)
+    row = next(line for line in out.splitlines() if line.startswith("embed.weight "))
+    assert "embed.weight" in row.split("  ", 1)[1] and "out.weight" in row
+    head = (f"embed.weight, use embed.weight: {tokens.size} occurrences (N x T) of "
+            f"{np.count_nonzero(counts)} of 11 rows; the {TOP_ROWS} rows with the largest "
+            f"gradient")
+    assert head in out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(head)) + 2
+    table = [line.split() for line in lines[start:start + TOP_ROWS]]
+    # Each listed row: its occurrences counted from the tokens, its gradient through the
+    # embedding (the term's row), largest first.
+    term = case_contributions(case)["embed.weight"].terms[0]
+    norms = np.linalg.norm(term.gradient, axis=1)
+    listed = [int(cells[0]) for cells in table]
+    assert [int(cells[1]) for cells in table] == [int(counts[r]) for r in listed]
+    assert [cells[2] for cells in table] == [f"{norms[r]:.3g}" for r in listed]
+    assert list(norms[listed]) == sorted(norms[listed], reverse=True)
+    assert min(norms[listed]) >= max(np.delete(norms, listed))
+
+
+def test_explain_rnn_prints_the_norm_through_every_time_step(capsys):
+    assert cli.main(["explain", "sequence-rnn-classifier"]) == 0
+    out = capsys.readouterr().out
+    term = case_contributions(get_case("sequence-rnn-classifier"))["rnn.weight_hh"].terms[0]
+    head = "rnn.weight_hh, use rnn.weight_hh: ||gradient|| through each time step (T = 6; " \
+           "step 0 reads h = 0: no W_hh there); they sum to the term"
+    block = out.split(head)[1].splitlines()[1].split()
+    norms = np.linalg.norm(term.parts.gradients.reshape(6, -1), axis=1)
+    assert block == [item for t, value in enumerate(norms) for item in (f"t{t}:", f"{value:.2e}")]
+    assert block[1] == "0.00e+00"
+
+
+def test_explain_siamese_has_a_term_per_branch(capsys):
+    assert cli.main(["explain", "siamese-triplet-all-active"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("fc1.weight"))
+    summary = summarize(case_contributions(get_case("siamese-triplet-all-active"))["fc1.weight"])
+    for branch, norm, share in zip(("anchor", "positive", "negative"), summary.norms,
+                                   summary.shares, strict=True):
+        assert f"{branch}:fc1.weight {norm:.3g} ({share:+.0%})" in row
+
+
+def test_explain_micro_batches_have_a_term_each_and_the_pull_once(capsys):
+    assert cli.main(["explain", "microbatch-tied-soft", "--json", "-"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    shared = next(p for p in document["parameters"] if p["name"] == "A:fc1.weight")
+    assert [(t["micro_batch"], t["role"]) for t in shared["terms"]] == \
+        [(0, "task"), (1, "task"), (None, "pull")]
+    assert shared["terms"][0]["label"] == "mb0 (2/5) A: fc1.weight"
+    assert sum(t["share"] for t in shared["terms"]) == pytest.approx(1, rel=1e-12)
+    assert cli.main(["explain", "microbatch-tied-soft"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("A:fc1.weight"))
+    assert "mb0:A:fc1.weight" in row and "mb1:A:fc1.weight" in row and row.count("pull") == 1
+
+
+def test_explain_json_lists_every_embedding_row_touched(capsys):
+    assert cli.main(["explain", "sequence-tied-lm", "--json", "-"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    embedding = next(p for p in document["parameters"] if p["name"] == "embed.weight")
+    first, second = embedding["terms"]
+    tokens = get_case("sequence-tied-lm").inputs["x"]
+    assert first["positions"]["axes"] == ["N", "T"]
+    assert np.shape(first["positions"]["norms"]) == tokens.shape
+    rows = first["positions"]["rows"]
+    assert sorted(r["row"] for r in rows) == sorted(set(tokens.reshape(-1).tolist()))
+    assert sum(r["occurrences"] for r in rows) == tokens.size
+    assert second["positions"] is None and second["slot"] == "out.weight"
+
+
+@pytest.mark.parametrize("name", ["sequence-rnn-classifier", "sequence-rnn-labelling",
+                                  "siamese-triplet-all-active", "siamese-contrastive-all-active",
+                                  "microbatch-tied-soft", "microbatch-tied-hard",
+                                  "microbatch-anchored", "microbatch-siamese-triplet"])
+def test_explain_config_file_rebuilds_the_new_kinds(name, tmp_path, capsys):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(get_case(name).config))
+    assert cli.main(["explain", name]) == 0
+    built_in = capsys.readouterr().out
+    assert cli.main(["explain", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.split("\n", 1)[1] == built_in.split("\n", 1)[1]
+
+
+def test_explain_config_of_an_embedding_model_draws_token_ids(tmp_path, capsys):
+    case = get_case("sequence-tied-lm")
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps(case.config))
+    assert cli.main(["explain", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines()[3:9]]
+    assert rows == list(case.params)
+    assert "embed.weight, use embed.weight: 15 occurrences (N x T)" in out

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import doctest
+import json
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refimpl import MLP, AnchoredModel, TiedPair, nn, transposed
+from refimpl.cli.explain import case_contributions
 from refimpl.study import (
     Contributions,
     Term,
     anchored_contributions,
+    microbatch_contributions,
     model_contributions,
     pair_contributions,
+    row_summary,
+    siamese_contributions,
     summarize,
 )
+from refimpl.study import contributions as contributions_module
+from refimpl.study import forms as forms_module
 from refimpl.testing import strategies as rs
-from refimpl.testing.cases import Case, all_cases
+from refimpl.testing.cases import Case, all_cases, get_case
+from refimpl.testing.cases.sequence import sequence_case
 from refimpl.testing.cases.tied import pair_case
 
 EPS = np.finfo(np.float64).eps
@@ -31,22 +42,9 @@ SUM_RTOL = 16 * EPS
 
 
 def contributions_of(case: Case) -> dict[str, Contributions]:
-    """The contributions of a drawn or built-in case, from its configuration."""
-    config, data = case.config, case.inputs
-    if "model" in config:
-        model = nn.Sequential.from_config(config["model"])
-        return model_contributions(model, case.params, data["x"], data["y"])
-    if "pair" in config:
-        pair = TiedPair.from_config(config["pair"])
-        batch_b = (data["xb"], data["yb"] if "yb" in data else data["xb"])
-        return pair_contributions(pair, *pair.split(case.params), (data["xa"], data["ya"]),
-                                  batch_b)
-    anchored = config["anchored"]
-    reference = {key[3:]: value for key, value in data.items() if key.startswith("w0:")}
-    model = AnchoredModel(nn.Sequential.from_config(anchored["model"]), anchored["lam"],
-                          reference=reference or None, names=anchored["names"],
-                          penalty=anchored["penalty"])
-    return anchored_contributions(model, case.params, data["x"], data["y"])
+    """The contributions of a drawn or built-in case, from its configuration (the same
+    dispatch ``refimpl explain`` uses)."""
+    return case_contributions(case)
 
 
 def assert_terms_sum_to_gradients(case: Case) -> dict[str, Contributions]:
@@ -54,7 +52,10 @@ def assert_terms_sum_to_gradients(case: Case) -> dict[str, Contributions]:
     found = contributions_of(case)
     assert list(found) == list(grads)
     for name, contributions in found.items():
-        assert np.array_equal(contributions.gradient, grads[name])
+        if case.kind != "microbatch":
+            assert np.array_equal(contributions.gradient, grads[name])
+        # micro-batches: `gradient` is the full batch's, `grads` the accumulated step's, and
+        # the terms must sum to the step's gradient (below).
         assert contributions.terms, name
         scale = sum(np.linalg.norm(term.gradient) for term in contributions.terms)
         error = np.linalg.norm(contributions.total() - grads[name])
@@ -62,9 +63,10 @@ def assert_terms_sum_to_gradients(case: Case) -> dict[str, Contributions]:
         for term in contributions.terms:
             assert term.gradient.shape == grads[name].shape
             if term.parts is not None:
-                grid = tuple(range(len(term.parts.axes)))
-                assert term.parts.gradients.shape[len(grid):] == grads[name].shape
-                parts_error = np.linalg.norm(term.parts.gradients.sum(axis=grid)
+                grid = len(term.parts.axes)
+                trailing = grads[name].shape[1 if term.parts.rows is not None else 0:]
+                assert term.parts.gradients.shape[grid:] == trailing
+                parts_error = np.linalg.norm(term.parts.total(grads[name].shape)
                                              - term.gradient)
                 assert parts_error <= SUM_RTOL * np.abs(term.parts.gradients).sum()
     return found
@@ -76,20 +78,49 @@ def test_terms_sum_to_the_gradient_of_every_drawn_model(case):
     assert_terms_sum_to_gradients(case)
 
 
-#: Case kinds whose contributions are not built yet (per Siamese branch, per micro-batch).
-NOT_YET = {"siamese", "microbatch"}
+@st.composite
+def drawn_sequence_cases(draw):
+    """A drawn embedding model, RNN or (tied or untied) language model on drawn data.
+
+    Built here from the model strategies rather than taken from ``rs.sequence_cases()``,
+    whose rejection step (``unresolved_tensors``) fails on some (N, T, K) outputs: any point
+    is fine for a sum that holds everywhere."""
+    model = draw(st.one_of(rs.embedding_models(), rs.rnns(), rs.tied_lms(tied=None)))
+    seed = draw(st.integers(0, 2**16))
+    batch, steps = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    rng = np.random.default_rng(seed)
+    first = model.layers[0]
+    if isinstance(first, nn.Embedding):
+        x = rng.integers(0, first.num_embeddings, size=(batch, steps)).astype(np.int64)
+    else:
+        x = rng.standard_normal((batch, steps, first.input_size))
+    out_shape = model.output_shape(x.shape)
+    y = rng.integers(0, out_shape[-1], size=out_shape[:-1]).astype(np.int64)
+    return sequence_case("drawn-sequence", model, x, y, seed % 1000)
 
 
-@pytest.mark.parametrize("case", [case for case in all_cases() if case.kind not in NOT_YET],
-                         ids=lambda case: case.name)
+@settings(max_examples=30, deadline=None)
+@given(st.one_of(drawn_sequence_cases(), rs.siamese_cases(), rs.microbatch_cases()))
+def test_terms_sum_to_the_gradient_of_every_drawn_sequence_siamese_and_microbatch_case(case):
+    found = assert_terms_sum_to_gradients(case)
+    if case.kind == "siamese":
+        branches = 3 if "anchor" in case.inputs else 2
+        assert all(len(c.terms) % branches == 0 for c in found.values())
+
+
+#: Layers that use their parameters several times: their terms have parts.
+SPLIT_LAYERS = ("Conv2D", "RNN", "Embedding")
+
+
+@pytest.mark.parametrize("case", all_cases(), ids=lambda case: case.name)
 def test_terms_sum_to_the_gradient_of_every_built_in_case(case):
     found = assert_terms_sum_to_gradients(case)
     uses = sum(len(c.terms) for c in found.values())
-    if case.kind in ("shared", "tied"):
+    if case.kind in ("shared", "tied", "siamese", "microbatch"):
         assert uses > len(found)   # something is shared or pulled: some parameter has 2 terms
     with_parts = [t for c in found.values() for t in c.terms if t.parts is not None]
-    assert bool(with_parts) == ("conv1.weight" in case.params
-                                or "A:conv1.weight" in case.params)
+    layer_types = re.findall(r'"type": "(\w+)"', json.dumps(case.config))
+    assert bool(with_parts) == any(kind in SPLIT_LAYERS for kind in layer_types)
 
 
 def _slot_derivative(model, params, x, y, slot, direction, h=1e-30):
@@ -113,14 +144,18 @@ def test_each_use_is_the_derivative_through_that_slot_alone(model, seed):
     y = (rng.integers(0, out[1], 3) if model.loss_spec.config()["type"] ==
          "SoftmaxCrossEntropy" else rng.standard_normal(out))
     found = model_contributions(model, params, x, y)
-    for contributions in found.values():
-        for term in contributions.terms:
+    # The mean over the batch can cancel: rounding is relative to the per-example summands.
+    per_example = [model_contributions(model, params, x[n:n + 1], y[n:n + 1])
+                   for n in range(3)]
+    for name, contributions in found.items():
+        for index, term in enumerate(contributions.terms):
             slot_shape = model.slot_uses()[term.slot]
             direction = rng.standard_normal(term.gradient.shape)   # in the parameter's layout
             in_slot = direction.T if slot_shape[1] else direction
             expected = _slot_derivative(model, params, x, y, term.slot, in_slot)
             got = float(np.sum(term.gradient * direction))
-            scale = float(np.sum(np.abs(term.gradient * direction)))
+            scale = sum(float(np.sum(np.abs(example[name].terms[index].gradient * direction)))
+                        for example in per_example) / 3
             assert abs(got - expected) <= 1e-12 * max(scale, 1e-300), (term.label, got, expected)
 
 
@@ -290,3 +325,146 @@ def test_hard_pair_through_a_tied_autoencoder_transposes_twice():
     labels = [(t.model, t.slot, t.transposed) for t in found["A:fc1.weight"].terms]
     assert labels == [("model_a", "fc1.weight", False), ("model_b", "enc.weight", True),
                       ("model_b", "dec.weight", False)]
+
+
+# --- the new forms of sharing: each term by an independent route ------------------------
+
+
+def test_rnn_step_parts_are_the_derivative_through_that_step_alone():
+    case = get_case("sequence-rnn-classifier")
+    model = nn.Sequential.from_config(case.config["model"])
+    x, y = case.inputs["x"], case.inputs["y"]
+    term, = model_contributions(model, case.params, x, y)["rnn.weight_hh"].terms
+    steps = x.shape[1]
+    assert term.parts.axes == ("T",) and term.parts.gradients.shape == (steps, 5, 5)
+    # Step 0 reads h_{-1} = 0: W_hh is not used there.
+    assert np.all(term.parts.gradients[0] == 0)
+    rnn = model.layers[0]
+    unrolled = nn.UnrolledRNN("rnn", rnn.input_size, rnn.hidden_size, steps)
+    twin = nn.Sequential([unrolled, *model.layers[1:]], loss=model.loss_spec)
+    rng = np.random.default_rng(7)
+    for t in range(1, steps):
+        # Only step t's copy of W_hh moves: the complex step on the forward pass alone.
+        direction = rng.standard_normal((5, 5))
+        params = unrolled.copies(case.params)
+        params[f"rnn.weight_hh_{t}"] = params[f"rnn.weight_hh_{t}"] + 1e-30j * direction
+        expected = twin.loss(params, x, y).imag / 1e-30
+        got = np.sum(term.parts.gradients[t] * direction)
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+def test_embedding_occurrences_are_the_derivative_at_that_position_alone():
+    case = get_case("sequence-embedding-repeats")
+    model = nn.Sequential.from_config(case.config["model"])
+    x, y = case.inputs["x"], case.inputs["y"]
+    term, = model_contributions(model, case.params, x, y)["embed.weight"].terms
+    assert term.parts.axes == ("N", "T")
+    np.testing.assert_array_equal(term.parts.rows, x)
+    # The rest of the model on the looked-up vectors; one position's vector moved alone.
+    rest = nn.Sequential(model.layers[1:], loss=model.loss_spec)
+    rest_params = {key: value for key, value in case.params.items() if key != "embed.weight"}
+    looked_up = case.params["embed.weight"][x]                      # (N, T, D)
+    rng = np.random.default_rng(8)
+    for n, t in [(0, 1), (0, 2), (1, 0), (1, 5)]:
+        direction = rng.standard_normal(looked_up.shape[-1])
+        moved = looked_up.astype(complex)
+        moved[n, t] += 1e-30j * direction
+        expected = rest.loss(rest_params, moved, y).imag / 1e-30
+        got = np.sum(term.parts.gradients[n, t] * direction)
+        assert got == pytest.approx(expected, rel=1e-12)
+    # Row 2 is named six times, row 1 once (REPEATED_TOKENS); row summary by hand.
+    rows = row_summary(term, 4)
+    counts = dict(zip(rows.rows.tolist(), rows.occurrences.tolist(), strict=True))
+    assert counts == {0: 3, 1: 1, 2: 6, 3: 2}
+    norms = np.linalg.norm(term.gradient, axis=1)
+    assert rows.norms.tolist() == sorted(norms.tolist(), reverse=True)
+    each = np.linalg.norm(term.parts.gradients, axis=-1)
+    np.testing.assert_allclose(rows.occurrence_norms[rows.rows == 2], each[x == 2].sum(),
+                               rtol=1e-14)
+    assert row_summary(term, 4, top=2).rows.tolist() == rows.rows[:2].tolist()
+
+
+def test_tied_language_model_has_the_embedding_occurrences_and_the_output_use():
+    case = get_case("sequence-tied-lm")
+    found = contributions_of(case)
+    embedding, output = found["embed.weight"].terms
+    assert (embedding.slot, output.slot) == ("embed.weight", "out.weight")
+    assert embedding.parts.rows is not None and output.parts is None
+    untied = get_case("sequence-untied-lm")   # same point, the output layer stored apart
+    params = {**untied.params, "out.weight": case.params["embed.weight"]}
+    _, grads = untied.loss_and_grads(params)
+    np.testing.assert_allclose(output.gradient, grads["out.weight"], rtol=1e-13)
+    np.testing.assert_allclose(embedding.gradient, grads["embed.weight"], rtol=1e-13)
+
+
+def test_siamese_branch_is_the_derivative_through_that_branch_alone():
+    case = get_case("siamese-triplet-all-active")
+    model = nn.Siamese.from_config(case.config["siamese"])
+    inputs = [case.inputs[name] for name in model.branch_names]
+    found = siamese_contributions(model, case.params, *inputs)
+    terms = found["fc1.weight"].terms
+    assert [t.branch for t in terms] == ["anchor", "positive", "negative"]
+    rng = np.random.default_rng(9)
+    for index, term in enumerate(terms):
+        direction = rng.standard_normal(term.gradient.shape)
+        moved = {**case.params, "fc1.weight": case.params["fc1.weight"] + 1e-30j * direction}
+        embeddings = [model.tower.forward(moved if i == index else case.params, x)
+                      for i, x in enumerate(inputs)]
+        value, _ = model.loss_spec.forward(tuple(embeddings), None)
+        expected = np.asarray(value).imag / 1e-30
+        assert np.sum(term.gradient * direction) == pytest.approx(expected, rel=1e-12)
+
+
+def test_micro_batch_terms_are_each_micro_batch_gradient_times_its_share():
+    model = MLP([3, 4, 2])
+    rng = np.random.default_rng(10)
+    params, x, y = model.init(10), rng.standard_normal((5, 3)), np.array([0, 1, 1, 0, 1])
+    found = microbatch_contributions(model, params, (x, y), [1, 4])
+    first, second = found["fc1.weight"].terms
+    assert (first.micro_batch, second.micro_batch) == (0, 1)
+    # The model's own loss_and_grads on each micro-batch, weighted 1/5 and 4/5 (not 1/2).
+    np.testing.assert_allclose(first.gradient,
+                               0.2 * model.loss_and_grads(params, x[:1], y[:1])[1]["fc1.weight"],
+                               rtol=1e-15)
+    np.testing.assert_allclose(second.gradient,
+                               0.8 * model.loss_and_grads(params, x[1:], y[1:])[1]["fc1.weight"],
+                               rtol=1e-15)
+    np.testing.assert_array_equal(found["fc1.weight"].gradient,
+                                  model.loss_and_grads(params, x, y)[1]["fc1.weight"])
+
+
+def test_a_tying_penalty_is_one_term_of_the_step_not_one_per_micro_batch():
+    case = get_case("microbatch-tied-soft")
+    found = contributions_of(case)
+    terms = found["A:fc1.weight"].terms
+    assert [t.role for t in terms] == ["task", "task", "pull"]
+    pair = TiedPair.from_config(case.config["base"]["pair"])
+    params_a, params_b = pair.split(case.params)
+    np.testing.assert_allclose(terms[-1].gradient,
+                               2 * 0.4 * (params_a["fc1.weight"] - params_b["fc1.weight"]),
+                               rtol=1e-15)
+    assert [t.micro_batch for t in found["B:fc1.weight"].terms] == [0, 1, None]
+
+
+def test_bad_arguments_of_the_new_forms_are_clear_errors():
+    model = MLP([2, 3])
+    x, y = np.zeros((3, 2)), np.array([0, 1, 2])
+    with pytest.raises(TypeError, match="model: expected a refimpl Siamese"):
+        siamese_contributions(model, model.init(0), x, x)
+    with pytest.raises(ValueError, match="splits: expected sizes that add up to the batch "
+                                         "size 3, got \\[1, 1\\]"):
+        microbatch_contributions(model, model.init(0), (x, y), [1, 1])
+    with pytest.raises(TypeError, match="splits\\[1\\]"):
+        microbatch_contributions(model, model.init(0), (x, y), [1, 2.0])
+    with pytest.raises(TypeError, match="splits_b: required for a TiedPair"):
+        microbatch_contributions(TiedPair(MLP([2, 3]), MLP([2, 3]), {"fc1.weight": "fc1.weight"},
+                                          lam=0.1),
+                                 {}, ((x, y), (x, y)), [3])
+    with pytest.raises(TypeError, match="splits_b: .* refused for any other model"):
+        microbatch_contributions(model, model.init(0), (x, y), [3], splits_b=[3])
+
+
+def test_the_docstring_examples_run():
+    for module in (contributions_module, forms_module):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

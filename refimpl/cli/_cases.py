@@ -10,10 +10,15 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ..nn import Sequential
+import numpy as np
+
+from ..nn import RNN, Embedding, Sequential, Siamese
 from ..testing.cases import Case, all_cases
 from ..testing.cases.drawn import case_named
+from ..testing.cases.microbatch import microbatch_case
 from ..testing.cases.mlp import model_case
+from ..testing.cases.sequence import sequence_case
+from ..testing.cases.siamese import build_case, siamese_case
 from ..testing.cases.tied import anchored_case, pair_case
 from ..tying import AnchoredModel, TiedPair
 
@@ -29,8 +34,10 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH",
                         help="instead of CASE, a case configuration saved as JSON (a built-in "
                              "case's 'config': {'model': ..., 'input_shape': [N, ...], 'seed': "
-                             "S}, or {'pair': ..., 'input_shape_a': ..., 'input_shape_b': ..., "
-                             "'seed': S}); the point and data are drawn from the seed")
+                             "S}, {'pair': ..., 'input_shape_a': ..., 'input_shape_b': ..., "
+                             "'seed': S}, {'siamese': ..., 'input_shape': ..., 'seed': S}, or "
+                             "{'base': <one of those>, 'micro_batches': [n_0, ...]}); the "
+                             "point and data are drawn from the seed")
 
 
 def _case_from_config(config: Any, path: str) -> Case:
@@ -39,9 +46,19 @@ def _case_from_config(config: Any, path: str) -> Case:
         raise ValueError(f"--config {path}: expected a JSON object, got {type(config).__name__}")
     name = f"config:{path}"
     try:
+        if "micro_batches" in config:
+            base = _case_from_config(config["base"], path)
+            return microbatch_case(name, base, _model_of(config["base"]),
+                                   [int(size) for size in config["micro_batches"]],
+                                   config.get("micro_batches_b"))
+        if "siamese" in config:
+            return _siamese_case(name, Siamese.from_config(config["siamese"],
+                                                           "config['siamese']"), config)
         if "model" in config:
             model = Sequential.from_config(config["model"], "config['model']")
             shape = [int(size) for size in config["input_shape"]]
+            if isinstance(model.layers[0], (Embedding, RNN)):
+                return _sequence_case(name, model, tuple(shape), int(config["seed"]))
             return model_case(name, "config", model, tuple(shape[1:]), shape[0],
                               int(config["seed"]))
         if "pair" in config:
@@ -60,8 +77,50 @@ def _case_from_config(config: Any, path: str) -> Case:
                                  reference_given=False)
     except KeyError as error:
         raise ValueError(f"--config {path}: missing key {error}") from None
-    raise ValueError(f"--config {path}: expected a key 'model' or 'pair' (or 'anchored' with a "
-                     f"zero reference; a given reference is data, not configuration)")
+    raise ValueError(f"--config {path}: expected a key 'model', 'pair', 'siamese' or "
+                     f"'micro_batches' (or 'anchored' with a zero reference; a given reference "
+                     f"is data, not configuration)")
+
+
+def _model_of(config: Mapping[str, Any]) -> Any:
+    """The model a (base) case configuration describes."""
+    if "pair" in config:
+        return TiedPair.from_config(config["pair"])
+    if "siamese" in config:
+        return Siamese.from_config(config["siamese"])
+    if "anchored" in config:
+        anchored = config["anchored"]
+        return AnchoredModel(Sequential.from_config(anchored["model"]), anchored["lam"],
+                             names=anchored["names"], penalty=anchored["penalty"])
+    return Sequential.from_config(config["model"])
+
+
+def _sequence_case(name: str, model: Sequential, shape: tuple[int, ...], seed: int) -> Case:
+    """A sequence model's case from its seed: token ids in range (an embedding first) or
+    standard-normal (N, T, D) inputs, a class label per output position."""
+    rng = np.random.default_rng(seed)
+    first = model.layers[0]
+    x = (rng.integers(0, first.num_embeddings, size=shape).astype(np.int64)
+         if isinstance(first, Embedding) else rng.standard_normal(shape))
+    out_shape = model.output_shape(x.shape)
+    y = rng.integers(0, out_shape[-1], size=out_shape[:-1]).astype(np.int64)
+    return sequence_case(name, model, x, y, seed)
+
+
+def _siamese_case(name: str, model: Siamese, config: Mapping[str, Any]) -> Case:
+    """A Siamese case from its seed: a built-in case's ``placement`` rebuilds it as the
+    catalogue does (similar pairs close, the margin placed again); otherwise standard-normal
+    branch inputs, contrastive labels alternating 1, 0, ... and the configuration's margin."""
+    shape = [int(size) for size in config["input_shape"]]
+    seed = int(config["seed"])
+    if "placement" in config:
+        return build_case(name, model.tower, type(model.loss_spec), tuple(shape[1:]),
+                          shape[0], seed, config["placement"], eps=model.loss_spec.eps)
+    rng = np.random.default_rng(seed)
+    inputs = {branch: rng.standard_normal(shape) for branch in model.branch_names}
+    if model.loss_spec.needs_target:
+        inputs["y"] = (np.arange(shape[0]) % 2 == 0).astype(np.int64)
+    return siamese_case(name, model, model.init(seed), inputs, dict(config))
 
 
 def load_case(args: argparse.Namespace) -> Case:

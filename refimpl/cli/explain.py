@@ -1,7 +1,9 @@
 """``refimpl explain CASE``: where each unique parameter's gradient comes from
-(:mod:`refimpl.study.contributions`) — one row per parameter: its gradient norm, the norm and
-share of every contribution, the cosine between them, and for a tied parameter the ratio of the
-penalty's pull to the task gradient; per-position maps of a convolution's kernel gradient."""
+(:mod:`refimpl.study`) — one row per parameter: its gradient norm, the norm and share of every
+contribution (per use, per Siamese branch, per micro-batch, the penalty's pull), the cosine
+between them, and for a tied parameter the ratio of the penalty's pull to the task gradient;
+then the uses inside a layer: per-position maps of a convolution's kernel gradient, per-step
+norms of an RNN's weights, the rows of an embedding its occurrences move most."""
 
 from __future__ import annotations
 
@@ -16,16 +18,20 @@ import numpy as np
 
 from .._io import JSON_HELP, atomic_output, check_destination, write_text_atomically
 from .._table import format_table
-from ..nn import Sequential
+from ..nn import Sequential, Siamese
 from ..study import (
     Contributions,
     Term,
     anchored_contributions,
+    microbatch_contributions,
     model_contributions,
     pair_contributions,
+    row_summary,
+    siamese_contributions,
     summarize,
 )
 from ..testing.cases import Case
+from ..testing.cases.microbatch import join_inputs
 from ..tying import AnchoredModel, TiedPair
 from ._cases import PLOT_HELP, add_case_arguments, load_case, need_matplotlib
 
@@ -37,36 +43,65 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     add_case_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help=JSON_HELP.format(what="contributions"))
     parser.add_argument("--plot", metavar="PATH",
-                        help="also plot a bar chart of the contributions and the per-position "
-                             f"map of every convolution kernel's gradient to PATH {PLOT_HELP}")
+                        help="also plot a bar chart of the contributions, and a panel per use "
+                             "inside a layer (a convolution's per-position map, an RNN's "
+                             "per-step bars, an embedding's top rows), to PATH "
+                             f"{PLOT_HELP}")
 
 
-def case_contributions(case: Case) -> dict[str, Contributions]:
-    """The contributions of every parameter of ``case`` (a model, a tied pair, an anchored
-    model), at its point and on its data."""
-    config, data = case.config, case.inputs
+def _model_and_batch(config: Mapping[str, Any], data: Mapping[str, np.ndarray]
+                     ) -> tuple[Any, tuple[Any, ...]]:
+    """The model of a case's configuration and its batch in the form the model takes."""
     if "model" in config:
-        model = Sequential.from_config(config["model"])
-        return model_contributions(model, case.params, data["x"], data["y"])
+        return Sequential.from_config(config["model"]), (data["x"], data["y"])
     if "pair" in config:
-        pair = TiedPair.from_config(config["pair"])
-        params_a, params_b = pair.split(case.params)
         target_b = data["yb"] if "yb" in data else data["xb"]   # no "yb": an autoencoder
-        return pair_contributions(pair, params_a, params_b, (data["xa"], data["ya"]),
-                                  (data["xb"], target_b))
+        return (TiedPair.from_config(config["pair"]),
+                ((data["xa"], data["ya"]), (data["xb"], target_b)))
+    if "siamese" in config:
+        model = Siamese.from_config(config["siamese"])
+        extra = ("y",) if model.loss_spec.needs_target else ()
+        return model, tuple(data[name] for name in model.branch_names + extra)
     anchored = config["anchored"]
     references = {key[3:]: value for key, value in data.items() if key.startswith("w0:")}
     model = AnchoredModel(Sequential.from_config(anchored["model"]), anchored["lam"],
                           reference=references or None, names=anchored["names"],
                           penalty=anchored["penalty"])
-    return anchored_contributions(model, case.params, data["x"], data["y"])
+    return model, (data["x"], data["y"])
+
+
+def case_contributions(case: Case) -> dict[str, Contributions]:
+    """The contributions of every parameter of ``case`` (a model, a tied pair, an anchored
+    model, a Siamese model, micro-batches of any of them), at its point and on its data."""
+    config, data = case.config, case.inputs
+    if "micro_batches" in config:
+        names = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in data))
+        full = join_inputs(dict(data), names, len(config["micro_batches"]))
+        model, batch = _model_and_batch(config["base"], full)
+        return microbatch_contributions(model, case.params, batch, config["micro_batches"],
+                                        splits_b=config.get("micro_batches_b"))
+    model, batch = _model_and_batch(config, data)
+    if isinstance(model, TiedPair):
+        return pair_contributions(model, *model.split(case.params), *batch)
+    if isinstance(model, Siamese):
+        extra = {"y": batch[-1]} if model.loss_spec.needs_target else {}
+        return siamese_contributions(model, case.params,
+                                     *batch[:model.loss_spec.branches], **extra)
+    if isinstance(model, AnchoredModel):
+        return anchored_contributions(model, case.params, *batch)
+    return model_contributions(model, case.params, *batch)
 
 
 def short_label(term: Term) -> str:
-    """A term's label for a table cell: ``dec.weight^T``, ``A:fc1.weight``, ``pull``."""
+    """A term's label for a table cell: ``dec.weight^T``, ``A:fc1.weight``, ``anchor:fc1.weight``,
+    ``mb0:fc1.weight``, ``pull``."""
     if term.role == "pull":
         return "pull"
     prefix = {"model_a": "A:", "model_b": "B:"}.get(term.model, "")
+    if term.branch is not None:
+        prefix = f"{term.branch}:{prefix}"
+    if term.micro_batch is not None:
+        prefix = f"mb{term.micro_batch}:{prefix}"
     return prefix + str(term.slot) + ("^T" if term.transposed else "")
 
 
@@ -82,16 +117,42 @@ def _cosine_cell(cosines: np.ndarray) -> str:
     return f"{value:+.3f}" if count == 2 else f"min {value:+.3f}"
 
 
-def _position_map(term: Term) -> np.ndarray:
-    """Norm of a term's part at every grid position: (Ho, Wo) for a convolution."""
-    grid = len(term.parts.axes)
-    gradients = term.parts.gradients
-    flat = gradients.reshape(*gradients.shape[:grid], -1)
-    return np.sqrt(np.sum(flat * flat, axis=-1))
+#: Rows of an embedding listed by ``explain`` (those with the largest gradient): a reader
+#: wants the rows that move most, not a table of the whole vocabulary.
+TOP_ROWS = 8
+
+
+def _parts_lines(key: str, term: Term, shape: tuple[int, ...]) -> list[str]:
+    """The text of one term's parts: an embedding's top rows, an RNN's steps, a position map."""
+    head = f"{key}, use {short_label(term)}"
+    if term.parts.rows is not None:
+        rows = row_summary(term, shape[0], TOP_ROWS)
+        used = int(np.count_nonzero(np.bincount(term.parts.rows.reshape(-1),
+                                                minlength=shape[0])))
+        table = [(str(row), str(count), f"{norm:.3g}", f"{each:.3g}",
+                  f"{norm / each:.3f}" if each > 0 else "-")
+                 for row, count, norm, each in zip(*rows[:4], strict=True)]
+        return ["", f"{head}: {term.parts.rows.size} occurrences ({' x '.join(term.parts.axes)}"
+                    f") of {used} of {shape[0]} rows; the {len(table)} rows with the largest "
+                    f"gradient (agreement = ||row gradient|| / sum ||occurrence||: 1 when its "
+                    f"occurrences point one way)",
+                format_table(("row", "occurrences", "||row gradient||", "sum ||occurrence||",
+                              "agreement"), table)]
+    norms = term.parts.norms()
+    if norms.ndim == 1:
+        note = "; step 0 reads h = 0: no W_hh there" if term.slot.endswith("weight_hh") else ""
+        return ["", f"{head}: ||gradient|| through each time step ({term.parts.axes[0]} = "
+                    f"{norms.size}{note}); they sum to the term",
+                "  " + "  ".join(f"t{t}: {value:.2e}" for t, value in enumerate(norms))]
+    return ["", f"{head}: ||gradient|| at each output position "
+                f"({' x '.join(term.parts.axes)} = {' x '.join(map(str, norms.shape))}); they "
+                f"sum to the term",
+            *("  " + "  ".join(f"{value:.2e}" for value in row) for row in norms)]
 
 
 def format_explanation(name: str, found: Mapping[str, Contributions]) -> str:
-    """The text of ``refimpl explain``: the table, then every convolution's position maps."""
+    """The text of ``refimpl explain``: the table, then every use inside a layer (position
+    maps, per-step norms, top embedding rows)."""
     rows = []
     for key, contributions in found.items():
         summary = summarize(contributions)
@@ -107,16 +168,27 @@ def format_explanation(name: str, found: Mapping[str, Contributions]) -> str:
     for key, contributions in found.items():
         for term in contributions.terms:
             if term.parts is not None:
-                grid = _position_map(term)
-                lines += ["", f"{key}, use {short_label(term)}: ||gradient|| at each output "
-                              f"position ({' x '.join(term.parts.axes)} = "
-                              f"{' x '.join(map(str, grid.shape))}); they sum to the term"]
-                lines += ["  " + "  ".join(f"{value:.2e}" for value in row) for row in grid]
+                lines += _parts_lines(key, term, contributions.gradient.shape)
     return "\n".join(lines)
 
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _parts_document(term: Term, shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """A term's parts in the JSON: the norm at every grid position; for an embedding, also
+    every row touched (largest gradient first)."""
+    if term.parts is None:
+        return None
+    document: dict[str, Any] = {"axes": list(term.parts.axes),
+                                "norms": term.parts.norms().tolist()}
+    if term.parts.rows is not None:
+        rows = row_summary(term, shape[0])
+        document["rows"] = [{"row": int(row), "occurrences": int(count), "norm": float(norm),
+                             "occurrence_norms": float(each)}
+                            for row, count, norm, each in zip(*rows[:4], strict=True)]
+    return document
 
 
 def explanation_document(name: str, found: Mapping[str, Contributions]) -> dict[str, Any]:
@@ -130,8 +202,8 @@ def explanation_document(name: str, found: Mapping[str, Contributions]) -> dict[
             terms.append({
                 "label": term.label, "role": term.role, "model": term.model, "slot": term.slot,
                 "transposed": term.transposed, "norm": norm, "share": _finite_or_none(share),
-                "positions": None if term.parts is None else {
-                    "axes": list(term.parts.axes), "norms": _position_map(term).tolist()}})
+                "branch": term.branch, "micro_batch": term.micro_batch,
+                "positions": _parts_document(term, contributions.gradient.shape)})
         parameters.append({
             "name": key, "norm": summary.norm, "terms": terms,
             "cosines": [[_finite_or_none(float(c)) for c in row] for row in summary.cosines],
@@ -140,15 +212,41 @@ def explanation_document(name: str, found: Mapping[str, Contributions]) -> dict[
     return {"case": name, "parameters": parameters}
 
 
+def _plot_parts(axis: Any, figure: Any, key: str, term: Term, shape: tuple[int, ...]) -> None:
+    """One term's parts: top rows of an embedding (bars), per-step bars of an RNN, a heatmap
+    over a convolution's output positions."""
+    title = f"{key}\nuse {short_label(term)}"
+    if term.parts.rows is not None:
+        rows = row_summary(term, shape[0], TOP_ROWS)
+        labels = [f"row {row} (x{count})" for row, count in zip(rows.rows, rows.occurrences,
+                                                              strict=True)]
+        axis.barh(labels, rows.occurrence_norms, color="0.8", label="sum ||occurrence||")
+        axis.barh(labels, rows.norms, color="C0", label="||row gradient||")
+        axis.invert_yaxis()
+        axis.legend(fontsize=7)
+        axis.set(title=title + f": top {len(labels)} rows", xlabel="norm")
+        return
+    norms = term.parts.norms()
+    if norms.ndim == 1:
+        axis.bar(np.arange(norms.size), norms, color="C1")
+        axis.set(title=title, xlabel="time step t", ylabel="||gradient through step t||")
+        return
+    image = axis.imshow(norms, cmap="viridis")
+    axis.set(title=title, xlabel="Wo", ylabel="Ho")
+    figure.colorbar(image, ax=axis, shrink=0.8, label="||gradient|| at position")
+
+
 def plot_explanation(found: Mapping[str, Contributions], path: str) -> None:
-    """A bar chart of every term's norm per parameter, and a heatmap per convolution use."""
+    """A bar chart of every term's norm per parameter, and one panel per term with parts
+    (top embedding rows, per-step bars, per-position heatmap)."""
     import matplotlib  # optional extra: refimpl[plot]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    maps = [(key, term) for key, c in found.items() for term in c.terms if term.parts is not None]
-    figure, axes = plt.subplots(1, 1 + len(maps), figsize=(6 + 3 * len(maps), 4),
+    maps = [(key, term, c.gradient.shape) for key, c in found.items() for term in c.terms
+            if term.parts is not None]
+    figure, axes = plt.subplots(1, 1 + len(maps), figsize=(6 + 3.5 * len(maps), 4),
                                 squeeze=False)
     bars = axes[0, 0]
     position = 0
@@ -157,7 +255,7 @@ def plot_explanation(found: Mapping[str, Contributions], path: str) -> None:
         summary = summarize(contributions)
         for offset, (term, norm) in enumerate(zip(contributions.terms, summary.norms,
                                                   strict=True)):
-            bars.barh(position + offset, norm, color=f"C{offset}")
+            bars.barh(position + offset, norm, color=f"C{offset % 10}")
             bars.text(norm, position + offset, " " + short_label(term), va="center", fontsize=7)
         bars.plot([summary.norm], [position - 0.6], "k|", markersize=8)
         ticks.append(position - 0.6)
@@ -166,10 +264,8 @@ def plot_explanation(found: Mapping[str, Contributions], path: str) -> None:
     bars.set_yticks(ticks, names, fontsize=8)
     bars.invert_yaxis()
     bars.set(xlabel="||term|| (black tick: ||gradient||)", title="contributions")
-    for axis, (key, term) in zip(axes[0, 1:], maps, strict=True):
-        image = axis.imshow(_position_map(term), cmap="viridis")
-        axis.set(title=f"{key}\nuse {short_label(term)}", xlabel="Wo", ylabel="Ho")
-        figure.colorbar(image, ax=axis, shrink=0.8, label="||gradient|| at position")
+    for axis, (key, term, shape) in zip(axes[0, 1:], maps, strict=True):
+        _plot_parts(axis, figure, key, term, shape)
     figure.tight_layout()
     try:
         with atomic_output(path) as temporary:

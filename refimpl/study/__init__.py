@@ -1,8 +1,10 @@
 """Studying gradients: where a shared parameter's gradient comes from, and why the complex step.
 
 - :mod:`.contributions`: the labelled terms every unique parameter's gradient is the sum of
-  (one per use of a shared parameter, per output position of a convolution, task and pull of
-  a tied pair), computed on the model's untied twin;
+  (one per use of a shared parameter, task and pull of a tied pair), computed on the model's
+  untied twin; :mod:`.splits`: the uses inside one layer (a convolution's output positions, an
+  RNN's time steps, an embedding's occurrences); :mod:`.forms`: per Siamese branch and per
+  micro-batch; :mod:`.summary`: their norms, shares and cosines, an embedding's top rows;
 - :mod:`.steps`: errors of forward, central, Richardson and complex-step derivatives against
   the analytic gradient over step sizes from 1e-1 to 1e-300.
 
@@ -10,17 +12,14 @@
 """
 
 from .contributions import (
-    LAYER_SPLITS,
     Contributions,
-    LayerSplit,
-    ParameterSummary,
-    Parts,
     Term,
     anchored_contributions,
     model_contributions,
     pair_contributions,
-    summarize,
 )
+from .forms import microbatch_contributions, siamese_contributions
+from .splits import LAYER_SPLITS, LayerSplit, Parts
 from .steps import (
     EPS,
     EXPONENTS,
@@ -32,10 +31,13 @@ from .steps import (
     random_direction,
     study_steps,
 )
+from .summary import ParameterSummary, RowSummary, row_summary, summarize
 
 __all__ = [
     "Parts", "Term", "Contributions", "LayerSplit", "LAYER_SPLITS", "ParameterSummary",
-    "model_contributions", "pair_contributions", "anchored_contributions", "summarize",
+    "model_contributions", "pair_contributions", "anchored_contributions",
+    "siamese_contributions", "microbatch_contributions", "summarize", "RowSummary",
+    "row_summary",
     "METHODS", "EXPONENTS", "EPS", "StepStudy", "default_steps", "coordinate_direction",
     "random_direction", "study_steps", "best_step",
 ]

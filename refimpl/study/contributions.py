@@ -3,27 +3,20 @@
 A shared parameter's gradient is a *sum* (Goodfellow, Bengio & Courville, section 7.9):
 
 * a sharing map: one term per use (slot) of the parameter, a transposed use transposed back;
-* a convolution: one term per output position (its kernel is used at every one);
+* inside a layer (:mod:`.splits`): one part per output position of a convolution, per time
+  step of an RNN, per occurrence of an embedding row;
 * a tied pair: each model's task-loss gradient plus the penalty's *pull* (soft mode), or the
-  two models' gradients of one shared array (hard mode); an anchored model: task plus pull.
+  two models' gradients of one shared array (hard mode); an anchored model: task plus pull;
+* a Siamese network and accumulated micro-batches: :mod:`.forms`, one term per branch, per
+  micro-batch.
 
 Every term is computed by the model's own forward and backward passes on its **untied twin**:
 the same layers without the sharing map, each slot given its unique parameter's value (read
-transposed where the slot reads it transposed). A layer that shares inside itself is replaced
-in the twin by its unshared form, found in :data:`LAYER_SPLITS`: a
-:class:`~refimpl.nn.Conv2D` by the :class:`~refimpl.nn.LocallyConnected2D` layer with the
-kernel copied at every output position, whose weight gradient keeps the positions apart. The
-twin has the same loss at the same point, so its per-slot (per-position) gradients are the
-terms, and their sum is the gradient :meth:`~refimpl.nn.Sequential.loss_and_grads` returns up
-to the rounding of a different summation order (``tests/test_contributions.py``).
-
-Other forms of sharing inside a layer (per time step of a recurrent layer, per branch of a
-Siamese network, per occurrence of an embedding row) plug in as entries of
-:data:`LAYER_SPLITS`; a split over the data (per micro-batch) would give a term
-:class:`Parts` along a ``"micro-batch"`` axis in the same way.
-
-Legend: ``Ho``, ``Wo`` output height and width of a convolution; ``F`` filters, ``Cg`` input
-channels per group, ``kH``, ``kW`` kernel size.
+transposed where the slot reads it transposed), and every layer of :data:`LAYER_SPLITS`
+replaced by its unshared form. The twin has the same loss at the same point, so its per-slot
+(per-position, per-step, per-occurrence) gradients are the terms, and their sum is the
+gradient :meth:`~refimpl.nn.Sequential.loss_and_grads` returns up to the rounding of a
+different summation order (``tests/test_contributions.py``).
 """
 
 from __future__ import annotations
@@ -33,27 +26,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..nn import Conv2D, LocallyConnected2D, Sequential
-from ..nn.base import Layer
+from ..nn import Sequential
 from ..tying import AnchoredModel, TiedPair
+from .splits import LAYER_SPLITS, LayerSplit, Parts
 
-__all__ = ["Parts", "Term", "Contributions", "LayerSplit", "LAYER_SPLITS",
-           "model_contributions", "pair_contributions", "anchored_contributions",
-           "ParameterSummary", "summarize"]
+__all__ = ["Term", "Contributions", "model_contributions", "pair_contributions",
+           "anchored_contributions"]
 
 Params = dict[str, np.ndarray]
-
-
-class Parts(NamedTuple):
-    """A term split further over the uses of one parameter inside one layer.
-
-    ``gradients`` has shape ``(*grid, *parameter shape)``; its sum over the grid axes is the
-    term's gradient. For a convolution, ``axes == ("Ho", "Wo")`` and ``gradients[i, j]`` is
-    the gradient of the kernel (or bias) through output position ``(i, j)`` alone.
-    """
-
-    axes: tuple[str, ...]
-    gradients: np.ndarray
+#: ``gradients(twin, twin_params, twin_x) -> twin grads``: the twin's backward pass (from a
+#: loss, or from an upstream gradient for a Siamese tower).
+TwinGradients = Callable[[Sequential, Params, np.ndarray], Params]
 
 
 class Term(NamedTuple):
@@ -75,7 +58,12 @@ class Term(NamedTuple):
     gradient : ndarray
         The term, with the unique parameter's shape.
     parts : Parts or None
-        The term split over the positions of a convolution (None for a layer used once).
+        The term split over the uses inside one layer: a convolution's positions, an RNN's
+        time steps, an embedding's occurrences (None for a layer used once).
+    branch : str or None
+        The Siamese branch (``"anchor"``, ``"x1"``, ...) the term flows through.
+    micro_batch : int or None
+        The micro-batch the term comes from (already weighted by its share).
     """
 
     label: str
@@ -85,6 +73,8 @@ class Term(NamedTuple):
     transposed: bool
     gradient: np.ndarray
     parts: Parts | None = None
+    branch: str | None = None
+    micro_batch: int | None = None
 
 
 class Contributions(NamedTuple):
@@ -107,75 +97,22 @@ class Contributions(NamedTuple):
         return total
 
 
-class LayerSplit(NamedTuple):
-    """How a layer that uses a parameter several times is replaced in the untied twin.
-
-    Attributes
-    ----------
-    layer : Layer
-        The unshared twin layer (same name, so the same slot names).
-    expand : callable
-        ``expand(local_params) -> twin_local_params``: the shared layer's parameters copied to
-        every use.
-    parts : callable
-        ``parts(twin_local_grads) -> {local: Parts}``: the twin's gradients as parts of the
-        shared layer's parameters.
-    """
-
-    layer: Layer
-    expand: Callable[[Params], Params]
-    parts: Callable[[Params], dict[str, Parts]]
-
-
-def _split_convolution(layer: Conv2D, input_shape: tuple[int, ...]) -> LayerSplit:
-    """A convolution as a locally connected layer with its kernel copied at every position."""
-    twin = LocallyConnected2D(layer.name, layer.in_channels, layer.out_channels,
-                              layer.kernel_size, input_size=tuple(input_shape[2:]),
-                              stride=layer.stride, padding=layer.padding,
-                              dilation=layer.dilation, groups=layer.groups, bias=layer.bias)
-    out_h, out_w = twin.output_size
-
-    def expand(local: Params) -> Params:
-        # weight (F, Cg, kH, kW) -> (Ho, Wo, F, Cg, kH, kW); bias (F,) -> (F, Ho, Wo)
-        copied = {"weight": np.broadcast_to(local["weight"],
-                                            (out_h, out_w, *local["weight"].shape)).copy()}
-        if "bias" in local:
-            copied["bias"] = np.broadcast_to(local["bias"][:, None, None],
-                                             (local["bias"].shape[0], out_h, out_w)).copy()
-        return copied
-
-    def parts(grads: Params) -> dict[str, Parts]:
-        split = {}
-        if "weight" in grads:
-            split["weight"] = Parts(("Ho", "Wo"), grads["weight"])   # (Ho, Wo, F, Cg, kH, kW)
-        if "bias" in grads:
-            split["bias"] = Parts(("Ho", "Wo"), np.moveaxis(grads["bias"], 0, -1))  # (Ho, Wo, F)
-        return split
-
-    return LayerSplit(twin, expand, parts)
-
-
-#: Layer types that use their own parameters several times -> ``split(layer, input_shape)``
-#: returning the :class:`LayerSplit` of their unshared twin. The plug-in point of further forms
-#: of sharing (a recurrent layer's time steps, a Siamese network's branches, an embedding's
-#: row occurrences).
-LAYER_SPLITS: dict[type, Callable[[Any, tuple[int, ...]], LayerSplit]] = {
-    Conv2D: _split_convolution,
-}
-
-
-def _twin(model: Sequential, x_shape: tuple[int, ...]) -> tuple[Sequential, dict[str, LayerSplit]]:
-    """The untied twin of ``model`` (no sharing map, split layers) and the splits by layer."""
-    layers, splits, shape = [], {}, tuple(x_shape)
+def _twin(model: Sequential, x: np.ndarray
+          ) -> tuple[Sequential, dict[str, LayerSplit], np.ndarray]:
+    """The untied twin of ``model`` (no sharing map, split layers), the splits by layer, and
+    the twin's input."""
+    layers, splits, shape, twin_x = [], {}, tuple(np.shape(x)), x
     for layer in model.layers:
         split = LAYER_SPLITS.get(type(layer))
         if split is not None:
-            splits[layer.name] = split(layer, shape)
+            splits[layer.name] = split(layer, shape, x)
             layers.append(splits[layer.name].layer)
+            if splits[layer.name].input is not None:
+                twin_x = splits[layer.name].input(x)
         else:
             layers.append(layer)
         shape = layer.output_shape(shape)
-    return Sequential(layers, loss=model.loss_spec), splits
+    return Sequential(layers, loss=model.loss_spec), splits, twin_x
 
 
 def _swap_back(array: np.ndarray, transposed: bool) -> np.ndarray:
@@ -183,48 +120,55 @@ def _swap_back(array: np.ndarray, transposed: bool) -> np.ndarray:
     return np.swapaxes(array, -1, -2) if transposed else array
 
 
-def _task_terms(model: Sequential, params: Params, x: np.ndarray, y: Any, role: str,
-                prefix: str, reads: Mapping[str, tuple[str, bool]] | None = None
-                ) -> dict[str, list[Term]]:
+def _local(values: Mapping[str, np.ndarray], layer_name: str) -> Params:
+    """The entries of one layer, keyed by their local names."""
+    return {key.split(".", 1)[1]: value for key, value in values.items()
+            if key.split(".", 1)[0] == layer_name}
+
+
+def from_loss(y: Any) -> TwinGradients:
+    """The twin's gradients of its loss on targets ``y``."""
+    return lambda twin, params, x: twin.loss_and_grads(params, x, y)[1]
+
+
+def task_terms(model: Sequential, params: Params, x: np.ndarray, gradients: TwinGradients,
+               role: str, prefix: str, reads: Mapping[str, tuple[str, bool]] | None = None,
+               branch: str | None = None) -> dict[str, list[Term]]:
     """The task terms of every unique parameter ``model`` reads, from its untied twin.
 
-    ``reads`` maps a unique parameter of ``model`` to the unique parameter it stands for
-    (and whether read transposed): hard tying, where model B reads model A's arrays.
+    ``gradients`` runs the twin's backward pass (:func:`from_loss`); ``reads`` maps a unique
+    parameter of ``model`` to the unique parameter it stands for (and whether read
+    transposed): hard tying, where model B reads model A's arrays.
     """
     reads = reads or {}
-    twin, splits = _twin(model, np.shape(x))
+    twin, splits, twin_x = _twin(model, x)
     uses = model.slot_uses()
-    slot_params: Params = {}
-    for slot, (root, transposed) in uses.items():
-        slot_params[slot] = params[root].T if transposed else params[root]
-    twin_params = dict(slot_params)
+    slot_params = {slot: params[root].T if transposed else params[root]
+                   for slot, (root, transposed) in uses.items()}
+    twin_params = {slot: value for slot, value in slot_params.items()
+                   if slot.split(".", 1)[0] not in splits}
     for layer_name, split in splits.items():
-        local = {key.split(".", 1)[1]: value for key, value in slot_params.items()
-                 if key.split(".", 1)[0] == layer_name}
-        for key, value in split.expand(local).items():
+        for key, value in split.expand(_local(slot_params, layer_name)).items():
             twin_params[f"{layer_name}.{key}"] = value
-    _, twin_grads = twin.loss_and_grads(twin_params, x, y)
+    twin_grads = gradients(twin, twin_params, twin_x)
+    parts_of = {name: split.parts(_local(twin_grads, name)) for name, split in splits.items()}
     terms: dict[str, list[Term]] = {}
     for slot, (root, transposed) in uses.items():
         layer_name, local = slot.split(".", 1)
-        parts = None
-        if layer_name in splits:
-            parts = splits[layer_name].parts({local: twin_grads[slot]})[local]
-            grid = tuple(range(len(parts.axes)))
-            gradient = parts.gradients.sum(axis=grid)
-        else:
-            gradient = twin_grads[slot]
+        parts = parts_of[layer_name][local] if layer_name in splits else None
+        gradient = (twin_grads[slot] if parts is None
+                    else parts.total(slot_params[slot].shape))
         target, flip = reads.get(root, (root, False))
         flip = transposed ^ flip
         if flip and parts is not None:
-            parts = Parts(parts.axes, _swap_back(parts.gradients, True))
+            parts = parts.transposed()
         label = prefix + slot + (" (transposed back)" if flip else "")
         terms.setdefault(target, []).append(
-            Term(label, "task", role, slot, flip, _swap_back(gradient, flip), parts))
+            Term(label, "task", role, slot, flip, _swap_back(gradient, flip), parts, branch))
     return terms
 
 
-def _assemble(grads: Mapping[str, np.ndarray], terms: Mapping[str, list[Term]]
+def assemble(grads: Mapping[str, np.ndarray], terms: Mapping[str, list[Term]]
               ) -> dict[str, Contributions]:
     """One :class:`Contributions` per key of ``grads``, in its order."""
     return {name: Contributions(name, grad, tuple(terms.get(name, ())))
@@ -273,8 +217,8 @@ def model_contributions(model: Sequential, params: Mapping[str, Any], x: Any, y:
         raise TypeError(f"model: expected a refimpl Sequential, got {type(model).__name__}")
     _, grads = model.loss_and_grads(params, x, y)   # validates params, x, y first
     params = model.check_params(params)
-    terms = _task_terms(model, params, np.asarray(x), y, "model", "")
-    return _assemble(grads, terms)
+    terms = task_terms(model, params, np.asarray(x), from_loss(y), "model", "")
+    return assemble(grads, terms)
 
 
 def pair_contributions(pair: TiedPair, params_a: Mapping[str, Any], params_b: Mapping[str, Any],
@@ -309,25 +253,13 @@ def pair_contributions(pair: TiedPair, params_a: Mapping[str, Any], params_b: Ma
         raise TypeError(f"pair: expected a refimpl TiedPair, got {type(pair).__name__}")
     _, grads_a, grads_b = pair.loss_and_grads(params_a, params_b, batch_a, batch_b)
     params_a, params_b = pair.check_params(params_a, params_b)
-    shared = pair.shared_b()
-    full_b = dict(params_b)
-    for name_b, (name_a, transpose) in shared.items():
-        full_b[name_b] = params_a[name_a].T if transpose else params_a[name_a]
-    terms_a = _task_terms(pair.model_a, params_a, np.asarray(batch_a[0]), batch_a[1],
-                          "model_a", "A: ")
-    terms_b = _task_terms(pair.model_b, full_b, np.asarray(batch_b[0]), batch_b[1], "model_b",
-                          "B: ", reads={name_b: (f"A:{name_a}", transpose)
-                                        for name_b, (name_a, transpose) in shared.items()})
-    terms = {f"A:{name}": found for name, found in terms_a.items()}
-    for name, found in terms_b.items():
-        key = name if name.startswith("A:") else f"B:{name}"
-        terms.setdefault(key, []).extend(found)
-    _, pull_a, pull_b = pair.penalty(params_a, params_b)   # ({}, {}) in hard mode
-    label = f"pull ({pair.penalty_name} penalty)"
-    for prefix, pulls in (("A:", pull_a), ("B:", pull_b)):
-        for name, pull in pulls.items():
-            terms[prefix + name].append(Term(label, "pull", "penalty", None, False, pull))
-    return _assemble(pair.join(grads_a, grads_b), terms)
+    terms = merge_terms(
+        pair_task_terms(pair, params_a, params_b, "A", np.asarray(batch_a[0]),
+                        from_loss(batch_a[1])),
+        pair_task_terms(pair, params_a, params_b, "B", np.asarray(batch_b[0]),
+                        from_loss(batch_b[1])))
+    add_pulls(terms, pair_pulls(pair, params_a, params_b))
+    return assemble(pair.join(grads_a, grads_b), terms)
 
 
 def anchored_contributions(anchored: AnchoredModel, params: Mapping[str, Any], x: Any, y: Any
@@ -357,84 +289,60 @@ def anchored_contributions(anchored: AnchoredModel, params: Mapping[str, Any], x
                         f"{type(anchored).__name__}")
     _, grads = anchored.loss_and_grads(params, x, y)
     params = anchored.model.check_params(params)
-    terms = _task_terms(anchored.model, params, np.asarray(x), y, "model", "")
+    terms = task_terms(anchored.model, params, np.asarray(x), from_loss(y), "model", "")
+    add_pulls(terms, anchored_pulls(anchored, params))
+    return assemble(grads, terms)
+
+
+
+
+def pair_task_terms(pair: TiedPair, params_a: Params, params_b: Params, side: str,
+                    x: np.ndarray, gradients: TwinGradients, tag: str = ""
+                    ) -> dict[str, list[Term]]:
+    """One model's task terms in a tied pair (``side`` "A" or "B"), keyed as
+    :meth:`~refimpl.TiedPair.join` keys them (hard mode: B's uses of a shared array under A's
+    key, transposed back where paired transposed); ``tag`` starts each label."""
+    if side == "A":
+        found = task_terms(pair.model_a, params_a, x, gradients, "model_a", tag + "A: ")
+        return {f"A:{name}": terms for name, terms in found.items()}
+    shared = pair.shared_b()
+    full_b = dict(params_b)
+    for name_b, (name_a, transpose) in shared.items():
+        full_b[name_b] = params_a[name_a].T if transpose else params_a[name_a]
+    found = task_terms(pair.model_b, full_b, x, gradients, "model_b", tag + "B: ",
+                       reads={name_b: (f"A:{name_a}", transpose)
+                              for name_b, (name_a, transpose) in shared.items()})
+    return {name if name.startswith("A:") else f"B:{name}": terms
+            for name, terms in found.items()}
+
+
+def merge_terms(*found: Mapping[str, list[Term]]) -> dict[str, list[Term]]:
+    """Term lists of the same parameters appended in order."""
+    merged: dict[str, list[Term]] = {}
+    for terms in found:
+        for name, listed in terms.items():
+            merged.setdefault(name, []).extend(listed)
+    return merged
+
+
+def pair_pulls(pair: TiedPair, params_a: Params, params_b: Params) -> dict[str, Term]:
+    """The penalty's pull on every paired parameter (none in hard mode), joined keys."""
+    _, pull_a, pull_b = pair.penalty(params_a, params_b)   # ({}, {}) in hard mode
+    label = f"pull ({pair.penalty_name} penalty)"
+    return {prefix + name: Term(label, "pull", "penalty", None, False, pull)
+            for prefix, pulls in (("A:", pull_a), ("B:", pull_b))
+            for name, pull in pulls.items()}
+
+
+def anchored_pulls(anchored: AnchoredModel, params: Params) -> dict[str, Term]:
+    """The anchor's pull on every anchored parameter."""
     _, pulls = anchored.penalty(params)
     label = f"pull ({anchored.penalty_name} penalty)"
+    return {name: Term(label, "pull", "penalty", None, False, pull)
+            for name, pull in pulls.items()}
+
+
+def add_pulls(terms: dict[str, list[Term]], pulls: Mapping[str, Term]) -> None:
+    """Append every pull after its parameter's task terms (a penalty is its own term)."""
     for name, pull in pulls.items():
-        terms[name].append(Term(label, "pull", "penalty", None, False, pull))
-    return _assemble(grads, terms)
-
-
-class ParameterSummary(NamedTuple):
-    """The numbers ``refimpl explain`` prints for one unique parameter.
-
-    Attributes
-    ----------
-    name : str
-    norm : float
-        ``||g||``, the Frobenius norm of the gradient.
-    labels : tuple of str
-        The terms' labels, in order.
-    norms : tuple of float
-        ``||t_i||`` of every term.
-    shares : tuple of float
-        ``<t_i, s> / ||s||^2`` with ``s`` the sum of the terms: the fraction of the gradient
-        along its own direction that term ``i`` supplies. They sum to 1; a negative share is a
-        term pulling against the total. NaN when the gradient is zero.
-    cosines : ndarray, shape (T, T)
-        ``<t_i, t_j> / (||t_i|| ||t_j||)`` between the terms (NaN for a zero term): near 1
-        the uses agree, near -1 they fight.
-    pull_to_task : float or None
-        ``||pull|| / ||task||`` (the task terms summed) when the parameter is pulled by a
-        penalty; None otherwise.
-    """
-
-    name: str
-    norm: float
-    labels: tuple[str, ...]
-    norms: tuple[float, ...]
-    shares: tuple[float, ...]
-    cosines: np.ndarray
-    pull_to_task: float | None
-
-
-def _norm(array: np.ndarray) -> float:
-    return float(np.sqrt(np.sum(array * array)))
-
-
-def summarize(found: Contributions) -> ParameterSummary:
-    """Norms, shares and cosines of one parameter's terms (real gradients).
-
-    Parameters
-    ----------
-    found : Contributions
-        As returned by :func:`model_contributions` (or the pair / anchored forms).
-
-    Returns
-    -------
-    ParameterSummary
-    """
-    if not isinstance(found, Contributions):
-        raise TypeError(f"found: expected Contributions, got {type(found).__name__}")
-    terms = [term.gradient.ravel() for term in found.terms]
-    total = found.total().ravel()
-    norms = [_norm(term) for term in terms]
-    square = float(total @ total)
-    shares = tuple(float(term @ total) / square if square > 0 else float("nan")
-                   for term in terms)
-    cosines = np.full((len(terms), len(terms)), np.nan)
-    for i, first in enumerate(terms):
-        for j, second in enumerate(terms):
-            if norms[i] > 0 and norms[j] > 0:
-                cosines[i, j] = float(first @ second) / (norms[i] * norms[j])
-    pull_to_task = None
-    if any(term.role == "pull" for term in found.terms):
-        task = sum((t.gradient for t in found.terms if t.role == "task"),
-                   np.zeros_like(found.gradient))
-        pull = sum((t.gradient for t in found.terms if t.role == "pull"),
-                   np.zeros_like(found.gradient))
-        task_norm = _norm(task)
-        pull_to_task = _norm(pull) / task_norm if task_norm > 0 else float("inf")
-    return ParameterSummary(found.name, _norm(found.gradient),
-                            tuple(term.label for term in found.terms), tuple(norms), shares,
-                            cosines, pull_to_task)
+        terms.setdefault(name, []).append(pull)
