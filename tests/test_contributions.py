@@ -451,8 +451,8 @@ def test_bad_arguments_of_the_new_forms_are_clear_errors():
     x, y = np.zeros((3, 2)), np.array([0, 1, 2])
     with pytest.raises(TypeError, match="model: expected a refimpl Siamese"):
         siamese_contributions(model, model.init(0), x, x)
-    with pytest.raises(ValueError, match="splits: expected sizes that add up to the batch "
-                                         "size 3, got \\[1, 1\\]"):
+    with pytest.raises(ValueError, match="splits: micro-batch sizes \\[1, 1\\] sum to 2; "
+                                         "they must partition the batch of 3"):
         microbatch_contributions(model, model.init(0), (x, y), [1, 1])
     with pytest.raises(TypeError, match="splits\\[1\\]"):
         microbatch_contributions(model, model.init(0), (x, y), [1, 2.0])

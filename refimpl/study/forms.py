@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import as_float_array, check_int
+from .._validate import as_float_array
+from ..microbatch import split_indices
 from ..nn import Sequential, Siamese
 from ..tying import AnchoredModel, TiedPair
 from .contributions import (
@@ -104,25 +105,6 @@ def siamese_contributions(model: Siamese, params: Mapping[str, Any], *inputs: An
     return assemble(grads, _branch_terms(model, params, arrays, target))
 
 
-def _sizes(splits: Any, batch_size: int, name: str) -> list[int]:
-    """Micro-batch sizes: positive ints that add up to the batch size."""
-    if not isinstance(splits, (list, tuple)) or not splits:
-        raise TypeError(f"{name}: expected a non-empty list of micro-batch sizes, got "
-                        f"{type(splits).__name__} {splits!r}")
-    sizes = [check_int(size, f"{name}[{i}]", 1) for i, size in enumerate(splits)]
-    if sum(sizes) != batch_size:
-        raise ValueError(f"{name}: expected sizes that add up to the batch size {batch_size}, "
-                         f"got {sizes} (sum {sum(sizes)})")
-    return sizes
-
-
-def _pieces(arrays: Sequence[Any], sizes: list[int]) -> list[tuple[Any, ...]]:
-    """The arrays (batch along axis 0) cut into consecutive micro-batches of ``sizes``."""
-    ends = np.cumsum(sizes)
-    return [tuple(np.asarray(array)[end - size:end] for array in arrays)
-            for size, end in zip(sizes, ends, strict=True)]
-
-
 def _weighted(terms: Mapping[str, list[Term]], share: float, index: int, sizes: str
               ) -> dict[str, list[Term]]:
     """Every term of micro-batch ``index`` times its share ``n_i / N``, labelled with it."""
@@ -134,14 +116,15 @@ def _weighted(terms: Mapping[str, list[Term]], share: float, index: int, sizes: 
 
 def _accumulate(terms_of: Any, arrays: Sequence[Any], splits: Any, name: str
                 ) -> dict[str, list[Term]]:
-    """``terms_of(micro-batch arrays)`` of every micro-batch, weighted by ``n_i / N``."""
+    """``terms_of(micro-batch arrays)`` of every micro-batch, weighted by ``n_i / N``; the
+    micro-batches are :func:`refimpl.microbatch.split_indices`'s (sizes or index lists)."""
     batch_size = int(np.shape(arrays[0])[0])
-    sizes = _sizes(splits, batch_size, name)
+    pieces = split_indices(splits, batch_size, name)
     # n_i / N, never 1 / M: the mean over the batch is the share-weighted sum of the
     # micro-batch means.
-    return merge_terms(*(_weighted(terms_of(micro), sizes[index] / batch_size, index,
-                                   f"{sizes[index]}/{batch_size}")
-                         for index, micro in enumerate(_pieces(arrays, sizes))))
+    return merge_terms(*(_weighted(terms_of(tuple(np.asarray(array)[rows] for array in arrays)),
+                                   len(rows) / batch_size, index, f"{len(rows)}/{batch_size}")
+                         for index, rows in enumerate(pieces)))
 
 
 def microbatch_contributions(model: Any, params: Mapping[str, Any], batch: Any, splits: Any,
@@ -157,10 +140,12 @@ def microbatch_contributions(model: Any, params: Mapping[str, Any], batch: Any, 
     batch : tuple
         ``(x, y)``; ``((xa, ya), (xb, yb))`` for a pair; the branch inputs (then ``y`` for a
         contrastive loss) for a Siamese model.
-    splits : list of int
-        Sizes of consecutive micro-batches, adding up to the batch size (A's, for a pair).
-    splits_b : list of int, optional
-        A pair's B micro-batch sizes (required for a pair, refused otherwise).
+    splits : list of int, or list of lists of int
+        The micro-batches (A's, for a pair), as :func:`refimpl.microbatch.split_indices`
+        takes them: sizes of consecutive pieces adding up to the batch size, or index lists
+        that partition the batch.
+    splits_b : list, optional
+        A pair's B micro-batches, likewise (required for a pair, refused otherwise).
 
     Returns
     -------
