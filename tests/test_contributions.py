@@ -458,7 +458,8 @@ def test_bad_arguments_of_the_new_forms_are_clear_errors():
     with pytest.raises(ValueError, match="splits: micro-batch sizes \\[1, 1\\] sum to 2; "
                                          "they must partition the batch of 3"):
         microbatch_contributions(model, model.init(0), (x, y), [1, 1])
-    with pytest.raises(TypeError, match="splits\\[1\\]"):
+    with pytest.raises(TypeError, match="splits\\[0\\]: expected a non-empty list of "
+                                        "integer indices \\(or give every micro-batch as a size"):
         microbatch_contributions(model, model.init(0), (x, y), [1, 2.0])
     with pytest.raises(TypeError, match="splits_b: required for a TiedPair"):
         microbatch_contributions(TiedPair(MLP([2, 3]), MLP([2, 3]), {"fc1.weight": "fc1.weight"},
