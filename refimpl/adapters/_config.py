@@ -14,7 +14,7 @@ its framework's own layers and autodiff. Every case kind reduces to the same few
 * **parameters**: the exact keys of ``params`` (and of the returned ``grads``);
 * **micro-batches**: for a micro-batch case, each run's micro-batch sizes ``n_i``: the step
   is the sum over micro-batches of the losses weighted by ``n_i / N`` (each run's own ``N``),
-  the terms added once; :func:`refimpl.adapters._microbatches.micro_batches` splits the
+  the terms added once; :func:`refimpl.adapters.micro_batches` splits the
   inputs and gives the weights.
 
 Every layer *slot* (``"fc3.weight"``) is resolved to the key of ``params`` it reads and

@@ -8,12 +8,18 @@ the count of real inputs, a ``reduce_window`` of ones), ``jax.lax.conv_general_d
 for ``LocallyConnected2D``, ``jax.nn.relu``, ``jax.nn.leaky_relu``, ``jax.nn.softplus``,
 ``jax.nn.sigmoid``, ``jnp.tanh``, ``jax.nn.log_softmax``, ``jnp.take`` (embedding),
 ``jax.lax.scan`` (the RNN: JAX has no RNN layer, so PyTorch's formula is written out), and
-``jnp.abs`` for the L1 penalty; the loss and its gradients are ``jax.jit(jax.value_and_grad(...))``
-of the total, as a JAX user runs them.
+``jnp.abs`` for the L1 penalty, and the metric losses of a Siamese model written with ``jnp``
+(``jnp.linalg.norm`` for PyTorch's ``pairwise_distance``, ``jax.nn.relu`` for the hinges: JAX
+has no such losses). The loss and its gradients are ``jax.jit(jax.value_and_grad(...))``, as a
+JAX user runs them; a micro-batch case is a gradient-accumulation loop (per micro-batch the
+loss scaled by ``n_i / N``, the gradient pytrees added with ``jax.tree.map``; a penalty's
+gradient added once per step).
 
 JAX's conventions are kept where they differ from refimpl's (PyTorch's): the comparison
 shows them instead of hiding them. Known: ``jax.nn.leaky_relu`` takes the slope 1 at
-exactly 0 (refimpl: ``negative_slope``); ``jnp.abs`` is differentiated by JAX's own rule at 0.
+exactly 0 (refimpl: ``negative_slope``); ``jnp.abs`` is differentiated by JAX's own rule at 0
+(1); ``jax.nn.relu`` gives a triplet hinge of exactly 0 the derivative 0 (refimpl, as
+PyTorch's ``clamp_min``: 1).
 Everywhere else the operations agree with refimpl, and so must the gradients.
 
 dtypes: "float64" runs inside ``jax.enable_x64(True)`` (a context around each call: the

@@ -7,8 +7,12 @@ dilation, padding), ``F.max_pool2d``, ``F.avg_pool2d(count_include_pad=...)``, `
 ``torch.sigmoid``, ``F.embedding``, ``nn.RNN`` (its weights replaced through
 ``torch.func.functional_call``), ``F.cross_entropy``, ``F.mse_loss``; ``LocallyConnected2D`` is
 ``F.unfold`` followed by one ``einsum`` (PyTorch has no such layer; the unfold is its own
-im2col). Gradients come from ``loss.backward()``: a shared or hard-tied parameter is one leaf
-tensor read by several layers, and autograd sums its uses.
+im2col). A Siamese model runs its tower once per branch into ``F.triplet_margin_loss`` (p = 2,
+mean), or a contrastive loss written on ``F.pairwise_distance`` (PyTorch has none). Gradients
+come from ``loss.backward()``: a shared or hard-tied parameter — or a tower used by every
+branch — is one leaf tensor read several times, and autograd sums its uses. A micro-batch case
+is a gradient-accumulation loop: per micro-batch the loss scaled by ``n_i / N`` and its
+``backward()``, accumulating in ``.grad``; a penalty's ``backward()`` once per step.
 
 dtypes: "float64" and "float32" on any device; "tf32" needs a CUDA device, and runs with
 ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` set for the
