@@ -9,8 +9,8 @@ against refimpl's hand-written gradients. Nothing is patched to agree with refim
 framework follows another convention (JAX's leaky ReLU at 0, for instance) the comparison
 shows it.
 
-The builder protocol
---------------------
+The adapters' builders
+----------------------
 ::
 
     build(config: dict, dtype: str) -> impl
