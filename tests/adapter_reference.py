@@ -32,8 +32,8 @@ def cast(arrays: dict, dtype: str) -> dict:
 
 def assert_conforms(build: Any, case: Any, dtype: str) -> None:
     """``build(case.config, dtype)`` reaches the verdict its framework must reach. A case
-    kind the adapters do not claim (no "model", "pair" or "anchored" entry) may be not
-    expressible: a visible skip with the reason, never a pass."""
+    kind the adapters do not claim (no key of ``CASE_KEYS``: a kind added to the catalogue
+    after them) may be not expressible: a visible skip with the reason, never a pass."""
     try:
         impl = build(case.config, dtype)
     except NotExpressible as error:

@@ -9,8 +9,9 @@ import doctest
 
 import pytest
 
-from refimpl.adapters import _config
-from refimpl.adapters._config import Run, Term, Use, plan_case
+from refimpl.adapters import _config, _microbatches
+from refimpl.adapters._config import Metric, Run, Term, Use, plan_case
+from refimpl.adapters._microbatches import micro_batches
 from refimpl.testing import NotExpressible
 from refimpl.testing.cases import all_cases, get_case
 
@@ -81,7 +82,7 @@ def test_unknown_top_level_keys_are_ignored():
 
 def test_what_the_adapters_do_not_express_is_not_expressible(monkeypatch):
     with pytest.raises(NotExpressible, match="one of the keys"):
-        plan_case({"siamese": {}})
+        plan_case({"graph": {}})
     monkeypatch.delitem(_config.LAYER_FIELDS, "Conv2D")
     with pytest.raises(NotExpressible, match="Conv2D"):
         plan_case(get_case("cnn-relu-maxpool").config)
@@ -127,5 +128,89 @@ def test_malformed_pairs_are_clear_errors():
         plan_case(config)
 
 
-def test_the_docstring_example_runs():
+def test_a_siamese_plan_runs_the_tower_once_per_branch():
+    plan = plan_case(get_case("siamese-contrastive-shared-tower").config)
+    assert plan.kind == "siamese" and plan.terms == ()
+    assert [(run.input, run.targets, run.output) for run in plan.runs] == \
+        [("x1", (), "out_x1"), ("x2", (), "out_x2")]
+    assert plan.runs[0].model == plan.runs[1].model and plan.runs[0].model.loss is None
+    assert _uses(plan)["4.weight"] == Use("fc2.weight", False)     # fc3 shares fc2
+    assert plan.metric == Metric("ContrastiveLoss", 1.0, 0.0, "y")
+    triplet = plan_case(get_case("siamese-triplet-near-margin").config)
+    assert [run.input for run in triplet.runs] == ["anchor", "positive", "negative"]
+    assert triplet.metric == Metric("TripletMarginLoss",
+                                    get_case("siamese-triplet-near-margin").config["siamese"]
+                                    ["loss"]["margin"], 1e-6, None)
+
+
+def test_a_micro_batch_plan_is_its_base_plan_with_the_sizes_of_each_run():
+    case = get_case("microbatch-tied-hard")
+    plan = plan_case(case.config)
+    assert plan._replace(micro_batches=None) == plan_case(case.config["base"])
+    assert plan.micro_batches == ((1, 2, 3), (2, 1, 1))        # A's batch, B's batch
+    siamese = plan_case(get_case("microbatch-siamese-triplet").config)
+    assert siamese.micro_batches == ((2, 4),) * 3 and siamese.metric is not None
+
+
+def test_micro_batches_split_the_inputs_and_weigh_each_run_by_its_own_batch():
+    case = get_case("microbatch-tied-soft")                     # A: [2, 3], B: [6, 1]
+    batches = micro_batches(plan_case(case.config), case.inputs)
+    assert [batch.weights for batch in batches] == [(2 / 5, 6 / 7), (3 / 5, 1 / 7)]
+    assert [batch.suffix for batch in batches] == [".0", ".1"]
+    assert sorted(batches[1].inputs) == ["xa", "xb", "ya", "yb"]
+    assert batches[1].inputs["xb"] is case.inputs["xb.1"]
+    whole = get_case("mlp-tanh-ce")
+    assert micro_batches(plan_case(whole.config), whole.inputs) == \
+        [(whole.inputs, (1.0,), "")]
+
+
+def test_micro_batches_that_do_not_fit_are_clear_errors():
+    case = get_case("microbatch-mlp")                           # sizes [3, 1, 3]
+    plan = plan_case(case.config)
+    inputs = {**case.inputs, "x.1": case.inputs["x.0"]}
+    with pytest.raises(ValueError, match=r"inputs\['x.1'\]: expected micro-batch 1 of 1 "
+                                         r"example\(s\) \(micro-batches \[3, 1, 3\]\), got "
+                                         r"shape \(3, 4\)"):
+        micro_batches(plan, inputs)
+    inputs = {key: value for key, value in case.inputs.items() if key != "y.2"}
+    with pytest.raises(ValueError, match=r"inputs: missing 'y.2' \(micro-batch 2 of 'y'\)"):
+        micro_batches(plan, inputs)
+
+
+@pytest.mark.parametrize("edit, error, message", [
+    (lambda c: c.update(micro_batches_b=[3, 4]), ValueError, "only a tied pair"),
+    (lambda c: c.update(micro_batches=[3, 0, 4]), ValueError,
+     r"config\['micro_batches'\]\[1\]: expected a positive int"),
+    (lambda c: c.update(micro_batches=[]), TypeError, "non-empty list of micro-batch sizes"),
+    (lambda c: c.update(base={**c, "base": c["base"]}), ValueError,
+     "a micro-batch case of a micro-batch case"),
+])
+def test_malformed_micro_batch_configs_are_clear_errors(edit, error, message):
+    config = copy.deepcopy(get_case("microbatch-mlp").config)
+    edit(config)
+    with pytest.raises(error, match=message):
+        plan_case(config)
+
+
+def test_malformed_siamese_and_pair_micro_batch_configs_are_clear_errors():
+    config = copy.deepcopy(get_case("microbatch-tied-soft").config)
+    config["micro_batches_b"] = [7]
+    with pytest.raises(ValueError, match=r"as many micro-batches as config\['micro_batches'\] "
+                                         r"\(2: one step\), got 1"):
+        plan_case(config)
+    config = copy.deepcopy(get_case("siamese-triplet-all-active").config)
+    config["siamese"]["tower"]["loss"] = {"type": "MSE"}
+    with pytest.raises(ValueError, match="a Siamese tower has no loss"):
+        plan_case(config)
+    config["siamese"]["tower"]["loss"] = None
+    config["siamese"]["loss"]["p"] = 1
+    with pytest.raises(ValueError, match="p=2"):
+        plan_case(config)
+    config["siamese"]["loss"] = {"type": "CosineEmbeddingLoss"}
+    with pytest.raises(ValueError, match="CosineEmbeddingLoss"):
+        plan_case(config)
+
+
+def test_the_docstring_examples_run():
     assert doctest.testmod(_config).failed == 0
+    assert doctest.testmod(_microbatches).failed == 0

@@ -28,6 +28,7 @@ from adapter_reference import (  # noqa: E402
 
 from refimpl import TiedPair  # noqa: E402
 from refimpl.adapters import jax as jax_adapter  # noqa: E402
+from refimpl.adapters._microbatches import micro_batches  # noqa: E402
 from refimpl.adapters.jax import build  # noqa: E402
 from refimpl.nn import MLP, MSE, AvgPool2D, Dense, Flatten, LeakyReLU, Sequential  # noqa: E402
 from refimpl.testing import NotExpressible, compare_with_oracle  # noqa: E402
@@ -49,6 +50,18 @@ def test_a_wrong_average_pool_divisor_fails(monkeypatch):
     real = jax_adapter.LAYERS["AvgPool2D"]
     monkeypatch.setitem(jax_adapter.LAYERS, "AvgPool2D", lambda x, p, o: real(x, p, o) / 2)
     case = get_case("cnn-tanh-strided-avgpool")
+    assert compare_with_oracle(build(case.config, "float64"), case).verdict == "fail"
+
+
+def test_micro_batches_weighted_1_over_m_fail(monkeypatch):
+    # Accumulation's negative control: weights 1/M instead of n_i / N (unequal micro-batches).
+    def equal_weights(plan, inputs):
+        batches = micro_batches(plan, inputs)
+        return [batch._replace(weights=(1 / len(batches),) * len(batch.weights))
+                for batch in batches]
+
+    monkeypatch.setattr(jax_adapter, "micro_batches", equal_weights)
+    case = get_case("microbatch-tied-soft")
     assert compare_with_oracle(build(case.config, "float64"), case).verdict == "fail"
 
 

@@ -9,8 +9,8 @@ against refimpl's hand-written gradients. Nothing is patched to agree with refim
 framework follows another convention (JAX's leaky ReLU at 0, for instance) the comparison
 shows it.
 
-The builder protocol
---------------------
+The adapters' builders
+----------------------
 ::
 
     build(config: dict, dtype: str) -> impl
@@ -18,8 +18,12 @@ The builder protocol
 
 ``dtype`` is "float64", "float32" or "tf32"; ``impl`` follows the implementation protocol of
 :mod:`refimpl.testing.oracle` (params keyed like a ``state_dict``, ``"A:"`` / ``"B:"`` for a
-tied pair; inputs ``x``, ``y`` / ``xa``, ``ya``, ``xb``, ``yb`` / ``w0:<name>``) and returns
-NumPy arrays of the dtype under test and the loss as a Python float. A builder raises
+tied pair; inputs ``x``, ``y`` / ``xa``, ``ya``, ``xb``, ``yb`` / ``w0:<name>`` / ``anchor``,
+``positive``, ``negative`` or ``x1``, ``x2``, ``y`` for a Siamese model / ``<name>.<i>`` for
+micro-batch ``i`` of a step) and returns NumPy arrays of the dtype under test and the loss as
+a Python float. A micro-batch case's ``impl`` returns the *step*: each micro-batch's loss
+weighted by its share ``n_i / N`` of the batch, its gradients accumulated over the
+micro-batches by the framework's own backward pass, a penalty counted once. A builder raises
 :class:`refimpl.testing.NotExpressible` for what its framework cannot express (TF32 without a
 GPU), never a wrong answer.
 
@@ -36,13 +40,17 @@ Writing your own
 Start from :mod:`refimpl.adapters._config`: :func:`~refimpl.adapters._config.plan_case` parses
 every config into a framework-neutral :class:`~refimpl.adapters._config.CasePlan` — the runs
 (model, input, target, output name), the penalty terms and the exact parameter keys, with
-every sharing chain and hard tie already resolved to "which key, transposed or not". An
-adapter is then one function per layer type (``Dense``, ``Conv2D``, ``MaxPool2D``, ...), one
-per loss and one per penalty, and a walk over the plan: copy ``refimpl/adapters/torch.py``
+every sharing chain and hard tie already resolved to "which key, transposed or not", a
+Siamese model's metric loss, a micro-batch case's sizes; and
+:func:`~refimpl.adapters.micro_batches` splits a step's inputs into
+micro-batches with their weights. An adapter is then one function per layer type (``Dense``,
+``Conv2D``, ``MaxPool2D``, ...), one per loss and one per penalty, and a walk over the plan
+and its micro-batches: copy ``refimpl/adapters/torch.py``
 and replace each framework call with yours (a CUDA kernel behind a Python binding, a C++
 library through ``ctypes``, another autodiff framework).
 """
 
 from ._config import CasePlan, plan_case
+from ._microbatches import MicroBatch, micro_batches
 
-__all__ = ["plan_case", "CasePlan"]
+__all__ = ["plan_case", "CasePlan", "micro_batches", "MicroBatch"]

@@ -1,14 +1,21 @@
 """A case configuration (``case.config``) as a plain plan that every framework adapter walks.
 
 Framework-neutral (NumPy only). The plan says *what* to compute; an adapter says *how*, with
-its framework's own layers and autodiff. Every case kind reduces to the same three things:
+its framework's own layers and autodiff. Every case kind reduces to the same few things:
 
 * **runs**: models applied to inputs, each ``(model plan, input key, target keys, output
   name)``; the losses of all runs are summed (one run for a model, two for a tied pair);
+* **metric**: for a Siamese model, one run per branch (the tower on ``anchor``, ``positive``,
+  ``negative`` or ``x1``, ``x2``) and, instead of the runs' own losses, one metric loss (the
+  triplet margin or the contrastive loss) of their outputs;
 * **terms**: penalties ``lam * ||w - other||`` (squared L2 or L1) between a parameter and
   another parameter (a soft-tied pair, possibly transposed) or a reference that arrives as
   an input ``"w0:<name>"`` (an anchored model; zero when that input is absent: weight decay);
-* **parameters**: the exact keys of ``params`` (and of the returned ``grads``).
+* **parameters**: the exact keys of ``params`` (and of the returned ``grads``);
+* **micro-batches**: for a micro-batch case, each run's micro-batch sizes ``n_i``: the step
+  is the sum over micro-batches of the losses weighted by ``n_i / N`` (each run's own ``N``),
+  the terms added once; :func:`refimpl.adapters.micro_batches` splits the
+  inputs and gives the weights.
 
 Every layer *slot* (``"fc3.weight"``) is resolved to the key of ``params`` it reads and
 whether it reads it transposed: sharing chains compose (``fc4 -> fc3^T -> fc2^T`` reads
@@ -22,12 +29,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .._validate import check_keys, check_real
+from .._validate import check_int, check_keys, check_real
 from ..nn.base import LAYER_TYPES
+from ..nn.metric_losses import metric_loss_from_config
+from ..nn.siamese import BRANCH_NAMES
 from ..testing.comparison import NotExpressible
 from ..tying.penalties import PENALTIES
 
-__all__ = ["Use", "LayerStep", "ModelPlan", "Run", "Term", "CasePlan", "plan_case",
+__all__ = ["Use", "LayerStep", "ModelPlan", "Run", "Term", "Metric", "CasePlan", "plan_case",
            "LAYER_FIELDS", "LOSSES", "PENALTY_NAMES", "CASE_KEYS"]
 
 #: Per layer type: (required fields, {optional field: default}). The geometry fields of the
@@ -52,8 +61,10 @@ LAYER_FIELDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 LOSSES = ("SoftmaxCrossEntropy", "MSE")
 #: The penalties an adapter expresses: ``lam * sum (a - b)^2`` and ``lam * sum |a - b|``.
 PENALTY_NAMES = ("l2", "l1")
-#: The top-level keys that name a case's kind; any other top-level key is ignored.
-CASE_KEYS = ("model", "pair", "anchored")
+#: The top-level keys that name a case's kind (``"base"``: a micro-batch case, whose
+#: ``"micro_batches"`` and ``"micro_batches_b"`` are read too); any other top-level key is
+#: ignored.
+CASE_KEYS = ("model", "pair", "anchored", "siamese", "base")
 _GEOMETRY_TYPES = ("Conv2D", "LocallyConnected2D", "MaxPool2D", "AvgPool2D")
 _PAIR_FIELDS = ("kernel_size", "stride", "padding", "dilation", "input_size")
 
@@ -76,10 +87,11 @@ class LayerStep(NamedTuple):
 
 
 class ModelPlan(NamedTuple):
-    """A ``Sequential``: its layers in order and its loss ("SoftmaxCrossEntropy" or "MSE")."""
+    """A ``Sequential``: its layers in order and its loss ("SoftmaxCrossEntropy" or "MSE";
+    None for a Siamese tower, whose loss is the plan's metric)."""
 
     layers: tuple[LayerStep, ...]
-    loss: str
+    loss: str | None
 
 
 class Run(NamedTuple):
@@ -105,11 +117,27 @@ class Term(NamedTuple):
     from_inputs: bool
 
 
+class Metric(NamedTuple):
+    """The loss of a Siamese model, over the outputs of its runs in order: ``type``
+    "TripletMarginLoss" (``mean max(0, margin + d(a, p) - d(a, n))``) or "ContrastiveLoss"
+    (``mean [y d^2 + (1 - y) max(0, margin - d)^2]``), ``d(u, v) = ||u - v + eps||_2`` per row
+    (PyTorch's ``pairwise_distance``: eps added to every entry of the difference); ``target``
+    the input of the pair labels (``"y"``: 1 similar, 0 dissimilar) or None."""
+
+    type: str
+    margin: float
+    eps: float
+    target: str | None
+
+
 class CasePlan(NamedTuple):
     """A whole case: ``total = sum of the runs' losses + sum of the terms``.
 
-    ``kind`` is "model", "pair" or "anchored"; ``penalty`` "l2" or "l1" (None without terms);
-    ``parameters`` the exact keys of ``params`` and ``grads``.
+    ``kind`` is "model", "pair", "anchored" or "siamese" (a micro-batch case has its base
+    case's kind and ``micro_batches``); ``penalty`` "l2" or "l1" (None without terms);
+    ``parameters`` the exact keys of ``params`` and ``grads``; ``metric`` the Siamese loss
+    that replaces the runs' own; ``micro_batches`` one tuple of micro-batch sizes per run
+    (None: the whole batch at once).
     """
 
     kind: str
@@ -117,6 +145,8 @@ class CasePlan(NamedTuple):
     terms: tuple[Term, ...]
     penalty: str | None
     parameters: tuple[str, ...]
+    metric: Metric | None = None
+    micro_batches: tuple[tuple[int, ...], ...] | None = None
 
 
 def plan_case(config: Mapping[str, Any]) -> CasePlan:
@@ -125,7 +155,8 @@ def plan_case(config: Mapping[str, Any]) -> CasePlan:
     Parameters
     ----------
     config : dict
-        ``{"model": ...}``, ``{"pair": ...}`` or ``{"anchored": ...}``, as
+        ``{"model": ...}``, ``{"pair": ...}``, ``{"anchored": ...}``, ``{"siamese": ...}`` or
+        ``{"base": <one of those>, "micro_batches": [n_i], "micro_batches_b": [...]}``, as
         ``refimpl.testing.cases`` writes them; other top-level keys (``input_shape``,
         ``seed``, ``inputs``, ``convention``, ``resolved_share``, ...) are ignored.
 
@@ -157,8 +188,10 @@ def plan_case(config: Mapping[str, Any]) -> CasePlan:
         raise NotExpressible(f"refimpl.adapters expresses configs with one of the keys "
                              f"{list(CASE_KEYS)}; this one has {sorted(map(str, config))}")
     kind = kinds[0]
-    return {"model": _plan_model_case, "pair": _plan_pair,
-            "anchored": _plan_anchored}[kind](config[kind])
+    if kind == "base":
+        return _plan_micro_batches(config)
+    return {"model": _plan_model_case, "pair": _plan_pair, "anchored": _plan_anchored,
+            "siamese": _plan_siamese}[kind](config[kind])
 
 
 # --- one model -----------------------------------------------------------------------------
@@ -169,10 +202,15 @@ def _plan_model_case(config: Any) -> CasePlan:
 
 
 def _plan_model(config: Any, what: str, prefix: str = "",
-                external: Mapping[str, Use] | None = None) -> tuple[ModelPlan, tuple[str, ...]]:
+                external: Mapping[str, Use] | None = None, tower: bool = False
+                ) -> tuple[ModelPlan, tuple[str, ...]]:
     """A model's plan and the keys it owns. Keys are ``prefix + name``; a unique parameter
-    in ``external`` (hard tying) is read from there instead of being owned."""
+    in ``external`` (hard tying) is read from there instead of being owned; a ``tower`` (of
+    a Siamese model) has no loss."""
     check_keys(config, ["layers"], ["loss", "share"], what=what)
+    if tower and config.get("loss") is not None:
+        raise ValueError(f"{what}['loss']: a Siamese tower has no loss of its own (the metric "
+                         f"loss is the model's), got {config['loss']!r}")
     layers_config = config["layers"]
     if not isinstance(layers_config, (list, tuple)) or not layers_config:
         raise TypeError(f"{what}['layers']: expected a non-empty list of layer configs, got "
@@ -199,7 +237,8 @@ def _plan_model(config: Any, what: str, prefix: str = "",
             uses[local] = (Use(outside.key, outside.transpose ^ transpose) if outside
                            else Use(prefix + root, transpose))
         steps.append(LayerStep(layer_type, options, uses))
-    return ModelPlan(tuple(steps), _loss(config.get("loss"), f"{what}['loss']")), owned
+    loss = None if tower else _loss(config.get("loss"), f"{what}['loss']")
+    return ModelPlan(tuple(steps), loss), owned
 
 
 def _layer(config: Any, what: str) -> tuple[str | None, str, dict[str, Any], tuple[str, ...]]:
@@ -371,3 +410,50 @@ def _plan_anchored(config: Any) -> CasePlan:
     terms = tuple(Term(name, f"w0:{name}", False, lams[name], True) for name in names)
     return CasePlan("anchored", (Run(model, "x", ("y",), "out"),), terms,
                     _penalty(config.get("penalty", "l2"), what), owned)
+
+
+# --- Siamese models and micro-batches ---------------------------------------------------------
+
+def _plan_siamese(config: Any) -> CasePlan:
+    """One run of the tower per branch (``out_<branch>``), the metric loss over them."""
+    what = "config['siamese']"
+    check_keys(config, ["tower", "loss"], what=what)
+    if not isinstance(config["loss"], dict):
+        raise TypeError(f"{what}['loss']: expected a dict {{'type': ..., 'margin': ...}}, got "
+                        f"{config['loss']!r:.80}")
+    # refimpl's own spec checks the fields (type, margin > 0, p = 2, eps >= 0) and fills in
+    # PyTorch's defaults; nothing of it computes here.
+    spec = metric_loss_from_config(config["loss"], f"{what}['loss']")
+    tower, owned = _plan_model(config["tower"], f"{what}['tower']", tower=True)
+    branches = BRANCH_NAMES[spec.branches]
+    runs = tuple(Run(tower, branch, (), f"out_{branch}") for branch in branches)
+    metric = Metric(type(spec).__name__, spec.margin, spec.eps,
+                    "y" if spec.needs_target else None)
+    return CasePlan("siamese", runs, (), None, owned, metric)
+
+
+def _plan_micro_batches(config: Mapping[str, Any]) -> CasePlan:
+    """The base case's plan, with each run's micro-batch sizes (a pair: A's, then B's)."""
+    base = config["base"]
+    if isinstance(base, Mapping) and "base" in base:
+        raise ValueError("config['base']: a micro-batch case of a micro-batch case; expected "
+                         "a single-batch config")
+    plan = plan_case(base)
+    sizes = _sizes(config.get("micro_batches"), "config['micro_batches']")
+    if plan.kind != "pair":
+        if config.get("micro_batches_b") is not None:
+            raise ValueError(f"config['micro_batches_b']: only a tied pair splits a second "
+                             f"batch; this base is a {plan.kind!r} case")
+        return plan._replace(micro_batches=(sizes,) * len(plan.runs))
+    sizes_b = _sizes(config.get("micro_batches_b"), "config['micro_batches_b']")
+    if len(sizes_b) != len(sizes):
+        raise ValueError(f"config['micro_batches_b']: expected as many micro-batches as "
+                         f"config['micro_batches'] ({len(sizes)}: one step), got {len(sizes_b)}")
+    return plan._replace(micro_batches=(sizes, sizes_b))
+
+
+def _sizes(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError(f"{what}: expected a non-empty list of micro-batch sizes, got "
+                        f"{value!r:.80}")
+    return tuple(check_int(size, f"{what}[{index}]", 1) for index, size in enumerate(value))

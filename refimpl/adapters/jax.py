@@ -8,12 +8,18 @@ the count of real inputs, a ``reduce_window`` of ones), ``jax.lax.conv_general_d
 for ``LocallyConnected2D``, ``jax.nn.relu``, ``jax.nn.leaky_relu``, ``jax.nn.softplus``,
 ``jax.nn.sigmoid``, ``jnp.tanh``, ``jax.nn.log_softmax``, ``jnp.take`` (embedding),
 ``jax.lax.scan`` (the RNN: JAX has no RNN layer, so PyTorch's formula is written out), and
-``jnp.abs`` for the L1 penalty; the loss and its gradients are ``jax.jit(jax.value_and_grad(...))``
-of the total, as a JAX user runs them.
+``jnp.abs`` for the L1 penalty, and the metric losses of a Siamese model written with ``jnp``
+(``jnp.linalg.norm`` for PyTorch's ``pairwise_distance``, ``jax.nn.relu`` for the hinges: JAX
+has no such losses). The loss and its gradients are ``jax.jit(jax.value_and_grad(...))``, as a
+JAX user runs them; a micro-batch case is a gradient-accumulation loop (per micro-batch the
+loss scaled by ``n_i / N``, the gradient pytrees added with ``jax.tree.map``; a penalty's
+gradient added once per step).
 
 JAX's conventions are kept where they differ from refimpl's (PyTorch's): the comparison
 shows them instead of hiding them. Known: ``jax.nn.leaky_relu`` takes the slope 1 at
-exactly 0 (refimpl: ``negative_slope``); ``jnp.abs`` is differentiated by JAX's own rule at 0.
+exactly 0 (refimpl: ``negative_slope``); ``jnp.abs`` is differentiated by JAX's own rule at 0
+(1); ``jax.nn.relu`` gives a triplet hinge of exactly 0 the derivative 0 (refimpl, as
+PyTorch's ``clamp_min``: 1).
 Everywhere else the operations agree with refimpl, and so must the gradients.
 
 dtypes: "float64" runs inside ``jax.enable_x64(True)`` (a context around each call: the
@@ -48,7 +54,8 @@ except ImportError as error:
 
 from .._validate import check_keys
 from ..testing.comparison import NotExpressible, resolve_tolerance
-from ._config import CasePlan, ModelPlan, Term, plan_case
+from ._config import CasePlan, Metric, ModelPlan, Term, plan_case
+from ._microbatches import micro_batches
 
 __all__ = ["build", "MATMUL_PRECISION"]
 
@@ -110,25 +117,42 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
 
 def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
          dtype: Any) -> tuple[float, dict, dict]:
-    """``jax.value_and_grad`` of the total over the parameters; NumPy results."""
+    """One training step, as a JAX loop writes gradient accumulation: per micro-batch (the
+    whole batch when there are none) ``jax.value_and_grad`` of the loss scaled by its share
+    ``n_i / N``, the gradient pytrees added; then the penalty's, once. NumPy results."""
     leaves = {key: jnp.asarray(np.asarray(params[key]), dtype=dtype) for key in plan.parameters}
-    data = {key: _array(value, dtype) for key, value in inputs.items()}
 
-    def total(leaves: Arrays) -> tuple[Any, Arrays]:
-        value, outputs = 0.0, {}
-        for run in plan.runs:
-            out = _forward(run.model, leaves, data[run.input])
+    def batch_loss(leaves: Arrays, data: Arrays, weights: tuple) -> tuple[Any, Arrays]:
+        outputs = {run.output: _forward(run.model, leaves, data[run.input])
+                   for run in plan.runs}
+        if plan.metric is not None:      # Siamese: one metric loss of every branch's output
+            return weights[0] * _metric_loss(
+                plan.metric, [outputs[run.output] for run in plan.runs], data), outputs
+        value = 0.0
+        for run, weight in zip(plan.runs, weights, strict=True):
             target = next(data[key] for key in run.targets if key in data)
-            value = value + _loss(run.model.loss, out, target)
-            outputs[run.output] = out
-        for term in plan.terms:
-            value = value + _penalty(plan.penalty, term, leaves, data)
+            value = value + weight * _loss(run.model.loss, outputs[run.output], target)
         return value, outputs
 
-    # jit: one XLA computation per call instead of one dispatch per operation.
-    (value, outputs), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(leaves)
-    return (float(value), {key: np.asarray(grads[key]) for key in plan.parameters},
-            {key: np.asarray(out) for key, out in outputs.items()})
+    # jit: one XLA computation per micro-batch shape instead of one dispatch per operation.
+    step = jax.jit(jax.value_and_grad(batch_loss, has_aux=True))
+    total, grads, outputs = 0.0, None, {}
+    for batch in micro_batches(plan, inputs):
+        data = {key: _array(value, dtype) for key, value in batch.inputs.items()}
+        (value, outs), batch_grads = step(leaves, data, batch.weights)
+        grads = batch_grads if grads is None else jax.tree.map(jnp.add, grads, batch_grads)
+        total += float(value)
+        outputs.update({name + batch.suffix: np.asarray(out) for name, out in outs.items()})
+    if plan.terms:
+        # The penalty depends on the parameters only: once per step, not per micro-batch.
+        references = {term.other: _array(inputs[term.other], dtype)
+                      for term in plan.terms if term.from_inputs and term.other in inputs}
+        value, penalty_grads = jax.jit(jax.value_and_grad(
+            lambda leaves, references: sum(_penalty(plan.penalty, term, leaves, references)
+                                           for term in plan.terms)))(leaves, references)
+        grads = jax.tree.map(jnp.add, grads, penalty_grads)
+        total += float(value)
+    return total, {key: np.asarray(grads[key]) for key in plan.parameters}, outputs
 
 
 def _array(value: Any, dtype: Any) -> Any:
@@ -152,6 +176,27 @@ def _loss(loss: str, out: Any, target: Any) -> Any:
         picked = jnp.take_along_axis(log_probabilities, target[..., None], axis=-1)
         return -jnp.mean(picked)
     return jnp.mean((out - target) ** 2)
+
+
+def _distance(u: Any, v: Any, eps: float) -> Any:
+    """PyTorch's ``pairwise_distance`` (the convention of the case): ``||u - v + eps||_2``
+    per row, (N, D) -> (N,)."""
+    return jnp.linalg.norm(u - v + eps, axis=-1)
+
+
+def _metric_loss(metric: Metric, embeddings: list[Any], data: Arrays) -> Any:
+    """The triplet margin loss ``mean relu(margin + d(a, p) - d(a, n))`` or the contrastive
+    loss ``mean(y d^2 + (1 - y) relu(margin - d)^2)``, written with ``jnp`` (JAX has no
+    metric-learning losses)."""
+    if metric.type == "TripletMarginLoss":
+        anchor, positive, negative = embeddings
+        hinge = (metric.margin + _distance(anchor, positive, metric.eps)
+                 - _distance(anchor, negative, metric.eps))                 # (N,)
+        return jnp.mean(jax.nn.relu(hinge))
+    distance = _distance(*embeddings, metric.eps)                           # (N,)
+    similar = data[metric.target].astype(distance.dtype)                    # (N,) 1 or 0
+    return jnp.mean(similar * distance ** 2
+                    + (1 - similar) * jax.nn.relu(metric.margin - distance) ** 2)
 
 
 def _penalty(penalty: str | None, term: Term, leaves: Arrays, data: Arrays) -> Any:

@@ -7,8 +7,12 @@ dilation, padding), ``F.max_pool2d``, ``F.avg_pool2d(count_include_pad=...)``, `
 ``torch.sigmoid``, ``F.embedding``, ``nn.RNN`` (its weights replaced through
 ``torch.func.functional_call``), ``F.cross_entropy``, ``F.mse_loss``; ``LocallyConnected2D`` is
 ``F.unfold`` followed by one ``einsum`` (PyTorch has no such layer; the unfold is its own
-im2col). Gradients come from ``loss.backward()``: a shared or hard-tied parameter is one leaf
-tensor read by several layers, and autograd sums its uses.
+im2col). A Siamese model runs its tower once per branch into ``F.triplet_margin_loss`` (p = 2,
+mean), or a contrastive loss written on ``F.pairwise_distance`` (PyTorch has none). Gradients
+come from ``loss.backward()``: a shared or hard-tied parameter — or a tower used by every
+branch — is one leaf tensor read several times, and autograd sums its uses. A micro-batch case
+is a gradient-accumulation loop: per micro-batch the loss scaled by ``n_i / N`` and its
+``backward()``, accumulating in ``.grad``; a penalty's ``backward()`` once per step.
 
 dtypes: "float64" and "float32" on any device; "tf32" needs a CUDA device, and runs with
 ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` set for the
@@ -43,7 +47,8 @@ except ImportError as error:
 
 from .._validate import check_keys
 from ..testing.comparison import NotExpressible, resolve_tolerance
-from ._config import CasePlan, ModelPlan, Term, plan_case
+from ._config import CasePlan, Metric, ModelPlan, Term, plan_case
+from ._microbatches import micro_batches
 
 __all__ = ["build", "make_builder", "TORCH_DTYPES"]
 
@@ -122,24 +127,38 @@ def _tf32(enabled: bool) -> Iterator[None]:
 
 def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
          dtype: torch.dtype, device: torch.device) -> tuple[float, dict, dict]:
-    """Forward every run, add the penalties, one ``backward()``; NumPy results."""
+    """One training step's loss and gradients, as a PyTorch loop writes gradient accumulation:
+    per micro-batch (the whole batch when there are none) the forward passes, the loss scaled
+    by its share ``n_i / N`` and ``backward()``, accumulating in ``.grad``; then the penalty
+    and its ``backward()`` once. NumPy results."""
     leaves = {key: _tensor(params[key], dtype, device).requires_grad_(True)
               for key in plan.parameters}
-    data = {key: _tensor(value, dtype, device) for key, value in inputs.items()}
-    total = torch.zeros((), dtype=dtype, device=device)
-    outputs = {}
-    for run in plan.runs:
-        out = _forward(run.model, leaves, data[run.input])
-        target = next(data[key] for key in run.targets if key in data)
-        total = total + _loss(run.model.loss, out, target)
-        outputs[run.output] = out.detach().cpu().numpy()
-    for term in plan.terms:
-        total = total + _penalty(plan.penalty, term, leaves, data)
-    total.backward()
+    total, outputs = 0.0, {}
+    for batch in micro_batches(plan, inputs):
+        data = {key: _tensor(value, dtype, device) for key, value in batch.inputs.items()}
+        outs = {run.output: _forward(run.model, leaves, data[run.input]) for run in plan.runs}
+        if plan.metric is not None:       # Siamese: one metric loss of every branch's output
+            loss = batch.weights[0] * _metric_loss(
+                plan.metric, [outs[run.output] for run in plan.runs], data)
+        else:
+            loss = sum(weight * _loss(run.model.loss, outs[run.output],
+                                      next(data[key] for key in run.targets if key in data))
+                       for run, weight in zip(plan.runs, batch.weights, strict=True))
+        loss.backward()
+        total += loss.item()
+        outputs.update({name + batch.suffix: out.detach().cpu().numpy()
+                        for name, out in outs.items()})
+    if plan.terms:
+        # The penalty depends on the parameters only: once per step, not per micro-batch.
+        references = {term.other: _tensor(inputs[term.other], dtype, device)
+                      for term in plan.terms if term.from_inputs and term.other in inputs}
+        penalty = sum(_penalty(plan.penalty, term, leaves, references) for term in plan.terms)
+        penalty.backward()
+        total += penalty.item()
     # A parameter no layer reads has no autograd gradient; its gradient is zero.
     grads = {key: (leaf.grad if leaf.grad is not None else torch.zeros_like(leaf))
              .detach().cpu().numpy() for key, leaf in leaves.items()}
-    return total.item(), grads, outputs
+    return total, grads, outputs
 
 
 def _tensor(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -164,6 +183,18 @@ def _loss(loss: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Logits (..., K), labels (...): the mean over every label position.
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
     return F.mse_loss(out, target)
+
+
+def _metric_loss(metric: Metric, embeddings: list[torch.Tensor], data: Tensors
+                 ) -> torch.Tensor:
+    """``F.triplet_margin_loss`` (p = 2, swap off, mean), or the contrastive loss on
+    ``F.pairwise_distance``: ``mean(y d^2 + (1 - y) relu(margin - d)^2)``."""
+    if metric.type == "TripletMarginLoss":
+        return F.triplet_margin_loss(*embeddings, margin=metric.margin, p=2, eps=metric.eps)
+    distance = F.pairwise_distance(*embeddings, p=2, eps=metric.eps)        # (N,)
+    similar = data[metric.target].to(distance.dtype)                        # (N,) 1 or 0
+    return torch.mean(similar * distance ** 2
+                      + (1 - similar) * F.relu(metric.margin - distance) ** 2)
 
 
 def _penalty(penalty: str | None, term: Term, leaves: Tensors, data: Tensors) -> torch.Tensor:
