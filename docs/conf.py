@@ -20,6 +20,9 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
+# "Attributes" sections as :ivar: fields of their class, not attribute entries of their own:
+# a NamedTuple's fields are already documented by autodoc (one entry each, no duplicates).
+napoleon_use_ivar = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
 myst_heading_anchors = 3
