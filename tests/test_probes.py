@@ -283,7 +283,8 @@ def test_probe_configs_name_their_convention():
     for name, case in PROBES.items():
         assert case.kind == "probe" and name.startswith("probe-")
         convention = case.config["convention"]
-        assert set(convention) == {"name", "refimpl_rule", "isolates"}
+        assert set(convention) == {"name", "refimpl_rule", "isolates", "on_kink"}
+        assert isinstance(convention["on_kink"], bool)
         assert all(isinstance(value, str) and value for value in convention.values())
         assert ("model" in case.config) != ("pair" in case.config)
 

@@ -349,11 +349,12 @@ def cases() -> list[Case]:
     return [
         _kink_probe("probe-relu-at-zero", ReLU(), (0.0, 0.125),
                     _convention("relu'(0)", "relu'(0) = 0 (PyTorch: the gradient passes only "
-                                "where x > 0)", "a ReLU pre-activation of exactly 0", on_kink=True), 309),
+                                "where x > 0)", "a ReLU pre-activation of exactly 0",
+                                on_kink=True), 309),
         _kink_probe("probe-leaky-relu-at-zero", LeakyReLU(), (0.0, 0.125),
                     _convention("leaky_relu'(0)", "leaky_relu'(0) = negative_slope = 0.01 "
-                                "(PyTorch)", "a leaky ReLU pre-activation of exactly 0", on_kink=True),
-                    310),
+                                "(PyTorch)", "a leaky ReLU pre-activation of exactly 0",
+                                on_kink=True), 310),
         _kink_probe("probe-leaky-relu-slope-float64", LeakyReLU(0.1), (-0.5, 0.125),
                     _convention("negative_slope in float64", "the slope 0.1 used as the "
                                 "float64 nearest 0.1", "a leaky ReLU with slope 0.1 (not exact "
