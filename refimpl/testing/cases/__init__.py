@@ -205,11 +205,15 @@ def get_case(name: str) -> Case:
     raise ValueError(f"case: unknown case {name!r}")
 
 
-#: Name prefix -> ``(module of refimpl.testing.cases, function)`` or a callable ``f(seed) ->
-#: Case``: how a case that is not in the catalogue is rebuilt from its ``config["seed"]`` (a
-#: drawn case ``drawn-<kind>-<seed>``), so that a golden folder holding it can be verified.
-REBUILDERS: dict[str, tuple[str, str] | Callable[[int], Case]] = {
+#: Name prefix -> ``(module of refimpl.testing.cases, function, *arguments)`` or a callable
+#: ``f(seed) -> Case``: how a case that is not in the catalogue is rebuilt from its
+#: ``config["seed"]`` (``function(seed, *arguments)``; a drawn case ``drawn-<kind>-<seed>``,
+#: whose kind may have been chosen rather than drawn from the seed), so that a golden folder
+#: holding it can be verified.
+REBUILDERS: dict[str, tuple[str, ...] | Callable[[int], Case]] = {
     "drawn-": ("drawn", "drawn_case"),
+    **{f"drawn-{kind}-": ("drawn", "drawn_case", kind)
+       for kind in ("mlp", "cnn", "shared", "tied")},
 }
 
 
@@ -266,8 +270,10 @@ def rebuild_case(name: str, config: Mapping[str, Any]) -> Case | None:
         build = REBUILDERS[prefix]
         if not name.startswith(prefix):
             continue
+        arguments: tuple[str, ...] = ()
         if isinstance(build, tuple):
-            module_name, function = build
+            module_name, function, *rest = build
+            arguments = tuple(rest)
             try:
                 module = importlib.import_module(f"{__name__}.{module_name}")
             except ModuleNotFoundError:
@@ -277,7 +283,7 @@ def rebuild_case(name: str, config: Mapping[str, Any]) -> Case | None:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"config['seed']: case {name!r} is rebuilt from its seed, a "
                              f"non-negative int; got {seed!r}")
-        case = build(seed)
+        case = build(seed, *arguments)
         if case.name != name:
             raise ValueError(f"case {name!r}: its seed {seed} rebuilds a case called "
                              f"{case.name!r}")
