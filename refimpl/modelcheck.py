@@ -104,7 +104,10 @@ def _chain(model: Sequential, params: Mapping[str, Any], x: Any, y: Any,
            reads: dict[str, tuple[str, bool]]) -> Chain:
     """A chain on checked data (the model's own checks first, so errors name the argument)."""
     model.loss(params, x, y)
-    x = as_float_array(x, "x", allow_complex=False)
+    # Integer token indices (an Embedding's input, validated by the model above) stay
+    # integers: they select rows, and are never perturbed.
+    x = np.asarray(x) if np.asarray(x).dtype.kind in "iu" else \
+        as_float_array(x, "x", allow_complex=False)
     return Chain(model, x, model.loss_spec.check_target(y, model.output_shape(x.shape)), reads)
 
 

@@ -122,6 +122,9 @@ def test_fast_derivatives_equal_the_loop_on_locally_connected_cnns(example, seed
 
 @pytest.mark.parametrize("case", all_cases(), ids=lambda case: case.name)
 def test_fast_check_gives_the_loops_report_on_every_catalogue_case(case):
+    if "siamese" in case.config or "base" in case.config:
+        pytest.skip("check_model_gradients takes one Sequential, TiedPair or AnchoredModel "
+                    "and one batch: a Siamese model or a micro-batch step is not one")
     model, params, data = problem_of(case)
     if case.parameter_total() > 1000:
         pytest.skip("the loop takes too long on this case")

@@ -319,3 +319,25 @@ def test_rnn_agrees_with_torch(nonlinearity):
     theirs = [x.grad] + [getattr(module, name + "_l0").grad for name in NAMES[1:]]
     for name, mine, other in zip(NAMES, grads, theirs, strict=True):
         np.testing.assert_allclose(mine, other.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("complex_name", ["weight_hh", "weight_ih", "bias_hh"])
+def test_a_complex_step_on_one_weight_alone_is_kept(complex_name):
+    """The hidden states are complex as soon as any operand is: a complex step on weight_hh
+    alone (real x, weight_ih and biases) must not be cast away to real."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 4, 3))
+    arrays_ = {"weight_ih": rng.standard_normal((5, 3)),
+               "weight_hh": 0.5 * rng.standard_normal((5, 5)),
+               "bias_ih": rng.standard_normal(5), "bias_hh": rng.standard_normal(5)}
+    direction = rng.standard_normal(arrays_[complex_name].shape)
+
+    def run(change):
+        moved = {**arrays_, complex_name: arrays_[complex_name] + change * direction}
+        return rnn_forward(x, **moved)[0]
+
+    tiny, step = 1e-20, 1e-5
+    complex_step = run(1j * tiny).imag / tiny
+    central = (run(step) - run(-step)) / (2 * step)
+    assert np.abs(complex_step).max() > 1e-3
+    np.testing.assert_allclose(complex_step, central, rtol=1e-6, atol=1e-8)

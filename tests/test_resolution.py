@@ -204,7 +204,7 @@ def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
     # A folder whose point is not the catalogue's: its floors cannot be derived.
     moved = Case(**{**case.__dict__, "params": {k: v + 1.0 for k, v in
                                                         case.params.items()}})
-    monkeypatch.setattr(oracle, "get_case", lambda _: moved)
+    monkeypatch.setattr(oracle, "rebuild_case", lambda *_: moved)
     with pytest.raises(ValueError, match="stored params differ from refimpl's catalogue"):
         compare_with_golden(make_impl(case.config, "float32"), folder, case=name,
                             dtype="float32")

@@ -126,9 +126,11 @@ def _rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
     projected = (x.reshape(-1, x.shape[2]) @ weight_ih.T).reshape(batch, steps, -1)  # (N, T, H)
     if bias_ih is not None:
         projected = projected + (bias_ih + bias_hh)               # (H,) over (N, T)
-    pre = np.empty_like(projected)                                # (N, T, H)
-    hidden = np.empty_like(projected)                             # (N, T, H)
-    h = np.zeros((batch, weight_hh.shape[0]), dtype=projected.dtype)   # h_{-1} = 0
+    # complex as soon as any operand is (a complex step on weight_hh alone must survive)
+    dtype = np.result_type(projected, weight_hh)
+    pre = np.empty(projected.shape, dtype=dtype)                  # (N, T, H)
+    hidden = np.empty(projected.shape, dtype=dtype)               # (N, T, H)
+    h = np.zeros((batch, weight_hh.shape[0]), dtype=dtype)        # h_{-1} = 0
     for t in range(steps):
         pre[:, t] = projected[:, t] + h @ weight_hh.T             # (N, H)
         h = _activate(pre[:, t], nonlinearity)
