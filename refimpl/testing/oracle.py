@@ -53,7 +53,7 @@ from ..tying import AnchoredModel
 from . import golden
 from .cases import Case, describe_inputs, get_case, rebuild_case, resolved_share
 from .cases.drawn import unresolved_tensors
-from .cases.tied import tied_case
+from .cases.tied import anchored_case_at, tied_case
 from .comparison import (
     ComparisonReport,
     Implementation,
@@ -211,8 +211,8 @@ def _case_from_model(model: Any, params: Mapping[str, Any] | None,
         params = network.init(seed)
     params = {name: np.asarray(value) for name, value in params.items()}
     model.loss_and_grads(params, x, y)  # validates everything before the impl runs
-    if isinstance(model, AnchoredModel):
-        return _case_from_anchored(model, params, x, y)
+    if isinstance(model, AnchoredModel):  # configured and fed like the catalogue's
+        return anchored_case_at(_model_name(model), model, params, x, y, kind="model")
     if "model" not in config:            # a Sequential's configuration: wrap it as cases do
         config = {"model": config}
     config = {**config, "resolved_share": resolved_share(network),
@@ -223,31 +223,6 @@ def _case_from_model(model: Any, params: Mapping[str, Any] | None,
                 outputs=lambda p: {"out": network.forward(p, x)},
                 evaluate=lambda p, at: (*model.loss_and_grads(p, at["x"], at["y"]),
                                         {"out": network.forward(p, at["x"])}))
-
-
-def _case_from_anchored(model: AnchoredModel, params: dict[str, np.ndarray], x: np.ndarray,
-                        y: np.ndarray) -> Case:
-    """The Case of an anchored model, configured as the catalogue's (``{"anchored": ...}``);
-    with ``reference == "inputs"`` its reference weights are handed over as inputs
-    ``"w0:<name>"`` (data: the floors perturb them like any input)."""
-    given = model.reference_mode == "inputs"
-    inputs = {"x": x, "y": y}
-    if given:
-        inputs.update({f"w0:{name}": np.asarray(model.reference[name]) for name in model.names})
-    config = {"anchored": model.config(), "resolved_share": resolved_share(model.model),
-              "inputs": describe_inputs(inputs)}
-
-    def evaluate(p: Mapping[str, Any], at: Mapping[str, np.ndarray]) -> tuple:
-        current = model
-        if given:            # the anchors are data: rebuild the model around the given ones
-            current = AnchoredModel.from_config(
-                model.config(), reference={name: at[f"w0:{name}"] for name in model.names})
-        loss, grads = current.loss_and_grads(p, at["x"], at["y"])
-        return loss, grads, {"out": model.model.forward(p, at["x"])}
-
-    return Case(name=_model_name(model), kind="model", config=config, params=params,
-                inputs=inputs, loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
-                outputs=lambda p: {"out": model.model.forward(p, x)}, evaluate=evaluate)
 
 
 def _model_name(model: Any) -> str:
