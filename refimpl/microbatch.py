@@ -206,7 +206,7 @@ def accumulated_loss_and_grads(model: Any, params: Mapping[str, Any], batch: Any
 
     Parameters
     ----------
-    model : model or callable
+    model : refimpl.Sequential, refimpl.TiedPair, refimpl.AnchoredModel, refimpl.Siamese or callable
         A model with ``loss_and_grads(params, x, y)`` (``Sequential``), an
         ``AnchoredModel``, a ``TiedPair``, a ``Siamese``, or a callable
         ``f(params, batch) -> (loss, grads)`` whose loss is a mean over the batch axis.

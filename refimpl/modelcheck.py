@@ -50,7 +50,7 @@ def check_model_gradients(
 
     Parameters
     ----------
-    model : Sequential, TiedPair or AnchoredModel
+    model : refimpl.Sequential, refimpl.TiedPair or refimpl.AnchoredModel
         With a loss.
     params : dict of str to array_like
         The point: the model's unique parameters; for a ``TiedPair`` the joined dict

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from refimpl.testing.cases import CASE_MODULES, all_cases, get_case
+from refimpl.testing.cases import CASE_MODULES, all_cases, describe_inputs, get_case
 
 CASES = all_cases()
 
@@ -57,14 +57,34 @@ def test_get_case():
 def test_every_input_is_described_as_data(case):
     described = case.config["inputs"]
     assert list(described) == list(case.inputs)
+    # a micro-batch "<name>.<i>" plays the role of <name>
+    bases = {name: name.rsplit(".", 1)[0] if case.kind == "microbatch" else name
+             for name in case.inputs}
     for name, value in case.inputs.items():
-        entry = described[name]
+        entry, base = described[name], bases[name]
         assert entry["shape"] == list(value.shape) and entry["dtype"] == str(value.dtype)
         expected = ("reference weights" if name.startswith("w0:") else
+                    "token indices" if base == "x" and value.dtype == np.int64 else
+                    "similarity labels" if base == "y" and "x1" in bases.values() else
                     "labels" if value.dtype == np.int64 else
-                    "features and targets" if name == "xb" and "yb" not in case.inputs else
-                    "targets" if name in ("y", "ya", "yb") else "features")
+                    "features and targets" if base == "xb" and "yb" not in bases.values() else
+                    "targets" if base in ("y", "ya", "yb") else "features")
         assert entry["role"] == expected, (name, entry)
+
+
+def test_the_new_kinds_inputs_have_their_own_roles():
+    roles = {case.name: {name: entry["role"] for name, entry in case.config["inputs"].items()}
+             for case in CASES}
+    assert roles["sequence-tied-lm"] == {"x": "token indices", "y": "labels"}
+    assert roles["sequence-rnn-labelling"] == {"x": "features", "y": "labels"}
+    assert roles["siamese-contrastive-all-active"] == {
+        "x1": "features", "x2": "features", "y": "similarity labels"}
+    assert set(roles["siamese-triplet-cnn"].values()) == {"features"}
+    assert roles["microbatch-tied-soft"]["yb.1"] == "targets"
+    assert roles["microbatch-mlp"] == {"x.0": "features", "y.0": "labels", "x.1": "features",
+                                       "y.1": "labels", "x.2": "features", "y.2": "labels"}
+    with pytest.raises(ValueError, match=r"unknown input name 'x\.a'"):
+        describe_inputs({"x.a": np.zeros(2)})
 
 
 def test_reference_weight_inputs_match_the_anchored_config():
@@ -90,7 +110,8 @@ def test_sharing_chains_are_resolved_in_the_config():
         "fc3.bias": {"source": "fc2.bias", "transpose": False}}      # fc3 -> fc4 -> fc2
     for case in CASES:
         resolved = case.config["resolved_share"]
-        members = resolved.values() if "pair" in case.config else [resolved]
+        pair = "pair" in case.config or "pair" in case.config.get("base", {})
+        members = resolved.values() if pair else [resolved]
         for member in members:
             for slot, use in member.items():
                 assert use["source"] not in member, (case.name, slot)   # a root, not a slot

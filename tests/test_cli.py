@@ -16,7 +16,7 @@ from test_io import read_only_folder
 
 import refimpl.cli as cli
 from refimpl.nn import MLP
-from refimpl.testing.cases import all_cases
+from refimpl.testing.cases import all_cases, get_case
 from refimpl.testing.cases.mlp import model_case
 
 
@@ -236,3 +236,45 @@ def test_check_json_into_a_read_only_folder_is_one_line(tmp_path, capsys, no_wor
         path = folder / "r.json"
         line = _one_line_error(capsys, ["check", "--json", str(path)])
         assert line.startswith(f"refimpl check: {path}: ")
+
+
+def test_central_differences_may_call_only_a_declared_kink_non_differentiable(capsys):
+    kinked = [case.name for case in all_cases()
+              if case.config.get("convention", {}).get("on_kink")]
+    assert kinked == ["probe-relu-at-zero", "probe-leaky-relu-at-zero",
+                      "probe-maxpool-tie-after-conv", "probe-l1-tie"]
+    assert cli.main(["check", "--json", "-", *[f"--case={name}" for name in kinked]]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    excused = [row for row in rows if row["status"] == "kink (probe)"]
+    assert excused and all(row["method"] == "central" for row in excused)
+    assert all(row["status"] == "ok" for row in rows if row["method"] == "complex")
+    relu = get_case("probe-relu-at-zero")
+    undeclared = replace(relu, name="relu-kink-undeclared",
+                         config={**relu.config,
+                                 "convention": {**relu.config["convention"], "on_kink": False}})
+    failed = [row for row in cli.check.check_case(undeclared, "central") if not row["ok"]]
+    assert failed and all(row["status"] == "non-differentiable" for row in failed)
+    # exact arrays alone (kept exact, not on a kink) excuse nothing
+    plain = replace(relu, name="relu-kink-exact-only",
+                    config={key: value for key, value in relu.config.items()
+                            if key != "convention"})
+    assert any(not row["ok"] for row in cli.check.check_case(plain, "central"))
+
+
+def test_the_table_says_why_a_kink_row_passes(capsys):
+    assert cli.main(["check", "--case=probe-relu-at-zero"]) == 0
+    out = capsys.readouterr().out
+    assert "pass (kink (probe))" in out and "FAIL" not in out
+
+
+@pytest.mark.parametrize("method", ["complex", "central"])
+def test_a_wrong_gradient_on_a_declared_kink_still_fails(method):
+    relu = get_case("probe-relu-at-zero")
+
+    def scaled(params):
+        loss, grads = relu.loss_and_grads(params)
+        return loss, {name: 1.5 * grad for name, grad in grads.items()}
+
+    rows = cli.check.check_case(replace(relu, loss_and_grads=scaled), method)
+    assert any(not row["ok"] for row in rows)
+    assert all(row["status"] != "kink (probe)" for row in rows if not row["ok"])

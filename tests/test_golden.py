@@ -710,41 +710,41 @@ def test_the_manifest_records_each_probe_convention_and_describes_inputs(fresh):
 # --- cases outside the catalogue (drawn cases) ------------------------------------------------
 
 def _drawn(seed: int):
-    return model_case(f"drawn-test-{seed}", "mlp", MLP([3, 4, 2], activation="tanh"), (3,), 4,
+    return model_case(f"handmade-test-{seed}", "mlp", MLP([3, 4, 2], activation="tanh"), (3,), 4,
                       seed)
 
 
 def test_a_case_outside_the_catalogue_is_written_and_never_verified_unchecked(tmp_path):
     out = golden.write(tmp_path / "drawn", cases=[_drawn(7), "mlp-tanh-ce"])
     manifest = golden.read_manifest(out)
-    assert manifest["case_order"] == ["mlp-tanh-ce", "drawn-test-7"]
-    assert manifest["cases"]["drawn-test-7"]["seed"] == 7
-    data = golden.load_case(out, "drawn-test-7")
+    assert manifest["case_order"] == ["mlp-tanh-ce", "handmade-test-7"]
+    assert manifest["cases"]["handmade-test-7"]["seed"] == 7
+    data = golden.load_case(out, "handmade-test-7")
     assert np.array_equal(data.inputs["x"], _drawn(7).inputs["x"])
     report = golden.verify(out)
     assert not report.ok
     assert [(entry.case, entry.message) for entry in report.failures] == [
-        ("drawn-test-7", golden_verification.NOT_REBUILT)]
+        ("handmade-test-7", golden_verification.NOT_REBUILT)]
 
 
 def test_a_registered_rebuilder_verifies_a_drawn_case_and_catches_tampering(tmp_path,
                                                                          monkeypatch):
-    monkeypatch.setitem(cases_module.REBUILDERS, "drawn-test-", _drawn)
+    monkeypatch.setitem(cases_module.REBUILDERS, "handmade-test-", _drawn)
     out = golden.write(tmp_path / "drawn", cases=[_drawn(7)])
     assert golden.verify(out).ok
 
     def other_seed(manifest):
-        manifest["cases"]["drawn-test-7"]["config"]["seed"] = 8
+        manifest["cases"]["handmade-test-7"]["config"]["seed"] = 8
     _tamper(out, other_seed)
     report = golden.verify(out)
-    assert not report.ok and any(entry.case == "drawn-test-7" for entry in report.failures)
+    assert not report.ok and any(entry.case == "handmade-test-7" for entry in report.failures)
 
 
 def test_a_drawn_case_whose_seed_rebuilds_another_case_fails(tmp_path, monkeypatch):
-    monkeypatch.setitem(cases_module.REBUILDERS, "drawn-test-", lambda seed: _drawn(seed + 1))
+    monkeypatch.setitem(cases_module.REBUILDERS, "handmade-test-", lambda seed: _drawn(seed + 1))
     out = golden.write(tmp_path / "drawn", cases=[_drawn(7)])
     report = golden.verify(out)
-    assert any(entry.case == "drawn-test-7" and "rebuilds a case called 'drawn-test-8'"
+    assert any(entry.case == "handmade-test-7" and "rebuilds a case called 'handmade-test-8'"
                in entry.message for entry in report.failures)
 
 
@@ -759,7 +759,7 @@ def test_a_changed_catalogue_case_written_as_an_object_fails_verify(tmp_path):
 def test_write_refuses_what_is_not_a_case_and_a_case_given_twice(tmp_path):
     with pytest.raises(TypeError, match="cases: expected case names or"):
         golden.write(tmp_path / "a", cases=[3])
-    with pytest.raises(ValueError, match="'drawn-test-7' is given twice"):
+    with pytest.raises(ValueError, match="'handmade-test-7' is given twice"):
         golden.write(tmp_path / "b", cases=[_drawn(7), _drawn(7)])
     with pytest.raises(ValueError, match="'mlp-tanh-ce' is given twice"):
         golden.write(tmp_path / "c", cases=["mlp-tanh-ce", get_case("mlp-tanh-ce")])
@@ -1175,3 +1175,20 @@ def test_an_edited_floor_fails_naming_the_file(copy):
     failed = _failures(golden.verify(copy))
     assert list(failed) == edited, failed
     assert "manifest floors" in failed[edited[0]][0]
+
+
+def test_conventions_name_the_metric_losses_micro_batches_and_label_positions():
+    for name, needed in (("siamese-triplet-cnn", "TripletMarginLoss"),
+                         ("siamese-contrastive-all-active", "ContrastiveLoss"),
+                         ("microbatch-siamese-triplet", "TripletMarginLoss"),
+                         ("microbatch-mlp", "micro_batches"),
+                         ("sequence-rnn-labelling", "RNN")):
+        notes = golden_format._case_conventions(get_case(name).config)
+        assert needed in notes, (name, sorted(notes))
+    assert "micro_batches" not in golden_format._case_conventions(
+        get_case("mlp-tanh-ce").config)
+    losses = golden_format.CONVENTIONS["losses"]
+    assert "int64 labels y (N,) or (N, T) for logits (N, ..., K)" in losses
+    assert "mean over every label position" in losses
+    assert "'<name>.<i>'" in golden_format.CONVENTIONS["micro_batches"]
+    assert "similarity labels" in golden_format.CONVENTIONS["metric_losses"]

@@ -29,7 +29,7 @@ from refimpl.testing import (
     compare_with_oracle,
     golden,
 )
-from refimpl.testing.cases import all_cases
+from refimpl.testing.cases import all_cases, get_case
 from refimpl.tying import AnchoredModel, TiedPair
 
 
@@ -148,6 +148,15 @@ def _pad_of(layer: dict) -> int:
 
 def _applies(bug: str, config: dict) -> bool:
     """Whether ``bug`` changes a case's result (read from its configuration alone)."""
+    if bug == "micro_batches_unweighted":
+        sizes = config.get("micro_batches", [])
+        return len(set(sizes) | set(config.get("micro_batches_b", sizes))) > 1
+    if bug == "penalty_per_micro_batch":
+        pair = config.get("base", {}).get("pair", {})
+        return len(config.get("micro_batches", [])) > 1 and pair.get("mode") == "soft" and \
+            any(lam > 0 for lam in (pair.get("lam") or {}).values())
+    if "base" in config:                  # micro-batches: the bugs of their base case
+        return _applies(bug, config["base"])
     layers = _layers(config)
     pair = config.get("pair", {})
     anchored = config.get("anchored", {})
@@ -163,7 +172,8 @@ def _applies(bug: str, config: dict) -> bool:
         shares = any(model.get("share") for model in (config.get("model", {}),
                                                       pair.get("model_a", {}),
                                                       pair.get("model_b", {})))
-        return shares or pair.get("mode") == "hard"
+        # a Siamese tower is shared by its branches
+        return shares or pair.get("mode") == "hard" or "siamese" in config
     if bug == "conv_padding_off_by_one":
         return any(layer["type"] in ("Conv2D", "LocallyConnected2D") and _pad_of(layer) >= 1
                    for layer in layers)
@@ -208,8 +218,17 @@ def test_every_applicable_golden_case_rejects_the_bug(golden_dir, bug, name):
         assert_matches_golden(make_impl(config, bugs={bug}), golden_dir, case=name)
 
 
+@pytest.mark.parametrize("bug", ["micro_batches_unweighted", "penalty_per_micro_batch"])
+def test_micro_batch_accumulation_bugs_are_rejected(bug):
+    case = get_case("microbatch-tied-soft")
+    assert_matches_oracle(make_impl(case.config), case)
+    with pytest.raises(AssertionError, match="microbatch-tied-soft"):
+        assert_matches_oracle(make_impl(case.config, bugs={bug}), case)
+
+
 def test_every_bug_is_exercised_by_a_model_built_here():
     """The controls above cover every bug even when the catalogue has no case for it."""
     tested = {"transposed_dense_gradient", "penalty_without_factor_2",
-              "shared_gradient_overwritten", "conv_padding_off_by_one", "float32_intermediate"}
+              "shared_gradient_overwritten", "conv_padding_off_by_one", "float32_intermediate",
+              "micro_batches_unweighted", "penalty_per_micro_batch"}
     assert tested == BUGS

@@ -283,8 +283,10 @@ def test_probe_configs_name_their_convention():
     for name, case in PROBES.items():
         assert case.kind == "probe" and name.startswith("probe-")
         convention = case.config["convention"]
-        assert set(convention) == {"name", "refimpl_rule", "isolates"}
-        assert all(isinstance(value, str) and value for value in convention.values())
+        assert set(convention) == {"name", "refimpl_rule", "isolates", "on_kink"}
+        assert isinstance(convention["on_kink"], bool)
+        assert all(isinstance(convention[key], str) and convention[key]
+                   for key in ("name", "refimpl_rule", "isolates"))
         assert ("model" in case.config) != ("pair" in case.config)
 
 

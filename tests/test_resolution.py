@@ -17,6 +17,7 @@ from independent_numpy import make_impl
 from oracle_stress import MUTATIONS, judge, model_of, near_fit
 
 from refimpl import MLP
+from refimpl.nn import Dense, Sequential, SoftmaxCrossEntropy, Tanh
 from refimpl.testing import (
     assert_matches_golden,
     assert_matches_oracle,
@@ -203,7 +204,7 @@ def test_golden_comparison_uses_the_catalogue_floors(tmp_path, monkeypatch):
     # A folder whose point is not the catalogue's: its floors cannot be derived.
     moved = Case(**{**case.__dict__, "params": {k: v + 1.0 for k, v in
                                                         case.params.items()}})
-    monkeypatch.setattr(oracle, "get_case", lambda _: moved)
+    monkeypatch.setattr(oracle, "rebuild_case", lambda *_: moved)
     with pytest.raises(ValueError, match="stored params differ from refimpl's catalogue"):
         compare_with_golden(make_impl(case.config, "float32"), folder, case=name,
                             dtype="float32")
@@ -251,3 +252,41 @@ def test_a_probe_floor_perturbs_everything_after_the_kink():
     for key in (("loss", "loss"), ("gradient", "fc2.weight"), ("gradient", "fc2.bias"),
                 ("gradient", "fc1.bias"), ("output", "out")):
         assert floors[key] > 0, key
+
+
+@pytest.mark.parametrize("normaliser", [False, True])
+def test_loss_rounding_treats_every_label_position_as_an_example(normaliser):
+    """Logits (N, T, K) with labels (N, T) are P = N T examples: the same rows as (P, K)
+    logits of the flattened data give the same changes (the same random signs, drawn in the
+    same order), the loss change the mean over the P positions of relative (1 + max|z|)."""
+    model = Sequential([Dense("fc1", 3, 4), Tanh(), Dense("fc2", 4, 5)],
+                       loss=SoftmaxCrossEntropy())
+    params = model.init(7)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 6, 3))
+    y = rng.integers(0, 5, size=(2, 6)).astype(np.int64)
+    config = {"model": model.config()}
+    relative = 2.0 ** -24
+    sequence = resolution.loss_rounding(config, params, {"x": x, "y": y}, relative,
+                                        np.random.default_rng(0), normaliser=normaliser)
+    flat = resolution.loss_rounding(config, params, {"x": x.reshape(12, 3), "y": y.reshape(12)},
+                                    relative, np.random.default_rng(0), normaliser=normaliser)
+    assert sequence.keys() == flat.keys()
+    for key in flat:
+        np.testing.assert_allclose(sequence[key], flat[key], rtol=1e-12, atol=0.0)
+    logits = model.forward(params, x).reshape(12, 5)
+    expected = relative * np.mean(1.0 + np.max(np.abs(logits), axis=1))
+    assert sequence[("loss", "loss")] == pytest.approx(expected, rel=1e-12)
+
+
+def test_micro_batch_floors_include_the_base_case_loss_rounding():
+    case = get_case("microbatch-mlp")
+    base = {"x": np.concatenate([case.inputs[f"x.{i}"] for i in range(3)]),
+            "y": np.concatenate([case.inputs[f"y.{i}"] for i in range(3)])}
+    joined = resolution.loss_rounding(case.config, case.params, case.inputs, 2.0 ** -24,
+                                      np.random.default_rng(0))
+    direct = resolution.loss_rounding(case.config["base"], case.params, base, 2.0 ** -24,
+                                      np.random.default_rng(0))
+    assert set(joined) == {("loss", "loss"), *(("gradient", name) for name in case.params)}
+    for key in direct:
+        np.testing.assert_array_equal(joined[key], direct[key])

@@ -18,20 +18,6 @@ CASES = sequence.cases()
 BY_NAME = {case.name: case for case in CASES}
 IDS = [case.name for case in CASES]
 
-# The float32 floors of cases whose loss is over (N, T, K) positions need
-# refimpl/testing/resolution.py's loss_rounding to treat every position as an example (the
-# patch is in this branch's report; until it lands it fails on the (N, T, K) shapes). Strict:
-# once it lands these pass, and the marks must go.
-NEEDS_POSITION_FLOORS = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="resolution.loss_rounding over (N, ..., K) positions not merged yet")
-
-
-def per_position(case):
-    """Whether the loss is over (N, T, K) positions (labels (N, T))."""
-    return case.inputs["y"].ndim > 1
-
-
 def test_names_kinds_configs_and_dtypes():
     assert IDS == ["sequence-tied-lm", "sequence-untied-lm", "sequence-embedding-repeats",
                    "sequence-rnn-classifier", "sequence-rnn-labelling", "sequence-rnn-relu"]
@@ -129,11 +115,7 @@ def test_relu_case_is_away_from_the_kink():
     assert np.abs(pre).min() > 0.03 and (pre > 0).reshape(-1, pre.shape[-1]).any(axis=0).all()
 
 
-FLOORED = [pytest.param(case, marks=NEEDS_POSITION_FLOORS) if per_position(case) else case
-           for case in CASES]
-
-
-@pytest.mark.parametrize("case", FLOORED, ids=IDS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_every_case_is_resolvable_in_float32(case):
     assert unresolved_tensors(case, "float32") == []
 
@@ -182,7 +164,7 @@ def _torch_rnn(torch, layer, x, read):
     return torch.func.functional_call(module, weights, (x,))[0]
 
 
-@pytest.mark.parametrize("case", FLOORED, ids=IDS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_pytorch_agrees_with_the_oracle_in_float64(case):
     report = assert_matches_oracle(torch_impl(case.config["model"]), case, rtol=1e-10,
                                    atol=0.0)
@@ -218,12 +200,12 @@ def test_drawn_relu_rnns_are_kink_free_enough_for_central_differences(case):
     assert report.ok, report
 
 
-@NEEDS_POSITION_FLOORS
 @settings(DRAWN, report_multiple_bugs=False)
 @given(case=ss.sequence_cases(labels=["positions"]))
 def test_drawn_cases_with_a_label_per_position_check_and_resolve(case):
     assert case.inputs["y"].shape == case.inputs["x"].shape[:2]
     assert ri.check_gradients(case.loss_and_grads, case.params, method="complex").ok
+    assert unresolved_tensors(case, "float32") == []
 
 
 @settings(max_examples=20, deadline=None)

@@ -37,7 +37,7 @@ def test_names_kinds_and_inputs():
     assert {case.kind for case in SIAMESE} == {"siamese"}
     assert {case.kind for case in MICRO} == {"microbatch"}
     for case in SIAMESE:
-        assert list(case.inputs) == case.config["inputs"]
+        assert list(case.inputs) == list(case.config["inputs"])
         assert set(case.outputs(case.params)) == set(case.config["outputs"])
 
 

@@ -6,6 +6,8 @@ conventions, importing nothing of refimpl) and, when torch is installed, PyTorch
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -23,9 +25,11 @@ from refimpl.testing import (
     compare_with_golden,
     compare_with_oracle,
     golden,
+    oracle,
     resolve_tolerance,
 )
 from refimpl.testing.cases import all_cases, get_case
+from refimpl.testing.cases.drawn import drawn_case
 from refimpl.tying import AnchoredModel, TiedPair
 
 CASES = all_cases()
@@ -335,6 +339,47 @@ def test_anchored_model():
     x, y = _data(rng, model, 4, 3)
     assert_matches_oracle(make_impl({"anchored": anchored.config()}), anchored,
                           inputs={"x": x, "y": y})
+
+
+def test_anchored_model_with_reference_inputs_hands_over_w0():
+    model = MLP([3, 4, 2], activation="tanh")
+    rng = np.random.default_rng(4)
+    reference = {"fc1.weight": rng.standard_normal((4, 3))}
+    anchored = AnchoredModel(model, lam=0.3, reference=reference)
+    x, y = _data(rng, model, 4, 3)
+    case = oracle._as_case(anchored, None, {"x": x, "y": y}, 0)
+    assert case.config["anchored"] == anchored.config()
+    assert case.config["inputs"]["w0:fc1.weight"]["role"] == "reference weights"
+    seen = []
+
+    def recording(params, inputs):
+        seen.append(sorted(inputs))
+        return make_impl(case.config)(params, inputs)
+
+    report = assert_matches_oracle(recording, anchored, inputs={"x": x, "y": y})
+    assert report.case == case.name and seen[0] == ["w0:fc1.weight", "x", "y"]
+    np.testing.assert_array_equal(case.inputs["w0:fc1.weight"], reference["fc1.weight"])
+
+    def weight_decay(params, inputs):          # ignores the anchor: pulls towards 0
+        return make_impl(case.config)(params, {"x": inputs["x"], "y": inputs["y"]})
+
+    with pytest.raises(AssertionError, match="fc1.weight"):
+        assert_matches_oracle(weight_decay, anchored, inputs={"x": x, "y": y})
+
+
+def test_compare_with_golden_rebuilds_drawn_cases(tmp_path):
+    drawn = drawn_case(5, "mlp")
+    folder = golden.write(tmp_path / "drawn", cases=[drawn])
+    entry = golden.read_manifest(folder)["cases"][drawn.name]
+    reports = compare_with_golden(make_impl(entry["config"]), folder, dtype="float32")
+    assert [report.case for report in reports] == [drawn.name] and reports[0].ok
+    wrong = compare_with_golden(make_impl(entry["config"], bugs={"transposed_dense_gradient"}),
+                                folder)
+    assert not wrong[0].ok
+    handmade = dataclasses.replace(get_case("mlp-tanh-ce"), name="handmade-case")
+    folder = golden.write(tmp_path / "handmade", cases=[handmade])
+    with pytest.raises(ValueError, match="'handmade-case' is neither in refimpl's catalogue"):
+        compare_with_golden(make_impl(handmade.config), folder)
 
 
 def test_compare_with_golden_returns_one_report_per_case(golden_dir):

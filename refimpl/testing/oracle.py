@@ -11,16 +11,20 @@ An implementation under test is any callable::
   Fresh copies, cast to the ``dtype`` under test (float arrays only); the callable may keep
   or modify them.
 - ``inputs``: ``dict[str, np.ndarray]``: ``{"x": ..., "y": ...}`` for one model (``x`` batch
-  first, ``(N, D)`` or ``(N, C, H, W)``; ``y`` int64 class labels for cross-entropy, float
-  targets for MSE), ``{"xa", "ya", "xb", "yb"}`` for a tied pair, without ``"yb"`` when model
-  B is an autoencoder (its target is its input ``xb``). An anchored model
+  first, ``(N, D)``, ``(N, C, H, W)``, ``(N, T, D)`` or int64 token indices ``(N, T)``; ``y``
+  int64 class labels ``(N,)`` or ``(N, T)`` for cross-entropy, float targets for MSE),
+  ``{"xa", "ya", "xb", "yb"}`` for a tied pair, without ``"yb"`` when model
+  B is an autoencoder (its target is its input ``xb``); a Siamese case's branch inputs
+  ``{"anchor", "positive", "negative"}`` or ``{"x1", "x2", "y"}`` (int64 similarity labels);
+  a micro-batch case's ``"<name>.<i>"``, micro-batch ``i`` of ``<name>``. An anchored model
   (:class:`refimpl.tying.AnchoredModel`, ``config["anchored"]["reference"] == "inputs"``)
   also receives its fixed reference weights as ``"w0:<name>"``, one per anchored parameter,
   shaped like it (``"zero"``: none, the anchors are 0, weight decay). Every case describes
   its inputs as data in ``case.config["inputs"]`` (and the golden manifest in
   ``cases.<name>.inputs``): ``{name: {"shape": [...], "dtype": "float64" | "int64",
-  "role": ...}}`` with role "features", "labels", "targets", "features and targets" (the
-  autoencoder's ``xb``) or "reference weights" (``w0:<name>``). Float inputs are cast to the
+  "role": ...}}`` with role "features", "token indices", "labels", "similarity labels",
+  "targets", "features and targets" (the autoencoder's ``xb``) or "reference weights"
+  (``w0:<name>``). Float inputs are cast to the
   ``dtype`` under test; integer labels stay int64.
 - ``case.config`` also gives ``"resolved_share"``: every shared slot with the unique
   parameter it finally reads and the composed transpose (``{slot: {"source", "transpose"}}``;
@@ -45,10 +49,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._validate import check_seed
+from ..tying import AnchoredModel
 from . import golden
-from .cases import Case, get_case
+from .cases import Case, describe_inputs, get_case, rebuild_case, resolved_share
 from .cases.drawn import unresolved_tensors
-from .cases.tied import tied_case
+from .cases.tied import anchored_case_at, tied_case
 from .comparison import (
     ComparisonReport,
     Implementation,
@@ -206,8 +211,12 @@ def _case_from_model(model: Any, params: Mapping[str, Any] | None,
         params = network.init(seed)
     params = {name: np.asarray(value) for name, value in params.items()}
     model.loss_and_grads(params, x, y)  # validates everything before the impl runs
+    if isinstance(model, AnchoredModel):  # configured and fed like the catalogue's
+        return anchored_case_at(_model_name(model), model, params, x, y, kind="model")
     if "model" not in config:            # a Sequential's configuration: wrap it as cases do
         config = {"model": config}
+    config = {**config, "resolved_share": resolved_share(network),
+              "inputs": describe_inputs(data)}
     return Case(name=_model_name(model), kind="model", config=config, params=params,
                 inputs={"x": x, "y": y},
                 loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
@@ -377,8 +386,9 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     """Like :func:`assert_matches_golden` but returns one report per case.
 
     The reference is the stored float64 result; the resolution floors are computed by
-    rebuilding the case from refimpl's catalogue (``refimpl.testing.cases.get_case(name)``),
-    whose point and data must equal the stored ones.
+    rebuilding the case from refimpl alone (``refimpl.testing.cases.rebuild_case(name,
+    config)``: the catalogue's, or a drawn case from its stored seed), whose point and data
+    must equal the stored ones.
 
     Returns
     -------
@@ -388,8 +398,9 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     Raises
     ------
     ValueError
-        When a stored case's point or data differ from the catalogue's (the folder was
-        written by another catalogue, and its floors cannot be derived here).
+        When a stored case cannot be rebuilt here, or its point or data differ from the
+        rebuilt case's (the folder was written by another refimpl, and its floors cannot be
+        derived here).
     refimpl.testing.golden.GoldenError
         When the folder or one of its files is missing, malformed or unsafe.
     """
@@ -400,7 +411,12 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     reports = []
     for name in names:
         data = golden.load_case(golden_dir, name, manifest=manifest)
-        rebuilt = get_case(name)
+        rebuilt = rebuild_case(name, manifest["cases"][name].get("config", {}))
+        if rebuilt is None:
+            raise ValueError(f"golden_dir: case {name!r} is neither in refimpl's catalogue "
+                             f"nor rebuilt by a registered rebuilder "
+                             f"(refimpl.testing.cases.REBUILDERS), so its resolution floors "
+                             f"cannot be derived")
         _check_same_point(name, rebuilt, data)
         floors = case_floors(rebuilt, dtype_name)
         reports.append(_run_and_compare(

@@ -122,6 +122,7 @@ class ConformanceItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
+        """Where pytest reports the item: the collector's path and the case's test id."""
         return self.path, None, f"{COLLECTOR}::{self.name}"
 
 

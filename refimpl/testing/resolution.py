@@ -143,7 +143,11 @@ def perturbed(arrays: Mapping[str, Any], relative: float, rng: np.random.Generat
 def _members(config: Mapping[str, Any], params: Mapping[str, Any], inputs: Mapping[str, Any]
              ) -> list[tuple[Any, Mapping[str, Any], Any, Any, Callable[[str], tuple[str, bool]]]]:
     """``(model, its params, x, y, where each of its gradients goes)`` for every model with a
-    loss in a case's configuration; empty when the configuration names none."""
+    loss in a case's configuration; empty when the configuration names none (a Siamese
+    model's metric loss: its rounding is not modelled). A micro-batch case (``{"base": ...}``)
+    is its base case on the joined batch: the step's gradient is the full batch's."""
+    if isinstance(config.get("base"), Mapping):
+        return _members(config["base"], params, _joined_micro_batches(inputs))
     if "pair" in config:
         pair = TiedPair.from_config(config["pair"])
         params_a, params_b = pair.split(params)
@@ -164,15 +168,28 @@ def _members(config: Mapping[str, Any], params: Mapping[str, Any], inputs: Mappi
     return [(model, params, inputs["x"], inputs["y"], lambda n: (n, False))]
 
 
+def _joined_micro_batches(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``{"<name>": the micro-batches "<name>.<i>" concatenated along axis 0 in order of i}``."""
+    parts: dict[str, dict[int, Any]] = {}
+    for key, value in inputs.items():
+        name, _, index = key.rpartition(".")
+        if name and index.isdigit():
+            parts.setdefault(name, {})[int(index)] = value
+    return {name: np.concatenate([pieces[i] for i in sorted(pieces)])
+            for name, pieces in parts.items()}
+
+
 def loss_rounding(config: Mapping[str, Any], params: Mapping[str, Any],
                   inputs: Mapping[str, Any], relative: float, rng: np.random.Generator,
                   normaliser: bool = False) -> dict[Key, np.ndarray]:
     """The change of the loss and the gradients when the loss's upstream derivative
     ``dL/dout`` is off by ``relative`` times the magnitude of its terms (module docstring).
 
-    Cross-entropy: ``(softmax(z) - onehot) / N`` and the loss ``max z + log(sum exp(z -
-    max z)) - z_y``, both resolved to ``relative (1 + max|z|)`` per example (the log term is
-    added to, or the probabilities computed from, a number of size ``max|z|``). MSE:
+    Cross-entropy: ``(softmax(z) - onehot) / P`` and the loss ``max z + log(sum exp(z -
+    max z)) - z_y``, both resolved to ``relative (1 + max|z|)`` per label position (the log
+    term is added to, or the probabilities computed from, a number of size ``max|z|``); the
+    ``P`` positions are the rows of the logits ``(N, ..., K)`` flattened to ``(P, K)``, each
+    an example of its own (the loss is the mean over them). MSE:
     ``2 (out - y) / size``, terms ``2 (|out| + |y|) / size``, and the loss off by
     ``mean(2 |r| d + d**2)``, ``d = relative (|out| + |y|)``. The change is propagated exactly
     through the model's backward pass (``Sequential.vjp``). Signs are random per entry, or,
@@ -184,20 +201,21 @@ def loss_rounding(config: Mapping[str, Any], params: Mapping[str, Any],
         out = model.forward(member_params, x)
         if model.loss_spec.config()["type"] == "SoftmaxCrossEntropy":
             # log_norm = max z + log(sum exp(z - max z)) holds the O(|z|) max: the log term,
-            # and exp(z - log_norm) with it, are resolved only to u (1 + max|z|) per example.
-            terms = 1.0 + np.max(np.abs(out), axis=1, keepdims=True)           # (N, 1)
+            # and exp(z - log_norm) with it, are resolved only to u (1 + max|z|) per position.
+            rows = out.reshape(-1, out.shape[-1])                               # (P, K)
+            terms = 1.0 + np.max(np.abs(rows), axis=1, keepdims=True)          # (P, 1)
             loss_change = relative * float(np.mean(terms))
             if normaliser:
-                # log_norm off by e scales every probability of the example by (1 - e):
-                # the changes share one sign per example (they do not cancel in dout @ W).
-                shifted = np.exp(out - np.max(out, axis=1, keepdims=True))
-                probabilities = shifted / shifted.sum(axis=1, keepdims=True)    # (N, K)
-                signs = np.where(rng.random((out.shape[0], 1)) < 0.5, -1.0, 1.0)
-                _, _, grads = model.vjp(member_params, x, relative * terms / out.shape[0]
-                                        * probabilities * signs)
+                # log_norm off by e scales every probability of the position by (1 - e):
+                # the changes share one sign per position (they do not cancel in dout @ W).
+                shifted = np.exp(rows - np.max(rows, axis=1, keepdims=True))
+                probabilities = shifted / shifted.sum(axis=1, keepdims=True)    # (P, K)
+                signs = np.where(rng.random((rows.shape[0], 1)) < 0.5, -1.0, 1.0)
+                change = relative * terms / rows.shape[0] * probabilities * signs
+                _, _, grads = model.vjp(member_params, x, change.reshape(out.shape))
                 _add(changes, loss_change, grads, route)
                 continue
-            magnitude = np.broadcast_to(terms / out.shape[0], out.shape)
+            magnitude = np.broadcast_to(terms / rows.shape[0], rows.shape).reshape(out.shape)
         else:
             # The residual r = out - y is off by delta = relative (|out| + |y|); the mean of
             # r**2 then by mean(2 |r| delta + delta**2): quadratic near a fit, where the

@@ -70,9 +70,12 @@ class Case:
         return sum(value.size for value in self.params.values())
 
 
-#: The role of every input name a case can have (``"w0:<name>"``: :data:`REFERENCE_ROLE`).
+#: The role of every input name a case can have (``"w0:<name>"``: :data:`REFERENCE_ROLE`;
+#: ``"<name>.<i>"``: micro-batch ``i`` of ``<name>``, the role of ``<name>``). None: decided
+#: by the dtype, "labels" (int64) or "targets" (float).
 INPUT_ROLES = {"x": "features", "xa": "features", "xb": "features", "y": None, "ya": None,
-               "yb": None}
+               "yb": None, "anchor": "features", "positive": "features",
+               "negative": "features", "x1": "features", "x2": "features"}
 
 #: The role of an input ``"w0:<name>"``: the fixed reference of an anchored parameter.
 REFERENCE_ROLE = "reference weights"
@@ -80,19 +83,39 @@ REFERENCE_ROLE = "reference weights"
 #: The role of ``"xb"`` in a pair whose model B is an autoencoder (no ``"yb"``).
 AUTOENCODER_ROLE = "features and targets"
 
+#: The role of an int64 ``"x"``: token indices into an Embedding's rows.
+TOKEN_ROLE = "token indices"
 
-def _role(name: str, value: np.ndarray, inputs: dict[str, np.ndarray]) -> str:
-    """The role of one input (see :func:`describe_inputs`)."""
+#: The role of ``"y"`` of a contrastive Siamese case (inputs ``"x1"``, ``"x2"``): int64 pair
+#: labels, 1 similar, 0 dissimilar.
+SIMILARITY_ROLE = "similarity labels"
+
+
+def _base_name(name: str) -> str:
+    """``"<name>.<i>"`` (micro-batch ``i`` of ``<name>``) -> ``"<name>"``; others unchanged."""
+    base, dot, index = name.rpartition(".")
+    return base if dot and base and index.isdigit() else name
+
+
+def _role(name: str, value: np.ndarray, names: set[str]) -> str:
+    """The role of one input (see :func:`describe_inputs`); ``names``: the base names of
+    every input of the case."""
     if name.startswith("w0:"):
         return REFERENCE_ROLE
-    if name not in INPUT_ROLES:
+    base = _base_name(name)
+    if base not in INPUT_ROLES:
         raise ValueError(f"inputs: unknown input name {name!r}; known: "
-                         f"{sorted(INPUT_ROLES)} and 'w0:<parameter>'")
-    if name == "xb" and "yb" not in inputs:
+                         f"{sorted(INPUT_ROLES)}, 'w0:<parameter>' and '<name>.<i>'")
+    if base == "xb" and "yb" not in names:
         return AUTOENCODER_ROLE
-    if INPUT_ROLES[name] is not None:
-        return INPUT_ROLES[name]
-    return "labels" if value.dtype.kind in "iu" else "targets"
+    integer = value.dtype.kind in "iu"
+    if base == "x" and integer:
+        return TOKEN_ROLE
+    if base == "y" and "x1" in names:
+        return SIMILARITY_ROLE
+    if INPUT_ROLES[base] is not None:
+        return INPUT_ROLES[base]
+    return "labels" if integer else "targets"
 
 
 def describe_inputs(inputs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -101,18 +124,23 @@ def describe_inputs(inputs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     Parameters
     ----------
     inputs : dict of str to ndarray
-        A case's inputs: ``x`` (N, D) or (N, C, H, W); ``y`` (N,) int64 labels or float
-        targets of the output's shape; a pair's ``xa``, ``ya``, ``xb`` and ``yb`` (absent when
-        B is an autoencoder, whose target is ``xb``); an anchored model's ``w0:<name>``.
+        A case's inputs: ``x`` (N, D), (N, C, H, W), (N, T, D) or int64 token indices
+        (N, T); ``y`` int64 labels (N,) or (N, T), or float targets of the output's shape; a
+        pair's ``xa``, ``ya``, ``xb`` and ``yb`` (absent when B is an autoencoder, whose
+        target is ``xb``); a Siamese case's branch inputs ``anchor``, ``positive``,
+        ``negative`` or ``x1``, ``x2`` with int64 pair labels ``y`` (N,); an anchored model's
+        ``w0:<name>``; ``<name>.<i>``, micro-batch ``i`` of any of those.
 
     Returns
     -------
     dict
         ``{name: {"shape": [...], "dtype": "float64" | "int64", "role": role}}`` with role
-        "features", "labels" (int64 class indices, cross-entropy), "targets" (float, MSE),
-        "features and targets" (``xb`` of an autoencoder B: its input is its target) or
-        "reference weights" (``w0:<name>``, the anchor of parameter ``<name>``, shaped like
-        it).
+        "features", "token indices" (int64 ``x``: rows of an Embedding), "labels" (int64
+        class indices, cross-entropy), "similarity labels" (int64 ``y`` of a contrastive
+        Siamese case: 1 similar, 0 dissimilar), "targets" (float, MSE), "features and
+        targets" (``xb`` of an autoencoder B: its input is its target) or "reference
+        weights" (``w0:<name>``, the anchor of parameter ``<name>``, shaped like it). A
+        micro-batch ``<name>.<i>`` has the role of ``<name>``.
 
     Raises
     ------
@@ -124,9 +152,12 @@ def describe_inputs(inputs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     >>> import numpy as np
     >>> describe_inputs({"x": np.zeros((2, 3)), "y": np.zeros(2, dtype=np.int64)})["y"]
     {'shape': [2], 'dtype': 'int64', 'role': 'labels'}
+    >>> describe_inputs({"x.0": np.zeros((2, 5), dtype=np.int64)})["x.0"]["role"]
+    'token indices'
     """
+    names = {_base_name(name) for name in inputs}
     return {name: {"shape": list(np.shape(value)), "dtype": str(np.asarray(value).dtype),
-                   "role": _role(name, np.asarray(value), inputs)}
+                   "role": _role(name, np.asarray(value), names)}
             for name, value in inputs.items()}
 
 
@@ -174,11 +205,15 @@ def get_case(name: str) -> Case:
     raise ValueError(f"case: unknown case {name!r}")
 
 
-#: Name prefix -> ``(module of refimpl.testing.cases, function)`` or a callable ``f(seed) ->
-#: Case``: how a case that is not in the catalogue is rebuilt from its ``config["seed"]`` (a
-#: drawn case ``drawn-<kind>-<seed>``), so that a golden folder holding it can be verified.
-REBUILDERS: dict[str, tuple[str, str] | Callable[[int], Case]] = {
+#: Name prefix -> ``(module of refimpl.testing.cases, function, *arguments)`` or a callable
+#: ``f(seed) -> Case``: how a case that is not in the catalogue is rebuilt from its
+#: ``config["seed"]`` (``function(seed, *arguments)``; a drawn case ``drawn-<kind>-<seed>``,
+#: whose kind may have been chosen rather than drawn from the seed), so that a golden folder
+#: holding it can be verified.
+REBUILDERS: dict[str, tuple[str, ...] | Callable[[int], Case]] = {
     "drawn-": ("drawn", "drawn_case"),
+    **{f"drawn-{kind}-": ("drawn", "drawn_case", kind)
+       for kind in ("mlp", "cnn", "shared", "tied")},
 }
 
 
@@ -235,8 +270,10 @@ def rebuild_case(name: str, config: Mapping[str, Any]) -> Case | None:
         build = REBUILDERS[prefix]
         if not name.startswith(prefix):
             continue
+        arguments: tuple[str, ...] = ()
         if isinstance(build, tuple):
-            module_name, function = build
+            module_name, function, *rest = build
+            arguments = tuple(rest)
             try:
                 module = importlib.import_module(f"{__name__}.{module_name}")
             except ModuleNotFoundError:
@@ -246,7 +283,7 @@ def rebuild_case(name: str, config: Mapping[str, Any]) -> Case | None:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"config['seed']: case {name!r} is rebuilt from its seed, a "
                              f"non-negative int; got {seed!r}")
-        case = build(seed)
+        case = build(seed, *arguments)
         if case.name != name:
             raise ValueError(f"case {name!r}: its seed {seed} rebuilds a case called "
                              f"{case.name!r}")

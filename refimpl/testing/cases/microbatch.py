@@ -35,7 +35,7 @@ import numpy as np
 from ...microbatch import accumulated_loss_and_grads
 from ...nn import MLP, Dense, Sequential, Siamese, Tanh, TripletMarginLoss
 from ...tying import AnchoredModel, TiedPair
-from . import Case
+from . import Case, describe_inputs, resolved_share
 from .mlp import model_case
 from .siamese import build_case
 from .tied import anchored_case, pair_case
@@ -59,6 +59,16 @@ def join_inputs(data: dict[str, np.ndarray], names: list[str], count: int
     """Inverse of :func:`split_inputs`: each name's ``count`` micro-batches concatenated."""
     return {name: np.concatenate([data[f"{name}.{i}"] for i in range(count)])
             for name in names}
+
+
+def _resolved_share(model: Any) -> dict[str, Any]:
+    """The resolved sharing map of the base case's model, keyed as the base kind keys it
+    (a pair's per model)."""
+    if isinstance(model, TiedPair):
+        return {"model_a": resolved_share(model.model_a), "model_b": resolved_share(model.model_b)}
+    if isinstance(model, AnchoredModel):
+        return resolved_share(model.model)
+    return resolved_share(model.tower if isinstance(model, Siamese) else model)
 
 
 def microbatch_case(name: str, base: Case, model: Any, sizes: list[int],
@@ -98,7 +108,8 @@ def microbatch_case(name: str, base: Case, model: Any, sizes: list[int],
                  else "siamese" if isinstance(model, Siamese) else base.kind)
     config = {"base": base.config, "base_kind": base_kind, "micro_batches": list(sizes),
               **({"micro_batches_b": list(sizes_b)} if pair else {}),
-              "inputs": "'<name>.<i>': micro-batch i of the base case's input <name>",
+              "inputs": describe_inputs(inputs), "resolved_share": _resolved_share(model),
+              "inputs_note": "'<name>.<i>': micro-batch i of the base case's input <name>",
               "step": "loss and gradients of the step: sum over micro-batches of (n_i / N) "
                       "times the micro-batch's, each model of a pair weighted by its own "
                       "batch, a penalty added once"}

@@ -88,13 +88,15 @@ def _replaced(case: Case, index: int, *layers: Any, keep: bool = False) -> Seque
 
 
 def _probe(name: str, model: Sequential, params: Grads, x: np.ndarray, y: np.ndarray,
-           convention: dict[str, str], exact: list[str]) -> Case:
+           convention: dict[str, Any], exact: list[str]) -> Case:
     return model_case_at(name, "probe", model, params, x, y,
                          {"convention": convention, "exact": exact})
 
 
-def _convention(name: str, rule: str, isolates: str) -> dict[str, str]:
-    return {"name": name, "refimpl_rule": rule, "isolates": isolates}
+def _convention(name: str, rule: str, isolates: str, on_kink: bool = False) -> dict[str, Any]:
+    """A probe's ``config["convention"]``; ``on_kink``: the point sits exactly on a kink of
+    the loss, so one-sided (real-step) differences disagree there by construction."""
+    return {"name": name, "refimpl_rule": rule, "isolates": isolates, "on_kink": on_kink}
 
 
 def _targets(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -148,7 +150,7 @@ def _maxpool_tie_probe() -> Case:
                   _convention("max-pool ties", "the first maximum in row-major scan order of "
                               "the window gets the whole gradient (PyTorch)",
                               "two equal convolution outputs in one pooling window, from "
-                              "different input patches"),
+                              "different input patches", on_kink=True),
                   ["x", "conv.weight", "conv.bias"])
 
 
@@ -347,10 +349,12 @@ def cases() -> list[Case]:
     return [
         _kink_probe("probe-relu-at-zero", ReLU(), (0.0, 0.125),
                     _convention("relu'(0)", "relu'(0) = 0 (PyTorch: the gradient passes only "
-                                "where x > 0)", "a ReLU pre-activation of exactly 0"), 309),
+                                "where x > 0)", "a ReLU pre-activation of exactly 0",
+                                on_kink=True), 309),
         _kink_probe("probe-leaky-relu-at-zero", LeakyReLU(), (0.0, 0.125),
                     _convention("leaky_relu'(0)", "leaky_relu'(0) = negative_slope = 0.01 "
-                                "(PyTorch)", "a leaky ReLU pre-activation of exactly 0"), 310),
+                                "(PyTorch)", "a leaky ReLU pre-activation of exactly 0",
+                                on_kink=True), 310),
         _kink_probe("probe-leaky-relu-slope-float64", LeakyReLU(0.1), (-0.5, 0.125),
                     _convention("negative_slope in float64", "the slope 0.1 used as the "
                                 "float64 nearest 0.1", "a leaky ReLU with slope 0.1 (not exact "
@@ -367,7 +371,7 @@ def cases() -> list[Case]:
         _pair_probe("probe-l1-tie", "l1", 0.25, True,
                     _convention("L1 subgradient at a tie", "sign(0) = 0: no penalty gradient "
                                 "where a == b (torch.sign)", "a soft L1 tie with two entries "
-                                "exactly equal (a == b)")),
+                                "exactly equal (a == b)", on_kink=True)),
         _pair_probe("probe-l2-lambda-float64", "l2", 0.1, False,
                     _convention("lambda in float64", "the strength 0.1 used as the float64 "
                                 "nearest 0.1", "a soft L2 tie with lam = 0.1 (not exact in "

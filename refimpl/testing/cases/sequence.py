@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...nn import RNN, Dense, Embedding, LastStep, Sequential, SoftmaxCrossEntropy, Tanh
-from . import Case
+from . import Case, describe_inputs, resolved_share
 
 #: Language-model sizes: vocabulary, embedding size (= the RNN's hidden size, so that the
 #: output layer's (V, D) weight can be the embedding's), time steps, batch.
@@ -54,7 +54,8 @@ def sequence_case(name: str, model: Sequential, x: np.ndarray, y: np.ndarray, se
         indices and labels stay as they are).
     """
     config = {"model": model.config(), "input_shape": list(x.shape), "seed": seed,
-              **(extra_config or {})}
+              "resolved_share": resolved_share(model), **(extra_config or {}),
+              "inputs": describe_inputs({"x": x, "y": y})}
     return Case(
         name=name, kind="sequence", config=config, params=model.init(seed),
         inputs={"x": x, "y": y},

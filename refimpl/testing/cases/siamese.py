@@ -30,7 +30,7 @@ from ...nn import (
     TripletMarginLoss,
 )
 from ...nn.activations import Sigmoid, Softplus
-from . import Case
+from . import Case, describe_inputs, resolved_share
 
 #: In "every branch active" cases, every row's hinge is at least this far inside.
 ACTIVE_GAP = 0.1
@@ -58,7 +58,10 @@ def _outputs(model: Siamese, params: dict[str, Any], data: dict[str, np.ndarray]
 def siamese_case(name: str, model: Siamese, params: dict[str, np.ndarray],
                  inputs: dict[str, np.ndarray], config: dict[str, Any],
                  kind: str = "siamese") -> Case:
-    """The :class:`Case` of ``model`` at ``params`` on ``inputs`` (keys :func:`input_names`)."""
+    """The :class:`Case` of ``model`` at ``params`` on ``inputs`` (keys :func:`input_names`);
+    ``config`` gains ``"resolved_share"`` (the tower's) and ``"inputs"`` (described as data)."""
+    config = {**config, "resolved_share": resolved_share(model.tower),
+              "inputs": describe_inputs(inputs)}
     def loss_and_grads(p: dict[str, Any], data: dict[str, np.ndarray]) -> tuple:
         arrays, y = _call(model, data)
         return model.loss_and_grads(p, *arrays, y=y)
@@ -127,7 +130,7 @@ def build_case(name: str, tower: Sequential, loss_type: type[MetricLoss],
     model = Siamese(tower, loss_type(margin=_margin_for(probe, params, inputs, placement),
                                      eps=eps))
     config = {"siamese": model.config(), "input_shape": [batch, *input_shape], "seed": seed,
-              "placement": placement, "inputs": list(input_names(model)),
+              "placement": placement,
               "outputs": [f"out_{branch}" for branch in model.branch_names]}
     return siamese_case(name, model, params, inputs, config)
 

@@ -115,17 +115,28 @@ def anchored_case(name: str, anchored: AnchoredModel, input_shape: tuple[int, ..
     for key in anchored.names:
         params[key] = _away_from(anchored.reference[key], rng)
     x, y = _batch(anchored.model, input_shape, batch, rng)
+    return anchored_case_at(name, anchored, params, x, y, {
+        "input_shape": [batch, *input_shape], "seed": seed,
+        "reference": "inputs 'w0:<name>'" if reference_given else "zero (weight decay)"})
+
+
+def anchored_case_at(name: str, anchored: AnchoredModel, params: dict[str, np.ndarray],
+                     x: np.ndarray, y: np.ndarray, extra_config: dict[str, Any] | None = None,
+                     kind: str = "tied") -> Case:
+    """The case of ``anchored`` at ``params`` on ``x``, ``y``, configured ``{"anchored": ...,
+    **extra_config, "resolved_share", "inputs"}``; with ``reference == "inputs"`` the reference
+    weights are inputs ``"w0:<name>"`` (data: the floors perturb them like any input)."""
+    given = anchored.reference_mode == "inputs"
     inputs = {"x": x, "y": y}
-    if reference_given:
-        inputs.update({f"w0:{key}": anchored.reference[key] for key in anchored.names})
-    config = {"anchored": anchored.config(), "input_shape": [batch, *input_shape],
-              "seed": seed,
-              "reference": "inputs 'w0:<name>'" if reference_given else "zero (weight decay)",
+    if given:
+        inputs.update({f"w0:{key}": np.asarray(anchored.reference[key])
+                       for key in anchored.names})
+    config = {"anchored": anchored.config(), **(extra_config or {}),
               "resolved_share": resolved_share(anchored.model), "inputs": describe_inputs(inputs)}
 
     def evaluate(p: dict[str, Any], data: dict[str, np.ndarray]) -> tuple:
         model = anchored
-        if reference_given:     # the anchors are data the implementation receives
+        if given:     # the anchors are data the implementation receives
             model = AnchoredModel.from_config(
                 anchored.config(),
                 reference={key: data[f"w0:{key}"] for key in anchored.names})
@@ -133,7 +144,7 @@ def anchored_case(name: str, anchored: AnchoredModel, input_shape: tuple[int, ..
         return loss, grads, {"out": anchored.model.forward(p, data["x"])}
 
     return Case(
-        name=name, kind="tied", config=config, params=params, inputs=inputs,
+        name=name, kind=kind, config=config, params=params, inputs=inputs,
         loss_and_grads=lambda p: anchored.loss_and_grads(p, x, y),
         outputs=lambda p: {"out": anchored.model.forward(p, x)}, evaluate=evaluate,
     )

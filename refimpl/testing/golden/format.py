@@ -19,6 +19,7 @@ import numpy as np
 from ..._version import __version__
 from ...nn.base import LAYER_TYPES
 from ...nn.losses import LOSS_TYPES
+from ...nn.metric_losses import METRIC_LOSS_TYPES
 from ..cases import describe_inputs
 from ..comparison import DTYPE_TOLERANCES, RESOLVED_FRACTION
 from ..resolution import case_floors
@@ -51,17 +52,30 @@ FLOOR_DIGITS = 3
 #: Layouts and conventions shared by every case (per-case notes are added from the layer and
 #: loss types a case uses).
 CONVENTIONS = {
-    "arrays": "batch first: dense inputs (N, D), images (N, C, H, W) (NCHW); C order",
-    "parameter_names": "'<layer>.weight' / '<layer>.bias' as in a PyTorch state_dict; the "
+    "arrays": "batch first: dense inputs (N, D), images (N, C, H, W) (NCHW), sequences "
+              "(N, T, D) or int64 token indices (N, T); C order",
+    "parameter_names": "'<layer>.weight' / '<layer>.bias' as in a PyTorch state_dict (an RNN's "
+                       "'<layer>.weight_ih', 'weight_hh', 'bias_ih', 'bias_hh'); the "
                        "two models of a tied pair are prefixed 'A:' and 'B:'",
     "dense": "weight (out_features, in_features), bias (out_features,): "
              "y = x @ weight.T + bias (torch.nn.Linear)",
     "conv2d": "weight (out_channels, in_channels / groups, kH, kW), cross-correlation, output "
               "size floor((H + 2 padding - dilation (k - 1) - 1) / stride) + 1 "
               "(torch.nn.Conv2d)",
-    "losses": "SoftmaxCrossEntropy: int64 class labels y (N,), mean over the batch "
-              "(torch.nn.CrossEntropyLoss()); MSE: mean over all elements "
-              "(torch.nn.MSELoss())",
+    "losses": "SoftmaxCrossEntropy: int64 labels y (N,) or (N, T) for logits (N, ..., K), "
+              "mean over every label position (torch.nn.CrossEntropyLoss() on the positions "
+              "flattened); MSE: mean over all elements (torch.nn.MSELoss())",
+    "metric_losses": "a Siamese case applies one tower to every branch input (anchor, "
+                     "positive, negative: TripletMarginLoss, p = 2, eps inside the distance "
+                     "||a - p + eps||, mean over rows, torch.nn.TripletMarginLoss; x1, x2 and "
+                     "int64 similarity labels y (N,), 1 similar, 0 dissimilar: "
+                     "ContrastiveLoss, mean of y d^2 + (1 - y) max(0, margin - d)^2, "
+                     "d = ||x1 - x2 + eps||); each tower gradient is the sum over branches",
+    "micro_batches": "a micro-batch case hands over input '<name>.<i>' = micro-batch i of "
+                     "the base case's input <name> (config['micro_batches'] their sizes, "
+                     "config['base'] the base case); loss and gradients are the step's: the "
+                     "sum over micro-batches of n_i / N times each one's, a tying or "
+                     "anchoring penalty added once per step (= the full batch's)",
     "loss": "loss.npy is the total scalar loss the gradients differentiate (for a tied pair "
             "L_A + L_B + penalty)",
     "sharing": "a shared slot is not stored: only unique parameters have files, and the "
@@ -147,10 +161,12 @@ def _case_conventions(config: Mapping[str, Any]) -> dict[str, str]:
 
     notes = {}
     for kind in _types_in(config):
-        cls = LAYER_TYPES.get(kind) or LOSS_TYPES.get(kind)
+        cls = LAYER_TYPES.get(kind) or LOSS_TYPES.get(kind) or METRIC_LOSS_TYPES.get(kind)
         summary = _doc_summary(cls) if cls is not None else None
         if summary:
             notes[kind] = summary
+    if isinstance(config, Mapping) and isinstance(config.get("base"), Mapping):
+        notes["micro_batches"] = CONVENTIONS["micro_batches"]
     return notes
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ...nn import Sequential
 from ...nn.builders import ACTIVATIONS
-from ..cases import Case
+from ..cases import Case, describe_inputs, resolved_share
 from ..cases.tied import tied_case
 from ..oracle import unresolved_tensors
 from ._checks import _bools, _choices, _positive, _range
@@ -25,7 +25,8 @@ CASE_KINDS = ("mlp", "cnn", "shared", "tied")
 def _model_case(kind: str, model: Sequential, input_shape: tuple[int, ...], point: Point) -> Case:
     """A drawn case of one model at ``point``."""
     x, y = point.inputs["x"], point.inputs["y"]
-    config = {"model": model.config(), "input_shape": [x.shape[0], *input_shape]}
+    config = {"model": model.config(), "input_shape": [x.shape[0], *input_shape],
+              "resolved_share": resolved_share(model), "inputs": describe_inputs(point.inputs)}
     return Case(name=f"drawn-{kind}", kind=kind, config=config, params=point.params,
                 inputs=point.inputs, loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
                 outputs=lambda p: {"out": model.forward(p, x)},
@@ -35,7 +36,9 @@ def _model_case(kind: str, model: Sequential, input_shape: tuple[int, ...], poin
 
 def _pair_case(pair: Any, point: Point) -> Case:
     """A drawn case of a tied pair at ``point`` (flat ``"A:"`` / ``"B:"`` parameters)."""
-    return tied_case("drawn-tied", pair, point.params, point.inputs, {"pair": pair.config()})
+    resolved = {"model_a": resolved_share(pair.model_a), "model_b": resolved_share(pair.model_b)}
+    return tied_case("drawn-tied", pair, point.params, point.inputs,
+                     {"pair": pair.config(), "resolved_share": resolved})
 
 
 def cases(*, kinds: Iterable[str] | None = None, kink_free: bool = False, margin: float = 0.05,

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from ..._validate import check_int
 from ...nn import RNN, Dense, Embedding, LastStep, Sequential, SoftmaxCrossEntropy, Tanh
 from ...nn.base import Layer
-from ..cases import Case
+from ..cases import Case, describe_inputs, resolved_share
 from ._checks import _choices, _optional_bool, _positive, _range
 from .drawn_cases import _tests_something
 
@@ -172,7 +172,8 @@ def _sequence_case(model: Sequential, seed: int, batch: int, steps: int) -> Case
         x = rng.standard_normal((batch, steps, first.input_size))
     out_shape = model.output_shape(x.shape)
     y = rng.integers(0, out_shape[-1], size=out_shape[:-1]).astype(np.int64)
-    config = {"model": model.config(), "input_shape": list(x.shape)}
+    config = {"model": model.config(), "input_shape": list(x.shape),
+              "resolved_share": resolved_share(model), "inputs": describe_inputs({"x": x, "y": y})}
     return Case(name="drawn-sequence", kind="sequence", config=config, params=model.init(seed),
                 inputs={"x": x, "y": y}, loss_and_grads=lambda p: model.loss_and_grads(p, x, y),
                 outputs=lambda p: {"out": model.forward(p, x)},
