@@ -20,10 +20,19 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
-# "Attributes" sections as :ivar: fields of their class, not attribute entries of their own:
-# a NamedTuple's fields are already documented by autodoc (one entry each, no duplicates).
-napoleon_use_ivar = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
 myst_heading_anchors = 3
 html_theme = "alabaster"
+
+
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):
+    """A NamedTuple's fields are documented by its docstring's Attributes section; autodoc's
+    own entry for each ("Alias for field number N") would describe them a second time."""
+    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_namedtuple_fields)

@@ -134,7 +134,7 @@ def microbatch_contributions(model: Any, params: Mapping[str, Any], batch: Any, 
 
     Parameters
     ----------
-    model : Sequential, AnchoredModel, TiedPair or Siamese
+    model : refimpl.Sequential, refimpl.AnchoredModel, refimpl.TiedPair or refimpl.Siamese
     params : dict of str to ndarray
         The point (a pair's joined dict, ``"A:"`` / ``"B:"`` keys).
     batch : tuple
