@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_output
 from ..nn import RNN, Embedding, Sequential, Siamese
 from ..testing.cases import Case, all_cases
 from ..testing.cases.drawn import case_named
@@ -22,7 +23,7 @@ from ..testing.cases.siamese import build_case, siamese_case
 from ..testing.cases.tied import anchored_case, pair_case
 from ..tying import AnchoredModel, TiedPair
 
-__all__ = ["PLOT_HELP", "add_case_arguments", "load_case", "need_matplotlib"]
+__all__ = ["PLOT_HELP", "add_case_arguments", "load_case", "need_matplotlib", "save_figure"]
 
 PLOT_HELP = "(needs matplotlib: pip install 'refimpl[plot]')"
 
@@ -155,3 +156,14 @@ def need_matplotlib(command: str) -> bool:
               f"(pip install 'refimpl[plot]')", file=sys.stderr)
         return False
     return True
+
+
+def save_figure(figure: Any, plt: Any, path: str) -> None:
+    """Lay out ``figure`` and write it to ``path`` whole or not at all (a temporary file
+    renamed into place), closing it either way."""
+    figure.tight_layout()
+    try:
+        with atomic_output(path) as temporary:
+            figure.savefig(temporary, dpi=100)
+    finally:
+        plt.close(figure)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import JSON_HELP, atomic_output, check_destination, write_text_atomically
+from .._io import JSON_HELP, check_destination, write_text_atomically
 from .._table import format_table
 from ..nn import Sequential, Siamese
 from ..study import (
@@ -33,7 +33,7 @@ from ..study import (
 from ..testing.cases import Case
 from ..testing.cases.microbatch import join_inputs
 from ..tying import AnchoredModel, TiedPair
-from ._cases import PLOT_HELP, add_case_arguments, load_case, need_matplotlib
+from ._cases import PLOT_HELP, add_case_arguments, load_case, need_matplotlib, save_figure
 
 __all__ = ["add_explain_arguments", "run_explain", "case_contributions",
            "format_explanation"]
@@ -266,12 +266,7 @@ def plot_explanation(found: Mapping[str, Contributions], path: str) -> None:
     bars.set(xlabel="||term|| (black tick: ||gradient||)", title="contributions")
     for axis, (key, term, shape) in zip(axes[0, 1:], maps, strict=True):
         _plot_parts(axis, figure, key, term, shape)
-    figure.tight_layout()
-    try:
-        with atomic_output(path) as temporary:
-            figure.savefig(temporary, dpi=100)
-    finally:
-        plt.close(figure)
+    save_figure(figure, plt, path)
 
 
 def run_explain(args: argparse.Namespace) -> int:

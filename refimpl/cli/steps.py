@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import JSON_HELP, atomic_output, check_destination, write_text_atomically
+from .._io import JSON_HELP, check_destination, write_text_atomically
 from .._table import format_table
 from ..study import (
     EPS,
@@ -25,7 +25,7 @@ from ..study import (
     study_steps,
 )
 from ..testing.cases import Case
-from ._cases import PLOT_HELP, add_case_arguments, load_case, need_matplotlib
+from ._cases import PLOT_HELP, add_case_arguments, load_case, need_matplotlib, save_figure
 
 __all__ = ["add_steps_arguments", "run_steps", "format_steps", "choose_direction"]
 
@@ -148,12 +148,7 @@ def plot_steps(name: str, study: StepStudy, path: str) -> None:
     axes[1].set_title("down to 1e-300: the complex step stays flat (0 drawn at eps/16)",
                       fontsize=9)
     axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    try:
-        with atomic_output(path) as temporary:
-            figure.savefig(temporary, dpi=100)
-    finally:
-        plt.close(figure)
+    save_figure(figure, plt, path)
 
 
 def run_steps(args: argparse.Namespace) -> int:
