@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_io import read_only_folder
 
-import refimpl.testing.cases as cases_module
+import refimpl.testing.cases.rebuild as rebuild_module
 from refimpl.cli import golden as golden_command
 from refimpl.nn import MLP, Sequential
 from refimpl.testing import DTYPE_TOLERANCES, golden
@@ -729,7 +729,7 @@ def test_a_case_outside_the_catalogue_is_written_and_never_verified_unchecked(tm
 
 def test_a_registered_rebuilder_verifies_a_drawn_case_and_catches_tampering(tmp_path,
                                                                          monkeypatch):
-    monkeypatch.setitem(cases_module.REBUILDERS, "handmade-test-", _drawn)
+    monkeypatch.setitem(rebuild_module.REBUILDERS, "handmade-test-", _drawn)
     out = golden.write(tmp_path / "drawn", cases=[_drawn(7)])
     assert golden.verify(out).ok
 
@@ -741,7 +741,7 @@ def test_a_registered_rebuilder_verifies_a_drawn_case_and_catches_tampering(tmp_
 
 
 def test_a_drawn_case_whose_seed_rebuilds_another_case_fails(tmp_path, monkeypatch):
-    monkeypatch.setitem(cases_module.REBUILDERS, "handmade-test-", lambda seed: _drawn(seed + 1))
+    monkeypatch.setitem(rebuild_module.REBUILDERS, "handmade-test-", lambda seed: _drawn(seed + 1))
     out = golden.write(tmp_path / "drawn", cases=[_drawn(7)])
     report = golden.verify(out)
     assert any(entry.case == "handmade-test-7" and "rebuilds a case called 'handmade-test-8'"

@@ -51,8 +51,9 @@ import numpy as np
 from .._validate import check_seed
 from ..tying import AnchoredModel
 from . import golden
-from .cases import Case, describe_inputs, get_case, rebuild_case, resolved_share
+from .cases import Case, describe_inputs, get_case, resolved_share
 from .cases.drawn import unresolved_tensors
+from .cases.rebuild import rebuild_case
 from .cases.tied import anchored_case_at, tied_case
 from .comparison import (
     ComparisonReport,
@@ -386,7 +387,7 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     """Like :func:`assert_matches_golden` but returns one report per case.
 
     The reference is the stored float64 result; the resolution floors are computed by
-    rebuilding the case from refimpl alone (``refimpl.testing.cases.rebuild_case(name,
+    rebuilding the case from refimpl alone (``refimpl.testing.cases.rebuild.rebuild_case(name,
     config)``: the catalogue's, or a drawn case from its stored seed), whose point and data
     must equal the stored ones.
 
@@ -415,8 +416,8 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
         if rebuilt is None:
             raise ValueError(f"golden_dir: case {name!r} is neither in refimpl's catalogue "
                              f"nor rebuilt by a registered rebuilder "
-                             f"(refimpl.testing.cases.REBUILDERS), so its resolution floors "
-                             f"cannot be derived")
+                             f"(refimpl.testing.cases.rebuild.REBUILDERS), so its resolution "
+                             f"floors cannot be derived")
         _check_same_point(name, rebuilt, data)
         floors = case_floors(rebuilt, dtype_name)
         reports.append(_run_and_compare(

@@ -12,14 +12,14 @@ tied pairs included (whose keys are prefixed ``"A:"`` / ``"B:"``), checkable by
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = ["Case", "all_cases", "get_case", "CASE_MODULES", "INPUT_ROLES", "describe_inputs",
-           "resolved_share", "REBUILDERS", "register_rebuilder", "rebuild_case"]
+           "resolved_share"]
 
 Params = dict[str, np.ndarray]
 
@@ -203,89 +203,3 @@ def get_case(name: str) -> Case:
         if case.name == name:
             return case
     raise ValueError(f"case: unknown case {name!r}")
-
-
-#: Name prefix -> ``(module of refimpl.testing.cases, function, *arguments)`` or a callable
-#: ``f(seed) -> Case``: how a case that is not in the catalogue is rebuilt from its
-#: ``config["seed"]`` (``function(seed, *arguments)``; a drawn case ``drawn-<kind>-<seed>``,
-#: whose kind may have been chosen rather than drawn from the seed), so that a golden folder
-#: holding it can be verified.
-REBUILDERS: dict[str, tuple[str, ...] | Callable[[int], Case]] = {
-    "drawn-": ("drawn", "drawn_case"),
-    **{f"drawn-{kind}-": ("drawn", "drawn_case", kind)
-       for kind in ("mlp", "cnn", "shared", "tied")},
-}
-
-
-def register_rebuilder(prefix: str, build: Callable[[int], Case]) -> None:
-    """Let :func:`rebuild_case` rebuild the cases whose names start with ``prefix``.
-
-    Parameters
-    ----------
-    prefix : str
-        A name prefix such as ``"drawn-"`` (not empty).
-    build : callable
-        ``build(seed) -> Case``, deterministic: the same seed gives the same case.
-
-    Raises
-    ------
-    TypeError, ValueError
-        For a prefix that is not a non-empty string or a ``build`` that is not callable.
-    """
-    if not isinstance(prefix, str) or not prefix:
-        raise ValueError(f"prefix: expected a non-empty name prefix, got {prefix!r}")
-    if not callable(build):
-        raise TypeError(f"build: expected a callable build(seed) -> Case, got {build!r}")
-    REBUILDERS[prefix] = build
-
-
-def rebuild_case(name: str, config: Mapping[str, Any]) -> Case | None:
-    """The case called ``name`` rebuilt from refimpl alone: the catalogue's, or for a name a
-    registered rebuilder recognises, ``build(config["seed"])``; None when nothing can rebuild
-    it (such a case can be compared, never verified against refimpl).
-
-    Parameters
-    ----------
-    name : str
-        The case's name, e.g. ``"mlp-tanh-ce"`` or ``"drawn-mlp-7"``.
-    config : mapping
-        The configuration stored with it (only its ``"seed"`` is used, to rebuild; the
-        caller compares the rest with the rebuilt case's).
-
-    Returns
-    -------
-    Case or None
-
-    Raises
-    ------
-    ValueError
-        When a rebuilder applies but the config has no integer ``"seed"``, or the rebuilt case
-        is called otherwise than ``name``.
-    """
-    for case in all_cases():
-        if case.name == name:
-            return case
-    # the longest matching prefix first: "drawn-mlp-" before "drawn-"
-    for prefix in sorted(REBUILDERS, key=len, reverse=True):
-        build = REBUILDERS[prefix]
-        if not name.startswith(prefix):
-            continue
-        arguments: tuple[str, ...] = ()
-        if isinstance(build, tuple):
-            module_name, function, *rest = build
-            arguments = tuple(rest)
-            try:
-                module = importlib.import_module(f"{__name__}.{module_name}")
-            except ModuleNotFoundError:
-                continue          # that module is not part of this refimpl
-            build = getattr(module, function)
-        seed = config.get("seed") if isinstance(config, Mapping) else None
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"config['seed']: case {name!r} is rebuilt from its seed, a "
-                             f"non-negative int; got {seed!r}")
-        case = build(seed, *arguments)
-        if case.name != name:
-            raise ValueError(f"case {name!r}: its seed {seed} rebuilds a case called "
-                             f"{case.name!r}")
-        return case
-    return None

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..._version import __version__
-from ..cases import all_cases, rebuild_case
+from ..cases import all_cases
+from ..cases.rebuild import rebuild_case
 from ..comparison import DTYPE_TOLERANCES, compare_tensor
 from .format import (
     CHECKSUMS,
@@ -462,7 +463,8 @@ def _checksum_entries(root: Path, manifest: Mapping[str, Any], manifest_sum: str
 
 #: The verdict on a case that neither the catalogue nor a rebuilder can reproduce.
 NOT_REBUILT = ("cannot be verified: no case of this name in this refimpl's catalogue, and no "
-               "registered rebuilder (refimpl.testing.cases.REBUILDERS) recognises its name")
+               "registered rebuilder (refimpl.testing.cases.rebuild.REBUILDERS) recognises its "
+               "name")
 
 
 def _rebuilt(name: str, entry: Any) -> Any:

@@ -76,7 +76,7 @@ def write(out_dir: str | os.PathLike, force: bool = False,
         by another language). Catalogue cases come first in catalogue order, then the
         others in the order given. :func:`verify` rebuilds a case that is not in the
         catalogue from its ``config["seed"]`` with a registered rebuilder
-        (:func:`refimpl.testing.cases.rebuild_case`); one that nothing rebuilds fails
+        (:func:`refimpl.testing.cases.rebuild.rebuild_case`); one that nothing rebuilds fails
         verification ("cannot be verified").
 
     Returns
