@@ -190,14 +190,18 @@ def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECac
 def squared_errors(out: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``(out - target)^2`` entry by entry (same shapes, no checks): the terms whose mean is
     :func:`mse_forward`'s loss, for a check that evaluates many perturbed copies at once."""
-    difference = out - target
+    return _squares(out - target)
+
+
+def _squares(difference):
+    """The one place the squared error is written (no ``abs``: complex-step safe)."""
     return difference * difference
 
 
 def _mse_forward(out, target):
     """:func:`mse_forward` without the argument checks (the model checked them once)."""
     difference = out - target
-    return squared_errors(out, target).sum() / difference.size, MSECache(difference)
+    return _squares(difference).sum() / difference.size, MSECache(difference)
 
 
 def mse_backward(dloss: Any, cache: MSECache) -> np.ndarray:
