@@ -7,12 +7,12 @@ import argparse
 import importlib.util
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from .._io import atomic_output
+from .._io import atomic_output, check_destination, write_text_atomically
 from ..nn import RNN, Embedding, Sequential, Siamese
 from ..testing.cases import Case, all_cases
 from ..testing.cases.drawn import case_named
@@ -23,7 +23,8 @@ from ..testing.cases.siamese import build_case, siamese_case
 from ..testing.cases.tied import anchored_case, pair_case
 from ..tying import AnchoredModel, TiedPair
 
-__all__ = ["PLOT_HELP", "add_case_arguments", "load_case", "need_matplotlib", "save_figure"]
+__all__ = ["PLOT_HELP", "add_case_arguments", "load_case", "outputs_ready", "pyplot",
+           "save_figure", "write_outputs"]
 
 PLOT_HELP = "(needs matplotlib: pip install 'refimpl[plot]')"
 
@@ -149,13 +150,45 @@ def load_case(args: argparse.Namespace) -> Case:
     return _case_from_config(config, args.config)
 
 
-def need_matplotlib(command: str) -> bool:
-    """Whether matplotlib can be imported; if not, say so on one line of stderr."""
-    if importlib.util.find_spec("matplotlib") is None:
+def outputs_ready(command: str, args: argparse.Namespace) -> bool:
+    """Before any long computation: ``--json`` / ``--plot`` destinations that can be written
+    (``OSError`` otherwise), and matplotlib importable for ``--plot`` (if not, one line of
+    stderr and False)."""
+    for path in (args.json, args.plot):
+        if path and path != "-":
+            check_destination(path)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
         print(f"refimpl {command}: --plot needs matplotlib, which is not installed "
               f"(pip install 'refimpl[plot]')", file=sys.stderr)
         return False
     return True
+
+
+def write_outputs(args: argparse.Namespace, table: str, document: Mapping[str, Any],
+                  plot: Callable[[str], None]) -> None:
+    """The table on stdout (or, with ``--json -``, the JSON there instead), the JSON file
+    written atomically, and ``plot(path)`` for ``--plot``."""
+    text = json.dumps(document, indent=2) + "\n"
+    if args.json == "-":
+        sys.stdout.write(text)
+    else:
+        print(table)
+    if args.json and args.json != "-":
+        write_text_atomically(args.json, text)
+    if args.plot:
+        plot(args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr if args.json == "-" else sys.stdout)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (the ``plot`` extra; callers
+    have checked it is installed with :func:`outputs_ready`)."""
+    import matplotlib  # optional extra: refimpl[plot]
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(figure: Any, plt: Any, path: str) -> None:

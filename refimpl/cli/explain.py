@@ -8,7 +8,6 @@ norms of an RNN's weights, the rows of an embedding its occurrences move most.""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import JSON_HELP, check_destination, write_text_atomically
+from .._io import JSON_HELP
 from .._table import format_table
 from ..nn import Sequential, Siamese
 from ..study import (
@@ -33,7 +32,15 @@ from ..study import (
 from ..testing.cases import Case
 from ..testing.cases.microbatch import join_inputs
 from ..tying import AnchoredModel, TiedPair
-from ._cases import PLOT_HELP, add_case_arguments, load_case, need_matplotlib, save_figure
+from ._cases import (
+    PLOT_HELP,
+    add_case_arguments,
+    load_case,
+    outputs_ready,
+    pyplot,
+    save_figure,
+    write_outputs,
+)
 
 __all__ = ["add_explain_arguments", "run_explain", "case_contributions",
            "format_explanation"]
@@ -239,11 +246,7 @@ def _plot_parts(axis: Any, figure: Any, key: str, term: Term, shape: tuple[int, 
 def plot_explanation(found: Mapping[str, Contributions], path: str) -> None:
     """A bar chart of every term's norm per parameter, and one panel per term with parts
     (top embedding rows, per-step bars, per-position heatmap)."""
-    import matplotlib  # optional extra: refimpl[plot]
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     maps = [(key, term, c.gradient.shape) for key, c in found.items() for term in c.terms
             if term.parts is not None]
     figure, axes = plt.subplots(1, 1 + len(maps), figsize=(6 + 3.5 * len(maps), 4),
@@ -284,19 +287,9 @@ def run_explain(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         print(f"refimpl explain: {error}", file=sys.stderr)
         return 2
-    for path in (args.json, args.plot):
-        if path and path != "-":
-            check_destination(path)
-    if args.plot and not need_matplotlib("explain"):
+    if not outputs_ready("explain", args):
         return 2
-    text = json.dumps(explanation_document(case.name, found), indent=2) + "\n"
-    if args.json == "-":
-        sys.stdout.write(text)
-    else:
-        print(format_explanation(case.name, found))
-    if args.json and args.json != "-":
-        write_text_atomically(args.json, text)
-    if args.plot:
-        plot_explanation(found, args.plot)
-        print(f"plot written to {args.plot}", file=sys.stderr if args.json == "-" else sys.stdout)
+    write_outputs(args, format_explanation(case.name, found),
+                  explanation_document(case.name, found),
+                  lambda path: plot_explanation(found, path))
     return 0

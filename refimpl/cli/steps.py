@@ -5,13 +5,12 @@ derivatives against the analytic gradient, for step sizes from 1e-1 down to 1e-3
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 import numpy as np
 
-from .._io import JSON_HELP, check_destination, write_text_atomically
+from .._io import JSON_HELP
 from .._table import format_table
 from ..study import (
     EPS,
@@ -25,7 +24,15 @@ from ..study import (
     study_steps,
 )
 from ..testing.cases import Case
-from ._cases import PLOT_HELP, add_case_arguments, load_case, need_matplotlib, save_figure
+from ._cases import (
+    PLOT_HELP,
+    add_case_arguments,
+    load_case,
+    outputs_ready,
+    pyplot,
+    save_figure,
+    write_outputs,
+)
 
 __all__ = ["add_steps_arguments", "run_steps", "format_steps", "choose_direction"]
 
@@ -126,11 +133,7 @@ def steps_document(name: str, described: str, study: StepStudy) -> dict[str, Any
 
 def plot_steps(name: str, study: StepStudy, path: str) -> None:
     """The V-curves on log-log axes: down to 1e-20 (left), and down to 1e-300 (right)."""
-    import matplotlib  # optional extra: refimpl[plot]
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     floor = EPS / 16   # an exact estimate (error 0) is drawn at the bottom of the plot
     for axis, smallest in zip(axes, (1e-20, study.steps[-1]), strict=True):
@@ -168,21 +171,11 @@ def run_steps(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         print(f"refimpl steps: {error}", file=sys.stderr)
         return 2
-    for path in (args.json, args.plot):
-        if path and path != "-":
-            check_destination(path)
-    if args.plot and not need_matplotlib("steps"):
+    if not outputs_ready("steps", args):
         return 2
     study = study_steps(lambda p: case.loss_and_grads(p)[0], case.params, gradient, direction,
                         steps)
-    text = json.dumps(steps_document(case.name, described, study), indent=2) + "\n"
-    if args.json == "-":
-        sys.stdout.write(text)
-    else:
-        print(format_steps(case.name, described, study, args.per_decade))
-    if args.json and args.json != "-":
-        write_text_atomically(args.json, text)
-    if args.plot:
-        plot_steps(case.name, study, args.plot)
-        print(f"plot written to {args.plot}", file=sys.stderr if args.json == "-" else sys.stdout)
+    write_outputs(args, format_steps(case.name, described, study, args.per_decade),
+                  steps_document(case.name, described, study),
+                  lambda path: plot_steps(case.name, study, path))
     return 0
