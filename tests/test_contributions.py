@@ -39,8 +39,8 @@ EPS = np.finfo(np.float64).eps
 #: the summands, not to the (possibly cancelling) total. Because a convolution's twin is a
 #: locally connected layer, every activation *above* it is computed in another order too, so
 #: even an unshared parameter's single term (a later Dense bias) differs from the gradient by
-#: the forward pass's rounding carried through the layers: 27 eps was drawn (a 2-channel CNN,
-#: fc1.bias), hence 64 eps. A dropped term or a use not transposed back is wrong by the size
+#: the forward pass's rounding carried through the layers, a few tens of eps for the small
+#: drawn CNNs, hence 64 eps. A dropped term or a use not transposed back is wrong by the size
 #: of a term, ~1e13 times more.
 SUM_RTOL = 64 * EPS
 

@@ -126,8 +126,8 @@ FAST_KINDS = {"mlp", "cnn", "shared", "tied", "probe", "sequence"}
 
 
 # The guard's fallback is right but means the fast path evaluated another function than the
-# model: on the catalogue that is a bug to see (it found an RNN forward that dropped the
-# imaginary part of a perturbed W_hh), so here it is an error, not a warning.
+# model (e.g. a forward pass that drops the imaginary part of one perturbed weight): on the
+# catalogue that is a bug to see, so here it is an error, not a warning.
 @pytest.mark.filterwarnings("error:the fast full check disagrees")
 @pytest.mark.parametrize("case", [case for case in all_cases() if case.kind in FAST_KINDS],
                          ids=lambda case: case.name)
