@@ -19,7 +19,8 @@ from refimpl.optim import SGD, Adam, AdamW, optimizer_from_config
 # The references below repeat the optimizers' arithmetic in another form (scalar Python in
 # the pseudo-code's order), so they agree to rounding: a few ulps per operation over a few
 # steps. Every broken formula (a sign, a factor, a term dropped, a rule of PyTorch changed)
-# moves a parameter by far more than this. Comparison: |actual - expected| <= ATOL + RTOL |expected|.
+# moves a parameter by far more than this.
+# Comparison: |actual - expected| <= ATOL + RTOL |expected|.
 RTOL, ATOL = 1e-12, 1e-14
 STEPS = 3
 
