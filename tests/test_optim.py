@@ -5,6 +5,7 @@ they refuse. ``tests/test_optim_torch.py`` compares them with ``torch.optim`` it
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
 
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from refimpl.optim import SGD, Adam, AdamW, optimizer_from_config
+from refimpl.optim import SGD, Adam, AdamW, clipping, optimizer_from_config, optimizers, training
 
 # The references below repeat the optimizers' arithmetic in another form (scalar Python in
 # the pseudo-code's order), so they agree to rounding: a few ulps per operation over a few
@@ -452,3 +453,9 @@ def test_adam_with_decoupled_decay_is_adamw():
 def test_a_bad_config_is_refused_naming_the_key(config, error, match):
     with pytest.raises(error, match=match):
         optimizer_from_config(config)
+
+
+@pytest.mark.parametrize("module", [optimizers, clipping, training], ids=lambda m: m.__name__)
+def test_the_docstring_examples_run(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

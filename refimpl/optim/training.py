@@ -231,11 +231,11 @@ def step_loss_and_grads(model: Any, params: Mapping[str, Any], batch: Any
 
     Parameters
     ----------
-    model : Sequential, TiedPair, AnchoredModel, Siamese or callable
+    model : refimpl.Sequential, refimpl.TiedPair, refimpl.AnchoredModel, refimpl.Siamese or callable
         The model (module docstring).
     params : dict of str to ndarray
         Its unique parameters (a pair's joined dict).
-    batch : tuple or MicroBatches
+    batch : tuple or refimpl.MicroBatches
         One step's batch in the form of the model kind (module docstring).
 
     Returns
@@ -258,16 +258,16 @@ def train_step(model: Any, params: Mapping[str, Any], batch: Any, optimizer: Opt
 
     Parameters
     ----------
-    model : Sequential, TiedPair, AnchoredModel, Siamese or callable
+    model : refimpl.Sequential, refimpl.TiedPair, refimpl.AnchoredModel, refimpl.Siamese or callable
         The model kind decides the form of ``batch`` (module docstring).
     params : dict of str to ndarray
         The unique parameters before the step (a pair's joined dict); not modified.
-    batch : tuple or MicroBatches
+    batch : tuple or refimpl.MicroBatches
         The step's batch.
-    optimizer : SGD, Adam or AdamW
+    optimizer : refimpl.SGD, refimpl.Adam or refimpl.AdamW
     state : dict, optional
         The optimizer state of the previous step; None at the start.
-    clip : float, ClipGradNorm or dict, optional
+    clip : float, refimpl.ClipGradNorm or dict, optional
         A ``max_norm`` (the 2-norm, PyTorch's 1e-6), a :class:`ClipGradNorm`, or its config.
 
     Returns
@@ -299,7 +299,7 @@ def train_steps(model: Any, params: Mapping[str, Any], batches: Any, optimizer: 
 
     Parameters
     ----------
-    model : Sequential, TiedPair, AnchoredModel, Siamese or callable
+    model : refimpl.Sequential, refimpl.TiedPair, refimpl.AnchoredModel, refimpl.Siamese or callable
         The model kind decides the form of each batch (module docstring).
     params : dict of str to ndarray
         The starting unique parameters (a pair's joined dict, ``pair.join(params_a,
@@ -307,8 +307,8 @@ def train_steps(model: Any, params: Mapping[str, Any], batches: Any, optimizer: 
     batches : list
         ``K`` >= 0 batches, one per step, each in the form of the model kind or a
         :class:`MicroBatches`.
-    optimizer : SGD, Adam or AdamW
-    clip : float, ClipGradNorm or dict, optional
+    optimizer : refimpl.SGD, refimpl.Adam or refimpl.AdamW
+    clip : float, refimpl.ClipGradNorm or dict, optional
         Clipping by the total norm before every update: a ``max_norm`` (the 2-norm with
         PyTorch's 1e-6), a :class:`ClipGradNorm`, or its config.
     state : dict, optional
@@ -387,7 +387,7 @@ def train(
         mini-batch deterministically; full-batch objectives ignore it.
     params : dict of str to ndarray
         The starting parameters (not modified).
-    optimizer : SGD, Adam or AdamW
+    optimizer : refimpl.SGD, refimpl.Adam or refimpl.AdamW
     steps : int
         How many steps, >= 0.
     callback : callable, optional
