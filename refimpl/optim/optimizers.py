@@ -250,16 +250,6 @@ class SGD(Optimizer):
         """``("momentum_buffer",)`` with momentum, ``()`` without."""
         return ("momentum_buffer",) if self.momentum else ()
 
-    def _check_state(self, state: Any, params: Params) -> dict[str, dict[str, Any]]:
-        if not self.momentum and state is not None:
-            # Plain SGD keeps nothing, but a state handed back must still be this one's.
-            if not isinstance(state, Mapping):
-                raise TypeError(f"state: expected None or the state returned by the previous "
-                                f"step, got {type(state).__name__}")
-            check_keys(state, list(params), what="state")
-            return {key: {} for key in params}
-        return super()._check_state(state, params)
-
     def update_parameter(self, param: np.ndarray, grad: np.ndarray, state: Mapping[str, Any]
                          ) -> tuple[np.ndarray, dict[str, Any]]:
         """The formulas of the class docstring for one parameter (``torch.optim.sgd.
