@@ -8,10 +8,12 @@ layers under it:
 - :mod:`refimpl.adapters`: builders that express every case in PyTorch or JAX (optional);
 - :mod:`refimpl.testing`: the oracle kit (comparison rule, golden vectors, strategies, cases,
   conformance runs);
+- :mod:`refimpl.optim`: reference optimizers (PyTorch's SGD, Adam, AdamW), clipping and
+  training steps over every model kind;
 - :mod:`refimpl.microbatch`, :mod:`refimpl.modelcheck`: accumulated micro-batch gradients,
   the fast full gradient check of a model, tied pair or anchored model;
-- :mod:`refimpl.tying`, :mod:`refimpl.optim`, :mod:`refimpl.gradcheck`: parameter tying,
-  training, the numerical gradient checker;
+- :mod:`refimpl.tying`, :mod:`refimpl.gradcheck`: parameter tying, the numerical gradient
+  checker;
 - :mod:`refimpl.nn`: the operations (forward/backward pairs), ``Sequential`` and its sharing
   map, the MLP and CNN builders.
 
@@ -32,7 +34,19 @@ from .gradcheck import GradcheckReport, check_gradients, check_vjp
 from .microbatch import accumulated_loss_and_grads
 from .modelcheck import check_model_gradients
 from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, Siamese, transposed
-from .optim import SGD, train
+from .optim import (
+    SGD,
+    Adam,
+    AdamW,
+    ClipGradNorm,
+    MicroBatches,
+    Trajectory,
+    clip_grad_norm,
+    optimizer_from_config,
+    train,
+    train_step,
+    train_steps,
+)
 from .study import (
     anchored_contributions,
     microbatch_contributions,
@@ -46,6 +60,8 @@ from .tying import AnchoredModel, TiedPair
 __all__ = [
     "nn", "Sequential", "MLP", "CNN", "ShareSource", "transposed", "ParameterCount",
     "TiedPair", "AnchoredModel", "SGD", "train",
+    "Adam", "AdamW", "clip_grad_norm", "ClipGradNorm", "train_step", "train_steps",
+    "Trajectory", "MicroBatches", "optimizer_from_config",
     "Siamese", "accumulated_loss_and_grads",
     "check_gradients", "check_vjp", "GradcheckReport", "__version__",
     "check_model_gradients",

@@ -186,7 +186,7 @@ def test_bad_arguments_are_refused_by_the_parser(argv):
 
 @pytest.mark.parametrize("argv, match", [(["--noise", "0"], "--noise: expected a number > 0"),
                                          (["--momentum", "1"], "momentum: expected a finite"),
-                                         (["--learning-rate", "0"], "learning_rate: expected"),
+                                         (["--learning-rate", "0"], "lr: expected"),
                                          (["--angle", "nan"], "expected finite numbers")])
 def test_bad_values_exit_with_status_2(argv, match, capsys):
     assert run_demo(parse(argv)) == 2

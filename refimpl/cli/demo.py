@@ -199,7 +199,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         raise ValueError("--angle, --shift, --noise: expected finite numbers")
     if settings.noise <= 0:
         raise ValueError(f"--noise: expected a number > 0, got {settings.noise:g}")
-    SGD(settings.learning_rate, settings.momentum)  # validates both (ValueError / TypeError)
+    SGD(lr=settings.learning_rate, momentum=settings.momentum)  # validates both
     check_stability(settings)
     return settings
 

@@ -185,7 +185,8 @@ def _fit(pair: TiedPair, seed: int, batch_a: tuple, batch_b: tuple,
     params_a, params_b = pair.init(seed)
     result = train(lambda joined, step: pair.joined_loss_and_grads(joined, batch_a, batch_b),
                    pair.join(params_a, params_b),
-                   SGD(settings.learning_rate, settings.momentum), settings.steps)
+                   SGD(lr=settings.learning_rate, momentum=settings.momentum),
+                   settings.steps)
     final = pair.joined_loss_and_grads(result.params, batch_a, batch_b)[0]
     if not final < result.losses[0]:
         raise FloatingPointError(
