@@ -265,3 +265,12 @@ def test_explain_config_of_an_embedding_model_draws_token_ids(tmp_path, capsys):
     rows = [line.split()[0] for line in out.splitlines()[3:9]]
     assert rows == list(case.params)
     assert "embed.weight, use embed.weight: 15 occurrences (N x T)" in out
+
+
+@pytest.mark.parametrize("command", ["explain", "steps"])
+def test_an_unknown_case_gets_the_closest_names(command, capsys):
+    assert cli.main([command, "siamese-triplet-near"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"refimpl {command}: case: unknown case 'siamese-triplet-near' (did "
+                          f"you mean 'siamese-triplet-near-margin'")
+    assert len(err.splitlines()) == 1

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_output, check_destination, write_text_atomically
+from .._validate import did_you_mean
 from ..nn import RNN, Embedding, Sequential, Siamese
 from ..testing.cases import Case, all_cases
 from ..testing.cases.drawn import case_named
@@ -140,8 +141,11 @@ def load_case(args: argparse.Namespace) -> Case:
         try:
             return case_named(args.case)
         except ValueError as error:
-            raise ValueError(f"{error}; refimpl check --list names the built-in cases") \
-                from None
+            hint = did_you_mean(args.case, [case.name for case in all_cases()])
+            message = str(error)
+            if hint and hint not in message:
+                message = message.replace(f"{args.case!r}", f"{args.case!r}{hint}", 1)
+            raise ValueError(message) from None
     try:
         with open(args.config, encoding="utf-8") as handle:
             config = json.load(handle)
