@@ -274,3 +274,24 @@ def test_an_unknown_case_gets_the_closest_names(command, capsys):
     assert err.startswith(f"refimpl {command}: case: unknown case 'siamese-triplet-near' (did "
                           f"you mean 'siamese-triplet-near-margin'")
     assert len(err.splitlines()) == 1
+
+
+def test_steps_says_which_methods_do_not_converge_at_a_kink(capsys):
+    # probe-relu-at-zero sits on a ReLU kink: along direction 0 the forward difference sees
+    # the side refimpl's convention takes, the central and Richardson ones the mean slope.
+    assert cli.main(["steps", "probe-relu-at-zero"]) == 0
+    out = capsys.readouterr().out
+    assert "best h for forward" in out
+    for method in ("central", "richardson"):
+        assert f"best h for {method}" not in out
+        line = next(line for line in out.splitlines() if line.startswith(method))
+        assert "does not converge: its error never falls as h shrinks" in line
+        assert "kink" in line
+    assert cli.main(["steps", "probe-relu-at-zero", "--json", "-"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["converges"] == {"forward": True, "central": False, "richardson": False,
+                                     "complex": True}
+    assert document["best_steps"]["central"] is None
+    assert document["best_steps"]["forward"] > 0
+    assert cli.main(["steps", "mlp-tanh-ce"]) == 0
+    assert "does not converge" not in capsys.readouterr().out
