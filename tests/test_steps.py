@@ -189,6 +189,23 @@ def test_bad_arguments_are_clear_errors():
         best_step(StepStudy(np.ones(1), 1.0, {}, {"central": np.ones(1)}), "central", 2)
 
 
+@pytest.mark.parametrize("returned, expected", [
+    ((1.0, {"a": np.zeros(2)}),
+     r"got tuple \(a \(loss, grads\) pair\? pass lambda p: f\(p\)\[0\]\)"),
+    (np.ones(3), r"got ndarray of shape \(3,\)$"),
+    (None, r"got NoneType$"),
+    (True, r"got bool$"),
+])
+def test_a_loss_that_returns_no_scalar_is_named(returned, expected):
+    params = {"a": np.zeros(2)}
+    with pytest.raises(TypeError, match=r"^loss: expected loss\(params\) to return a scalar \(a "
+                                        r"real or complex number\), " + expected):
+        study_steps(lambda p: returned, params, params, params)
+    # a 0-d array is a scalar
+    study = study_steps(lambda p: np.array(1.0), params, params, params, np.array([0.1]))
+    assert study.estimates["central"][0] == 0
+
+
 def test_estimates_are_the_formulas_as_written_where_the_step_vanishes():
     # Steps around the spacing of the numbers near p, where some entries move and some do
     # not: the estimates are the four formulas evaluated as written, zeros included.

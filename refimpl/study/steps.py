@@ -129,7 +129,17 @@ def _shifted(params: Params, direction: Params, step: complex) -> Params:
 
 
 def _value(loss: Callable[[Params], Any], params: Params) -> complex:
-    return complex(loss(params))
+    value = loss(params)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, complex,
+                                                                    np.number)):
+        hint = (" (a (loss, grads) pair? pass lambda p: f(p)[0])"
+                if isinstance(value, tuple) and len(value) == 2 else "")
+        shape = f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""
+        raise TypeError(f"loss: expected loss(params) to return a scalar (a real or complex "
+                        f"number), got {type(value).__name__}{shape}{hint}")
+    return complex(value)
 
 
 def study_steps(loss: Callable[[Params], Any], params: Mapping[str, Any],
@@ -158,6 +168,9 @@ def study_steps(loss: Callable[[Params], Any], params: Mapping[str, Any],
     ------
     ValueError
         For keys or shapes that do not match, or a step that is not finite and > 0.
+    TypeError
+        For a ``loss`` that returns something other than a scalar (a ``(loss, grads)`` pair,
+        an array).
     """
     params = {key: np.asarray(value, dtype=np.float64) for key, value in params.items()}
     for what, other in (("gradient", gradient), ("direction", direction)):
