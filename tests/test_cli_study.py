@@ -324,6 +324,13 @@ def test_config_micro_batch_sizes_that_do_not_partition_the_batch_are_refused(
                                                       f"{expected}"
 
 
+def test_config_second_micro_batch_sizes_need_a_pair(tmp_path, capsys):
+    config = {**get_case("microbatch-mlp").config, "micro_batches_b": [3, 4]}
+    assert _config_error(tmp_path, capsys, config) == (
+        "refimpl explain: --config PATH: config['micro_batches_b']: only a tied pair splits a "
+        "second batch; this base is a Sequential")
+
+
 def test_config_micro_batch_sizes_of_a_pair_are_checked_for_each_model(tmp_path, capsys):
     config = get_case("microbatch-tied-soft").config      # A: 5 examples, B: 7
     assert config["micro_batches"] == [2, 3] and config["micro_batches_b"] == [6, 1]

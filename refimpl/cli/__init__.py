@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        Each sub-command's namespace carries its ``run_<command>`` as ``handler``.
+        Each sub-command's namespace carries its ``run_<command>`` as ``handler`` and its
+        sub-parser as ``command_parser``.
     """
     parser = argparse.ArgumentParser(
         prog="refimpl", description="Reference neural-network gradients, checked numerically.")
@@ -58,15 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_text in SUBCOMMANDS:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         getattr(module, f"add_{name}_arguments")(sub)
-        sub.set_defaults(handler=getattr(module, f"run_{name}"))
+        # The sub-parser rides along: its usage is the one a user of the command needs.
+        sub.set_defaults(handler=getattr(module, f"run_{name}"), command_parser=sub)
     return parser
-
-
-def _sub_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    """The sub-parser of ``command`` (its usage line is the one a user of it needs)."""
-    for action in parser._subparsers._group_actions:   # the one add_subparsers action
-        return action.choices[command]
-    raise AssertionError("build_parser adds the sub-commands")
 
 
 def _parse(parser: argparse.ArgumentParser, arguments: list[str]) -> argparse.Namespace:
@@ -83,7 +78,7 @@ def _parse(parser: argparse.ArgumentParser, arguments: list[str]) -> argparse.Na
                      f"are {', '.join(names)}")
     args, extras = parser.parse_known_args(arguments)
     if extras:
-        sub = _sub_parser(parser, args.command)
+        sub = args.command_parser
         options = [option for action in sub._actions for option in action.option_strings]
         unknown = [extra.split("=", 1)[0] for extra in extras if extra.startswith("-")]
         hints = [(option, did_you_mean(option, options)) for option in unknown]

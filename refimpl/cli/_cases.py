@@ -54,6 +54,10 @@ def _case_from_config(config: Any, path: str) -> Case:
             base = _case_from_config(config["base"], path)
             model = _model_of(config["base"])
             pair = isinstance(model, TiedPair)
+            if not pair and config.get("micro_batches_b") is not None:
+                raise ValueError(f"--config {path}: config['micro_batches_b']: only a tied "
+                                 f"pair splits a second batch; this base is a "
+                                 f"{type(model).__name__}")
             sizes = _micro_batch_sizes(config["micro_batches"], base, "xa" if pair else None,
                                        f"--config {path}: config['micro_batches']")
             sizes_b = (_micro_batch_sizes(config.get("micro_batches_b"), base, "xb",

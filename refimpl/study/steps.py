@@ -38,7 +38,7 @@ from .._validate import check_int, check_seed
 
 __all__ = ["METHODS", "EXPONENTS", "EPS", "default_steps", "coordinate_direction",
            "random_direction", "StepStudy", "study_steps", "best_step", "converges",
-           "CONVERGED_BELOW"]
+           "CONVERGED_BELOW", "BOTTOM_FACTOR", "FLAT_DECADES"]
 
 Params = dict[str, np.ndarray]
 
