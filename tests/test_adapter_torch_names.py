@@ -168,7 +168,7 @@ def test_params_and_grads_round_trip_both_ways(kit, torch):
     assert state["embed.weight"] is state["out.weight"]               # one tensor, two names
     net = kit["TiedLM"]().double()
     net.load_state_dict(state)
-    for source in (net, net.state_dict(), state):
+    for source in (net, net.state_dict(), state, dict(net.named_parameters())):  # tied: once
         back = names.params(source)
         assert list(back) == list(case.params)
         assert all(np.array_equal(back[key], case.params[key]) for key in back)
@@ -247,6 +247,9 @@ def test_a_tie_forgotten_in_the_module_is_named(kit):
     state = names.state_dict(case.params)
     with pytest.raises(ValueError, match=expected):       # equal values are not one tensor
         names.params({**state, "out.weight": state["out.weight"].clone()})
+    with pytest.raises(ValueError, match=r"^module: no tensor of 'rnn.bias_hh_l0' \(refimpl's "
+                                         r"'rnn.bias_hh'\)"):
+        names.params({key: value for key, value in state.items() if key != "rnn.bias_hh_l0"})
 
 
 @pytest.mark.slow

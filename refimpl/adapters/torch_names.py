@@ -137,7 +137,6 @@ class TorchNames:
                              f"parameters; those are "
                              f"{list(dict.fromkeys(slot.split('.')[0] for slot in slots))}")
         self.shapes: dict[str, tuple[int, ...]] = sequential.parameter_shapes()
-        self._slots = slots
         self._uses = sequential.slot_uses()
         entries = _entries(module, "module")
         groups = _groups(entries)
@@ -213,8 +212,10 @@ class TorchNames:
         Parameters
         ----------
         module : torch.nn.Module or mapping of str to torch.Tensor
-            With the names this correspondence was built on; a tied slot must hold the
-            source's tensor itself (not a copy: the tie would be broken).
+            A module with the names this correspondence was built on, or a mapping of them
+            (a ``state_dict()``, ``dict(module.named_parameters())``: a tied parameter under
+            one of its names at least); a tied slot must hold the source's tensor itself (not
+            a copy: the tie would be broken).
 
         Returns
         -------
@@ -223,7 +224,7 @@ class TorchNames:
         """
         entries = _entries(module, "module")
         self._check(entries, _groups(entries), "module")
-        return {unique: _numpy(entries[names[0]])
+        return {unique: _numpy(next(entries[name] for name in names if name in entries))
                 for unique, names in self.torch_names.items()}
 
     def grads(self, source: Any) -> dict[str, np.ndarray]:
@@ -293,26 +294,31 @@ class TorchNames:
     # --- checks -----------------------------------------------------------------------------
 
     def _check(self, entries: Mapping[str, Any], groups: list[list[str]], what: str) -> None:
-        """Names, shapes and ties of ``entries`` against this correspondence."""
-        expected = [name for names in self.torch_names.values() for name in names]
-        missing = [name for name in expected if name not in entries]
-        extra = [name for name in entries if name not in expected]
-        if missing or extra:
+        """Names, shapes and ties of ``entries`` against this correspondence. A module must
+        have every name; a mapping (a ``state_dict``, ``dict(named_parameters())``) at least
+        one name of each parameter, its other names the same tensor."""
+        owner = {name: unique for unique, names in self.torch_names.items() for name in names}
+        extra = [name for name in entries if name not in owner]
+        missing = [name for name in owner if name not in entries]
+        if extra or (missing and isinstance(entries, _ModuleEntries)):
             raise ValueError(f"{what}: other names than the module this correspondence was "
                              f"built on: missing {missing}, unexpected {extra}")
-        owner = {name: unique for unique, names in self.torch_names.items() for name in names}
         for unique, names in self.torch_names.items():
-            shape = tuple(entries[names[0]].shape)
+            present = [name for name in names if name in entries]
+            if not present:
+                raise ValueError(f"{what}: no tensor of {' / '.join(map(repr, names))} "
+                                 f"(refimpl's {unique!r})")
+            shape = tuple(entries[present[0]].shape)
             if shape != self.shapes[unique]:
-                raise ValueError(f"{what}: {names[0]!r} has shape {shape}, refimpl's "
+                raise ValueError(f"{what}: {present[0]!r} has shape {shape}, refimpl's "
                                  f"{unique!r} {self.shapes[unique]}")
-            for name in names[1:]:
-                if not _same(entries[name], entries[names[0]]):
+            for name in present[1:]:
+                if not _same(entries[name], entries[present[0]]):
                     raise ValueError(
-                        f"{what}: refimpl ties {name!r} to {names[0]!r} (one parameter, "
+                        f"{what}: refimpl ties {name!r} to {present[0]!r} (one parameter, "
                         f"{unique!r}), but the module holds another tensor at {name!r}: tie "
-                        f"them (module.{name} = module.{names[0]}) so that one tensor collects "
-                        f"the gradients of both uses")
+                        f"them (module.{name} = module.{present[0]}) so that one tensor "
+                        f"collects the gradients of both uses")
         for group in groups:
             held = sorted({owner[name] for name in group})
             if len(held) > 1:
@@ -379,11 +385,16 @@ def _sequential(model: Any) -> Sequential:
     return model
 
 
+class _ModuleEntries(dict):
+    """The named parameters of a module (every name of a tied one): a module must show every
+    name of the correspondence, a mapping only one of each parameter."""
+
+
 def _entries(module: Any, what: str) -> dict[str, Any]:
     """The named tensors of a module (every name of a tied parameter, in registration order)
     or of a ``state_dict``."""
     if isinstance(module, torch.nn.Module):
-        found = dict(module.named_parameters(remove_duplicate=False))
+        found = _ModuleEntries(module.named_parameters(remove_duplicate=False))
         # A persistent buffer is in the state_dict too, and refimpl has none: a state_dict
         # made of refimpl's parameters would not load.
         buffers = [name for name in module.state_dict(keep_vars=True) if name not in found]
