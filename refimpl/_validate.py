@@ -11,15 +11,16 @@ Every public entry point converts its array arguments here. The rules, in one pl
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["as_float_array", "as_label_array", "check_shape", "check_finite", "positive_int",
-           "check_int", "check_tolerance", "check_seed", "check_array", "check_same_shape",
-           "check_nonempty", "check_real", "check_scalar", "check_cache", "check_keys",
-           "check_finite_result", "no_fp_warnings"]
+__all__ = ["as_float_array", "as_label_array", "as_rectangular", "check_shape",
+           "check_finite", "positive_int", "check_int", "check_tolerance", "check_seed",
+           "check_array", "check_same_shape", "check_nonempty", "check_real", "check_scalar",
+           "check_cache", "check_keys", "check_finite_result", "no_fp_warnings", "did_you_mean"]
 
 
 def as_float_array(value: Any, name: str, *, allow_complex: bool = True) -> np.ndarray:
@@ -50,9 +51,37 @@ def as_float_array(value: Any, name: str, *, allow_complex: bool = True) -> np.n
     return array
 
 
+def as_rectangular(value: Any, name: str, what: str = "integer labels") -> np.ndarray:
+    """``value`` (an array or a nested list) as an array, its dtype not yet checked.
+
+    A ragged nested list (rows of different lengths: sequences of unequal lengths) is a
+    ``TypeError`` (not an array, as for :func:`as_float_array`) naming ``name``, what was
+    expected and the rows' lengths, instead of NumPy's "inhomogeneous shape" (which names
+    neither).
+    """
+    try:
+        return np.asarray(value)
+    except ValueError:
+        lengths = _row_lengths(value)
+        raise TypeError(f"{name}: expected a rectangular array of {what}, got a ragged nested "
+                         f"list" + (f" (rows of lengths {lengths})" if lengths else "")
+                         + "; pad or cut every row to one length") from None
+
+
+def _row_lengths(value: Any) -> list[Any] | None:
+    """The lengths of the rows of a nested list (``None`` for a row without one), for a
+    message; ``None`` when ``value`` has no rows."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        return None
+    try:
+        return [len(row) if hasattr(row, "__len__") else None for row in value][:20]
+    except TypeError:
+        return None
+
+
 def as_label_array(value: Any, name: str, batch: int, classes: int) -> np.ndarray:
     """Integer class labels of shape ``(batch,)`` in ``[0, classes)``, as int64."""
-    array = np.asarray(value)
+    array = as_rectangular(value, name)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected integer class labels, got dtype {array.dtype}")
     if array.shape != (batch,):
@@ -323,3 +352,33 @@ def check_finite_result(value: Any, where: str | Callable[[], str]) -> None:
     if not total - total == 0 and not np.isfinite(value).all():
         where = where() if callable(where) else where
         raise FloatingPointError(f"{where} contains inf/NaN from finite inputs")
+
+
+# --- names ------------------------------------------------------------------------------------
+
+def did_you_mean(given: Any, known: Iterable[str], count: int = 3) -> str:
+    """``" (did you mean 'a' or 'b'?)"`` for the known names closest to ``given`` (those it
+    begins, then the closest by :func:`difflib.get_close_matches`), or ``""`` when none is
+    close: the tail of an "unknown name" message.
+
+    Examples
+    --------
+    >>> did_you_mean("mlp-tanh", ["mlp-tanh-ce", "mlp-relu-ce", "cnn-relu-maxpool"])
+    " (did you mean 'mlp-tanh-ce'?)"
+    >>> did_you_mean("--jsn", ["--json", "--case", "--list"])
+    " (did you mean '--json'?)"
+    >>> did_you_mean("zzz", ["mlp-tanh-ce"])
+    ''
+    """
+    if not isinstance(given, str) or not given:
+        return ""
+    known = list(dict.fromkeys(str(name) for name in known))
+    begun = [name for name in known if name.startswith(given) and name != given]
+    close = difflib.get_close_matches(given, known, n=count, cutoff=0.75)
+    found = list(dict.fromkeys(begun + close))
+    if len(begun) > count:   # a prefix many names share: its first few say the pattern
+        found = begun[:count]
+    found = found[:count]
+    if not found:
+        return ""
+    return f" (did you mean {' or '.join(repr(name) for name in found)}?)"

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_int, check_keys, no_fp_warnings
+from ._validate import check_int, check_keys, check_scalar, no_fp_warnings
 from .nn import Siamese
 from .tying import AnchoredModel, TiedPair
 
@@ -74,8 +74,9 @@ def split_indices(splits: Any, batch_size: int, name: str = "splits") -> list[np
     Raises
     ------
     TypeError, ValueError
-        Naming ``name``: sizes that do not sum to ``N`` or are < 1, index lists that miss an
-        index, repeat one, lie outside ``[0, N)`` or are empty, a mix of the two forms.
+        Naming ``name``: a size that is not an int (2.5 is not truncated), sizes that do not
+        sum to ``N`` (none is dropped or padded) or are < 1, index lists that miss an index,
+        repeat one, lie outside ``[0, N)`` or are empty, a mix of the two forms.
 
     Examples
     --------
@@ -94,6 +95,13 @@ def split_indices(splits: Any, batch_size: int, name: str = "splits") -> list[np
     if all(isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
            for item in splits):
         return _from_sizes([int(size) for size in splits], batch_size, name)
+    if all(np.ndim(item) == 0 for item in splits):
+        # Sizes, one of them not an int: 2.5 would be truncated, True counted as 1.
+        index, bad = next((index, item) for index, item in enumerate(splits)
+                          if isinstance(item, (bool, np.bool_))
+                          or not isinstance(item, (int, np.integer)))
+        raise TypeError(f"{name}[{index}]: expected an integer micro-batch size, got "
+                        f"{type(bad).__name__} {bad!r}")
     return _from_index_lists(splits, batch_size, name)
 
 
@@ -157,11 +165,29 @@ def _accumulate(step: Callable[[Any], tuple[Any, Params]], batch: Any, splits: A
     grads: Params = {}
     for indices in split_indices(splits, batch_size, split_name):
         weight = indices.size / batch_size           # n_i / N: the micro-batch's share
-        loss, micro_grads = step(_take(batch, indices))
+        loss, micro_grads = _loss_and_grads(step(_take(batch, indices)))
         total = total + weight * loss
         for key, grad in micro_grads.items():
             grads[key] = grads[key] + weight * grad if key in grads else weight * grad
     return total, grads
+
+
+def _loss_and_grads(result: Any) -> tuple[Any, Mapping[str, Any]]:
+    """A micro-batch's ``(loss, grads)``, or a ``TypeError`` saying what the model (a callable
+    ``f(params, batch)``, most likely) returned instead."""
+    what = "model: f(params, micro-batch) must return (loss, grads)"
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        got = (f"a {type(result).__name__} of {len(result)} items" +
+               (" (return the first two: (loss, grads))" if len(result) > 2 else "")
+               if isinstance(result, (tuple, list)) else f"{type(result).__name__} "
+               f"{result!r:.60}")
+        raise TypeError(f"{what}, got {got}")
+    loss, grads = result
+    check_scalar(loss, f"{what}: loss")
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"{what}: grads: expected a dict of arrays keyed like params, got "
+                        f"{type(grads).__name__}")
+    return loss, grads
 
 
 def _as_batch(batch: Any, length: int | None, name: str, what: str) -> tuple[Any, ...]:
@@ -232,7 +258,8 @@ def accumulated_loss_and_grads(model: Any, params: Mapping[str, Any], batch: Any
     ------
     TypeError, ValueError
         Naming the argument: splits that do not partition the batch, arrays whose batch
-        sizes differ, ``splits_b`` missing for a pair or given for another model.
+        sizes differ, ``splits_b`` missing for a pair or given for another model, a callable
+        that does not return ``(loss, grads)`` (a scalar and a dict keyed like ``params``).
 
     Examples
     --------

@@ -7,7 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from refimpl import MLP
 from refimpl.testing.cases import CASE_MODULES, all_cases, describe_inputs, get_case
+from refimpl.testing.cases.microbatch import microbatch_case
+from refimpl.testing.cases.mlp import model_case
 
 CASES = all_cases()
 
@@ -115,3 +118,12 @@ def test_sharing_chains_are_resolved_in_the_config():
         for member in members:
             for slot, use in member.items():
                 assert use["source"] not in member, (case.name, slot)   # a root, not a slot
+
+
+def test_a_micro_batch_case_refuses_sizes_that_do_not_partition_its_batch():
+    model = MLP([4, 3, 2])
+    base = model_case("base", "mlp", model, (4,), 5, seed=0)
+    with pytest.raises(ValueError, match=r"^sizes: micro-batch sizes \[2, 2\] sum to 4"):
+        microbatch_case("dropped", base, model, [2, 2])      # would drop an example
+    with pytest.raises(TypeError, match=r"^sizes\[0\]: expected an integer micro-batch size"):
+        microbatch_case("truncated", base, model, [2.5, 2.5])

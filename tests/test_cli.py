@@ -278,3 +278,90 @@ def test_a_wrong_gradient_on_a_declared_kink_still_fails(method):
     rows = cli.check.check_case(replace(relu, loss_and_grads=scaled), method)
     assert any(not row["ok"] for row in rows)
     assert all(row["status"] != "kink (probe)" for row in rows if not row["ok"])
+
+
+# --- usage errors a user can act on: the closest names, the sub-command's usage -------------
+
+@pytest.mark.parametrize("argv, usage, hint", [
+    (["check", "--jsn", "r.json"], "usage: refimpl check ",
+     "--jsn r.json (did you mean '--json'?)"),
+    (["explain", "mlp-tanh-ce", "--plt=p.png"], "usage: refimpl explain ",
+     "(did you mean '--plot'?)"),
+    (["steps", "mlp-tanh-ce", "--per-decde", "2", "--jsn", "x"], "usage: refimpl steps ",
+     "; --per-decde (did you mean '--per-decade'?); --jsn (did you mean '--json'?)"),
+    (["golden", "--out", "g", "--forse"], "usage: refimpl golden ", "(did you mean '--force'?)"),
+    (["chek", "--list"], "usage: refimpl [-h]", "unknown command 'chek' (did you mean 'check'?)"),
+])
+def test_an_unknown_option_shows_the_sub_command_usage_and_the_closest_names(argv, usage, hint,
+                                                                             capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert hint in err.splitlines()[-1]
+
+
+def test_an_unknown_option_far_from_every_name_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["check", "--zzzzzz"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == "refimpl check: error: unrecognized arguments: --zzzzzz"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["check", "--case", "mlp-tanh"], "refimpl check: unknown case 'mlp-tanh' (did you mean "
+                                      "'mlp-tanh-ce'?); refimpl check --list names the"),
+    (["check", "--case", "mlp-tanh-ce", "--case", "tied-sof-l2", "--case", "zzz"],
+     "refimpl check: unknown cases 'tied-sof-l2' (did you mean 'tied-soft-l2'"),
+    (["golden", "--out", "never-written", "--case", "sequence-tied"],
+     "refimpl golden: --case: unknown case 'sequence-tied' (did you mean 'sequence-tied-lm' or "
+     "'sequence-untied-lm'?)"),
+])
+def test_an_unknown_case_name_gets_the_closest_names(argv, expected, capsys, tmp_path,
+                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected), err
+    assert len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_get_case_offers_the_closest_names():
+    with pytest.raises(ValueError, match=r"^case: unknown case 'cnn-relu-maxpol' \(did you mean "
+                                         r"'cnn-relu-maxpool'\?\)"):
+        get_case("cnn-relu-maxpol")
+
+
+# --- a reader that closes the pipe early ----------------------------------------------------
+
+class _ClosedPipe:
+    """A stdout whose reader has gone away (``| head`` after its lines)."""
+
+    def write(self, text):
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    def flush(self):
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+def test_a_closed_pipe_ends_the_command_quietly(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert cli.main(["explain", "mlp-tanh-ce"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_a_closed_pipe_prints_nothing_from_a_real_process():
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen([sys.executable, "-m", "refimpl", "explain", "mlp-tanh-ce"],
+                               cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()        # before the command prints: its first write breaks the pipe
+    try:
+        err = process.stderr.read().decode()
+        status = process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert err == ""
+    assert status == 141

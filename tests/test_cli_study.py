@@ -117,6 +117,7 @@ def test_steps_prints_the_table_and_the_best_steps(capsys):
     assert rows[:3] == ["1e-01", "1e-02", "1e-03"] and rows[-1] == "1e-300"
     assert "1e-20" in rows and "1e-40" in rows and "1e-30" not in rows
     assert "best h for central" in out and "complex step: largest error" in out
+    assert "does not converge" not in out
 
 
 def test_steps_refuses_a_coordinate_whose_gradient_is_zero():
@@ -265,3 +266,108 @@ def test_explain_config_of_an_embedding_model_draws_token_ids(tmp_path, capsys):
     rows = [line.split()[0] for line in out.splitlines()[3:9]]
     assert rows == list(case.params)
     assert "embed.weight, use embed.weight: 15 occurrences (N x T)" in out
+
+
+@pytest.mark.parametrize("command", ["explain", "steps"])
+def test_an_unknown_case_gets_the_closest_names(command, capsys):
+    assert cli.main([command, "siamese-triplet-near"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"refimpl {command}: case: unknown case 'siamese-triplet-near' (did "
+                          f"you mean 'siamese-triplet-near-margin'")
+    assert len(err.splitlines()) == 1
+
+
+def test_steps_says_which_methods_do_not_converge_at_a_kink(tmp_path, capsys):
+    # probe-relu-at-zero sits on a ReLU kink: along direction 0 the forward difference sees
+    # the side refimpl's convention takes, the central and Richardson ones the mean slope.
+    path = tmp_path / "steps.json"
+    assert cli.main(["steps", "probe-relu-at-zero", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "best h for forward" in out
+    for method in ("central", "richardson"):
+        assert f"best h for {method}" not in out
+        line = next(line for line in out.splitlines() if line.startswith(method))
+        assert "does not converge: its error never falls as h shrinks" in line
+        assert "kink" in line
+    document = json.loads(path.read_text())
+    assert document["converges"] == {"forward": True, "central": False, "richardson": False,
+                                     "complex": True}
+    assert document["best_steps"]["central"] is None
+    assert document["best_steps"]["forward"] > 0
+
+
+def _config_error(tmp_path, capsys, config, command="explain") -> str:
+    """The one line of stderr of ``refimpl <command> --config`` on ``config`` (status 2)."""
+    path = tmp_path / "config.json"
+    path.write_bytes(config if isinstance(config, bytes) else json.dumps(config).encode())
+    assert cli.main([command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    return err.strip().replace(str(path), "PATH")
+
+
+@pytest.mark.parametrize("sizes, expected", [
+    # microbatch-mlp: a batch of 7; [2.5, 2.5, 2] was truncated to [2, 2, 2] (an example
+    # dropped), [2, 2] dropped three, [3, 3, 3] was refused: all three are refused alike.
+    ([2.5, 2.5, 2], "config['micro_batches'][0]: expected an integer micro-batch size, got "
+                    "float 2.5"),
+    ([2, 2], "config['micro_batches']: micro-batch sizes [2, 2] sum to 4; they must partition "
+             "the batch of 7"),
+    ([3, 3, 3], "config['micro_batches']: micro-batch sizes [3, 3, 3] sum to 9; they must "
+                "partition the batch of 7"),
+    ("7", "config['micro_batches']: expected a list of micro-batch sizes [n_0, ...], got '7'"),
+])
+def test_config_micro_batch_sizes_that_do_not_partition_the_batch_are_refused(
+        sizes, expected, tmp_path, capsys):
+    config = {**get_case("microbatch-mlp").config, "micro_batches": sizes}
+    assert _config_error(tmp_path, capsys, config) == f"refimpl explain: --config PATH: " \
+                                                      f"{expected}"
+
+
+def test_config_second_micro_batch_sizes_need_a_pair(tmp_path, capsys):
+    config = {**get_case("microbatch-mlp").config, "micro_batches_b": [3, 4]}
+    assert _config_error(tmp_path, capsys, config) == (
+        "refimpl explain: --config PATH: config['micro_batches_b']: only a tied pair splits a "
+        "second batch; this base is a Sequential")
+
+
+def test_config_micro_batch_sizes_of_a_pair_are_checked_for_each_model(tmp_path, capsys):
+    config = get_case("microbatch-tied-soft").config      # A: 5 examples, B: 7
+    assert config["micro_batches"] == [2, 3] and config["micro_batches_b"] == [6, 1]
+    line = _config_error(tmp_path, capsys, {**config, "micro_batches_b": [3, 3]}, "steps")
+    assert line.endswith("config['micro_batches_b']: micro-batch sizes [3, 3] sum to 6; they "
+                         "must partition the batch of 7")
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("input_shape", [4.5, 4], "config['input_shape'][0]: expected a positive int, got float 4.5"),
+    ("input_shape", ["5", 4], "config['input_shape'][0]: expected a positive int, got str '5'"),
+    ("input_shape", 5, "config['input_shape']: expected an input shape [N, ...] (a list of "
+                       "ints), got 5"),
+    ("seed", 2.5, "config['seed']: expected a non-negative int, got float 2.5"),
+    ("seed", "0", "config['seed']: expected a non-negative int, got str '0'"),
+])
+def test_config_shapes_and_seeds_must_be_integers(key, value, expected, tmp_path, capsys):
+    config = {**get_case("mlp-tanh-ce").config, key: value}
+    assert _config_error(tmp_path, capsys, config) == f"refimpl explain: --config PATH: " \
+                                                      f"{expected}"
+
+
+def test_config_shapes_of_a_pair_and_a_siamese_model_must_be_integers(tmp_path, capsys):
+    pair = get_case("tied-soft-l2").config
+    line = _config_error(tmp_path, capsys, {**pair, "input_shape_b": [3.0, 4]})
+    assert line.endswith("config['input_shape_b'][0]: expected a positive int, got float 3.0")
+    siamese = get_case("siamese-triplet-all-active").config
+    line = _config_error(tmp_path, capsys, {**siamese, "seed": 1.0})
+    assert line.endswith("config['seed']: expected a non-negative int, got float 1.0")
+
+
+def test_config_that_is_not_utf8_is_named(tmp_path, capsys):
+    text = json.dumps({**get_case("mlp-tanh-ce").config, "note": "caf\u00e9"},
+                      ensure_ascii=False)
+    line = _config_error(tmp_path, capsys, text.encode("latin-1"), "steps")
+    offset = text.encode("latin-1").index(b"\xe9")
+    assert line == (f"refimpl steps: --config PATH: not UTF-8 text (byte 0xe9 at offset "
+                    f"{offset}); save the configuration as UTF-8 JSON")
+    line = _config_error(tmp_path, capsys, text.encode("utf-16"))
+    assert line.startswith("refimpl explain: --config PATH: not UTF-8 text (byte 0xff at offset 0)")

@@ -458,15 +458,46 @@ def test_bad_arguments_of_the_new_forms_are_clear_errors():
     with pytest.raises(ValueError, match="splits: micro-batch sizes \\[1, 1\\] sum to 2; "
                                          "they must partition the batch of 3"):
         microbatch_contributions(model, model.init(0), (x, y), [1, 1])
+    with pytest.raises(TypeError, match="splits\\[1\\]: expected an integer micro-batch size, "
+                                        "got float 2.0"):
+        microbatch_contributions(model, model.init(0), (x, y), [1, 2.0])
     with pytest.raises(TypeError, match="splits\\[0\\]: expected a non-empty list of "
                                         "integer indices \\(or give every micro-batch as a size"):
-        microbatch_contributions(model, model.init(0), (x, y), [1, 2.0])
+        microbatch_contributions(model, model.init(0), (x, y), [[0, 1.5], [2]])
     with pytest.raises(TypeError, match="splits_b: required for a TiedPair"):
         microbatch_contributions(TiedPair(MLP([2, 3]), MLP([2, 3]), {"fc1.weight": "fc1.weight"},
                                           lam=0.1),
                                  {}, ((x, y), (x, y)), [3])
     with pytest.raises(TypeError, match="splits_b: .* refused for any other model"):
         microbatch_contributions(model, model.init(0), (x, y), [3], splits_b=[3])
+
+
+@pytest.mark.parametrize("model, batch, expected", [
+    (MLP([2, 3]), (np.zeros((3, 2)), np.array([0, 1, 2]), np.zeros(3)),
+     r"^batch: expected \(x, y\) for this model, got a tuple of 3"),
+    (MLP([2, 3]), (np.zeros((3, 2)),), r"^batch: expected \(x, y\) for this model, got a tuple "
+                                       r"of 1"),
+    (MLP([2, 3]), np.zeros((3, 2)), r"^batch: expected \(x, y\) for this model, got ndarray"),
+    (nn.Siamese(nn.Sequential([nn.Dense("fc", 2, 2)])), (np.zeros((3, 2)),) * 2,
+     r"^batch: expected \(anchor, positive, negative\) for this model, got a tuple of 2"),
+    (nn.Siamese(nn.Sequential([nn.Dense("fc", 2, 2)]), nn.ContrastiveLoss()),
+     (np.zeros((3, 2)),) * 2, r"^batch: expected \(x1, x2, y\) for this model"),
+])
+def test_micro_batch_contributions_name_a_batch_of_the_wrong_arity(model, batch, expected):
+    with pytest.raises(TypeError, match=expected):
+        microbatch_contributions(model, model.init(0), batch, [1, 2])
+
+
+def test_micro_batch_contributions_of_a_pair_name_the_wrong_arity():
+    pair = TiedPair(MLP([2, 3]), MLP([2, 3]), {"fc1.weight": "fc1.weight"}, lam=0.1)
+    x, y = np.zeros((3, 2)), np.array([0, 1, 2])
+    with pytest.raises(TypeError, match=r"^batch: expected \(\(xa, ya\), \(xb, yb\)\) for "
+                                        r"this model, got a tuple of 4"):
+        microbatch_contributions(pair, pair.join(*pair.init(0)), (x, y, x, y), [3], splits_b=[3])
+    with pytest.raises(TypeError, match=r"^batch\[1\]: expected \(xb, yb\) for this model, got "
+                                        r"a tuple of 3"):
+        microbatch_contributions(pair, pair.join(*pair.init(0)), ((x, y), (x, y, y)), [3],
+                                 splits_b=[3])
 
 
 def test_the_docstring_examples_run():

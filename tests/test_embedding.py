@@ -228,7 +228,8 @@ def model():
     (np.array([[0, 5]]), ValueError, r"x: indices must lie in \[0, 5\), got range \[0, 5\]"),
     (np.array([[-2, 1]]), ValueError, r"x: indices must lie in \[0, 5\)"),
     (np.zeros((0, 2), np.int64), ValueError, "x: expected a non-empty batch"),
-    ([[0, 1], [2]], TypeError, "x: expected an integer array of indices, could not convert"),
+    ([[0, 1], [2]], TypeError, r"x: expected a rectangular array of token indices, got a "
+                               r"ragged nested list \(rows of lengths \[2, 1\]\)"),
 ])
 def test_sequential_checks_indices_before_any_arithmetic(x, error, match):
     m = model()

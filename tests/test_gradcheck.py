@@ -661,3 +661,11 @@ def test_an_overflow_at_a_perturbed_point_is_reported_non_finite():
     report = ri.check_gradients(f, params, method="central")
     assert not report.ok
     assert report.rows[0].status == "non-finite"
+
+
+def test_assert_close_hides_its_own_frame_from_pytest():
+    with pytest.raises(AssertionError, match=r"array: max \|error\| 5.000e-01 at \(1,\)") as caught:
+        assert_close(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+    shown = [str(entry.path) for entry in caught.traceback.filter(caught)]
+    assert shown == [__file__]            # pytest shows this line, not the helper's raise
+    assert str(caught.traceback[-1].path).endswith("vjp.py")

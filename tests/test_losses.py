@@ -554,3 +554,23 @@ def test_cross_entropy_free_function_rejects_flattened_labels():
         CE_FORWARD(np.zeros((2, 3, 4)), np.zeros(6, np.int64))
     with pytest.raises(ValueError, match=r"logits: expected shape \(N, K\), got \(4,\)"):
         CE_FORWARD(np.zeros(4), np.zeros((), np.int64))
+
+
+# --- ragged label lists: one message naming the argument and the rows' lengths -------------
+
+@pytest.mark.parametrize("labels, lengths", [([[0, 1, 2], [1]], "[3, 1]"),
+                                             ([[0, 1], [1, 0], 1], "[2, 2, None]")])
+def test_ragged_sequence_labels_name_the_argument_and_the_lengths(labels, lengths):
+    with pytest.raises(TypeError) as caught:
+        CE_FORWARD(np.zeros((len(labels), 3, 4)), labels)
+    message = str(caught.value)
+    assert message.startswith("softmax_cross_entropy_forward: labels: expected a rectangular "
+                              "array of integer labels, got a ragged nested list")
+    assert f"rows of lengths {lengths}" in message
+
+
+def test_ragged_labels_of_a_classifier_name_y():
+    model = nn.MLP([3, 4, 2])
+    with pytest.raises(TypeError, match=r"^y: expected a rectangular array of integer labels, "
+                                        r"got a ragged nested list \(rows of lengths \[2, 1\]\)"):
+        model.loss_and_grads(model.init(0), np.zeros((2, 3)), [[0, 1], [1]])

@@ -199,7 +199,11 @@ def test_drawn_splits_partition_the_batch(size, data):
     ([[0, 1, 2], [3, 5]], ValueError, "index 5 is outside the batch"),
     ([[0, 1, 2, 3, 4], []], TypeError, r"splits\[1\]: expected a non-empty list"),
     ([[0, 1], 3], TypeError, r"splits\[1\]"),
-    ([2.5, 2.5], TypeError, r"splits\[0\]"),
+    ([2.5, 2.5], TypeError, r"^splits\[0\]: expected an integer micro-batch size, got float "
+                            r"2.5$"),                           # never truncated to [2, 2]
+    ([3, 3], ValueError, r"sum to 6; they must partition the batch of 5"),
+    ([2, True, 2], TypeError, r"^splits\[1\]: expected an integer micro-batch size, got bool"),
+    ([2.0, 3.0], TypeError, r"^splits\[0\]: expected an integer micro-batch size, got float"),
     ("23", TypeError, "expected micro-batch sizes"),
     (5, TypeError, "expected micro-batch sizes"),
 ])
@@ -231,6 +235,22 @@ def test_bad_calls_are_clear_errors():
     siamese = ri.Siamese(nn.Sequential([nn.Dense("fc", 2, 2)]), nn.ContrastiveLoss())
     with pytest.raises(TypeError, match="the 2 branch inputs and y"):
         accumulated_loss_and_grads(siamese, siamese.init(0), (x, x), [3])
+
+
+@pytest.mark.parametrize("returned, expected", [
+    (1.0, r"must return \(loss, grads\), got float 1.0"),
+    ((1.0, {}, {}), r"got a tuple of 3 items \(return the first two: \(loss, grads\)\)"),
+    ((1.0, [np.zeros(2)]), r"grads: expected a dict of arrays keyed like params, got list"),
+    ((None, {}), r"loss: expected a scalar \(a real or complex number\), got NoneType"),
+    ((np.ones(2), {}), r"loss: expected a scalar .*got ndarray of shape \(2,\)"),
+])
+def test_a_callable_returning_something_else_is_named(returned, expected):
+    params = {"w": np.zeros(2)}
+    with pytest.raises(TypeError, match=r"^model: f\(params, micro-batch\) must return "
+                                        r"\(loss, grads\)"):
+        accumulated_loss_and_grads(lambda p, b: returned, params, (np.zeros((3, 2)),), [1, 2])
+    with pytest.raises(TypeError, match=expected):
+        accumulated_loss_and_grads(lambda p, b: returned, params, (np.zeros((3, 2)),), [1, 2])
 
 
 def test_the_batch_is_not_mutated():

@@ -347,3 +347,13 @@ def test_rnn_agrees_with_torch(nonlinearity):
     theirs = [x.grad] + [getattr(module, name + "_l0").grad for name in NAMES[1:]]
     for name, mine, other in zip(NAMES, grads, theirs, strict=True):
         np.testing.assert_allclose(mine, other.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_a_tagger_with_ragged_label_sequences_names_y_and_the_lengths():
+    tagger = nn.Sequential([nn.RNN("rnn", 2, 4), nn.Dense("fc", 4, 3)],
+                           loss=nn.SoftmaxCrossEntropy())
+    ragged = [[0, 1, 2, 0, 1], [0, 1], [1, 1, 1, 1, 1]]   # the second sequence is cut short
+    with pytest.raises(TypeError, match=r"^y: expected a rectangular array of integer labels, "
+                                        r"got a ragged nested list \(rows of lengths "
+                                        r"\[5, 2, 5\]\)"):
+        tagger.loss_and_grads(tagger.init(0), np.zeros((3, 5, 2)), ragged)

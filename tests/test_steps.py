@@ -13,6 +13,7 @@ from refimpl.study import (
     METHODS,
     StepStudy,
     best_step,
+    converges,
     coordinate_direction,
     default_steps,
     random_direction,
@@ -59,6 +60,7 @@ def _study_and_check(loss_and_grads, params, direction):
     for method in EXPONENTS:
         ratio = best_step(study, method) / expected[method]
         assert 1 / FACTOR_IN_H <= ratio <= FACTOR_IN_H, (method, ratio)
+    assert all(converges(study, method) for method in METHODS)   # a smooth loss: V-curves
     summands = _summands(gradient, direction)
     flat = study.errors["complex"][study.steps <= 1e-10] * abs(study.analytic) / summands
     assert flat.max() <= COMPLEX_FLAT, flat.max() / EPS
@@ -107,6 +109,43 @@ def test_truncation_errors_of_each_formula_on_the_exponential():
     assert study.estimates["richardson"][0] < np.exp(0.5) < study.estimates["central"][0]
 
 
+def _scalar_study(loss, w):
+    """The study of ``loss(w)`` (a scalar w) along +1, its derivative by the complex step."""
+    point = {"w": np.array([w])}
+    slope = complex(loss(np.complex128(w + 1e-30j))).imag / 1e-30
+    return study_steps(lambda p: loss(p["w"][0]), point, {"w": np.array([slope])},
+                       {"w": np.array([1.0])}, default_steps(4, 20))
+
+
+def test_a_kink_does_not_converge_and_smooth_or_exact_losses_do():
+    # relu(w) + 2 w at the kink w = 0 (relu'(0) = 0, branching on the real part as every
+    # forward pass does): the forward difference sees the right slope 3, the central and
+    # Richardson ones the mean 2.5, against the convention's 2 at every step: a plateau.
+    kinked = _scalar_study(lambda w: np.where(w.real > 0, w, 0) + 2 * w, 0.0)
+    assert kinked.analytic == 2.0
+    assert [converges(kinked, m) for m in METHODS] == [False, False, False, True]
+    assert kinked.errors["central"][8] == pytest.approx(0.25)
+    smooth = _scalar_study(lambda w: np.exp(w) + 2 * w, 0.3)
+    assert all(converges(smooth, m) for m in METHODS)
+    # w^2 + 3 w: central and Richardson differences are exact (no truncation): their error
+    # is rounding alone and only grows as h shrinks, from ~eps; that is convergence too.
+    exact = _scalar_study(lambda w: w * w + 3 * w, 0.7)
+    assert exact.errors["central"][0] < 1e-14
+    assert all(converges(exact, m) for m in METHODS)
+
+
+def test_a_plateau_below_a_larger_first_error_is_no_convergence():
+    # The error first falls by two decades (curvature at large steps) onto a plateau: no V.
+    steps = 10.0 ** -np.arange(1.0, 16.0, 0.25)
+    errors = np.maximum(1e-2, 100.0 * steps ** 2)    # 1 at h = 0.1, 1e-2 from h = 1e-2
+    errors[steps < 1e-13] = 1.0
+    study = StepStudy(steps, 1.0, {m: errors for m in METHODS}, {m: errors for m in METHODS})
+    assert not converges(study, "central")
+    v_curve = steps + 1e-8 / steps                   # forward-like: bottom 2e-4 at 1e-4
+    study = StepStudy(steps, 1.0, {m: v_curve for m in METHODS}, {m: v_curve for m in METHODS})
+    assert converges(study, "central")
+
+
 def test_best_step_follows_the_curve_not_a_lucky_point():
     steps = 10.0 ** -np.arange(1.0, 16.0)
     below = np.arange(15.0) - 7.0                    # h = 1e-8 at 0
@@ -148,6 +187,23 @@ def test_bad_arguments_are_clear_errors():
         study_steps(lambda p: 0.0, params, params, params, np.array([1e-3, -1.0]))
     with pytest.raises(ValueError, match="window: expected an odd number"):
         best_step(StepStudy(np.ones(1), 1.0, {}, {"central": np.ones(1)}), "central", 2)
+
+
+@pytest.mark.parametrize("returned, expected", [
+    ((1.0, {"a": np.zeros(2)}),
+     r"got tuple \(a \(loss, grads\) pair\? pass lambda p: f\(p\)\[0\]\)"),
+    (np.ones(3), r"got ndarray of shape \(3,\)$"),
+    (None, r"got NoneType$"),
+    (True, r"got bool$"),
+])
+def test_a_loss_that_returns_no_scalar_is_named(returned, expected):
+    params = {"a": np.zeros(2)}
+    with pytest.raises(TypeError, match=r"^loss: expected loss\(params\) to return a scalar \(a "
+                                        r"real or complex number\), " + expected):
+        study_steps(lambda p: returned, params, params, params)
+    # a 0-d array is a scalar
+    study = study_steps(lambda p: np.array(1.0), params, params, params, np.array([0.1]))
+    assert study.estimates["central"][0] == 0
 
 
 def test_estimates_are_the_formulas_as_written_where_the_step_vanishes():

@@ -399,3 +399,29 @@ def test_golden_companion_reports_every_failing_case(golden_dir):
     message = str(info.value)
     assert message.startswith(f"2 of 2 golden case(s) in {str(golden_dir)!r}")
     assert all(f"case {name!r}" in message for name in names)
+
+
+# --- the assertion helpers hide their own frames from pytest's tracebacks ----------------------
+
+def _shown_files(excinfo: pytest.ExceptionInfo) -> list[str]:
+    """The files of the traceback entries pytest shows for a failure (the filter drops the
+    frames whose code sets ``__tracebackhide__``)."""
+    return [str(entry.path) for entry in excinfo.traceback.filter(excinfo)]
+
+
+def test_a_failing_assertion_helper_shows_the_callers_line_not_its_own(tmp_path):
+    case = get_case("mlp-tanh-ce")
+
+    def doubled(params, inputs):
+        loss, grads = case.loss_and_grads(params)
+        return loss, {name: 2 * grad for name, grad in grads.items()}
+
+    folder = golden.write(tmp_path / "g", cases=[case.name])
+    for check in (lambda: assert_matches_oracle(doubled, case),
+                  lambda: assert_matches_golden(doubled, folder, case=case.name)):
+        with pytest.raises(AssertionError, match="does not match") as caught:
+            check()
+        shown = _shown_files(caught)
+        assert shown and all(path == __file__ for path in shown), shown
+        # the frames are there, hidden: the full traceback still reaches oracle.py
+        assert any(str(entry.path).endswith("oracle.py") for entry in caught.traceback)

@@ -24,6 +24,7 @@ from refimpl._validate import (
     check_same_shape,
     check_scalar,
     check_shape,
+    did_you_mean,
     no_fp_warnings,
     positive_int,
 )
@@ -113,6 +114,10 @@ def test_non_numeric_values_are_a_type_error_naming_the_argument(value):
 def test_ragged_lists_are_a_type_error_naming_the_argument():
     with pytest.raises(TypeError, match=r"^my_input: expected a numeric"):
         as_float_array([[1.0, 2.0], [3.0]], "my_input")
+    with pytest.raises(TypeError, match=r"^labels: expected a rectangular array of integer "
+                                        r"labels, got a ragged nested list \(rows of lengths "
+                                        r"\[2, 1\]\)"):
+        as_label_array([[1, 2], [3]], "labels", 2, 4)
 
 
 @pytest.mark.parametrize("value", [1j, np.zeros(3, np.complex64), np.array([1 + 0j])])
@@ -377,3 +382,23 @@ def test_check_finite_result_accepts_finite_values_whose_sum_overflows(value):
         warnings.simplefilter("error")
         with no_fp_warnings():
             check_finite_result(value, "never shown")
+
+
+# --- did_you_mean ------------------------------------------------------------------------------
+
+CASE_NAMES = ["mlp-tanh-ce", "mlp-relu-ce", "tied-soft-l2", "tied-soft-l1", "tied-hard",
+              "sequence-tied-lm", "sequence-untied-lm"]
+
+
+@pytest.mark.parametrize("given_name, expected", [
+    ("mlp-tanh", " (did you mean 'mlp-tanh-ce'?)"),                  # a prefix
+    ("tied-sof-l2", " (did you mean 'tied-soft-l2' or 'tied-soft-l1'"),  # a typo: closest first
+    ("mlp-tahn-ce", " (did you mean 'mlp-tanh-ce'"),
+    ("tied", " (did you mean 'tied-soft-l2' or 'tied-soft-l1' or 'tied-hard'?)"),  # 3 at most
+    ("no-such-thing", ""),
+    ("", ""),
+    (3, ""),
+])
+def test_did_you_mean_offers_the_closest_names(given_name, expected):
+    found = did_you_mean(given_name, CASE_NAMES)
+    assert found.startswith(expected) and (expected or not found)

@@ -30,7 +30,10 @@ GPU), never a wrong answer.
 - :mod:`refimpl.adapters.torch`: ``build(config, dtype, *, device="cpu")`` (PyTorch, the
   ``torch`` extra);
 - :mod:`refimpl.adapters.jax`: ``build(config, dtype, *, device="cpu")`` (JAX, the ``jax``
-  extra).
+  extra);
+- ``refimpl.adapters.torch_names.TorchNames(model, module)``: for your own PyTorch module,
+  refimpl's parameter names and the module's, both ways, for params and gradients (a tied
+  slot, ``nn.RNN``'s ``_l0`` names), every name, shape and tie checked (the ``torch`` extra).
 
 Importing this package imports no framework; importing an adapter without its framework is
 an ``ImportError`` saying which extra to install.

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_output, check_destination, write_text_atomically
+from .._validate import check_int, check_seed, did_you_mean
+from ..microbatch import split_indices
 from ..nn import RNN, Embedding, Sequential, Siamese
 from ..testing.cases import Case, all_cases
 from ..testing.cases.drawn import case_named
@@ -50,38 +52,74 @@ def _case_from_config(config: Any, path: str) -> Case:
     try:
         if "micro_batches" in config:
             base = _case_from_config(config["base"], path)
-            return microbatch_case(name, base, _model_of(config["base"]),
-                                   [int(size) for size in config["micro_batches"]],
-                                   config.get("micro_batches_b"))
+            model = _model_of(config["base"])
+            pair = isinstance(model, TiedPair)
+            if not pair and config.get("micro_batches_b") is not None:
+                raise ValueError(f"--config {path}: config['micro_batches_b']: only a tied "
+                                 f"pair splits a second batch; this base is a "
+                                 f"{type(model).__name__}")
+            sizes = _micro_batch_sizes(config["micro_batches"], base, "xa" if pair else None,
+                                       f"--config {path}: config['micro_batches']")
+            sizes_b = (_micro_batch_sizes(config.get("micro_batches_b"), base, "xb",
+                                          f"--config {path}: config['micro_batches_b']")
+                       if pair else None)
+            return microbatch_case(name, base, model, sizes, sizes_b)
         if "siamese" in config:
             return _siamese_case(name, Siamese.from_config(config["siamese"],
-                                                           "config['siamese']"), config)
+                                                           "config['siamese']"), config, path)
         if "model" in config:
             model = Sequential.from_config(config["model"], "config['model']")
-            shape = [int(size) for size in config["input_shape"]]
+            shape = _shape(config, "input_shape", path)
             if isinstance(model.layers[0], (Embedding, RNN)):
-                return _sequence_case(name, model, tuple(shape), int(config["seed"]))
-            return model_case(name, "config", model, tuple(shape[1:]), shape[0],
-                              int(config["seed"]))
+                return _sequence_case(name, model, shape, _seed(config, path))
+            return model_case(name, "config", model, shape[1:], shape[0], _seed(config, path))
         if "pair" in config:
             pair = TiedPair.from_config(config["pair"])
-            shape_a = [int(size) for size in config["input_shape_a"]]
-            shape_b = [int(size) for size in config["input_shape_b"]]
-            return pair_case(name, pair, tuple(shape_a[1:]), tuple(shape_b[1:]), shape_a[0],
-                             shape_b[0], int(config["seed"]),
+            shape_a = _shape(config, "input_shape_a", path)
+            shape_b = _shape(config, "input_shape_b", path)
+            return pair_case(name, pair, shape_a[1:], shape_b[1:], shape_a[0],
+                             shape_b[0], _seed(config, path),
                              autoencoder_b=config.get("target_b") == "xb (autoencoder)")
         if "anchored" in config and config.get("reference") == "zero (weight decay)":
             anchored = config["anchored"]
             model = AnchoredModel(Sequential.from_config(anchored["model"]), anchored["lam"],
                                   names=anchored["names"], penalty=anchored["penalty"])
-            shape = [int(size) for size in config["input_shape"]]
-            return anchored_case(name, model, tuple(shape[1:]), shape[0], int(config["seed"]),
+            shape = _shape(config, "input_shape", path)
+            return anchored_case(name, model, shape[1:], shape[0], _seed(config, path),
                                  reference_given=False)
     except KeyError as error:
         raise ValueError(f"--config {path}: missing key {error}") from None
     raise ValueError(f"--config {path}: expected a key 'model', 'pair', 'siamese' or "
                      f"'micro_batches' (or 'anchored' with a zero reference; a given reference "
                      f"is data, not configuration)")
+
+
+def _shape(config: Mapping[str, Any], key: str, path: str) -> tuple[int, ...]:
+    """``config[key]``, an input shape ``[N, ...]``: a non-empty list of ints >= 1 (2.5 is not
+    truncated, "4" not parsed)."""
+    value = config[key]
+    what = f"--config {path}: config[{key!r}]"
+    if not isinstance(value, list) or not value:
+        raise TypeError(f"{what}: expected an input shape [N, ...] (a list of ints), got "
+                        f"{value!r:.80}")
+    return tuple(check_int(size, f"{what}[{index}]", 1) for index, size in enumerate(value))
+
+
+def _seed(config: Mapping[str, Any], path: str) -> int:
+    """``config["seed"]``: a non-negative int."""
+    return check_seed(config["seed"], f"--config {path}: config['seed']")
+
+
+def _micro_batch_sizes(value: Any, base: Case, input_name: str | None, what: str
+                       ) -> list[int]:
+    """Micro-batch sizes that partition the batch of ``base`` (of its input ``input_name``,
+    or of every input): ints >= 1 summing to the batch size, none truncated or dropped."""
+    batch = base.inputs[input_name] if input_name else next(iter(base.inputs.values()))
+    if not isinstance(value, list) or not all(np.ndim(size) == 0 for size in value):
+        raise TypeError(f"{what}: expected a list of micro-batch sizes [n_0, ...], got "
+                        f"{value!r:.80}")
+    split_indices(value, len(batch), what)   # ints >= 1 summing to N, or it names the fault
+    return [int(size) for size in value]
 
 
 def _model_of(config: Mapping[str, Any]) -> Any:
@@ -109,14 +147,14 @@ def _sequence_case(name: str, model: Sequential, shape: tuple[int, ...], seed: i
     return sequence_case(name, model, x, y, seed)
 
 
-def _siamese_case(name: str, model: Siamese, config: Mapping[str, Any]) -> Case:
+def _siamese_case(name: str, model: Siamese, config: Mapping[str, Any], path: str) -> Case:
     """A Siamese case from its seed: a built-in case's ``placement`` rebuilds it as the
     catalogue does (similar pairs close, the margin placed again); otherwise standard-normal
     branch inputs, contrastive labels alternating 1, 0, ... and the configuration's margin."""
-    shape = [int(size) for size in config["input_shape"]]
-    seed = int(config["seed"])
+    shape = _shape(config, "input_shape", path)
+    seed = _seed(config, path)
     if "placement" in config:
-        return build_case(name, model.tower, type(model.loss_spec), tuple(shape[1:]),
+        return build_case(name, model.tower, type(model.loss_spec), shape[1:],
                           shape[0], seed, config["placement"], eps=model.loss_spec.eps)
     rng = np.random.default_rng(seed)
     inputs = {branch: rng.standard_normal(shape) for branch in model.branch_names}
@@ -140,13 +178,20 @@ def load_case(args: argparse.Namespace) -> Case:
         try:
             return case_named(args.case)
         except ValueError as error:
-            raise ValueError(f"{error}; refimpl check --list names the built-in cases") \
-                from None
+            hint = did_you_mean(args.case, [case.name for case in all_cases()])
+            message = str(error)
+            if hint and hint not in message:
+                message = message.replace(f"{args.case!r}", f"{args.case!r}{hint}", 1)
+            raise ValueError(message) from None
     try:
         with open(args.config, encoding="utf-8") as handle:
             config = json.load(handle)
     except json.JSONDecodeError as error:
         raise ValueError(f"--config {args.config}: not valid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config {args.config}: not UTF-8 text (byte "
+                         f"{error.object[error.start]:#04x} at offset {error.start}); save the "
+                         f"configuration as UTF-8 JSON") from None
     return _case_from_config(config, args.config)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._io import JSON_HELP, check_destination, write_text_atomically
 from .._table import format_table
+from .._validate import did_you_mean
 from .._version import __version__
 from ..gradcheck import check_gradients
 from ..testing.cases import Case, all_cases
@@ -35,6 +36,13 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check only this case (repeatable); default: all")
     parser.add_argument("--list", action="store_true",
                         help="print the name of every built-in case, one per line, and exit")
+
+
+def unknown_cases(unknown: list[str], known: list[str]) -> str:
+    """The message for unknown ``--case`` names: each with the closest known names."""
+    named = "; ".join(f"{name!r}{did_you_mean(name, known)}" for name in unknown)
+    return (f"unknown case{'s' if len(unknown) > 1 else ''} {named}; refimpl check --list "
+            f"names the {len(known)} built-in cases")
 
 
 def check_case(case: Case, method: str) -> list[dict[str, Any]]:
@@ -120,11 +128,10 @@ def run_check(args: argparse.Namespace) -> int:
         print("\n".join(case.name for case in cases))
         return 0
     if args.case:
-        known = {case.name for case in cases}
+        known = [case.name for case in cases]
         unknown = [name for name in args.case if name not in known]
         if unknown:
-            print(f"refimpl check: unknown case(s) {unknown}; known: {sorted(known)}",
-                  file=sys.stderr)
+            print(f"refimpl check: {unknown_cases(unknown, known)}", file=sys.stderr)
             return 2
         cases = [case for case in cases if case.name in args.case]
     if args.json and args.json != "-":

@@ -7,6 +7,8 @@ import argparse
 import sys
 
 from .._io import OutputError
+from .._validate import did_you_mean
+from ..testing.cases import all_cases
 from ..testing.golden import CHECKSUMS, MANIFEST, GoldenError, read_manifest, verify, write
 
 
@@ -32,9 +34,18 @@ def run_golden(args: argparse.Namespace) -> int:
         The exit status: 0 once written; 1 when ``--out`` cannot be written; 2 for a
         folder that exists (without ``--force``) or an unknown case.
     """
+    selected = getattr(args, "case", None)
+    if selected:
+        known = [case.name for case in all_cases()]
+        unknown = [name for name in selected if name not in known]
+        if unknown:
+            named = "; ".join(f"{name!r}{did_you_mean(name, known)}" for name in unknown)
+            print(f"refimpl golden: --case: unknown case{'s' if len(unknown) > 1 else ''} "
+                  f"{named}; refimpl check --list names the {len(known)} built-in cases",
+                  file=sys.stderr)
+            return 2
     try:
-        out = write(args.out, force=bool(getattr(args, "force", False)),
-                    cases=getattr(args, "case", None))
+        out = write(args.out, force=bool(getattr(args, "force", False)), cases=selected)
     except OutputError as error:
         print(f"refimpl golden: --out {error}", file=sys.stderr)
         return 1

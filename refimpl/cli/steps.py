@@ -18,6 +18,7 @@ from ..study import (
     METHODS,
     StepStudy,
     best_step,
+    converges,
     coordinate_direction,
     default_steps,
     random_direction,
@@ -97,13 +98,21 @@ def _table_rows(study: StepStudy, per_decade: int) -> list[int]:
 
 
 def format_steps(name: str, described: str, study: StepStudy, per_decade: int) -> str:
-    """The text of ``refimpl steps``: the table of relative errors and the best steps."""
+    """The text of ``refimpl steps``: the table of relative errors and the best steps (for a
+    method that does not converge, :func:`refimpl.study.converges`, a line saying so)."""
     rows = [(f"{study.steps[i]:.0e}", *(f"{study.errors[m][i]:.1e}" for m in METHODS))
             for i in _table_rows(study, per_decade)]
     lines = [f"refimpl steps {name}: {described}; analytic derivative {study.analytic:.6e}; "
              f"relative error |estimate - analytic| / |analytic| at step h", "",
              format_table(("h", *METHODS), rows), ""]
     for method, exponent in EXPONENTS.items():
+        if not converges(study, method):
+            lines.append(f"{method:<10} does not converge: its error never falls as h shrinks "
+                         f"(about {_error_at(study, method):.0e} from h = "
+                         f"{study.steps[0]:.0e} down), so no step is best: "
+                         f"the loss has a kink at p along this direction (one-sided slopes "
+                         f"that differ)")
+            continue
         lines.append(f"best h for {method:<10}  {best_step(study, method):.1e}   "
                      f"(eps^(1/{round(1 / exponent)}) = {EPS ** exponent:.1e}); error there "
                      f"{_error_at(study, method):.1e}")
@@ -123,12 +132,15 @@ def _error_at(study: StepStudy, method: str) -> float:
 
 
 def steps_document(name: str, described: str, study: StepStudy) -> dict[str, Any]:
-    """The JSON of ``refimpl steps``."""
+    """The JSON of ``refimpl steps`` (a method that does not converge has no best step:
+    null)."""
     return {"case": name, "direction": described, "analytic": study.analytic, "eps": EPS,
             "steps": study.steps.tolist(),
             "estimates": {m: study.estimates[m].tolist() for m in METHODS},
             "errors": {m: study.errors[m].tolist() for m in METHODS},
-            "best_steps": {m: best_step(study, m) for m in EXPONENTS}}
+            "converges": {m: converges(study, m) for m in METHODS},
+            "best_steps": {m: best_step(study, m) if converges(study, m) else None
+                           for m in EXPONENTS}}
 
 
 def plot_steps(name: str, study: StepStudy, path: str) -> None:

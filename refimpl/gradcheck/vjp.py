@@ -157,6 +157,7 @@ def assert_close(actual: Any, expected: Any, tolerance: Tolerance = TOLERANCES["
     >>> from refimpl.gradcheck import assert_close
     >>> assert_close(np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-15]))
     """
+    __tracebackhide__ = True   # pytest: the user's test line, not this helper, is the failure
     if not isinstance(tolerance, tuple) or len(tolerance) != 2:
         raise TypeError(f"tolerance: expected a Tolerance(rtol, atol), got {tolerance!r:.80}")
     tolerance = Tolerance(check_tolerance(tolerance[0], "tolerance.rtol"),

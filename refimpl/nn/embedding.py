@@ -16,7 +16,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from .._validate import check_array, check_cache, positive_int
+from .._validate import as_rectangular, check_array, check_cache, positive_int
 from .base import Layer, check_name, register
 
 __all__ = ["Embedding", "EmbeddingCache", "embedding_forward", "embedding_backward",
@@ -181,12 +181,8 @@ class Embedding(Layer):
     def check_input(self, x: Any, name: str) -> np.ndarray:
         """``x`` (an array or a nested list of ints) as int64 indices in range
         (:func:`check_indices`)."""
-        try:
-            array = np.asarray(x)
-        except Exception as error:  # ragged lists and the like
-            raise TypeError(f"{name}: expected an integer array of indices, could not convert "
-                            f"({error})") from None
-        return check_indices(array, name, self.num_embeddings)
+        return check_indices(as_rectangular(x, name, "token indices"), name,
+                             self.num_embeddings)
 
     def init_parameters(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {"weight": rng.standard_normal((self.num_embeddings, self.embedding_dim))}

@@ -18,6 +18,7 @@ import numpy as np
 from .._validate import (
     as_float_array,
     as_label_array,
+    as_rectangular,
     check_array,
     check_cache,
     check_nonempty,
@@ -91,7 +92,7 @@ def _label_positions(value: Any, name: str, positions: tuple[int, ...], classes:
     A label array of another shape is an error even when it has as many entries (labels
     flattened to ``(N * T,)`` for logits ``(N, T, K)`` would otherwise be paired with the
     wrong positions without a word)."""
-    array = np.asarray(value)
+    array = as_rectangular(value, name)
     if array.shape == tuple(positions):
         flat = as_label_array(array.reshape(-1), name, array.size, classes)
         return flat.reshape(array.shape)

@@ -26,6 +26,7 @@ from .steps import (
     METHODS,
     StepStudy,
     best_step,
+    converges,
     coordinate_direction,
     default_steps,
     random_direction,
@@ -39,5 +40,5 @@ __all__ = [
     "siamese_contributions", "microbatch_contributions", "summarize", "RowSummary",
     "row_summary",
     "METHODS", "EXPONENTS", "EPS", "StepStudy", "default_steps", "coordinate_direction",
-    "random_direction", "study_steps", "best_step",
+    "random_direction", "study_steps", "best_step", "converges",
 ]

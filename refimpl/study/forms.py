@@ -127,6 +127,16 @@ def _accumulate(terms_of: Any, arrays: Sequence[Any], splits: Any, name: str
                          for index, rows in enumerate(pieces)))
 
 
+def _batch_of(batch: Any, length: int, name: str, expected: str) -> tuple[Any, ...]:
+    """``batch`` as a tuple of ``length`` items, or a ``TypeError`` naming ``name`` and the
+    form ``(expected)`` the model takes."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != length:
+        got = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
+               else type(batch).__name__)
+        raise TypeError(f"{name}: expected ({expected}) for this model, got {got}")
+    return tuple(batch)
+
+
 def microbatch_contributions(model: Any, params: Mapping[str, Any], batch: Any, splits: Any,
                              *, splits_b: Any = None) -> dict[str, Contributions]:
     """The terms of the full-batch gradient as accumulated micro-batches: one per micro-batch
@@ -157,9 +167,9 @@ def microbatch_contributions(model: Any, params: Mapping[str, Any], batch: Any, 
     Raises
     ------
     TypeError, ValueError
-        For another model, sizes that do not add up to the batch size, ``splits_b`` missing
-        for a pair or given for another model; as the model's ``loss_and_grads`` for bad
-        parameters or data.
+        For another model, a batch of another form (``batch: expected (x, y) ...``), sizes
+        that do not add up to the batch size, ``splits_b`` missing for a pair or given for
+        another model; as the model's ``loss_and_grads`` for bad parameters or data.
     """
     if (splits_b is None) == isinstance(model, TiedPair):
         raise TypeError("splits_b: required for a TiedPair (B's micro-batches), refused for "
@@ -168,6 +178,9 @@ def microbatch_contributions(model: Any, params: Mapping[str, Any], batch: Any, 
         return _pair(model, params, batch, splits, splits_b)
     if isinstance(model, Siamese):
         branches = model.loss_spec.branches
+        batch = _batch_of(batch, branches + model.loss_spec.needs_target, "batch",
+                          ", ".join(model.branch_names)
+                          + (", y" if model.loss_spec.needs_target else ""))
         target = batch[branches] if model.loss_spec.needs_target else None
         _, grads = model.loss_and_grads(params, *batch[:branches], y=target)
         checked = model.check_params(params)
@@ -185,7 +198,7 @@ def microbatch_contributions(model: Any, params: Mapping[str, Any], batch: Any, 
     if not isinstance(task, Sequential):
         raise TypeError(f"model: expected a Sequential, AnchoredModel, TiedPair or Siamese, "
                         f"got {type(model).__name__}")
-    x, y = batch
+    x, y = _batch_of(batch, 2, "batch", "x, y")
     _, grads = model.loss_and_grads(params, x, y)
     checked = task.check_params(params)
     terms = _accumulate(lambda micro: task_terms(task, checked, micro[0], from_loss(micro[1]),
@@ -199,7 +212,9 @@ def _pair(pair: TiedPair, params: Mapping[str, Any], batch: Any, splits: Any,
           splits_b: Any) -> dict[str, Contributions]:
     """A tied pair: each model's micro-batches weighted by their share of its own batch, the
     penalty's pull once."""
-    (xa, ya), (xb, yb) = batch
+    batch_a, batch_b = _batch_of(batch, 2, "batch", "(xa, ya), (xb, yb)")
+    xa, ya = _batch_of(batch_a, 2, "batch[0]", "xa, ya")
+    xb, yb = _batch_of(batch_b, 2, "batch[1]", "xb, yb")
     params_a, params_b = pair.check_params(*pair.split(params))
     _, grads_a, grads_b = pair.loss_and_grads(params_a, params_b, (xa, ya), (xb, yb))
 

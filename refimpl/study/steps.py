@@ -37,7 +37,8 @@ import numpy as np
 from .._validate import check_int, check_seed
 
 __all__ = ["METHODS", "EXPONENTS", "EPS", "default_steps", "coordinate_direction",
-           "random_direction", "StepStudy", "study_steps", "best_step"]
+           "random_direction", "StepStudy", "study_steps", "best_step", "converges",
+           "CONVERGED_BELOW", "BOTTOM_FACTOR", "FLAT_DECADES"]
 
 Params = dict[str, np.ndarray]
 
@@ -128,7 +129,17 @@ def _shifted(params: Params, direction: Params, step: complex) -> Params:
 
 
 def _value(loss: Callable[[Params], Any], params: Params) -> complex:
-    return complex(loss(params))
+    value = loss(params)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, complex,
+                                                                    np.number)):
+        hint = (" (a (loss, grads) pair? pass lambda p: f(p)[0])"
+                if isinstance(value, tuple) and len(value) == 2 else "")
+        shape = f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""
+        raise TypeError(f"loss: expected loss(params) to return a scalar (a real or complex "
+                        f"number), got {type(value).__name__}{shape}{hint}")
+    return complex(value)
 
 
 def study_steps(loss: Callable[[Params], Any], params: Mapping[str, Any],
@@ -157,6 +168,9 @@ def study_steps(loss: Callable[[Params], Any], params: Mapping[str, Any],
     ------
     ValueError
         For keys or shapes that do not match, or a step that is not finite and > 0.
+    TypeError
+        For a ``loss`` that returns something other than a scalar (a ``(loss, grads)`` pair,
+        an array).
     """
     params = {key: np.asarray(value, dtype=np.float64) for key, value in params.items()}
     for what, other in (("gradient", gradient), ("direction", direction)):
@@ -206,6 +220,21 @@ def _differences(loss: Callable[[Params], Any], params: Params, direction: Param
     return (plus - base) / h, central, (4 * half - central) / 3
 
 
+def _median_log_errors(study: StepStudy, method: str, window: int) -> np.ndarray:
+    """``log10`` of ``method``'s errors after a running median over ``window`` steps."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    window = check_int(window, "window", 1)
+    if window % 2 == 0:
+        raise ValueError(f"window: expected an odd number, got {window}")
+    logs = np.log10(np.maximum(study.errors[method], 1e-300))
+    half = window // 2
+    padded = np.concatenate([np.full(half, np.inf), logs, np.full(half, np.inf)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    # inf padding: a window at an end holds fewer steps; its median ignores the padding.
+    return np.array([np.median(w[np.isfinite(w)]) for w in windows])
+
+
 def best_step(study: StepStudy, method: str, window: int = 5) -> float:
     """The step at which ``method``'s error is smallest, after a running median.
 
@@ -226,15 +255,64 @@ def best_step(study: StepStudy, method: str, window: int = 5) -> float:
     float
         The step ``h`` of the smallest median error.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
-    window = check_int(window, "window", 1)
-    if window % 2 == 0:
-        raise ValueError(f"window: expected an odd number, got {window}")
-    logs = np.log10(np.maximum(study.errors[method], 1e-300))
-    half = window // 2
-    padded = np.concatenate([np.full(half, np.inf), logs, np.full(half, np.inf)])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
-    # inf padding: a window at an end holds fewer steps; its median ignores the padding.
-    medians = np.array([np.median(w[np.isfinite(w)]) for w in windows])
+    medians = _median_log_errors(study, method, window)
     return float(study.steps[int(np.argmin(medians))])
+
+
+#: A method whose (median) relative error reaches this is said to converge whatever the
+#: shape of its curve: far below the O(1) error of a kink, and above the best error any
+#: difference formula reaches on a badly scaled function.
+CONVERGED_BELOW = 1e-6
+#: The bottom of a V-curve is narrow: within a factor :data:`BOTTOM_FACTOR` of its smallest
+#: error lie about two decades of steps (one where truncation ``O(h^k)`` grows, one where
+#: rounding ``O(1/h)`` grows; the noise of the rounding branch widens it a little). A kink's
+#: plateau of relative error ``P`` is flat from where curvature stops mattering (``h ~ P |f'|
+#: / |f''|``) down to where rounding exceeds ``P`` (``h ~ eps |f| / (P |f'|)``): about
+#: ``2 log10(P) + 15`` decades for a well-scaled loss, more than :data:`FLAT_DECADES` for any
+#: ``P`` above 1e-5.
+BOTTOM_FACTOR = 10.0
+FLAT_DECADES = 4.0
+
+
+def converges(study: StepStudy, method: str, window: int = 5) -> bool:
+    """Whether ``method``'s estimate converges to the analytic derivative as ``h`` shrinks.
+
+    A difference formula converges when its error falls with ``h`` (its truncation ``O(h^k)``)
+    until rounding takes over: a V-curve. At a kink of ``f`` along the direction (a ReLU at 0,
+    a max with a tie), the one-sided slopes differ and the difference quotients tend to one of
+    them or to their mean, not to the derivative refimpl's convention picks: the error stays on
+    a plateau, never falling, down to the steps where rounding takes over. There no step is
+    "best", and :func:`best_step` would name an arbitrary point of the plateau.
+
+    The rule, on the errors after the running median of :func:`best_step`: the method
+    converges if its smallest error is at most :data:`CONVERGED_BELOW` (an estimate exact up to
+    rounding at every step, a polynomial along the direction, converges too), or if the
+    smallest error is the bottom of a V: the run of steps around it whose error is within
+    :data:`BOTTOM_FACTOR` of the smallest spans at most :data:`FLAT_DECADES` decades and does
+    not begin at the largest step (the error fell before it). A plateau, even one reached by
+    a falling error, is no convergence.
+
+    Parameters
+    ----------
+    study : StepStudy
+    method : str
+        One of :data:`METHODS`.
+    window : int
+        An odd number of neighbouring steps for the running median (as :func:`best_step`).
+
+    Returns
+    -------
+    bool
+    """
+    medians = _median_log_errors(study, method, window)
+    best = int(np.argmin(medians))
+    if medians[best] <= np.log10(CONVERGED_BELOW):
+        return True
+    near = medians <= medians[best] + np.log10(BOTTOM_FACTOR)
+    first = last = best
+    while first > 0 and near[first - 1]:
+        first -= 1
+    while last + 1 < near.size and near[last + 1]:
+        last += 1
+    width = np.log10(study.steps[first]) - np.log10(study.steps[last])
+    return bool(first > 0 and width <= FLAT_DECADES)

@@ -290,6 +290,7 @@ def compare_with_oracle(impl: Implementation, case_or_model: Any,
 def _raise_unless_pass(reports: list[ComparisonReport], allow_inconclusive: bool,
                        header: str) -> None:
     """AssertionError on any failure, and on an inconclusive verdict unless allowed."""
+    __tracebackhide__ = True   # pytest: the user's test line, not this helper, is the failure
     if not isinstance(allow_inconclusive, bool):
         raise TypeError(f"allow_inconclusive: expected True or False, got "
                         f"{allow_inconclusive!r}")
@@ -372,6 +373,7 @@ def assert_matches_oracle(impl: Implementation, case_or_model: Any,
     >>> assert_matches_oracle(impl, model, inputs={"x": x, "y": y}).ok
     True
     """
+    __tracebackhide__ = True   # pytest: the user's test line, not this helper, is the failure
     report = compare_with_oracle(impl, case_or_model, params, inputs, dtype=dtype, rtol=rtol,
                                  atol=atol, seed=seed, outputs=outputs, name=name)
     _raise_unless_pass([report], allow_inconclusive, "")
@@ -484,6 +486,7 @@ def assert_matches_golden(impl: Implementation, golden_dir: Any,
             if entry["kind"] == "mlp":
                 assert_matches_golden(build_my_impl(entry["config"]), "golden", case=name)
     """
+    __tracebackhide__ = True   # pytest: the user's test line, not this helper, is the failure
     reports = compare_with_golden(impl, golden_dir, case, dtype=dtype, rtol=rtol, atol=atol,
                                   outputs=outputs)
     counted = [report for report in reports if report.verdict == "fail"

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..._validate import did_you_mean
+
 __all__ = ["Case", "all_cases", "get_case", "CASE_MODULES", "INPUT_ROLES", "describe_inputs",
            "resolved_share"]
 
@@ -198,8 +200,11 @@ def all_cases() -> list[Case]:
 
 
 def get_case(name: str) -> Case:
-    """The built-in case called ``name``; ``ValueError`` listing the known names otherwise."""
-    for case in all_cases():
+    """The built-in case called ``name``; otherwise a ``ValueError`` with the closest names."""
+    cases = all_cases()
+    for case in cases:
         if case.name == name:
             return case
-    raise ValueError(f"case: unknown case {name!r}")
+    raise ValueError(f"case: unknown case {name!r}"
+                     f"{did_you_mean(name, [case.name for case in cases])}; refimpl check "
+                     f"--list names the {len(cases)} built-in cases")

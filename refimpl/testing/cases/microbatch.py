@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ...microbatch import accumulated_loss_and_grads
+from ...microbatch import accumulated_loss_and_grads, split_indices
 from ...nn import MLP, Dense, Sequential, Siamese, Tanh, TripletMarginLoss
 from ...tying import AnchoredModel, TiedPair
 from . import Case, describe_inputs, resolved_share
@@ -81,6 +81,10 @@ def microbatch_case(name: str, base: Case, model: Any, sizes: list[int],
     """
     pair = isinstance(model, TiedPair)
     names = list(base.inputs)
+    # Sizes that do not partition the batch would drop or invent examples without a word.
+    split_indices(sizes, len(base.inputs["xa" if pair else names[0]]), "sizes")
+    if pair:
+        split_indices(sizes_b, len(base.inputs["xb"]), "sizes_b")
     per_input = {key: sizes_b if pair and key in ("xb", "yb") else sizes for key in names}
     count = len(sizes)
     inputs = split_inputs({key: base.inputs[key] for key in names}, per_input)
