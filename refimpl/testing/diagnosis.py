@@ -490,7 +490,7 @@ def diagnose_gradient(name: str, actual: Any, reference: Any, found: Contributio
         The reference gradient it failed against.
     found : refimpl.study.Contributions
         The parameter's contributions at the same point.
-    tolerance : Tolerance
+    tolerance : refimpl.gradcheck.Tolerance
         The tolerance of the comparison (its ``rtol``, ``atol``).
     floor : float
         The tensor's resolution floor at the point.
@@ -569,7 +569,7 @@ def diagnose(case: Case, rows: Sequence[TensorComparison], grads: Mapping[str, A
         The implementation's gradients.
     expected_grads : mapping
         The reference gradients the rows were judged against.
-    tolerance : Tolerance
+    tolerance : refimpl.gradcheck.Tolerance
         The comparison's tolerance.
 
     Returns
