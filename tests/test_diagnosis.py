@@ -323,8 +323,9 @@ def test_rnn_time_step_dropped():
     for tensor in ("rnn.weight_ih", "rnn.bias_ih", "rnn.bias_hh"):
         diagnosis = _only(report, tensor)
         assert diagnosis.bug == "time step dropped"
-        assert f"the contribution of time step 0 (of T = 6) to the use {tensor} is dropped" \
-            in diagnosis.message
+        assert diagnosis.message == (f"gradient {tensor!r} equals the sum over the time steps "
+                                     f"of {tensor} without step 0 (T = 6); the contribution of "
+                                     f"time step 0 is dropped")
     # h_{-1} = 0: step 0 adds nothing to W_hh, whose gradient is right and not diagnosed
     assert "rnn.weight_hh" not in _failing(report)
     assert len(report.diagnoses) == 3
@@ -338,7 +339,8 @@ def test_siamese_branch_dropped():
     for tensor in _failing(report):
         diagnosis = _only(report, tensor)
         assert diagnosis.bug == "branch dropped" and diagnosis.terms == ("negative",)
-        assert "the branch 'negative' is dropped" in diagnosis.message
+        assert diagnosis.message == (f"gradient {tensor!r} equals the sum over the branches "
+                                     f"'anchor', 'positive'; the branch 'negative' is dropped")
 
 
 def test_micro_batches_weighted_one_instead_of_their_share():
@@ -364,7 +366,8 @@ def test_micro_batch_dropped():
                         case)
     diagnosis = _only(report, "fc1.weight")
     assert diagnosis.bug == "micro-batch dropped" and diagnosis.terms == ("mb2",)
-    assert "micro-batch 2 (3/7) is dropped" in diagnosis.message
+    assert diagnosis.message == ("gradient 'fc1.weight' equals the accumulated micro-batches "
+                                 "0, 1 alone; micro-batch 2 (3/7) is dropped")
 
 
 def test_embedding_occurrences_assigned_not_accumulated():
@@ -372,7 +375,10 @@ def test_embedding_occurrences_assigned_not_accumulated():
                         "sequence-embedding-repeats")
     diagnosis = _only(report, "embed.weight")
     assert diagnosis.bug == "occurrences assigned, not accumulated"
-    assert "repeated row (rows 0, 2, 3)" in diagnosis.message
+    assert diagnosis.message == (
+        "gradient 'embed.weight' equals embed.weight with each repeated row (rows 0, 2, 3) "
+        "given its last occurrence's gradient alone; the occurrences of embed.weight are "
+        "assigned, not accumulated (np.add.at)")
     assert _failing(report) == {"embed.weight"}
 
 

@@ -277,8 +277,7 @@ def _use_changes(found: Contributions, task: Sequence[Term], pulls: Sequence[Ter
             others = [f"the use {other}" for other in labels if other != label]
             yield ("use missing", _without([f"the use {label}"], others + pull_names),
                    f"the use {label} is missing", (label,), -use)
-            yield ("use counted twice",
-                   f"the sum of its contributions with the use {label} counted twice",
+            yield ("use counted twice", f"the sum of its contributions plus {label} once more",
                    f"the use {label} is counted twice", (label,), use)
     if len(labels) >= 3:
         for label in labels:
@@ -290,8 +289,7 @@ def _use_changes(found: Contributions, task: Sequence[Term], pulls: Sequence[Ter
     for label, use in uses.items():
         if label.endswith("^T") and use.ndim >= 2 and use.shape[-1] == use.shape[-2]:
             yield ("transposed use not transposed back",
-                   f"the sum of its contributions with the use {label} added in its slot's "
-                   f"layout (untransposed)",
+                   f"the sum of its contributions with {label} in its slot's layout",
                    f"the transposed use {label} is not transposed back", (label,),
                    np.swapaxes(use, -1, -2) - use)
 
@@ -310,7 +308,7 @@ def _pull_changes(found: Contributions, pulls: Sequence[Term], micro_batches: in
            f"the {label} has the wrong sign", ("pull",), -2.0 * pull)
     if micro_batches >= 2:
         yield ("pull counted once per micro-batch",
-               f"its task terms plus the pull counted {micro_batches} times",
+               f"its task terms plus {micro_batches} pulls",
                f"the {label} is added once per micro-batch ({micro_batches} times) instead of "
                f"once per step", ("pull",), (micro_batches - 1) * pull)
 
@@ -324,9 +322,10 @@ def _branch_changes(found: Contributions, task: Sequence[Term]) -> Iterator[_Cha
         return
     names = list(branches)
     for name, part in branches.items():
-        others = [f"the branch {other!r}" for other in names if other != name]
-        yield ("branch dropped", _without([f"the branch {name!r}"], others),
-               f"the branch {name!r} is dropped", (name,), -part)
+        others = [other for other in names if other != name]
+        kept = (f"the branch {others[0]!r} alone" if len(others) == 1 else
+                f"the sum over the branches {_listed([repr(o) for o in others])}")
+        yield ("branch dropped", kept, f"the branch {name!r} is dropped", (name,), -part)
     if len(names) >= 3:
         for name in names:
             others = [other for other in names if other != name]
@@ -365,7 +364,8 @@ def _micro_batch_changes(found: Contributions, task: Sequence[Term],
 
     for index, part in weighted.items():
         named = f"micro-batch {index}" + (f" ({shares(index)})" if sizes else "")
-        yield ("micro-batch dropped", f"the accumulated micro-batches without {named}",
+        kept = _listed([str(other) for other in groups if other != index])
+        yield ("micro-batch dropped", f"the accumulated micro-batches {kept} alone",
                f"{named} is dropped", (f"mb{index}",), -part)
     if sizes is None:
         return
@@ -395,9 +395,9 @@ def _step_changes(found: Contributions, task: Sequence[Term]) -> Iterator[_Chang
         steps = sum(term.parts.gradients for term in terms)          # (T, *shape)
         for t in range(steps.shape[0]):
             yield ("time step dropped",
-                   f"the sum over the time steps of the use {label} without step {t}",
-                   f"the contribution of time step {t} (of T = {steps.shape[0]}) to the use "
-                   f"{label} is dropped", (f"{label}@t{t}",), -steps[t])
+                   f"the sum over the time steps of {label} without step {t} "
+                   f"(T = {steps.shape[0]})", f"the contribution of time step {t} is dropped",
+                   (f"{label}@t{t}",), -steps[t])
 
 
 def _assigned(term: Term, shape: tuple[int, ...], which: str) -> tuple[np.ndarray, list[int]]:
@@ -427,11 +427,10 @@ def _occurrence_changes(found: Contributions, task: Sequence[Term]) -> Iterator[
                 repeated.update(rows)
             if repeated:
                 yield ("occurrences assigned, not accumulated",
-                       f"the use {label} with every repeated row given its {which} "
+                       f"{label} with each repeated row (rows "
+                       f"{_listed([str(r) for r in sorted(repeated)])}) given its {which} "
                        f"occurrence's gradient alone",
-                       f"the occurrences of {label} are assigned, not accumulated: each "
-                       f"repeated row (rows {_listed([str(r) for r in sorted(repeated)])}) "
-                       f"gets its {which} occurrence's gradient instead of their sum",
+                       f"the occurrences of {label} are assigned, not accumulated (np.add.at)",
                        (label,), change)
 
 
