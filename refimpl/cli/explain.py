@@ -17,21 +17,8 @@ import numpy as np
 
 from .._io import JSON_HELP
 from .._table import format_table
-from ..nn import Sequential, Siamese
-from ..study import (
-    Contributions,
-    Term,
-    anchored_contributions,
-    microbatch_contributions,
-    model_contributions,
-    pair_contributions,
-    row_summary,
-    siamese_contributions,
-    summarize,
-)
-from ..testing.cases import Case
-from ..testing.cases.microbatch import join_inputs
-from ..tying import AnchoredModel, TiedPair
+from ..study import Contributions, Term, row_summary, summarize
+from ..testing.diagnosis import case_contributions
 from ._cases import (
     PLOT_HELP,
     add_case_arguments,
@@ -54,49 +41,6 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
                              "inside a layer (a convolution's per-position map, an RNN's "
                              "per-step bars, an embedding's top rows), to PATH "
                              f"{PLOT_HELP}")
-
-
-def _model_and_batch(config: Mapping[str, Any], data: Mapping[str, np.ndarray]
-                     ) -> tuple[Any, tuple[Any, ...]]:
-    """The model of a case's configuration and its batch in the form the model takes."""
-    if "model" in config:
-        return Sequential.from_config(config["model"]), (data["x"], data["y"])
-    if "pair" in config:
-        target_b = data["yb"] if "yb" in data else data["xb"]   # no "yb": an autoencoder
-        return (TiedPair.from_config(config["pair"]),
-                ((data["xa"], data["ya"]), (data["xb"], target_b)))
-    if "siamese" in config:
-        model = Siamese.from_config(config["siamese"])
-        extra = ("y",) if model.loss_spec.needs_target else ()
-        return model, tuple(data[name] for name in model.branch_names + extra)
-    anchored = config["anchored"]
-    references = {key[3:]: value for key, value in data.items() if key.startswith("w0:")}
-    model = AnchoredModel(Sequential.from_config(anchored["model"]), anchored["lam"],
-                          reference=references or None, names=anchored["names"],
-                          penalty=anchored["penalty"])
-    return model, (data["x"], data["y"])
-
-
-def case_contributions(case: Case) -> dict[str, Contributions]:
-    """The contributions of every parameter of ``case`` (a model, a tied pair, an anchored
-    model, a Siamese model, micro-batches of any of them), at its point and on its data."""
-    config, data = case.config, case.inputs
-    if "micro_batches" in config:
-        names = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in data))
-        full = join_inputs(dict(data), names, len(config["micro_batches"]))
-        model, batch = _model_and_batch(config["base"], full)
-        return microbatch_contributions(model, case.params, batch, config["micro_batches"],
-                                        splits_b=config.get("micro_batches_b"))
-    model, batch = _model_and_batch(config, data)
-    if isinstance(model, TiedPair):
-        return pair_contributions(model, *model.split(case.params), *batch)
-    if isinstance(model, Siamese):
-        extra = {"y": batch[-1]} if model.loss_spec.needs_target else {}
-        return siamese_contributions(model, case.params,
-                                     *batch[:model.loss_spec.branches], **extra)
-    if isinstance(model, AnchoredModel):
-        return anchored_contributions(model, case.params, *batch)
-    return model_contributions(model, case.params, *batch)
 
 
 def short_label(term: Term) -> str:

@@ -9,7 +9,9 @@ do not):
 - :func:`assert_matches_golden` / :func:`compare_with_golden`: against a golden folder
   (:mod:`.golden` writes, reads and verifies them);
 - the comparison rule, its tolerances and the three verdicts (:mod:`.comparison`), and the
-  resolution floor derived from the point (:mod:`.resolution`);
+  resolution floor derived from the point (:mod:`.resolution`); for a failing gradient of a
+  shared, tied, recurrent, Siamese or micro-batch model, the named bug its contributions
+  explain (:mod:`.diagnosis`, a :class:`Diagnosis` on the report);
 - :func:`conform`: a builder ``build(config, dtype) -> impl`` over every case and dtype, one
   outcome per row (:mod:`.conform`; ``refimpl conform`` and the pytest plugin
   :mod:`.pytest_plugin` run it too);
@@ -17,8 +19,8 @@ do not):
   with Hypothesis installed, public strategies (:mod:`.strategies`, imported on its own:
   ``from refimpl.testing import strategies``).
 
-Layers inside the kit, bottom to top: comparison | resolution -> cases -> golden -> oracle ->
-strategies | conform -> pytest_plugin.
+Layers inside the kit, bottom to top: comparison | resolution -> cases -> golden | diagnosis ->
+oracle -> strategies | conform -> pytest_plugin.
 """
 
 from .comparison import (
@@ -26,6 +28,7 @@ from .comparison import (
     RESOLVED_FRACTION,
     VERDICTS,
     ComparisonReport,
+    Diagnosis,
     Implementation,
     NotExpressible,
     TensorComparison,
@@ -47,6 +50,7 @@ __all__ = [
     "assert_matches_oracle", "compare_with_oracle", "assert_matches_golden",
     "compare_with_golden", "compare_tensor", "resolve_tolerance", "case_floors",
     "unresolved_tensors", "DTYPE_TOLERANCES", "RESOLVED_FRACTION", "VERDICTS", "Tolerance",
-    "Implementation", "NotExpressible", "TensorComparison", "ComparisonReport", "conform",
+    "Implementation", "NotExpressible", "TensorComparison", "ComparisonReport", "Diagnosis",
+    "conform",
     "ConformanceReport", "ConformanceRow",
 ]

@@ -64,6 +64,7 @@ from .comparison import (
     compare_tensor,
     resolve_tolerance,
 )
+from .diagnosis import diagnose
 from .resolution import HAND_OVER_DTYPE, case_floors
 
 __all__ = [
@@ -83,10 +84,11 @@ def _hand_over(arrays: Mapping[str, np.ndarray], dtype: str) -> dict[str, np.nda
 
 def _run_and_compare(impl: Any, case_name: str, params: Mapping[str, np.ndarray],
                      inputs: Mapping[str, np.ndarray], reference: tuple[Any, Any, Any],
-                     dtype: str, tolerance: Tolerance, floors: Mapping[tuple[str, str], float]
-                     ) -> ComparisonReport:
+                     dtype: str, tolerance: Tolerance, floors: Mapping[tuple[str, str], float],
+                     case: Case | None = None) -> ComparisonReport:
     """Run ``impl`` on fresh copies of the point and compare what it returns with the
-    float64 ``reference`` ``(loss, grads, outputs)``, one row per tensor."""
+    float64 ``reference`` ``(loss, grads, outputs)``, one row per tensor; failing gradients
+    are diagnosed from the contributions of ``case`` (:mod:`.diagnosis`) when given."""
     if not callable(impl):
         raise TypeError(f"impl: expected a callable impl(params, inputs) -> (loss, grads), got "
                         f"{impl!r}")
@@ -100,7 +102,10 @@ def _run_and_compare(impl: Any, case_name: str, params: Mapping[str, np.ndarray]
     output_rows, output_problems = _output_rows(result[2] if len(result) == 3 else None,
                                                 expected_outputs, judge)
     rows = (_loss_row(result[0], expected_loss, judge), *grad_rows, *output_rows)
-    return ComparisonReport(case_name, dtype, tolerance, rows, (*grad_problems, *output_problems))
+    diagnoses = () if case is None else diagnose(case, grad_rows, result[1], expected_grads,
+                                                 tolerance)
+    return ComparisonReport(case_name, dtype, tolerance, rows, (*grad_problems, *output_problems),
+                            diagnoses)
 
 
 def _return_problem(result: Any) -> str | None:
@@ -284,7 +289,7 @@ def compare_with_oracle(impl: Implementation, case_or_model: Any,
     floors = case_floors(case, dtype_name, (loss, grads, expected_outputs))
     return _run_and_compare(impl, name or case.name, case.params, case.inputs,
                             (loss, grads, expected_outputs if outputs else {}), dtype_name,
-                            tolerance, floors)
+                            tolerance, floors, case)
 
 
 def _raise_unless_pass(reports: list[ComparisonReport], allow_inconclusive: bool,
@@ -425,7 +430,7 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
         reports.append(_run_and_compare(
             impl, name, data.params, data.inputs,
             (data.loss, data.grads, data.outputs if outputs else {}), dtype_name, tolerance,
-            floors))
+            floors, rebuilt))
     return reports
 
 
