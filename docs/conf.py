@@ -3,7 +3,10 @@ docstrings (napoleon), the PyData theme (NumPy's, SciPy's and pandas'), built wi
 errors in CI (``sphinx-build -W``)."""
 
 import os
+import re
 import sys
+
+from docutils import nodes
 
 sys.path.insert(0, os.path.abspath(".."))
 
@@ -46,6 +49,7 @@ html_theme_options = {
     "footer_end": [],
 }
 html_sidebars = {"**": []}
+PYTHON_START = re.compile(r"(import|from|def|class|@)\b|>>> ")
 
 
 def _skip_namedtuple_fields(app, what, name, obj, skip, options):
@@ -56,5 +60,22 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):
     return None
 
 
+def _python_literal_blocks(app, doctree):
+    """A docstring's ``::`` block that is Python (a module's usage example) is highlighted as
+    Python: the docstrings do not name the language, and the default here is plain text.
+    Only blocks that compile and start with an import or a definition count; a formula or a
+    signature (``impl(params, inputs) -> (loss, grads)``) does not compile."""
+    for block in doctree.findall(nodes.literal_block):
+        text = block.astext()
+        if "language" in block or not PYTHON_START.match(text):   # named, or not Python
+            continue
+        try:
+            compile(text, "<docstring>", "exec")
+        except SyntaxError:
+            continue
+        block["language"] = "python"
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    app.connect("doctree-read", _python_literal_blocks)
