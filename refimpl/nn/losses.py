@@ -223,12 +223,21 @@ def softmax_cross_entropy_backward_jvp(dloss: Any, dloss_dot: Any, cache: CrossE
 
 
 def _softmax_cross_entropy_backward_jvp(dloss, dloss_dot, cache, tangent_cache):
-    p, z_dot = cache.probabilities, tangent_cache.x_dot                 # (N, ..., K)
-    positions = p.size // p.shape[-1]
-    # term 2: (diag(p) - p p^T) z_dot = p * (z_dot - p . z_dot), per position
-    softmax_dot = p * (z_dot - (p * z_dot).sum(axis=-1, keepdims=True))
+    shape = cache.probabilities.shape
+    p = cache.probabilities.reshape(-1, shape[-1])                      # (P, K)
+    z_dot = tangent_cache.x_dot.reshape(p.shape)                        # (P, K)
+    rows = np.arange(p.shape[0])
+    # term 2: (diag(p) - p p^T) z_dot = p * (z_dot - p . z_dot), per position. The tangent is
+    # taken relative to the most probable class's: z_dot - p . z_dot is invariant under a
+    # shift of z_dot, and its entry at that class, -(sum of p_j (z_dot_j - z_dot_top)), is then
+    # a sum of small terms, right relatively when p_top ~ 1 (1 - p . z_dot / z_dot_top would
+    # cancel), as the backward pass computes p_y - 1.
+    top = p.real.argmax(axis=1)                                         # (P,)
+    centred = z_dot - z_dot[rows, top][:, None]                         # 0 at the top class
+    softmax_dot = p * (centred - (p * centred).sum(axis=1, keepdims=True))
+    positions = p.shape[0]
     return (_softmax_cross_entropy_backward(dloss_dot, cache)          # term 1
-            + softmax_dot * (dloss / positions))
+            + (softmax_dot * (dloss / positions)).reshape(shape))
 
 
 def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECache]:
