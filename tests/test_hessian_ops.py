@@ -38,6 +38,18 @@ EXACT = HVP_TOLERANCES["complex"]
 STEP = 1e-20
 SEEDS = st.integers(0, 2**32 - 1)
 
+#: Examples per op: a few in the default tier (every op's every code path is reached by a
+#: handful of draws), many in the slow tier; both scale with the Hypothesis profile.
+TIERS = [pytest.param(4, id="default"),
+         pytest.param(80, id="slow", marks=pytest.mark.slow)]
+
+
+def run(check, examples, *args):
+    """``check(*args, data)`` as a Hypothesis test of ``examples`` examples (scaled by the
+    profile's ``max_examples`` against the default 40)."""
+    scaled = max(1, round(examples * settings.default.max_examples / 40))
+    settings(max_examples=scaled)(given(data=st.data())(lambda data: check(*args, data)))()
+
 
 class Op(NamedTuple):
     """One operation: ``forward(*inputs) -> (out, cache)`` (static arguments bound),
@@ -324,10 +336,13 @@ def _complex_step_of(function, inputs, tangents):
     return tuple(np.imag(value) / STEP for value in _as_tuple(function(moved)))
 
 
+@pytest.mark.parametrize("examples", TIERS)
 @pytest.mark.parametrize("name", sorted(OPS))
-@settings(max_examples=15)
-@given(data=st.data())
-def test_jvp_is_the_complex_step_of_the_forward_pass(name, data):
+def test_jvp_is_the_complex_step_of_the_forward_pass(name, examples):
+    run(_jvp_is_the_complex_step_of_the_forward_pass, examples, name)
+
+
+def _jvp_is_the_complex_step_of_the_forward_pass(name, data):
     op = OPS[name]()
     inputs, tangents, out, cache, _, _ = _point(op, data)
     out_dot, _ = op.jvp(*tangents, cache)
@@ -335,10 +350,13 @@ def test_jvp_is_the_complex_step_of_the_forward_pass(name, data):
     assert_close(out_dot, expected, EXACT, f"{name}: out_dot")
 
 
+@pytest.mark.parametrize("examples", TIERS)
 @pytest.mark.parametrize("name", sorted(OPS))
-@settings(max_examples=15)
-@given(data=st.data())
-def test_backward_jvp_is_the_complex_step_of_the_backward_pass(name, data):
+def test_backward_jvp_is_the_complex_step_of_the_backward_pass(name, examples):
+    run(_backward_jvp_is_the_complex_step_of_the_backward_pass, examples, name)
+
+
+def _backward_jvp_is_the_complex_step_of_the_backward_pass(name, data):
     op = OPS[name]()
     inputs, tangents, out, cache, dout, dout_dot = _point(op, data)
     _, tangent_cache = op.jvp(*tangents, cache)
@@ -352,10 +370,13 @@ def test_backward_jvp_is_the_complex_step_of_the_backward_pass(name, data):
         assert_close(got, want, EXACT, f"{name}: backward_jvp output {index}")
 
 
+@pytest.mark.parametrize("examples", TIERS)
 @pytest.mark.parametrize("name", sorted(OPS))
-@settings(max_examples=10)
-@given(data=st.data())
-def test_jvp_is_the_transpose_of_the_backward_pass(name, data):
+def test_jvp_is_the_transpose_of_the_backward_pass(name, examples):
+    run(_jvp_is_the_transpose_of_the_backward_pass, examples, name)
+
+
+def _jvp_is_the_transpose_of_the_backward_pass(name, data):
     op = OPS[name]()
     inputs, tangents, out, cache, dout, _ = _point(op, data)
     out_dot, _ = op.jvp(*tangents, cache)
@@ -368,11 +389,14 @@ def test_jvp_is_the_transpose_of_the_backward_pass(name, data):
 
 # --- a zero input tangent (the data of a model) ------------------------------------------------
 
+@pytest.mark.parametrize("examples", TIERS)
 @pytest.mark.parametrize("name", ["dense", "conv2d", "locally_connected2d", "rnn",
                                   "unrolled_rnn"])
-@settings(max_examples=10)
-@given(data=st.data())
-def test_a_zero_input_tangent_may_be_none(name, data):
+def test_a_zero_input_tangent_may_be_none(name, examples):
+    run(_a_zero_input_tangent_may_be_none, examples, name)
+
+
+def _a_zero_input_tangent_may_be_none(name, data):
     op = OPS[name]()
     inputs, tangents, out, cache, dout, dout_dot = _point(op, data)
     zero = (np.zeros_like(inputs[0]), *tangents[1:])
