@@ -410,6 +410,28 @@ def _a_zero_input_tangent_may_be_none(name, data):
             assert_close(got, want, EXACT, f"{name}: backward_jvp")
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_backward_jvp_through_the_positions_form(groups):
+    """With >= 8 channels per group and a narrow output the convolution's backward pass takes
+    its tuned "positions" form (:mod:`refimpl.nn.conv_positions`), which the drawn geometries
+    above (<= 2 channels per group) never reach: complex-step safe and right too."""
+    rng = np.random.default_rng(groups)
+    x, w, b = (rng.standard_normal((2, 16, 5, 5)), rng.standard_normal((4, 16 // groups, 3, 3)),
+               rng.standard_normal(4))
+    tangents = tuple(rng.standard_normal(value.shape) for value in (x, w, b))
+    out, cache = conv.conv2d_forward(x, w, b, padding=1, groups=groups)
+    assert conv.positions_first(16 // groups, out.shape[3])
+    dout, dout_dot = rng.standard_normal(out.shape), rng.standard_normal(out.shape)
+    _, tangent_cache = conv.conv2d_jvp(*tangents, cache)
+    explicit = conv.conv2d_backward_jvp(dout, dout_dot, cache, tangent_cache)
+    _, moved = conv.conv2d_forward(*(a + 1j * STEP * t for a, t in zip((x, w, b), tangents,
+                                                                       strict=True)),
+                                   padding=1, groups=groups)
+    for got, want in zip(explicit, conv.conv2d_backward(dout + 1j * STEP * dout_dot, moved),
+                         strict=True):
+        assert_close(got, want.imag / STEP, EXACT)
+
+
 # --- kinks: the backward pass's one-sided rules carry over ------------------------------------
 
 def test_relu_and_leaky_relu_take_the_backward_rule_at_zero():

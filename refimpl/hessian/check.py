@@ -47,28 +47,14 @@ STATUSES = ("ok", "mismatch", "inconclusive", "non-finite")
 class HVPRow:
     """One direction and one parameter of an :class:`HVPReport`.
 
-    Attributes
-    ----------
-    direction : int
-        The direction's number (0, 1, ...).
-    name : str
-        The parameter.
-    shape : tuple of int
-        Its shape.
-    max_abs_error : float
-        ``max_i |Hv_i - n_i|`` over the parameter's entries.
-    max_rel_error : float
-        ``max_abs_error / scale``.
-    scale : float
-        ``max(max_i |Hv_i|, max_i |n_i|)``.
-    worst_index : tuple of int
-        Where the error is largest.
-    explicit, numerical : float
-        ``Hv`` and the numerical estimate there.
-    status : str
-        ``"ok"``, ``"mismatch"``, ``"inconclusive"`` (central differences whose estimate moves
-        with the step by more than the tolerance: a kink within the step, the numerical side
-        cannot judge) or ``"non-finite"``.
+    Its fields: ``direction`` (the direction's number, 0, 1, ...), ``name`` and ``shape`` (the
+    parameter's), ``max_abs_error`` (``max_i |Hv_i - n_i|`` over the parameter's entries),
+    ``max_rel_error`` (``max_abs_error / scale``), ``scale`` (``max(max_i |Hv_i|, max_i
+    |n_i|)``), ``worst_index`` (where the error is largest), ``explicit`` and ``numerical``
+    (``Hv`` and the numerical estimate there) and ``status``: ``"ok"``, ``"mismatch"``,
+    ``"inconclusive"`` (central differences whose estimate moves with the step by more than
+    the tolerance: a kink within the step, the numerical side cannot judge) or
+    ``"non-finite"``.
     """
 
     direction: int

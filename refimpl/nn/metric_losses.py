@@ -49,9 +49,9 @@ and ``diff_dot = x1_dot - x2_dot`` (``eps`` is a constant)::
 the kink rules above carry over: at ``d = 0`` the norm's gradient is taken 0, hence ``d_dot``
 and ``u_dot`` are 0 there; at the triplet hinge ``z = 0`` the active side's derivatives are
 taken (``loss_dot = z_dot``, and the second derivative of ``z`` itself); at the contrastive
-margin ``d = margin`` the inactive side's (``max(0, m - d)^2`` contributes nothing, its second
-derivative taken 0 there, where the two one-sided second derivatives, 0 and ``2 (u . diff_dot)^2``
-per unit, differ).
+margin ``d = margin``, where the one-sided second derivatives of ``max(0, m - d)^2`` along a
+tangent are 0 (outside) and ``2 d_dot^2`` (inside), the outside one, 0, as the forward pass's
+mask takes it there.
 
 Complex-step safety: the norm is ``sqrt(sum(diff * diff))`` (no ``abs``, no ``conj``), the
 hinges branch on real parts and are used as constant masks.
