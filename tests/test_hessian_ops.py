@@ -40,7 +40,7 @@ SEEDS = st.integers(0, 2**32 - 1)
 
 #: Examples per op: a few in the default tier (every op's every code path is reached by a
 #: handful of draws), many in the slow tier; both scale with the Hypothesis profile.
-TIERS = [pytest.param(4, id="default"),
+TIERS = [pytest.param(6, id="default"),
          pytest.param(80, id="slow", marks=pytest.mark.slow)]
 
 
