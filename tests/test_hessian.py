@@ -18,6 +18,8 @@ with the complex method's tolerance of :data:`refimpl.hessian.HVP_TOLERANCES`.
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import pytest
 from hessian_drawing import anchored_points, model_of
@@ -29,10 +31,12 @@ from refimpl import nn
 from refimpl.gradcheck import assert_close
 from refimpl.hessian import (
     HVP_TOLERANCES,
+    check,
     check_hvp,
     check_hvp_function,
     gradient_function,
     loss_grads_and_hvp,
+    products,
 )
 from refimpl.testing import strategies as rs
 
@@ -497,3 +501,9 @@ def test_bad_arguments_are_errors_naming_them():
                                         r"\(anchor, positive, negative\)"):
         ri.hvp(siamese, siamese.init(0), (np.ones((2, 3)),) * 2,
                {k: np.ones_like(a) for k, a in siamese.init(0).items()})
+
+
+@pytest.mark.parametrize("module", [products, check])
+def test_the_docstring_examples_run(module):
+    result = doctest.testmod(module)
+    assert result.attempted and not result.failed
