@@ -197,6 +197,26 @@ def test_micro_batch_hvp_is_the_full_batch_hvp(examples):
     run(_microbatch_is_full_batch, examples, KINDS["microbatch"](), SEEDS)
 
 
+def _anchored_micro_batches(drawn, data, seed):
+    """An anchored model's H v over micro-batches (index lists too): the full batch's, the
+    penalty's ``2 lam v`` added once (added per micro-batch it would be M times too strong)."""
+    model, params, batch = drawn
+    splits = data.draw(rs.micro_batch_splits(len(batch[0]), min_count=2, index_lists=None)
+                       if len(batch[0]) > 1 else st.just([1]))
+    v = direction(params, seed)
+    accumulated = ri.hvp(model, params, batch, v, splits=splits)
+    assert_close_dicts(accumulated, ri.hvp(model, params, batch, v))
+    result = ri.jvp(model, params, batch, v, splits=splits)
+    assert result.loss_dot == pytest.approx(ri.jvp(model, params, batch, v).loss_dot,
+                                            rel=1e-12, abs=1e-13)
+    assert sorted(result.outputs) == [f"out.{i}" for i in range(len(splits))]
+
+
+@pytest.mark.parametrize("examples", TIERS)
+def test_anchored_micro_batches_add_the_penalty_once(examples):
+    run(_anchored_micro_batches, examples, anchored_points(), st.data(), SEEDS)
+
+
 # --- sharing: every pair of uses, cross terms included --------------------------------------------
 
 def _twin(model):
