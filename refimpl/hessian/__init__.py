@@ -71,9 +71,11 @@ from .products import (
     hvp,
     jvp,
     loss_grads_and_hvp,
+    random_directions,
 )
 
 __all__ = ["hvp", "jvp", "loss_grads_and_hvp", "HVPResult", "JVPResult", "gradient_function",
+           "random_directions",
            "MODEL_KINDS", "check_hvp", "check_hvp_function", "HVPReport", "HVPRow",
            "HVP_TOLERANCES", "HVP_METHODS", "HVP_STEPS"]
 

@@ -15,7 +15,7 @@ import numpy as np
 from .._table import format_table
 from .._validate import as_float_array, check_int, check_keys, check_seed, check_tolerance
 from ..gradcheck import EPS, Tolerance
-from .products import _check_direction, gradient_function, hvp
+from .products import _check_direction, gradient_function, hvp, random_directions
 
 __all__ = ["HVP_TOLERANCES", "HVP_METHODS", "HVP_STEPS", "HVPRow", "HVPReport", "check_hvp",
            "check_hvp_function"]
@@ -235,9 +235,7 @@ def _directions(params: Params, directions: Any, seed: Any, v: Any) -> list[Para
             raise TypeError(f"v: expected a direction (a dict of arrays) or a non-empty list of "
                             f"them, got {type(v).__name__}")
         return [_check_direction(one, params) for one in given]
-    rng = np.random.default_rng(seed)
-    return [{key: rng.standard_normal(value.shape) for key, value in params.items()}
-            for _ in range(directions)]
+    return random_directions(params, directions, seed)
 
 
 def check_hvp_function(

@@ -39,7 +39,7 @@ from ..tying.penalties import (
 )
 
 __all__ = ["hvp", "jvp", "loss_grads_and_hvp", "JVPResult", "HVPResult", "gradient_function",
-           "MODEL_KINDS"]
+           "random_directions", "MODEL_KINDS"]
 
 Params = dict[str, np.ndarray]
 
@@ -483,6 +483,23 @@ def jvp(model: Any, params: Mapping[str, Any], data: Any, v: Mapping[str, Any], 
 
 def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.ndarray | np.generic) else value
+
+
+def random_directions(params: Mapping[str, Any], count: int, seed: int) -> list[Params]:
+    """``count`` seeded standard-normal directions over every parameter: from one
+    ``numpy.random.default_rng(seed)``, direction by direction, each parameter in the order of
+    ``params`` (the directions :func:`refimpl.hessian.check_hvp` draws).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> [v] = random_directions({"w": np.zeros((2, 3))}, 1, seed=0)
+    >>> v["w"].shape
+    (2, 3)
+    """
+    rng = np.random.default_rng(seed)
+    return [{key: rng.standard_normal(np.shape(value)) for key, value in params.items()}
+            for _ in range(count)]
 
 
 def gradient_function(model: Any, data: Any, *, splits: Any = None, splits_b: Any = None
