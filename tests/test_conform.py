@@ -411,6 +411,24 @@ def test_a_planted_rule_gets_the_promised_outcome(name, variant, plant):
         assert "; best guess: " in row.detail and plant.words in row.detail, row.detail
 
 
+def test_strict_conventions_fail_the_run():
+    case = PROBES["probe-l1-tie"]
+
+    def build(config, dtype):
+        if "convention" in config:
+            return planted_builder(case)(config, dtype)
+        return reference_build(config, dtype)
+
+    cases = [case, "mlp-tanh-ce"]
+    lenient = conform(build, cases=cases, dtypes=["float64"])
+    assert [row.outcome for row in lenient.rows] == ["convention differs", "pass"]
+    assert lenient.ok and not lenient.failed
+    strict = conform(build, cases=cases, dtypes=["float64"], strict_conventions=True)
+    assert not strict.ok and [row.case for row in strict.failed] == ["probe-l1-tie"]
+    assert "convention differences fail the run" in strict.header()
+    assert strict.summary().endswith("FAILED")
+
+
 def _doubled_loss(result):
     loss, grads, outputs = result
     return 2 * loss, grads, outputs

@@ -8,8 +8,9 @@ point and data, from ``numpy.random.default_rng``, and returns a
 :class:`~refimpl.testing.cases.Case` named ``drawn-<kind>-<seed>`` whose ``config["seed"]`` is
 ``seed``: the name alone regenerates the case (:func:`case_named`), on any machine, so a drawn
 case that fails a conformance run can be rerun, or written to a golden folder for another
-language. The configurations are the catalogue's (:mod:`.sequence`, :mod:`.siamese`,
-:mod:`.microbatch`), so a builder that expresses the catalogue expresses them.
+language. The configurations are the catalogue's (:mod:`refimpl.testing.cases.sequence`,
+:mod:`refimpl.testing.cases.siamese`, :mod:`refimpl.testing.cases.microbatch`), so a builder
+that expresses the catalogue expresses them.
 
 Every drawn case tests something in float32 (the dtype in which conformance runs are
 weakest): some gradient is non-zero and no tensor lies below float32's resolution floor at the
