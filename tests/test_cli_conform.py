@@ -313,10 +313,15 @@ def test_the_progress_bar_shows_rows_time_and_the_row_running_then_clears(monkey
                                 "~0:00 left  tied-soft-l2 [float64]")
     assert frames[-1] == "" and frames[-2].strip() == ""           # cleared at the end
     assert "\n" not in text
-    monkeypatch.setenv("COLUMNS", "41")                 # a narrow terminal: never wraps
+    monkeypatch.setenv("COLUMNS", "70")      # a narrow terminal: the bar goes, never wraps
     narrow = _Terminal()
-    ProgressBar(narrow)(1, 4, "a-long-case-name [float64]")
-    assert narrow.getvalue() == "\r" + ("refimpl conform [######" + "." * 18)[:40]
+    ProgressBar(narrow)(1, 4, "siamese-contrastive-shared-tower [float64]")
+    assert narrow.getvalue() == ("\r1/4 25% 0:00, ~0:00 left  siamese-contrastive-shared-tower "
+                                 "[float64]")
+    monkeypatch.setenv("COLUMNS", "30")
+    narrower = _Terminal()
+    ProgressBar(narrower)(1, 4, "siamese-contrastive-shared-tower [float64]")
+    assert narrower.getvalue() == "\r1/4 25% 0:00, ~0:00 left  sia"
     quiet = io.StringIO()
     ProgressBar(quiet)(1, 4, "x")
     assert quiet.getvalue() == ""

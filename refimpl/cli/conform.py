@@ -136,9 +136,13 @@ class ProgressBar:
         elapsed = time.monotonic() - self.start
         filled = self.WIDTH * done // max(total, 1)
         left = f", ~{_clock(elapsed / done * (total - done))} left" if done else ""
-        line = (f"refimpl conform [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} "
-                f"{100 * done // max(total, 1)}% {_clock(elapsed)}{left}  {label}")
+        counts = f"{done}/{total} {100 * done // max(total, 1)}% {_clock(elapsed)}{left}  {label}"
+        bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+        # A line longer than the terminal would wrap and the carriage return would redraw
+        # only its last part: the prefix, then the bar go first, the label is cut last.
         columns = shutil.get_terminal_size((80, 24)).columns - 1
+        line = next((line for line in (f"refimpl conform {bar}{counts}", f"{bar}{counts}")
+                     if len(line) <= columns), counts)
         self._write(line[:columns])
 
     def clear(self) -> None:
