@@ -268,6 +268,30 @@ def test_the_location_is_the_builders_own_frame_not_a_librarys_or_refimpls():
         f"test_conform.py:{_line_of('# raises inside refimpl')} in impl)")
 
 
+def test_a_builder_installed_among_the_libraries_is_still_located(tmp_path, monkeypatch):
+    # Both the builder's package and the framework it calls live in the libraries' folder
+    # (pip-installed): the builder's own frame is the location, not the framework's.
+    conform_module = sys.modules["refimpl.testing.conform"]   # the name is the function's
+    library = tmp_path / "site-packages"
+    (library / "fake_builder_pkg").mkdir(parents=True)
+    (library / "fake_builder_pkg" / "__init__.py").write_text("", encoding="utf-8")
+    (library / "fake_builder_pkg" / "builders.py").write_text(
+        "import fake_framework\n\ndef build(config, dtype):\n    def impl(params, inputs):\n"
+        "        return fake_framework.explode()\n    return impl\n", encoding="utf-8")
+    (library / "fake_framework.py").write_text(
+        "def explode():\n    raise RuntimeError('inside the framework')\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(library))
+    monkeypatch.setattr(conform_module, "_LIBRARIES", (library.resolve(),))
+    try:
+        build = load_builder("fake_builder_pkg.builders:build")
+        row = conform_case(build, get_case("mlp-tanh-ce"))
+    finally:
+        for name in ("fake_builder_pkg.builders", "fake_builder_pkg", "fake_framework"):
+            sys.modules.pop(name, None)
+    assert row.detail.startswith("impl raised RuntimeError: inside the framework (at ")
+    assert row.detail.endswith("builders.py:5 in impl)"), row.detail
+
+
 def test_a_builder_module_that_exits_at_import_is_a_load_error(tmp_path, monkeypatch):
     (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(0)\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -319,18 +319,32 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _location(error: BaseException) -> str:
+def _builder_home(build: Any) -> Path | None:
+    """Where the builder's own code lives: its module's package folder (the module's file for
+    a top-level module), so that a builder installed among the libraries is still told apart
+    from the frameworks it calls."""
+    module_name = getattr(build, "__module__", None) or ""
+    parent = sys.modules.get(module_name.rpartition(".")[0]) if "." in module_name else None
+    folders = list(getattr(parent, "__path__", ()) or ())
+    if folders:
+        return Path(folders[0]).resolve()
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    return Path(file).resolve() if file else None
+
+
+def _location(error: BaseException, build: Any = None) -> str:
     """``file:line in function`` of the innermost frame of the builder's own code in the
-    traceback of ``error`` (not refimpl's frames; a library's only when no other is there);
-    "" when there is none."""
-    frames = traceback.extract_tb(error.__traceback__)
+    traceback of ``error``: not refimpl's frames (its adapters excepted), nor a library's
+    unless it is the builder's package or no other frame is there; "" when there is none."""
+    home = _builder_home(build)
     foreign, own = [], []
-    for frame in frames:
+    for frame in traceback.extract_tb(error.__traceback__):
         path = Path(frame.filename).resolve()
         if _inside(path, _PACKAGE) and not _inside(path, _ADAPTERS):
             continue
-        (foreign if any(_inside(path, library) for library in _LIBRARIES) else own
-         ).append((path, frame))
+        library = any(_inside(path, folder) for folder in _LIBRARIES)
+        ours = home is not None and _inside(path, home)
+        (foreign if library and not ours else own).append((path, frame))
     chosen = own or foreign
     if not chosen:
         return ""
@@ -351,10 +365,11 @@ def _exception_text(error: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _raised(where: str, error: BaseException) -> str:
-    """The detail of a row whose ``build`` or ``impl`` raised ``error``."""
+def _raised(where: str, error: BaseException, build: Any) -> str:
+    """The detail of a row whose ``build`` or ``impl`` (of the builder ``build``) raised
+    ``error``."""
     detail = f"{where} raised {_exception_text(error)}"
-    location = _location(error)
+    location = _location(error, build)
     if location:
         detail += f" (at {location})"
     if isinstance(error, SystemExit):
@@ -521,7 +536,8 @@ def _oracle_check(build: Builder, case: Case, dtype: str,
     except BaseException as error:  # noqa: BLE001 - a foreign builder's failure is a row
         if recorder is not None and not recorder.raised:
             raise                   # refimpl's own failure: a bug to see, not a row
-        return _Verdict("fail", _raised("impl" if recorder is not None else "build", error))
+        return _Verdict("fail", _raised("impl" if recorder is not None else "build", error,
+                                        build))
     if "convention" in case.config:
         return _probe_verdict(case, dtype, report, recorder.result, diagnose)
     worst, tensor = _worst(report)
