@@ -33,11 +33,12 @@ BUILDERS = textwrap.dedent('''
     from refimpl.testing.cases import all_cases
     from refimpl.testing.cases.drawn import drawn_case
 
+    CATALOGUE = {json.dumps(case.config, sort_keys=True): case for case in all_cases()}
+
     def _case(config):
         if "drawn" in config:
             return drawn_case(config["drawn"]["seed"], config["drawn"]["kind"])
-        key = json.dumps(config, sort_keys=True)
-        return next(c for c in all_cases() if json.dumps(c.config, sort_keys=True) == key)
+        return CATALOGUE[json.dumps(config, sort_keys=True)]
 
     def reference(config, dtype):
         case = _case(config)
