@@ -448,7 +448,9 @@ def _fail_detail(report: ComparisonReport, worst_tensor: str, guess: str | None 
     """The detail of a failed row, composed in this one place: the first reason (the worst
     tensor's), how many more, and for a probe the best guess of what the implementation does
     (with the first reason its whole result fails that rule's reference too, when the guess
-    is a documented convention)."""
+    is a documented convention), and the named bug of a failing gradient of a shared, tied,
+    recurrent, Siamese or micro-batch model when one fits (``report.diagnosis``,
+    :mod:`refimpl.testing.diagnosis`)."""
     reasons = _reasons(report, worst_tensor)
     detail = reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
     if guess:
@@ -456,6 +458,8 @@ def _fail_detail(report: ComparisonReport, worst_tensor: str, guess: str | None 
     if against_guess:
         detail += (f"; the gradients fit that documented rule, but the whole result does not "
                    f"match refimpl's with it: {against_guess}")
+    if report.diagnosis:
+        detail += f"; diagnosis: {report.diagnosis}"
     return detail
 
 
