@@ -1192,3 +1192,83 @@ def test_conventions_name_the_metric_losses_micro_batches_and_label_positions():
     assert "mean over every label position" in losses
     assert "'<name>.<i>'" in golden_format.CONVENTIONS["micro_batches"]
     assert "similarity labels" in golden_format.CONVENTIONS["metric_losses"]
+
+
+# --- verify: the manifest's own SHA256SUMS line, and JSON types -------------------------------
+
+GOLDEN_CASE = "mlp-tanh-ce"
+
+
+def _only_the_manifest_edits():
+    """Edits of manifest.json alone (SHA256SUMS untouched) that the field-by-field rebuild of
+    the manifest cannot see: only manifest.json's own line in SHA256SUMS can."""
+
+    def reformatted(text):                 # the same document, other whitespace
+        return json.dumps(json.loads(text), indent=4, sort_keys=True) + "\n"
+
+    def other_version(text):               # another writer's version string: noted, not failed
+        manifest = json.loads(text)
+        manifest["generator"]["refimpl"] = "0.0.0-somebody-else"
+        return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+    return [reformatted, other_version]
+
+
+@pytest.mark.parametrize("edit", _only_the_manifest_edits(), ids=lambda edit: edit.__name__)
+def test_an_edit_of_the_manifest_alone_fails_verify_by_its_sha256sums_line(tmp_path, edit):
+    """docs/golden-format.md, `refimpl verify`: manifest.json's own line in SHA256SUMS is
+    checked. These edits change nothing a rebuilt field compares, so without that line
+    verify would pass them."""
+    folder = golden.write(tmp_path / "one", cases=[GOLDEN_CASE])
+    path = folder / golden.MANIFEST
+    path.write_text(edit(path.read_text()))
+    failed = _failures(golden.verify(folder))
+    assert set(failed) == {golden.MANIFEST, golden.CHECKSUMS}, failed
+    assert any("differs from its line in SHA256SUMS" in m for m in failed[golden.MANIFEST])
+
+
+@pytest.mark.parametrize("edit", ["lam", "tolerance", "shape"])
+def test_an_edit_of_a_lambda_tolerance_or_shape_in_the_manifest_alone_fails_verify(tmp_path,
+                                                                                   edit):
+    """An edit of manifest.json alone (SHA256SUMS untouched) fails verify on manifest.json's
+    line in SHA256SUMS, whatever else sees it too."""
+    folder = golden.write(tmp_path / "pair", cases=["tied-soft-l2"])
+    path = folder / golden.MANIFEST
+    manifest = json.loads(path.read_text())
+    entry = manifest["cases"]["tied-soft-l2"]
+    if edit == "lam":
+        entry["config"]["pair"]["lam"]["fc1.weight"] *= 2
+    elif edit == "tolerance":
+        manifest["tolerances"]["float64"]["rtol"] *= 10
+    else:
+        entry["files"][0]["shape"] = [1, *entry["files"][0]["shape"]]
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    messages = [entry.message for entry in golden.verify(folder).failures
+                if entry.file == golden.MANIFEST]
+    assert any("differs from its line in SHA256SUMS" in m for m in messages), messages
+
+
+def test_a_float_schema_version_is_refused_by_readers_and_verify(copy):
+    """docs/golden-format.md: schema_version is the integer 2; 2.0 is refused (a typed reader
+    refuses it too)."""
+    _tamper(copy, lambda manifest: manifest.__setitem__("schema_version", 2.0))
+    with pytest.raises(golden.GoldenError, match="schema_version 2.0"):
+        golden.read_manifest(copy)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [golden.MANIFEST] and "schema_version 2.0" in failed[
+        golden.MANIFEST][0], failed
+
+
+def test_verify_compares_manifest_numbers_with_their_json_type(tmp_path):
+    """An integer written as a float (a shape [5.0, 3]) is another document for a typed
+    reader: verify fails it even where the values compare equal."""
+    folder = golden.write(tmp_path / "one", cases=[GOLDEN_CASE])
+
+    def float_shape(manifest):
+        entry = manifest["cases"][GOLDEN_CASE]["inputs"]["x"]
+        entry["shape"] = [float(size) for size in entry["shape"]]
+
+    _tamper(folder, float_shape)
+    failed = _failures(golden.verify(folder))
+    assert list(failed) == [golden.MANIFEST], failed
+    assert any("inputs" in message for message in failed[golden.MANIFEST])

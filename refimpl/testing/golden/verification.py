@@ -163,6 +163,36 @@ def _tree(root: Path) -> tuple[set[str], list[VerifyEntry]]:
     return files, problems
 
 
+def _json_kind(value: Any) -> str:
+    """The JSON type of a parsed value: Python's ``2 == 2.0 == True`` hides it."""
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, np.integer)):
+        return "integer"
+    if isinstance(value, (float, np.floating)):
+        return "number"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__
+
+
+def _same_json(found: Any, expected: Any) -> bool:
+    """Whether a manifest value equals what this refimpl writes *as JSON*: equal values of the
+    same JSON types all the way down, so that a shape ``[5.0, 3]`` or a ``schema_version``
+    ``2.0`` (refused by typed readers) differs from ``[5, 3]`` and ``2``."""
+    if _json_kind(found) != _json_kind(expected):
+        return False
+    if isinstance(expected, Mapping):
+        return set(found) == set(expected) and all(_same_json(found[key], expected[key])
+                                                   for key in expected)
+    if isinstance(expected, (list, tuple)):
+        return len(found) == len(expected) and all(
+            _same_json(a, b) for a, b in zip(found, expected, strict=True))
+    return bool(found == expected)
+
+
 def _differs(field_name: str, found: Any, expected: Any) -> str:
     """A message: the manifest's ``field_name`` differs from what this refimpl writes."""
     return (f"{field_name} {json.dumps(found, sort_keys=True)[:120]} differs from what this "
@@ -210,10 +240,10 @@ def _file_problems(path: Path, data: bytes, entry: Mapping[str, Any],
         problems.append(f"manifest fields {sorted(entry)}, this refimpl writes "
                         f"{sorted(want.entry)}")
     for name in ("path", "shape", "dtype", "bytes", "floors"):
-        if entry.get(name) != want.entry.get(name):
+        if not _same_json(entry.get(name), want.entry.get(name)):
             problems.append(_differs(f"manifest {name}", entry.get(name),
                                      want.entry.get(name)))
-    if len(data) != entry.get("bytes"):
+    if not _same_json(entry.get("bytes"), len(data)):
         problems.append(f"{len(data)} bytes, the manifest says {entry.get('bytes')!r}")
     try:
         stored = _load_npy_bytes(data, path, entry.get("dtype"), entry.get("shape"))
@@ -252,7 +282,8 @@ def _scalar_problems(entry: Mapping[str, Any], stored: np.ndarray) -> list[str]:
         return []
     written = _json_value(float(stored))
     return [f"the manifest's {name} {entry.get(name)!r} differs from the file's value "
-            f"({written[name]!r})" for name in ("value", "hex") if entry.get(name) != written[name]]
+            f"({written[name]!r})" for name in ("value", "hex")
+            if not _same_json(entry.get(name), written[name])]
 
 
 def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[VerifyEntry]:
@@ -266,7 +297,7 @@ def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[Verify
                                    f"{where} has the fields {sorted(entry)}; this refimpl "
                                    f"writes {sorted(want)}"))
     for name, value in want.items():
-        if name not in ("files", "loss") and entry.get(name) != value:
+        if name not in ("files", "loss") and not _same_json(entry.get(name), value):
             results.append(VerifyEntry(case.name, MANIFEST, False,
                                        _differs(f"{where}.{name}", entry.get(name), value)))
     listed = [(f.get("role"), f.get("name")) for f in entry["files"]]
@@ -287,7 +318,8 @@ def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[Verify
         results.append(verdict)
         stored[(file_entry.get("role"), file_entry.get("name"))] = array
     loss = stored.get(("loss", "loss"))
-    if loss is not None and loss.ndim == 0 and entry.get("loss") != _json_value(float(loss)):
+    if loss is not None and loss.ndim == 0 and not _same_json(entry.get("loss"),
+                                                              _json_value(float(loss))):
         results.append(VerifyEntry(case.name, MANIFEST, False,
                                    _differs(f"{where}.loss (against {case.name}/loss.npy)",
                                             entry.get("loss"), _json_value(float(loss)))))
@@ -318,7 +350,8 @@ def _verify_header(manifest: Mapping[str, Any], catalogue: list[str]) -> list[Ve
                                    f"top-level fields {sorted(manifest)}; this refimpl writes "
                                    f"{sorted(set(want) | {'cases'})}"))
     for name, value in want.items():
-        if name not in ("generator", "case_order") and manifest.get(name) != value:
+        if name not in ("generator", "case_order") and not _same_json(manifest.get(name),
+                                                                      value):
             results.append(VerifyEntry("", MANIFEST, False,
                                        _differs(name, manifest.get(name), value)))
     if not isinstance(generator, Mapping) or set(generator) != set(want["generator"]):
@@ -335,7 +368,7 @@ def _generator_entries(generator: Mapping[str, Any], want: Mapping[str, Any]
     writes; other versions are noted, not failed (values are compared within tolerances)."""
     results = []
     for name in ("command", "seed"):
-        if generator[name] != want[name]:
+        if not _same_json(generator[name], want[name]):
             results.append(VerifyEntry("", MANIFEST, False,
                                        _differs(f"generator.{name}", generator[name],
                                                 want[name])))
