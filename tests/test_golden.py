@@ -1272,3 +1272,93 @@ def test_verify_compares_manifest_numbers_with_their_json_type(tmp_path):
     failed = _failures(golden.verify(folder))
     assert list(failed) == [golden.MANIFEST], failed
     assert any("inputs" in message for message in failed[golden.MANIFEST])
+
+
+# --- compare_with_golden trusts nothing in the folder either ------------------------------------
+
+def _refimpl_impl(sign: float = 1.0, scaled: str | None = None):
+    """refimpl itself as an implementation under test, its gradients times ``sign`` (and the
+    gradient ``scaled`` times 2): ``sign = -1`` is a negated implementation."""
+    case = get_case(GOLDEN_CASE)
+
+    def impl(params, inputs):
+        loss, grads = case.loss_and_grads({k: np.asarray(v, np.float64) for k, v in
+                                           params.items()})
+        grads = {name: sign * value * (2 if name == scaled else 1)
+                 for name, value in grads.items()}
+        return loss, grads
+    return impl
+
+
+def _negate_gradients(folder: Path) -> None:
+    """Negate every stored gradient of GOLDEN_CASE (as valid .npy files)."""
+    for path in (folder / GOLDEN_CASE).glob("gradient.*.npy"):
+        np.save(path, -np.load(path), allow_pickle=False)
+
+
+def _rehash_manifest_only(folder: Path) -> None:
+    """Re-hash every file in manifest.json, leaving SHA256SUMS as it was."""
+    manifest_path = folder / golden.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for file_entry in manifest["cases"][GOLDEN_CASE]["files"]:
+        data = (folder / file_entry["path"]).read_bytes()
+        file_entry["sha256"] = hashlib.sha256(data).hexdigest()
+        file_entry["bytes"] = len(data)
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def test_compare_with_golden_refuses_gradients_negated_and_rehashed_in_the_manifest(copy):
+    """docs/golden-format.md, "Comparing with a golden folder": SHA256SUMS must agree with the
+    manifest. Negated gradients re-hashed in manifest.json (SHA256SUMS left stale) would let a
+    negated implementation pass."""
+    from refimpl.testing import compare_with_golden
+
+    assert compare_with_golden(_refimpl_impl(), copy, GOLDEN_CASE)[0].ok
+    assert not compare_with_golden(_refimpl_impl(-1.0), copy, GOLDEN_CASE)[0].ok
+    _negate_gradients(copy)
+    _rehash_manifest_only(copy)
+    with pytest.raises(golden.GoldenError, match=r"manifest\.json: SHA-256 .* differs from its "
+                                                 r"line in SHA256SUMS"):
+        compare_with_golden(_refimpl_impl(-1.0), copy, GOLDEN_CASE)
+
+
+def test_compare_with_golden_refuses_gradients_negated_and_rehashed_everywhere(copy):
+    """docs/golden-format.md: every stored tensor must equal refimpl's recomputation, however
+    consistently the hashes were redone."""
+    from refimpl.testing import compare_with_golden
+
+    _negate_gradients(copy)
+    _tamper(copy)
+    with pytest.raises(golden.GoldenError, match=rf"{GOLDEN_CASE}/gradient\.fc\d\.\w+\.npy: "
+                                                 r"the stored gradient .* is not this "
+                                                 r"refimpl's"):
+        compare_with_golden(_refimpl_impl(-1.0), copy, GOLDEN_CASE)
+
+
+def test_compare_with_golden_compares_a_gradient_the_manifest_no_longer_lists(copy):
+    """docs/golden-format.md: every tensor of the rebuilt case is compared. A gradient entry
+    dropped from the manifest (hashes redone) would leave that parameter uncompared, and an
+    implementation wrong there would pass."""
+    from refimpl.testing import compare_with_golden
+
+    def drop(manifest):
+        files = manifest["cases"][GOLDEN_CASE]["files"]
+        files[:] = [f for f in files if f["name"] != "fc1.bias" or f["role"] != "gradient"]
+
+    assert not compare_with_golden(_refimpl_impl(scaled="fc1.bias"), copy, GOLDEN_CASE)[0].ok
+    _tamper(copy, drop)
+    with pytest.raises(golden.GoldenError, match="lists no file for gradient 'fc1.bias'"):
+        compare_with_golden(_refimpl_impl(scaled="fc1.bias"), copy, GOLDEN_CASE)
+
+
+def test_compare_with_golden_refuses_a_changed_sha256sums_line(copy):
+    from refimpl.testing import compare_with_golden
+
+    sums = copy / golden.CHECKSUMS
+    lines = sums.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if f"{GOLDEN_CASE}/loss.npy" in line)
+    lines[index] = "0" * 64 + lines[index][64:]
+    sums.write_text("\n".join(lines) + "\n")
+    with pytest.raises(golden.GoldenError, match=rf"SHA256SUMS: its line for "
+                                                 rf"'{GOLDEN_CASE}/loss.npy'"):
+        compare_with_golden(_refimpl_impl(), copy, GOLDEN_CASE)

@@ -31,17 +31,26 @@ from .format import (
     MANIFEST,
     GoldenError,
     _case_record,
+    _case_tensors,
     _checksums_text,
     _command,
     _File,
     _file_name,
+    _golden_array,
     _json_value,
     _manifest_header,
     _npy_bytes,
     _sha256,
 )
 from .install import _interrupted_backups
-from .read import LINK_REFUSED, _load_npy_bytes, _read_plain, _safe_relative, read_manifest
+from .read import (
+    LINK_REFUSED,
+    GoldenCase,
+    _load_npy_bytes,
+    _read_plain,
+    _safe_relative,
+    read_manifest,
+)
 
 
 @dataclass(frozen=True)
@@ -526,3 +535,86 @@ def _verify_cases(root: Path, manifest: Mapping[str, Any]) -> list[VerifyEntry]:
             entries.append(VerifyEntry(name, MANIFEST, False,
                                        f"could not be verified: {type(error).__name__}: {error}"))
     return entries
+
+
+def check_stored_case(golden_dir: str | os.PathLike, stored: GoldenCase, case: Any,
+                      manifest: Mapping[str, Any]) -> None:
+    """Refuse a case read from a golden folder unless this refimpl reproduces it.
+
+    What a comparison with a golden case relies on, beyond each file's SHA-256 in the
+    manifest (:func:`~refimpl.testing.golden.load_case` checked those): ``SHA256SUMS``
+    agrees with the manifest (its line for ``manifest.json`` and for every file of the case),
+    the case holds exactly the tensors of ``case`` (none missing, none extra), and every stored
+    tensor equals ``case``'s recomputation (integers exactly, floats by the float64 rule of
+    :mod:`refimpl.testing`). A manifest and files rewritten consistently (negated gradients
+    re-hashed, an entry dropped) are refused by the recomputation however the hashes were
+    redone.
+
+    Parameters
+    ----------
+    golden_dir : str or os.PathLike
+        The golden folder.
+    stored : GoldenCase
+        The case as read from it.
+    case : refimpl.testing.cases.Case
+        The same case rebuilt by this refimpl (the catalogue's, or a registered rebuilder's).
+    manifest : mapping
+        The folder's manifest (:func:`~refimpl.testing.golden.read_manifest`).
+
+    Raises
+    ------
+    refimpl.testing.golden.GoldenError
+        Naming the file (``SHA256SUMS``, ``manifest.json`` or the tensor's file) and what
+        differs.
+    """
+    root = Path(golden_dir)
+    _check_checksums_of(root, manifest, stored.name)
+    groups = {"input": stored.inputs, "parameter": stored.params, "output": stored.outputs,
+              "loss": {"loss": np.asarray(stored.loss, dtype=np.float64)},
+              "gradient": stored.grads}
+    computed = _case_tensors(case)
+    wanted = {(tensor.role, tensor.name) for tensor in computed}
+    held = {(role, name) for role, tensors in groups.items() for name in tensors}
+    where = f"{root / MANIFEST}: case {stored.name!r}"
+    missing, extra = sorted(wanted - held), sorted(held - wanted)
+    if missing:
+        raise GoldenError(f"{where} lists no file for {_tensors(missing)}, which this refimpl "
+                          f"computes for the case; every tensor of the case is compared")
+    if extra:
+        raise GoldenError(f"{where} lists {_tensors(extra)}, which this refimpl does not "
+                          f"compute for the case")
+    for tensor in computed:
+        value = groups[tensor.role][tensor.name]
+        reference = _golden_array(tensor.array, f"case {stored.name!r}, {tensor.role} "
+                                                f"{tensor.name!r}")
+        problems, _ = _value_problems((tensor.role, tensor.name), reference, np.asarray(value))
+        if problems:
+            path = root / stored.name / _file_name(tensor.role, tensor.name)
+            raise GoldenError(f"{path}: the stored {tensor.role} {tensor.name!r} is not this "
+                              f"refimpl's for case {stored.name!r} ({'; '.join(problems)}); "
+                              f"the folder was changed (refimpl verify {golden_dir} says "
+                              f"where) or written by another refimpl")
+
+
+def _tensors(keys: list[tuple[str, str]]) -> str:
+    """``[(role, name), ...]`` for a message: "gradient 'fc1.weight', output 'out'"."""
+    return ", ".join(f"{role} {name!r}" for role, name in keys)
+
+
+def _check_checksums_of(root: Path, manifest: Mapping[str, Any], name: str) -> None:
+    """``SHA256SUMS`` holds the manifest's SHA-256 and, for every file of case ``name``, the
+    SHA-256 the manifest gives it; else a :class:`GoldenError` naming the file."""
+    sums, _, problems = _read_checksums(root)
+    if problems:
+        raise GoldenError(f"{root / CHECKSUMS}: {problems[0].message}")
+    manifest_sum = _sha256(_read_plain(root / MANIFEST))
+    if sums.get(MANIFEST) != manifest_sum:
+        raise GoldenError(f"{root / MANIFEST}: SHA-256 {manifest_sum[:16]}... differs from its "
+                          f"line in {CHECKSUMS} ({str(sums.get(MANIFEST))[:16]}...): one of the "
+                          f"two changed")
+    for entry in manifest["cases"][name]["files"]:
+        path, digest = str(entry.get("path")), entry.get("sha256")
+        if sums.get(path) != digest:
+            raise GoldenError(f"{root / CHECKSUMS}: its line for {path!r} "
+                              f"({str(sums.get(path))[:16]}...) differs from the manifest's "
+                              f"SHA-256 ({str(digest)[:16]}...): one of the two changed")
