@@ -235,8 +235,8 @@ class WorkerPool:
             raise
         if all(replies[rank][0] == "ok" for rank in ranks):
             return [replies[rank][1] for rank in ranks]
-        self.close(graceful=False)
         if all(replies[rank][0] == "not expressible" for rank in ranks):
+            self.close(graceful=False)
             raise NotExpressible(replies[ranks[0]][1])
         self._fail({rank: reply for rank, reply in replies.items() if reply[0] != "ok"},
                    function)
