@@ -79,11 +79,13 @@ from .._workers import WorkerError, WorkerPool, close_all, shared_pool
 from . import _data_parallel, _pipeline
 from ._data_parallel import FSDP_GROUPS
 from ._jobs import GradientJob, run_gradient_job
+from ._pipeline import PipelineLayout, pipeline_layout
 from ._ranks import join_from_environment
 
 __all__ = ["ddp", "fsdp", "pipeline", "build", "make_builder", "DistributedImplementation",
            "MODES", "FSDP_GROUPS", "DEFAULT_WORLD_SIZE", "DEFAULT_TIMEOUT",
-           "WORLD_SIZE_VARIABLE", "TIMEOUT_VARIABLE", "WorkerError", "shutdown"]
+           "WORLD_SIZE_VARIABLE", "TIMEOUT_VARIABLE", "WorkerError", "shutdown",
+           "pipeline_layout", "PipelineLayout", "under_torchrun"]
 
 #: The modes, each a builder of this module.
 MODES = ("ddp", "fsdp", "pipeline")

@@ -139,15 +139,15 @@ class Replicated(_DataParallel):
                 for key in self.plan.parameters}
 
 
-_MESHES: dict[int, DeviceMesh] = {}
+_MESH: dict[str, Any] = {"world": None, "mesh": None}
 
 
 def _mesh() -> DeviceMesh:
-    """The CPU device mesh over every rank (made once per process group size)."""
-    world_size = dist.get_world_size()
-    if world_size not in _MESHES:
-        _MESHES[world_size] = init_device_mesh("cpu", (world_size,))
-    return _MESHES[world_size]
+    """The CPU device mesh over every rank (made once per process group)."""
+    if _MESH["world"] is not dist.group.WORLD:
+        _MESH["mesh"] = init_device_mesh("cpu", (dist.get_world_size(),))
+        _MESH["world"] = dist.group.WORLD
+    return _MESH["mesh"]
 
 
 class Sharded(_DataParallel):

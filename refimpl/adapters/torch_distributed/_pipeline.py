@@ -33,8 +33,8 @@ from ..torch import TORCH_DTYPES, _forward, _loss, _metric_loss, _penalty
 from ._modules import tensors
 from ._ranks import concatenate_outputs, gather_to_first
 
-__all__ = ["StagePlan", "PipelineLayout", "pipeline_layout", "Stage", "Hooks", "HOOKS",
-           "reduce_shared_copies"]
+__all__ = ["StagePlan", "PipelineLayout", "pipeline_layout", "logical_order", "Stage", "Hooks",
+           "HOOKS", "reduce_shared_copies"]
 
 
 class StagePlan(NamedTuple):
@@ -111,14 +111,18 @@ def pipeline_layout(plan: CasePlan, stages: int) -> PipelineLayout:
                           {key: tuple(stages_) for key, stages_ in holders.items()})
 
 
-_GROUPS: dict[tuple[int, ...], Any] = {}
+_GROUPS: dict[Any, Any] = {"world": None}
 
 
 def _group(ranks: tuple[int, ...]) -> Any:
-    """The process group of ``ranks`` (None: every rank). ``new_group`` is called by every
-    rank in the same order, so each group is made once per process, in sorted order."""
+    """The process group of ``ranks`` (None: every rank), made once per process group:
+    ``new_group`` is called by every rank in the same order (the sorted order of
+    :class:`Stage`)."""
     if len(ranks) == dist.get_world_size():
         return None
+    if _GROUPS["world"] is not dist.group.WORLD:       # a new process group: new subgroups
+        _GROUPS.clear()
+        _GROUPS["world"] = dist.group.WORLD
     if ranks not in _GROUPS:
         _GROUPS[ranks] = dist.new_group(list(ranks))
     return _GROUPS[ranks]
@@ -126,6 +130,14 @@ def _group(ranks: tuple[int, ...]) -> Any:
 
 def _logical(tensor: torch.Tensor, transposed: bool) -> torch.Tensor:
     return tensor.T if transposed else tensor
+
+
+def logical_order(shape: tuple[int, ...], transposed: bool) -> torch.Tensor:
+    """Where each element of a parameter lies in a copy of it held as ``shape`` (transposed
+    when ``transposed``): ``copy.view(-1)[order]`` is the parameter, flattened in its own
+    layout, and ``copy.view(-1)[order] = values`` writes it back."""
+    positions = torch.arange(int(np.prod(shape))).reshape(shape)
+    return _logical(positions, transposed).reshape(-1)
 
 
 def reduce_shared_copies(stage: Stage) -> None:
@@ -190,9 +202,8 @@ class Stage:
             _group(ranks)
         self.shared = sorted(key for key in self.mine.held if len(self.layout.holders[key]) > 1)
         self.groups = {key: _group(self.layout.holders[key]) for key in self.shared}
-        self.logical_order = {
-            key: _logical(torch.arange(self.leaves[key].numel()).reshape(self.leaves[key].shape),
-                          self.mine.held[key]).reshape(-1) for key in self.shared}
+        self.logical_order = {key: logical_order(tuple(self.leaves[key].shape),
+                                                 self.mine.held[key]) for key in self.shared}
 
     def gradient(self, key: str) -> torch.Tensor:
         """This stage's gradient of its copy of ``key`` (zero if no use here was reached)."""
