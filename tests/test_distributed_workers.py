@@ -140,16 +140,18 @@ def test_shared_pools_are_made_once_per_key_and_closed_by_kind():
 
 @pytest.mark.slow
 def test_no_worker_outlives_the_interpreter_or_a_parent_killed_outright():
-    # A parent that exits normally (atexit closes its pools) and one killed with SIGKILL
-    # (each worker notices it was re-parented): both print their workers' pids first.
+    # A parent that exits normally (atexit closes its pools) and one killed with SIGKILL while
+    # its workers are busy in a job (each notices it was re-parented): both print their
+    # workers' pids first.
     script = textwrap.dedent("""
-        import os, sys
+        import os, sys, threading
         from refimpl.adapters._workers import WorkerPool, shared_pool
         pool = shared_pool("p", lambda: WorkerPool(2))
         pool.start()
         print(*pool.pids, flush=True)
         if sys.argv[1] == "kill":
-            os.kill(os.getpid(), 9)
+            threading.Timer(1.0, os.kill, (os.getpid(), 9)).start()
+            pool.call("time:sleep", [600, 600], timeout=900)
     """)
     env = {**os.environ, "PYTHONPATH": ROOT}
     for how in ("exit", "kill"):
