@@ -30,7 +30,9 @@ GPU), never a wrong answer.
 - :mod:`refimpl.adapters.torch`: ``build(config, dtype, *, device="cpu")`` (PyTorch, the
   ``torch`` extra);
 - :mod:`refimpl.adapters.jax`: ``build(config, dtype, *, device="cpu")`` (JAX, the ``jax``
-  extra).
+  extra), and ``sharded`` (the same on N host CPU devices, in a worker process);
+- :mod:`refimpl.adapters.torch_distributed`: ``ddp``, ``fsdp``, ``pipeline`` (N local
+  processes with ``torch.distributed`` and gloo, the ``torch`` extra; docs/distributed.md).
 
 Importing this package imports no framework; importing an adapter without its framework is
 an ``ImportError`` saying which extra to install.

@@ -236,6 +236,9 @@ def _setting(value: Any, variable: str, name: str, *, integer: bool) -> Any:
 class DistributedImplementation:
     """``impl(params, inputs) -> (loss, grads, outputs)`` of one case, computed by the ranks.
 
+    Each call is one :class:`~._jobs.GradientJob` sent to every rank (the training-step cases
+    will add a method ``train_steps(params, batches)`` sending one more kind of job).
+
     Attributes
     ----------
     mode, dtype : str
@@ -279,25 +282,27 @@ def _run(job: GradientJob, world_size: int | None, timeout: float | None) -> Any
     if under_torchrun():
         return _run_here(job, world_size, timeout)
     world_size = DEFAULT_WORLD_SIZE if world_size is None else world_size
-    ranks = shared_pool((_POOL_KIND, world_size),
-                        lambda: _LocalRanks(world_size, timeout))
+    ranks = shared_pool((_POOL_KIND, world_size), lambda: _LocalRanks(world_size))
     return ranks.run(f"{_JOBS}:run_gradient_job", job, timeout)
 
 
 class _LocalRanks:
     """A pool of ``world_size`` local processes joined in one gloo process group."""
 
-    def __init__(self, world_size: int, timeout: float) -> None:
+    def __init__(self, world_size: int) -> None:
         # The ranks import what this process imports: a builder's hooks are found by name.
         path = os.pathsep.join(entry for entry in sys.path if entry)
         self.pool = WorkerPool(world_size, environment={"PYTHONPATH": path},
                                start_timeout=START_TIMEOUT,
                                label=f"torch.distributed, {world_size} local ranks (gloo)")
-        self.world_size, self.timeout = world_size, timeout
+        self.world_size = world_size
 
     def run(self, function: str, job: Any, timeout: float) -> Any:
         if not self.pool.running:
-            settings = {"world_size": self.world_size, "timeout": self.timeout}
+            # The ranks' own bound on a collective; the pool's wait bounds each call, and
+            # kills the ranks, at the call's timeout.
+            settings = {"world_size": self.world_size,
+                        "timeout": max(timeout, DEFAULT_TIMEOUT)}
             port = self.pool.call(f"{_RANKS}:open_store", [settings], START_TIMEOUT,
                                   ranks=[0])[0]
             self.pool.call(f"{_RANKS}:join", [{**settings, "rank": rank, "port": port}
