@@ -13,6 +13,7 @@ Skipped, visibly, without torch. Two tiers:
 
 from __future__ import annotations
 
+import doctest
 import os
 import re
 import shlex
@@ -254,6 +255,11 @@ def test_each_planted_bug_fails_naming_the_tensor_where_it_bites_and_only_there(
         assert (row.outcome, row.tensor) == ("fail", tensor), report.table()
         assert rows[case, "float32"].outcome == "fail", report.table()
     assert {rows[untouched, dtype].outcome for dtype in ("float64", "float32")} == {"pass"}
+
+
+@slow
+def test_the_module_example_runs():
+    assert doctest.testmod(td).failed == 0
 
 
 @slow

@@ -7,6 +7,7 @@ error naming it within the timeout, and no process is left behind.
 
 from __future__ import annotations
 
+import doctest
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from refimpl.adapters import _workers
 from refimpl.adapters._workers import (
     GRACE_SECONDS,
     WorkerError,
@@ -105,6 +107,10 @@ def test_a_rank_that_raises_or_dies_is_named_and_its_partners_are_not_waited_for
     assert "rank 1 raised TypeError" in message or f"{GRACE_SECONDS:g} s after rank 0" \
         in message
     assert time.monotonic() - start < 30
+
+
+def test_the_module_example_runs():
+    assert doctest.testmod(_workers).failed == 0
 
 
 def test_bad_arguments_are_refused_before_any_process_starts():

@@ -131,6 +131,7 @@ class CaseModule(nn.Module):
                 if layer.reads and all(counts[key] == 1 for key in self._keys_of(layer))]
 
     def layers_with_parameters(self) -> list[Layer]:
+        """Every layer that reads a parameter (one FSDP group each, when asked)."""
         return [layer for layers in self.models for layer in layers if layer.reads]
 
     def _keys_of(self, layer: Layer) -> list[str]:
