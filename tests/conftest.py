@@ -1,11 +1,37 @@
-"""Hypothesis profiles.
+"""The two tiers of the suite and their Hypothesis profiles.
 
-``default`` is sized so that the whole suite takes a few minutes on 2 cores (CI);
-``HYPOTHESIS_PROFILE=thorough`` runs ten times as many examples. Numerical tests have no
-deadline: their run time depends on the drawn sizes, not on a bug.
+Tiers
+-----
+``python -m pytest`` runs the default tier: setup.cfg's ``addopts`` deselects the tests marked
+``@pytest.mark.slow``. It is sized to a couple of minutes of CPU: property tests draw the
+default profile's examples, end-to-end commands run on a few cases, and expensive fixtures
+(golden folders, catalogues) are built once.
+
+``python -m pytest -m slow`` runs the second tier (a ``-m`` on the command line replaces the
+one of ``addopts``): the PyTorch and JAX adapters, conformance runs and distributed engines,
+multi-process runs, end-to-end commands over every case and the exhaustive versions of the
+sampled tests of the default tier. CI runs both.
+
+A module whose every test is slow says so with a module-level ``pytestmark =
+pytest.mark.slow``; the default tier then does not even import it (see
+:func:`pytest_ignore_collect`), so that importing PyTorch or JAX costs it nothing.
+
+Hypothesis profiles
+-------------------
+``default`` (40 examples) in the default tier; ``thorough`` (ten times as many) in the slow
+tier, loaded when the ``-m`` expression is exactly ``slow``. ``HYPOTHESIS_PROFILE=NAME`` (or
+Hypothesis's own ``--hypothesis-profile NAME``) chooses a profile for any run, e.g.
+``HYPOTHESIS_PROFILE=thorough python -m pytest`` for the default tier with ten times as many
+examples. Numerical tests have no deadline: their run time depends on the drawn sizes, not on
+a bug. A test that sets its own ``max_examples`` and should grow with the profile scales it by
+``settings.default.max_examples / 40`` (tests/test_hessian.py) or leaves it to the profile.
 """
 
+from __future__ import annotations
+
+import ast
 import os
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
@@ -18,3 +44,43 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+#: The -m expression of the default tier (setup.cfg's addopts) and of the slow tier.
+DEFAULT_TIER, SLOW_TIER = "not slow", "slow"
+
+
+def pytest_configure(config):
+    """The thorough profile for the slow tier, unless a profile was chosen explicitly."""
+    chosen = "HYPOTHESIS_PROFILE" in os.environ or config.getoption("--hypothesis-profile",
+                                                                    None)
+    if not chosen and (config.getoption("markexpr", "") or "").strip() == SLOW_TIER:
+        settings.load_profile("thorough")
+
+
+def _marked_slow_as_a_whole(path: Path) -> bool:
+    """Whether a test module assigns ``pytestmark = pytest.mark.slow`` at its top level (read
+    from the source, without importing the module)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return False      # let pytest import it and report the error
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id == "pytestmark"
+                for target in node.targets):
+            return ast.unparse(node.value) == "pytest.mark.slow"
+    return False
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Skip importing a module whose every test is slow when the run is the default tier.
+
+    The default tier would deselect each of its tests anyway; not importing the module saves
+    the import of the frameworks it needs. Only the exact default expression is recognised:
+    any other ``-m`` collects every module as usual.
+    """
+    if (collection_path.suffix == ".py" and collection_path.name.startswith("test_")
+            and (config.getoption("markexpr", "") or "").strip() == DEFAULT_TIER
+            and _marked_slow_as_a_whole(collection_path)):
+        return True
+    return None

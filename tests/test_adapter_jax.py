@@ -3,7 +3,8 @@
 Skipped, visibly, without JAX. float64 must pass everywhere; float32 must pass, or be
 inconclusive only on tensors the oracle itself cannot resolve (never a fail). JAX's own
 conventions at kinks (leaky ReLU and |x| at exactly 0) differ from refimpl's and are kept:
-two tests pin them, so that a change on either side is seen.
+two tests pin them, so that a change on either side is seen. A framework test: the slow tier
+(``-m slow``) as a whole.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
 jax = pytest.importorskip("jax")
 
 from adapter_reference import (  # noqa: E402

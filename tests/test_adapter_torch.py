@@ -1,7 +1,8 @@
 """The PyTorch adapter (refimpl/adapters/torch.py) against the oracle, over every catalogue case.
 
 Skipped, visibly, without torch. float64 must pass everywhere; float32 must pass, or be
-inconclusive only on tensors the oracle itself cannot resolve (never a fail).
+inconclusive only on tensors the oracle itself cannot resolve (never a fail). A framework test:
+the slow tier (``-m slow``) as a whole.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 
 from adapter_reference import (  # noqa: E402

@@ -7,8 +7,9 @@ those listed in :data:`EXPECTED`: the convention differences (each a documented 
 whose whole reference the framework's result matches, named as written there) and the probes
 no float32 implementation can decide (inconclusive there). An unexpected convention
 difference, an expected one that does not show, an inconclusive or a not-expressible row all
-fail the test. Each framework's test is skipped, visibly, without that framework. The default
-tier runs PyTorch on the listed probes alone.
+fail the test. Each framework's test is skipped, visibly, without that framework; they all
+run in the slow tier (PyTorch on the listed probes alone too). The default tier checks the
+checker: the expected list is checked both ways.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def test_jax_conforms_in_float64():
     assert report.framework["name"] == "jax"
 
 
+@pytest.mark.slow
 def test_pytorch_on_its_listed_probes():
     pytest.importorskip("torch")
     from refimpl.adapters.torch import build

@@ -1,10 +1,10 @@
 """The JAX adapter's sharded mode (refimpl/adapters/jax.py: ``sharded``) against the oracle.
 
-Skipped, visibly, without JAX. The default tier checks its pieces in this process (the batch
-padding, the placement's identity without a mesh, the settings); the slow tier runs the
-worker process with N host devices: the tied, shared, sequence, Siamese and micro-batch cases
-in both dtypes, three devices, and the compiled computations holding the collectives that
-make them data parallel.
+Skipped, visibly, without JAX. A framework test: the slow tier (``-m slow``) as a whole. It
+checks the pieces in this process (the batch padding, the placement's identity without a
+mesh, the settings), then runs the worker process with N host devices: the tied, shared,
+sequence, Siamese and micro-batch cases in both dtypes, three devices, and the compiled
+computations holding the collectives that make them data parallel.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
 jax = pytest.importorskip("jax")
 
 from adapter_reference import assert_conforms  # noqa: E402

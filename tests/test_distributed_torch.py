@@ -1,11 +1,11 @@
 """The distributed PyTorch adapter (refimpl/adapters/torch_distributed/) against the oracle.
 
-Skipped, visibly, without torch. Two tiers:
+Skipped, visibly, without torch. A framework test: the slow tier (``-m slow``) as a whole.
 
-- default: the pieces in this process, no rank started: the case as a module, the pipeline's
+- the pieces in this process, no rank started: the case as a module, the pipeline's
   layout and layout map, the batch split, the rules the planted bugs change, and every
   engine on a one-rank gloo group (their formulas, not yet their collectives);
-- slow (``-m slow``): the real thing, N local processes: every catalogue case in every mode
+- the real thing, N local processes: every catalogue case in every mode
   and dtype, the planted bugs failing where they must (naming the tensor) and nowhere else,
   FSDP's refusal as *not expressible*, three ranks, a rank that hangs or dies as a failed row,
   and ``torchrun`` on one and on two "nodes" (the commands of docs/distributed.md).
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 

@@ -2,7 +2,9 @@
 run their jobs in: no framework needed, a few cheap processes.
 
 What the adapters promise rests on it: a job answers, a rank that raises, dies or hangs is an
-error naming it within the timeout, and no process is left behind.
+error naming it within the timeout, and no process is left behind. The tests that start
+processes are in the slow tier (``-m slow``), with the distributed adapters that use the pool;
+the argument checks and the shared pools' bookkeeping run in the default tier.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def pool():
     pool.close()
 
 
+@pytest.mark.slow
 def test_a_pool_answers_with_the_same_processes_and_leaves_none_behind(pool):
     assert pool.pids == [] and not pool.running
     assert pool.call("math:sqrt", [4.0, 9.0], timeout=60) == [2.0, 3.0]
@@ -79,6 +82,7 @@ def test_a_pool_answers_with_the_same_processes_and_leaves_none_behind(pool):
     assert not pool.running and _gone_within(pids, 5)
 
 
+@pytest.mark.slow
 def test_a_hung_rank_is_killed_within_its_timeout_and_named(pool):
     pool.start()
     pids = pool.pids
@@ -93,6 +97,7 @@ def test_a_hung_rank_is_killed_within_its_timeout_and_named(pool):
     assert set(pool.pids).isdisjoint(pids)
 
 
+@pytest.mark.slow
 def test_a_rank_that_raises_or_dies_is_named_and_its_partners_are_not_waited_for(pool):
     pool.start()
     with pytest.raises(WorkerError, match=r"rank 0 raised TypeError: must be real number"):
@@ -109,6 +114,7 @@ def test_a_rank_that_raises_or_dies_is_named_and_its_partners_are_not_waited_for
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.slow
 def test_the_module_example_runs():
     assert doctest.testmod(_workers).failed == 0
 
