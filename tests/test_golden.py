@@ -1,5 +1,14 @@
 """Tests for refimpl/testing/golden/: golden folders are reproducible, self-checking, atomic, and
-never unpickle anything."""
+never unpickle anything.
+
+The whole catalogue is written once (``fresh``) and verified once, untouched. The tests that
+tamper with a folder and verify it use a folder of a small catalogue (``small``, with
+``small_catalogue`` standing in for the catalogue): verify checks every file and every case
+against its own recomputation and the catalogue as a list (its order, the cases a folder
+lacks), so what it catches in a folder of these cases it catches in a folder of them all. The
+slow tier (``-m slow``) flips bytes all over the whole catalogue's folder, and runs the
+``refimpl golden`` processes killed at random moments and racing each other.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +47,51 @@ from refimpl.testing.golden import writing as golden_writing
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> Path:
-    """One golden folder for the read-only tests (copied before any mutation)."""
+    """One golden folder of the whole catalogue for the read-only tests."""
     out = tmp_path_factory.mktemp("golden") / "vectors"
     golden.write(out)
     return out
 
 
+#: The small catalogue: the first two cases (tests name cases by their position), tied pairs
+#: (labels ya and yb) and a convention probe.
+SMALL = ("mlp-tanh-ce", "mlp-relu-ce", "tied-soft-l2", "probe-relu-at-zero")
+_SMALL_CASES = [case for case in all_cases() if case.name in SMALL]
+assert [case.name for case in _SMALL_CASES[:2]] == [case.name for case in all_cases()[:2]]
+
+
+def _small_cases() -> list:
+    return list(_SMALL_CASES)
+
+
+def _use_small_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the small catalogue the catalogue of golden.write, verify, ``refimpl golden`` and
+    of this module's tests (they look it up as ``all_cases()``); forked children inherit it."""
+    for module in (golden_writing, golden_verification, golden_command, sys.modules[__name__]):
+        monkeypatch.setattr(module, "all_cases", _small_cases)
+
+
 @pytest.fixture
-def copy(fresh, tmp_path) -> Path:
+def small_catalogue(monkeypatch) -> None:
+    _use_small_catalogue(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """A golden folder of the small catalogue, written as ``refimpl golden`` writes the whole
+    one (no --case): a complete folder as far as verify, under ``small_catalogue``, knows."""
+    out = tmp_path_factory.mktemp("small") / "vectors"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _use_small_catalogue(monkeypatch)
+        golden.write(out)
+    return out
+
+
+@pytest.fixture
+def copy(small, small_catalogue, tmp_path) -> Path:
+    """A copy of ``small`` to tamper with, its catalogue in place."""
     target = tmp_path / "copy"
-    shutil.copytree(fresh, target)
+    shutil.copytree(small, target)
     return target
 
 
@@ -85,6 +130,27 @@ def _tamper(folder: Path, edit=None) -> None:
 
 # --- reproducible, complete, readable ---------------------------------------------------------
 
+def _one_case_per_kind() -> list[str]:
+    kinds: dict[str, str] = {}
+    for case in all_cases():
+        kinds.setdefault(case.kind, case.name)
+    return list(kinds.values())
+
+
+def test_two_runs_give_identical_files_for_a_case_of_each_kind(fresh, tmp_path):
+    names = _one_case_per_kind()
+    second = golden.write(tmp_path / "second", cases=names)
+    written = _files(second)
+    assert {path.split("/")[0] for path in written} >= set(names)
+    for path, data in written.items():
+        if "/" in path:
+            assert data == (fresh / path).read_bytes(), path
+    manifest, whole = golden.read_manifest(second), golden.read_manifest(fresh)
+    assert {name: manifest["cases"][name] for name in names} == \
+        {name: whole["cases"][name] for name in names}
+
+
+@pytest.mark.slow
 def test_two_runs_give_identical_files(fresh, tmp_path):
     second = tmp_path / "second"
     golden.write(second)
@@ -197,11 +263,10 @@ def test_file_names_are_safe_and_distinct():
 
 # --- verify fails, naming the file ------------------------------------------------------------
 
-@settings(max_examples=20)
-@given(data=st.data())
-def test_any_flipped_byte_fails_naming_the_file(fresh, tmp_path_factory, data):
-    folder = tmp_path_factory.mktemp("flip") / "g"
-    shutil.copytree(fresh, folder)
+def _flip_a_byte_and_verify(template: Path, folder: Path, data: st.DataObject) -> None:
+    """Copy ``template`` to ``folder``, flip a drawn byte of a drawn file: verify fails
+    naming that file."""
+    shutil.copytree(template, folder)
     files = sorted(_files(folder))
     relative = data.draw(st.sampled_from(files), label="file")
     path = folder / relative
@@ -212,6 +277,22 @@ def test_any_flipped_byte_fails_naming_the_file(fresh, tmp_path_factory, data):
     report = golden.verify(folder)
     assert not report.ok
     assert relative in _failures(report), str(report)
+
+
+@settings(max_examples=20)
+@given(data=st.data())
+def test_any_flipped_byte_fails_naming_the_file(small, tmp_path_factory, data):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _use_small_catalogue(monkeypatch)
+        _flip_a_byte_and_verify(small, tmp_path_factory.mktemp("flip") / "g", data)
+
+
+@pytest.mark.slow
+@settings(max_examples=max(20, settings.default.max_examples // 10))
+@given(data=st.data())
+def test_any_flipped_byte_of_the_whole_catalogue_fails_naming_the_file(fresh, tmp_path_factory,
+                                                                       data):
+    _flip_a_byte_and_verify(fresh, tmp_path_factory.mktemp("flip") / "g", data)
 
 
 def test_flipped_data_byte_is_reported_as_a_changed_file(copy):
@@ -415,7 +496,7 @@ def test_failed_forced_write_keeps_the_old_folder(copy, monkeypatch):
     assert sorted(p.name for p in copy.parent.iterdir()) == ["copy"]
 
 
-def test_empty_folder_is_used_and_file_is_refused(tmp_path):
+def test_empty_folder_is_used_and_file_is_refused(tmp_path, small_catalogue):
     empty = tmp_path / "empty"
     empty.mkdir()
     golden.write(empty)
@@ -441,7 +522,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_command_line_golden_and_verify(tmp_path, capsys):
+def test_command_line_golden_and_verify(tmp_path, capsys, small_catalogue):
     out = tmp_path / "cli"
     args = _parser().parse_args(["golden", "--out", str(out)])
     assert golden_command.run_golden(args) == 0
@@ -462,10 +543,10 @@ def _case_entry(manifest, case_name):
     return manifest["cases"][case_name]
 
 
-def _first_case_with(fresh: Path, file_name: str) -> str:
-    manifest = golden.read_manifest(fresh)
+def _first_case_with(folder: Path, file_name: str) -> str:
+    manifest = golden.read_manifest(folder)
     return next(name for name in manifest["case_order"]
-                if (fresh / name / file_name).is_file())
+                if (folder / name / file_name).is_file())
 
 
 def test_tampering_helper_alone_keeps_the_folder_valid(copy):
@@ -475,8 +556,8 @@ def test_tampering_helper_alone_keeps_the_folder_valid(copy):
 
 
 @pytest.mark.parametrize("file_name", ["input.y.npy", "input.ya.npy", "input.yb.npy"])
-def test_changed_labels_with_consistent_hashes_fail_naming_the_file(fresh, copy, file_name):
-    case = _first_case_with(fresh, file_name)
+def test_changed_labels_with_consistent_hashes_fail_naming_the_file(copy, file_name):
+    case = _first_case_with(copy, file_name)
     relative = f"{case}/{file_name}"
     labels = np.load(copy / relative)
     assert labels.dtype == np.int64
@@ -573,8 +654,8 @@ def test_an_edited_loss_in_the_manifest_fails_naming_the_file(copy, edit):
     assert all(path in (golden.MANIFEST, f"{case}/loss.npy") for path in failed), failed
 
 
-def test_a_consistently_changed_dtype_fails_naming_the_file(fresh, copy):
-    case = _first_case_with(fresh, "input.y.npy")
+def test_a_consistently_changed_dtype_fails_naming_the_file(copy):
+    case = _first_case_with(copy, "input.y.npy")
     relative = f"{case}/input.y.npy"
     np.save(copy / relative, np.load(copy / relative).astype(np.float64), allow_pickle=False)
 
@@ -894,7 +975,8 @@ def _write_and_crash_after(step: int, out: Path, cases: list[str], force: bool,
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("scenario", ["fresh", "replace-exchange", "replace-two-renames"])
-def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario):
+def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario,
+                                                              small_catalogue):
     names = [case.name for case in all_cases()]
     old_cases, new_cases = [names[0]], [names[1]]
     exchange = scenario != "replace-two-renames"
@@ -935,7 +1017,7 @@ def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario
     assert crashes >= 5   # mkdtemp, the files' fsyncs, the switch, the clean-up
 
 
-def test_leftovers_of_dead_writers_are_removed_and_others_kept(tmp_path):
+def test_leftovers_of_dead_writers_are_removed_and_others_kept(tmp_path, small_catalogue):
     out = tmp_path / "X"
     golden.write(out, cases=[all_cases()[0].name])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -950,7 +1032,8 @@ def test_leftovers_of_dead_writers_are_removed_and_others_kept(tmp_path):
     _assert_whole(out, [[all_cases()[1].name]])
 
 
-def test_an_old_copy_set_aside_is_restored_when_the_folder_is_missing(tmp_path):
+def test_an_old_copy_set_aside_is_restored_when_the_folder_is_missing(tmp_path,
+                                                                       small_catalogue):
     name = all_cases()[0].name
     out = tmp_path / "X"
     golden.write(out, cases=[name])
@@ -991,6 +1074,7 @@ def _golden_process(out: Path, *flags: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_writers_killed_at_random_moments_leave_a_whole_folder(tmp_path):
     generator = random.Random(20261129)
     names = [case.name for case in all_cases()]
@@ -1009,6 +1093,68 @@ def test_writers_killed_at_random_moments_leave_a_whole_folder(tmp_path):
     assert os.listdir(tmp_path) == ["X"]
 
 
+def _forked_writers(out: Path, name: str, force: bool, count: int = 3) -> list[tuple[int, str]]:
+    """``count`` forked children run ``refimpl golden --out out --case name`` (the command's
+    own run_golden), all released at the same moment; their exit statuses and stderr."""
+    release_read, release_write = os.pipe()
+    children = []
+    for _ in range(count):
+        err_read, err_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: never returns into pytest
+            status = 1
+            try:
+                os.close(release_write)
+                os.close(err_read)
+                sys.stderr = os.fdopen(err_write, "w")
+                os.read(release_read, 1)          # wait until every writer is forked
+                status = golden_command.run_golden(
+                    argparse.Namespace(out=str(out), force=force, case=[name]))
+            except BaseException:   # noqa: BLE001 - shown to the test as a traceback
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(status)
+        os.close(err_write)
+        children.append((pid, err_read))
+    os.close(release_read)
+    os.write(release_write, b"x" * count)
+    os.close(release_write)
+    results = []
+    for pid, err_read in children:
+        with os.fdopen(err_read) as err:
+            text = err.read()
+        _, status = os.waitpid(pid, 0)
+        results.append((os.waitstatus_to_exitcode(status), text))
+    return results
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("force", [False, True])
+def test_concurrent_forked_writers_of_a_fresh_folder(tmp_path, force, small_catalogue):
+    """The race of test_concurrent_writers_of_a_fresh_folder (slow tier: whole processes)
+    between forked writers released at once: one writer wins a fresh folder, the others say
+    it exists (or all replace it with --force), and the folder is whole."""
+    name = all_cases()[0].name
+    for attempt in range(3):
+        out = tmp_path / f"X{attempt}"
+        results = _forked_writers(out, name, force)
+        for _, err_text in results:
+            assert "Traceback" not in err_text, err_text
+        statuses = sorted(status for status, _ in results)
+        if force:
+            assert statuses == [0, 0, 0], results
+        else:
+            assert statuses == [0, 2, 2], results
+            for status, err_text in results:
+                if status == 2:
+                    assert len(err_text.splitlines()) == 1
+                    assert "exists and is not empty" in err_text
+        _assert_whole(out, [[name]])
+    assert sorted(os.listdir(tmp_path)) == ["X0", "X1", "X2"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("force", [False, True])
 def test_concurrent_writers_of_a_fresh_folder(tmp_path, force):
     name = all_cases()[0].name
