@@ -10,7 +10,8 @@ The wrong implementations are ``independent_numpy`` with one bug switched on:
 - a float32 intermediate in a float64 pipeline.
 
 Each is checked on a model built here (so the control does not depend on what the catalogue
-holds) and on every catalogue case of a golden folder where the bug changes the result.
+holds) and on catalogue cases of a golden folder where the bug changes the result: one case of
+each kind per bug in the default tier, every such case in the slow tier (``-m slow``).
 """
 
 from __future__ import annotations
@@ -204,18 +205,49 @@ def _changes_result(bug: str, case: Any) -> bool:
 CATALOGUE = [(bug, case.name) for bug in sorted(BUGS) for case in all_cases()
              if _applies(bug, case.config) and _changes_result(bug, case)]
 
+# The default tier takes the first applicable case of each kind (MLP, CNN, tied, shared,
+# probe, sequence, Siamese, micro-batch) for each bug; the slow tier takes the others.
+_KINDS = {case.name: case.kind for case in all_cases()}
+_FIRST_OF_A_KIND = {(bug, _KINDS[name]): (bug, name) for bug, name in reversed(CATALOGUE)}
+SAMPLE = [pair for pair in CATALOGUE if pair in _FIRST_OF_A_KIND.values()]
+REST = [pair for pair in CATALOGUE if pair not in SAMPLE]
+
 
 @pytest.fixture(scope="module")
 def golden_dir(tmp_path_factory):
+    """A golden folder of the sampled cases."""
+    return golden.write(tmp_path_factory.mktemp("golden") / "sample",
+                        cases=sorted({name for _, name in SAMPLE}))
+
+
+@pytest.fixture(scope="module")
+def whole_golden_dir(tmp_path_factory):
     return golden.write(tmp_path_factory.mktemp("golden") / "vectors")
 
 
-@pytest.mark.parametrize("bug, name", CATALOGUE, ids=[f"{b}-{n}" for b, n in CATALOGUE])
-def test_every_applicable_golden_case_rejects_the_bug(golden_dir, bug, name):
-    config = golden.read_manifest(golden_dir)["cases"][name]["config"]
-    assert_matches_golden(make_impl(config), golden_dir, case=name)
+def _rejected_by_the_golden_case(folder, bug: str, name: str) -> None:
+    config = golden.read_manifest(folder)["cases"][name]["config"]
+    assert_matches_golden(make_impl(config), folder, case=name)
     with pytest.raises(AssertionError, match=f"case {name!r}: the implementation does not"):
-        assert_matches_golden(make_impl(config, bugs={bug}), golden_dir, case=name)
+        assert_matches_golden(make_impl(config, bugs={bug}), folder, case=name)
+
+
+@pytest.mark.parametrize("bug, name", SAMPLE, ids=[f"{b}-{n}" for b, n in SAMPLE])
+def test_an_applicable_golden_case_of_each_kind_rejects_the_bug(golden_dir, bug, name):
+    _rejected_by_the_golden_case(golden_dir, bug, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug, name", REST, ids=[f"{b}-{n}" for b, n in REST])
+def test_every_applicable_golden_case_rejects_the_bug(whole_golden_dir, bug, name):
+    _rejected_by_the_golden_case(whole_golden_dir, bug, name)
+
+
+def test_the_sample_holds_a_case_of_every_kind_for_every_bug():
+    assert sorted(SAMPLE + REST) == sorted(CATALOGUE)
+    assert {(bug, _KINDS[name]) for bug, name in SAMPLE} == \
+        {(bug, _KINDS[name]) for bug, name in CATALOGUE}
+    assert len(SAMPLE) == len({(bug, _KINDS[name]) for bug, name in CATALOGUE})
 
 
 @pytest.mark.parametrize("bug", ["micro_batches_unweighted", "penalty_per_micro_batch"])
