@@ -20,16 +20,31 @@ from refimpl.testing.cases import all_cases, get_case
 from refimpl.testing.cases.mlp import model_case
 
 
-def test_check_passes_every_built_in_case(capsys):
-    assert cli.main(["check"]) == 0
+def _check_passes(argv: list[str], cases: list, capsys) -> None:
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["case", "method", "parameter"]
-    cases = all_cases()
     assert f"{len(cases)} cases" in lines[-1] and " 0 failed" in lines[-1]
     for case in cases:
         assert case.name in out
     assert "FAIL" not in out
+
+
+def test_check_passes_a_built_in_case_of_each_kind(capsys):
+    # Every catalogue case's gradients are checked numerically in the default tier by
+    # tests/test_gradcheck_fast.py and tests/test_siamese_cases.py; the command on all of them
+    # is the slow tier's.
+    kinds: dict[str, object] = {}
+    for case in all_cases():
+        kinds.setdefault(case.kind, case)
+    cases = list(kinds.values())
+    _check_passes(["check", *(f"--case={case.name}" for case in cases)], cases, capsys)
+
+
+@pytest.mark.slow
+def test_check_passes_every_built_in_case(capsys):
+    _check_passes(["check"], all_cases(), capsys)
 
 
 def test_check_writes_the_same_results_as_json(tmp_path, capsys):
