@@ -36,8 +36,26 @@ CASES = all_cases()
 CASE_IDS = [case.name for case in CASES]
 
 
+KINDS = {case.name: case.kind for case in CASES}
+
+
+def _first_two_and_one_of_each_kind() -> list[str]:
+    names = CASE_IDS[:2]
+    for case in CASES:
+        if case.kind not in {KINDS[name] for name in names}:
+            names.append(case.name)
+    return names
+
+
 @pytest.fixture(scope="module")
 def golden_dir(tmp_path_factory):
+    """A golden folder of the first two catalogue cases and one case of each kind."""
+    return golden.write(tmp_path_factory.mktemp("golden") / "sample",
+                        cases=_first_two_and_one_of_each_kind())
+
+
+@pytest.fixture(scope="module")
+def whole_golden_dir(tmp_path_factory):
     return golden.write(tmp_path_factory.mktemp("golden") / "vectors")
 
 
@@ -86,6 +104,7 @@ def test_readme_example(tmp_path):
         assert_matches_oracle(forgot_the_mean, model, inputs=inputs)
 
 
+@pytest.mark.slow
 def test_pytorch_example():
     torch = pytest.importorskip("torch")
 
@@ -132,11 +151,23 @@ def test_independent_implementation_matches_every_case(case):
         assert {row.role for row in report.rows} >= {"loss", "gradient", "output"}
 
 
-def test_independent_implementation_matches_every_golden_case(golden_dir):
-    manifest = golden.read_manifest(golden_dir)
+def _matches_every_case_of(folder) -> None:
+    manifest = golden.read_manifest(folder)
     for name, entry in manifest["cases"].items():
-        reports = assert_matches_golden(make_impl(entry["config"]), golden_dir, case=name)
+        reports = assert_matches_golden(make_impl(entry["config"]), folder, case=name)
         assert [report.case for report in reports] == [name]
+
+
+def test_independent_implementation_matches_a_golden_case_of_each_kind(golden_dir):
+    # Every case through the oracle: test_independent_implementation_matches_every_case.
+    kinds = {KINDS[name] for name in golden.read_manifest(golden_dir)["cases"]}
+    assert kinds == set(KINDS.values())
+    _matches_every_case_of(golden_dir)
+
+
+@pytest.mark.slow
+def test_independent_implementation_matches_every_golden_case(whole_golden_dir):
+    _matches_every_case_of(whole_golden_dir)
 
 
 def test_float32_is_rejected_at_float64_and_tf32_at_float32():
