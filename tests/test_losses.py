@@ -518,6 +518,7 @@ def test_cross_entropy_over_positions_is_the_mean_over_every_position(problem):
                                   CE_BACKWARD(1.0, flat_cache))
 
 
+@pytest.mark.slow
 def test_cross_entropy_over_positions_agrees_with_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)

@@ -191,6 +191,7 @@ def test_triplet_gradients_sum_to_zero(problem, margin, dloss):
 
 # --- agreement with PyTorch -------------------------------------------------------------------
 
+@pytest.mark.slow
 @settings(max_examples=40)
 @given(problem=triplets(max_rows=5, max_features=5), margin=margins, eps=st.sampled_from(
     [1e-6, 0.0, 0.1]), dloss=st.floats(-3.0, 3.0))
@@ -207,6 +208,7 @@ def test_triplet_agrees_with_torch_in_float64(problem, margin, eps, dloss):
         np.testing.assert_allclose(grad, tensor.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["hinge", "zero distance"])
 def test_triplet_agrees_with_torch_at_its_non_differentiable_points(where):
     torch = pytest.importorskip("torch")
@@ -355,6 +357,7 @@ def test_spec_config_round_trips(spec):
     assert metric_loss_from_config(spec.config()) == spec
 
 
+@pytest.mark.slow
 def test_defaults_are_pytorchs():
     # TripletMarginLoss() is torch.nn.TripletMarginLoss(): margin 1, p 2, eps 1e-6; the
     # contrastive loss takes the same margin and distance eps.

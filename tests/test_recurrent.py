@@ -329,6 +329,7 @@ def test_rnn_never_mutates_its_inputs():
 
 # --- against PyTorch's nn.RNN (an independent implementation), float64 -----------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_rnn_agrees_with_torch(nonlinearity):
     torch = pytest.importorskip("torch")

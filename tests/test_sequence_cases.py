@@ -164,6 +164,7 @@ def _torch_rnn(torch, layer, x, read):
     return torch.func.functional_call(module, weights, (x,))[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_pytorch_agrees_with_the_oracle_in_float64(case):
     report = assert_matches_oracle(torch_impl(case.config["model"]), case, rtol=1e-10,

@@ -291,6 +291,7 @@ def torch_tower(torch, tower_config, params):
     return torch.nn.Sequential(*(module for _, module in modules)), tensors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SIAMESE, ids=lambda case: case.name)
 def test_every_siamese_case_agrees_with_pytorch(case):
     torch = pytest.importorskip("torch")
