@@ -219,7 +219,8 @@ def test_memory_json_in_a_folder_that_takes_no_file(number, tmp_path, capsys, mo
 
 @pytest.mark.parametrize("argv, expected", [
     (["memory"], "LocallyConnected2D"),
-    (["demo", "--quick"], "hard sharing"),
+    # One seed of a few steps: the demo's own tables are tests/test_demo.py's.
+    (["demo", "--quick", "--seeds", "1", "--steps", "10"], "hard sharing"),
 ])
 def test_registered_sub_commands_run_through_main(argv, expected, capsys):
     assert cli.main(argv) == 0
