@@ -393,9 +393,16 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     config)``: the catalogue's, or a drawn case from its stored seed), whose point and data
     must equal the stored ones.
 
+    A step case (manifest ``kind`` "steps") runs ``impl.train_steps(params, batches)``
+    instead, and is judged against the stored trajectory by the trajectory rule
+    (:mod:`refimpl.testing.trajectory`; the floors derived from the rebuilt case): its report
+    is a :class:`refimpl.testing.trajectory.TrajectoryReport` (``verdict``, ``ok`` and the
+    first step where the implementation diverges). An ``impl`` without ``train_steps`` raises
+    :class:`refimpl.testing.NotExpressible` there: select the gradient cases with ``case``.
+
     Returns
     -------
-    list of ComparisonReport
+    list of ComparisonReport or TrajectoryReport
         One per selected case, in the order of ``case`` (the manifest's for None).
 
     Raises
@@ -413,6 +420,11 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     names = golden.select_cases(manifest, case)
     reports = []
     for name in names:
+        if manifest["cases"][name].get("kind") == "steps":   # an implementation's train_steps
+            reports.append(golden.compare_steps_with_golden(
+                impl, golden_dir, name, manifest=manifest, dtype=dtype_name, rtol=rtol,
+                atol=atol))
+            continue
         data = golden.load_case(golden_dir, name, manifest=manifest)
         rebuilt = rebuild_case(name, manifest["cases"][name].get("config", {}))
         if rebuilt is None:

@@ -167,32 +167,46 @@ def _moved_hyper(config: Mapping[str, Any], move: Any) -> dict[str, Any]:
 
 class _Rounding:
     """One floor trajectory's rounding: to the hand-over dtype (``rng`` None) or by ``1 + c u
-    s`` with random signs."""
+    s`` with random signs. Each gradient is evaluated at a point moved by the products'
+    roundoff (:data:`~refimpl.testing.resolution.UNIT_ROUNDOFF`: TF32's 10-bit product inputs);
+    the hyper-parameters, the stored parameters and the optimizer's state by the storage's
+    (:data:`~refimpl.testing.resolution.ELEMENTWISE_ROUNDOFF`: float32 for TF32)."""
 
     def __init__(self, dtype: str, rng: np.random.Generator | None) -> None:
         self.dtype, self.rng = dtype, rng
-        self.relative = FLOOR_ROUNDOFF_UNITS * UNIT_ROUNDOFF[dtype]
-        self.elementwise = FLOOR_ROUNDOFF_UNITS * ELEMENTWISE_ROUNDOFF[dtype]
+        self.products = FLOOR_ROUNDOFF_UNITS * UNIT_ROUNDOFF[dtype]
+        self.storage = FLOOR_ROUNDOFF_UNITS * ELEMENTWISE_ROUNDOFF[dtype]
+
+    def _sign(self) -> float:
+        return 1.0 if self.rng.random() < 0.5 else -1.0
 
     def scalar(self, value: float) -> float:
+        """A hyper-parameter as the dtype holds it."""
         if self.rng is None:
             return float(HAND_OVER_DTYPE[self.dtype](value))
-        return value * (1.0 + self.relative * (1.0 if self.rng.random() < 0.5 else -1.0))
+        return value * (1.0 + self.storage * self._sign())
 
-    def arrays(self, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def stored(self, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Arrays as the dtype stores them."""
         if self.rng is None:
             return rounded_to(arrays, self.dtype)
-        return perturbed(arrays, self.relative, self.rng)
+        return perturbed(arrays, self.storage, self.rng)
+
+    def point(self, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Arrays as one gradient evaluation's products see them (a fresh rounding each time)."""
+        if self.rng is None:
+            return rounded_to(arrays, self.dtype)
+        return perturbed(arrays, self.products, self.rng)
 
     def changed(self, new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]
                 ) -> dict[str, np.ndarray]:
-        """The parameters after a step, each entry the step changed rounded again."""
-        moved = self.arrays(new)
+        """The parameters after a step, each entry the step changed stored again."""
+        moved = self.stored(new)
         return {key: np.where(new[key] != old[key], moved[key], new[key]) for key in new}
 
     def state(self, state: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Every array of the optimizer's state rounded; the step counts as they are."""
-        return {key: {name: value if name == "step" else self.arrays({"v": value})["v"]
+        """Every array of the optimizer's state stored; the step counts as they are."""
+        return {key: {name: value if name == "step" else self.stored({"v": value})["v"]
                       for name, value in entry.items()} for key, entry in state.items()}
 
 
@@ -205,20 +219,21 @@ def _floor_trajectory(case: StepCase, rounding: _Rounding
                                                               rounding.scalar))
     clip = (None if steps["clip"] is None else
             ClipGradNorm.from_config(_moved_hyper(steps["clip"], rounding.scalar)))
-    params = start = rounding.arrays(case.params)
+    params = start = rounding.stored(case.params)
     state = None
     trajectory, losses, norms = [], [], []
     for index, inputs in enumerate(case.batches):
-        data = rounding.arrays(inputs)
-        loss, grads, _ = case.evaluate(params, data)
+        point, data = rounding.point(params), rounding.point(inputs)
+        loss, grads, _ = case.evaluate(point, data)
         grads = {key: np.asarray(value, dtype=np.float64) for key, value in grads.items()}
         loss = float(loss)
         if rounding.rng is not None:
-            changes = loss_rounding(case.config, params, data, rounding.elementwise,
+            changes = loss_rounding(case.config, point, data,
+                                    FLOOR_ROUNDOFF_UNITS * ELEMENTWISE_ROUNDOFF[rounding.dtype],
                                     rounding.rng, normaliser=index % 2 == 1)
             for (role, name), change in changes.items():
                 if role == "loss":
-                    loss += float(change) * (1.0 if rounding.rng.random() < 0.5 else -1.0)
+                    loss += float(change) * rounding._sign()
                 elif name in grads:
                     grads[name] = grads[name] + change
         if clip is None:

@@ -59,6 +59,7 @@ from .format import (
     GoldenError,
 )
 from .read import LINK_REFUSED, GoldenCase, load_case, load_npy, read_manifest, select_cases
+from .steps import GoldenSteps, compare_steps_with_golden, load_steps
 from .verification import ABSENT, VerifyEntry, VerifyReport, verify
 from .writing import write
 
@@ -66,5 +67,6 @@ __all__ = [
     "write", "verify", "read_manifest", "select_cases", "load_case", "load_npy",
     "GoldenCase", "GoldenError", "VerifyReport", "VerifyEntry", "SCHEMA_VERSION", "FORMAT",
     "MANIFEST", "CHECKSUMS", "COMMAND", "COMPARISON_RULE", "CONVENTIONS", "ALLOWED_DTYPES",
-    "ROLES", "FLOOR_DIGITS", "LINK_REFUSED", "ABSENT",
+    "ROLES", "FLOOR_DIGITS", "LINK_REFUSED", "ABSENT", "GoldenSteps", "load_steps",
+    "compare_steps_with_golden",
 ]

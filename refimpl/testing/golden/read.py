@@ -20,6 +20,7 @@ from .format import (
     ALLOWED_DTYPES,
     FORMAT,
     MANIFEST,
+    READABLE_SCHEMAS,
     ROLES,
     SCHEMA_VERSION,
     GoldenError,
@@ -119,9 +120,10 @@ def read_manifest(golden_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise GoldenError(f"{path}: not a refimpl golden manifest (expected \"format\": "
                           f"\"{FORMAT}\")")
-    if document.get("schema_version") != SCHEMA_VERSION:
+    if document.get("schema_version") not in READABLE_SCHEMAS:
         raise GoldenError(f"{path}: schema_version {document.get('schema_version')!r}; this "
-                          f"refimpl reads version {SCHEMA_VERSION}")
+                          f"refimpl reads versions {', '.join(map(str, READABLE_SCHEMAS))} "
+                          f"(it writes {SCHEMA_VERSION})")
     cases = document.get("cases")
     if not isinstance(cases, dict) or not all(
             isinstance(entry, dict) and isinstance(entry.get("files"), list)
@@ -299,6 +301,9 @@ def load_case(golden_dir: str | os.PathLike, name: str,
         raise ValueError(f"name: unknown case {name!r}; this golden folder has "
                          f"{list(manifest['cases'])}")
     entry = manifest["cases"][name]
+    if entry.get("kind") == "steps":
+        raise ValueError(f"name: case {name!r} is a step case (K batches and a trajectory); "
+                         f"read it with refimpl.testing.golden.load_steps")
     groups: dict[str, dict[str, np.ndarray]] = {role: {} for role in ROLES}
     for file_entry in entry["files"]:
         role = file_entry.get("role")
