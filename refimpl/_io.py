@@ -22,8 +22,8 @@ import re
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["JSON_HELP", "OutputError", "process_alive", "check_destination", "write_text_atomically",
-           "atomic_output", "remove_stale_temporaries"]
+__all__ = ["JSON_HELP", "OutputError", "process_alive", "check_destination",
+           "write_text_atomically", "atomic_output", "remove_stale_temporaries"]
 
 #: Prefix of every temporary file this module creates (recognisable, hidden on POSIX); the
 #: writer's process id and a dash follow it.
