@@ -10,6 +10,8 @@ layers under it:
   conformance runs);
 - :mod:`refimpl.optim`: reference optimizers (PyTorch's SGD, Adam, AdamW), clipping and
   training steps over every model kind;
+- :mod:`refimpl.hessian`: explicit Hessian-vector and Jacobian-vector products of every model
+  kind (the R-operator), checked against the complex step of the gradient;
 - :mod:`refimpl.microbatch`, :mod:`refimpl.modelcheck`: accumulated micro-batch gradients,
   the fast full gradient check of a model, tied pair or anchored model;
 - :mod:`refimpl.tying`, :mod:`refimpl.gradcheck`: parameter tying, the numerical gradient
@@ -31,6 +33,7 @@ True
 from . import nn
 from ._version import __version__
 from .gradcheck import GradcheckReport, check_gradients, check_vjp
+from .hessian import check_hvp, hvp, jvp
 from .microbatch import accumulated_loss_and_grads
 from .modelcheck import check_model_gradients
 from .nn import CNN, MLP, ParameterCount, Sequential, ShareSource, Siamese, transposed
@@ -67,4 +70,5 @@ __all__ = [
     "check_model_gradients",
     "model_contributions", "pair_contributions", "anchored_contributions", "study_steps",
     "siamese_contributions", "microbatch_contributions",
+    "hvp", "jvp", "check_hvp",
 ]

@@ -30,7 +30,9 @@ GPU), never a wrong answer.
 - :mod:`refimpl.adapters.torch`: ``build(config, dtype, *, device="cpu")`` (PyTorch, the
   ``torch`` extra);
 - :mod:`refimpl.adapters.jax`: ``build(config, dtype, *, device="cpu")`` (JAX, the ``jax``
-  extra);
+  extra), and ``sharded`` (the same on N host CPU devices, in a worker process);
+- :mod:`refimpl.adapters.torch_distributed`: ``ddp``, ``fsdp``, ``pipeline`` (N local
+  processes with ``torch.distributed`` and gloo, the ``torch`` extra; docs/distributed.md);
 - ``refimpl.adapters.torch_names.TorchNames(model, module)``: for your own PyTorch module,
   refimpl's parameter names and the module's, both ways, for params and gradients (a tied
   slot, ``nn.RNN``'s ``_l0`` names), every name, shape and tie checked (the ``torch`` extra).

@@ -22,6 +22,16 @@ exactly 0 (refimpl: ``negative_slope``); ``jnp.abs`` is differentiated by JAX's 
 PyTorch's ``clamp_min``: 1).
 Everywhere else the operations agree with refimpl, and so must the gradients.
 
+The sharded mode, :func:`sharded` (``refimpl conform refimpl.adapters.jax:sharded``;
+:func:`build_sharded`, :func:`make_sharded_builder`), runs the same computation on N host CPU
+devices (2 by default; ``REFIMPL_JAX_DEVICES``): data parallel over the batch (every
+per-example input split along its first axis, padded to a multiple of N with copies of its
+first example whose outputs are cut off before the loss), every embedding table sharded over
+its vocabulary axis (a tied output layer reads the same sharded table), the other parameters
+replicated; XLA's SPMD partitioner inserts the collectives. JAX fixes its device count when
+its backend starts (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), so the sharded
+mode computes in a worker process started with that flag and kept for the next cases.
+
 dtypes: "float64" runs inside ``jax.enable_x64(True)`` (a context around each call: the
 global setting is never changed) and "float32" inside ``jax.enable_x64(False)``; matrix
 products and convolutions run at ``jax.default_matmul_precision("highest")`` (true float32
@@ -41,8 +51,10 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +62,8 @@ try:
     import jax
     import jax.numpy as jnp
     from jax import lax
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P  # noqa: N817 (JAX's own spelling)
 except ImportError as error:
     raise ImportError("refimpl.adapters.jax needs JAX: pip install 'refimpl[jax]'") from error
 try:       # the training steps' optimizers (the jax extra installs it); the gradients need JAX only
@@ -57,12 +71,16 @@ try:       # the training steps' optimizers (the jax extra installs it); the gra
 except ImportError:
     optax = None
 
-from .._validate import check_int, check_keys
+from .._validate import check_int, check_keys, check_real
 from ..testing.comparison import NotExpressible, resolve_tolerance
 from ._config import CasePlan, Metric, ModelPlan, Term, plan_case
 from ._microbatches import micro_batches
+from ._workers import WorkerPool, close_all, shared_pool
 
-__all__ = ["build", "MATMUL_PRECISION", "JaxImplementation", "JaxSteps"]
+__all__ = ["build", "sharded", "build_sharded", "make_sharded_builder", "MATMUL_PRECISION",
+           "DEVICES_VARIABLE", "DEFAULT_DEVICES", "SHARDED_TIMEOUT", "shutdown_sharded",
+           "JaxImplementation", "JaxSteps"]
+FRAMEWORK, FRAMEWORK_VERSION = "jax", jax.__version__  # recorded by refimpl conform
 
 #: ``jax.default_matmul_precision`` per dtype under test.
 MATMUL_PRECISION = {"float64": "highest", "float32": "highest", "tf32": "tensorfloat32"}
@@ -291,7 +309,6 @@ class JaxSteps:
             return optax.apply_updates(leaves, updates), state
 
         with self.context():
-            gradient = _gradient(self.plan, self.dtype)
             # jit: the chain as one XLA computation instead of one dispatch per operation.
             step = jax.jit(update)
             leaves = {key: jnp.asarray(np.asarray(params[key]), dtype=self.dtype)
@@ -299,7 +316,12 @@ class JaxSteps:
             state = tx.init(leaves)
             result: dict[str, list[Any]] = {"params": [], "losses": [], "grad_norms": []}
             for inputs in batches:
-                loss, grads, _ = gradient(leaves, inputs)
+                # the step's gradient as the gradient protocol computes it (its micro-batches,
+                # its penalty once), from the parameters as they are now
+                loss, grads, _ = _run(self.plan, {key: np.asarray(value)
+                                                  for key, value in leaves.items()},
+                                      inputs, self.dtype)
+                grads = {key: jnp.asarray(value) for key, value in grads.items()}
                 norm = float(_total_norm(grads, norm_type))
                 leaves, state = step(grads, state, leaves)
                 result["params"].append({key: np.asarray(value).copy()
@@ -310,22 +332,24 @@ class JaxSteps:
 
 
 def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
-         dtype: Any) -> tuple[float, dict, dict]:
+         dtype: Any, mesh: Mesh | None = None) -> tuple[float, dict, dict]:
     """One training step, as a JAX loop writes gradient accumulation: per micro-batch (the
     whole batch when there are none) ``jax.value_and_grad`` of the loss scaled by its share
-    ``n_i / N``, the gradient pytrees added; then the penalty's, once. NumPy results."""
+    ``n_i / N``, the gradient pytrees added; then the penalty's, once. NumPy results. With a
+    ``mesh``, every array is placed on it as :func:`_placement` says."""
     leaves = {key: jnp.asarray(np.asarray(params[key]), dtype=dtype) for key in plan.parameters}
-    total, grads, outputs = _gradient(plan, dtype)(leaves, inputs)
-    return total, {key: np.asarray(grads[key]) for key in plan.parameters}, outputs
+    place = _placement(plan, mesh)
+    labels = (plan.metric.target,) if plan.metric is not None and plan.metric.target else ()
 
-
-def _gradient(plan: CasePlan, dtype: Any) -> Callable[[Arrays, Mapping[str, Any]],
-                                                      tuple[float, Arrays, dict]]:
-    """``(leaves, inputs) -> (loss, grads, outputs)`` of one step (:func:`_run`), its jitted
-    functions compiled once for every call (a trajectory calls it once per step)."""
-    def batch_loss(leaves: Arrays, data: Arrays, weights: tuple) -> tuple[Any, Arrays]:
-        outputs = {run.output: _forward(run.model, leaves, data[run.input])
-                   for run in plan.runs}
+    def batch_loss(leaves: Arrays, data: Arrays, weights: tuple, sizes: tuple
+                   ) -> tuple[Any, Arrays]:
+        leaves, data = place(leaves), place(data, batch=True)
+        # A padded batch (sharded mode) is cut back to its examples after the forward pass.
+        outputs = {run.output: _forward(run.model, leaves, data[run.input])[:size]
+                   for run, size in zip(plan.runs, sizes, strict=True)}
+        data = {**data, **{name: data[name][:size] for run, size in zip(plan.runs, sizes,
+                                                                         strict=True)
+                           for name in (*run.targets, *labels) if name in data}}
         if plan.metric is not None:      # Siamese: one metric loss of every branch's output
             return weights[0] * _metric_loss(
                 plan.metric, [outputs[run.output] for run in plan.runs], data), outputs
@@ -335,30 +359,217 @@ def _gradient(plan: CasePlan, dtype: Any) -> Callable[[Arrays, Mapping[str, Any]
             value = value + weight * _loss(run.model.loss, outputs[run.output], target)
         return value, outputs
 
+    def value_and_grads(leaves: Arrays, data: Arrays, weights: tuple, sizes: tuple
+                        ) -> tuple[Any, Arrays]:
+        result, grads = jax.value_and_grad(batch_loss, has_aux=True)(leaves, data, weights,
+                                                                     sizes)
+        return result, place(grads)
+
     # jit: one XLA computation per micro-batch shape instead of one dispatch per operation.
-    step = jax.jit(jax.value_and_grad(batch_loss, has_aux=True))
-    penalty = jax.jit(jax.value_and_grad(
-        lambda leaves, references: sum(_penalty(plan.penalty, term, leaves, references)
-                                       for term in plan.terms)))
+    step = jax.jit(value_and_grads, static_argnums=3)
+    multiple = 1 if mesh is None else mesh.size
+    total, grads, outputs = 0.0, None, {}
+    for batch in micro_batches(plan, inputs):
+        sizes = tuple(len(batch.inputs[run.input]) for run in plan.runs)
+        data = {key: _array(_padded(value, multiple), dtype)
+                for key, value in batch.inputs.items()}
+        (value, outs), batch_grads = step(leaves, data, batch.weights, sizes)
+        grads = batch_grads if grads is None else jax.tree.map(jnp.add, grads, batch_grads)
+        total += float(value)
+        outputs.update({name + batch.suffix: np.asarray(out) for name, out in outs.items()})
+    if plan.terms:
+        # The penalty depends on the parameters only: once per step, not per micro-batch.
+        references = {term.other: _array(inputs[term.other], dtype)
+                      for term in plan.terms if term.from_inputs and term.other in inputs}
 
-    def gradient(leaves: Arrays, inputs: Mapping[str, Any]) -> tuple[float, Arrays, dict]:
-        total, grads, outputs = 0.0, None, {}
-        for batch in micro_batches(plan, inputs):
-            data = {key: _array(value, dtype) for key, value in batch.inputs.items()}
-            (value, outs), batch_grads = step(leaves, data, batch.weights)
-            grads = batch_grads if grads is None else jax.tree.map(jnp.add, grads, batch_grads)
-            total += float(value)
-            outputs.update({name + batch.suffix: np.asarray(out) for name, out in outs.items()})
-        if plan.terms:
-            # The penalty depends on the parameters only: once per step, not per micro-batch.
-            references = {term.other: _array(inputs[term.other], dtype)
-                          for term in plan.terms if term.from_inputs and term.other in inputs}
-            value, penalty_grads = penalty(leaves, references)
-            grads = jax.tree.map(jnp.add, grads, penalty_grads)
-            total += float(value)
-        return total, grads, outputs
+        def penalty(leaves: Arrays, references: Arrays) -> Any:
+            leaves = place(leaves)
+            return sum(_penalty(plan.penalty, term, leaves, references) for term in plan.terms)
 
-    return gradient
+        def penalty_and_grads(leaves: Arrays, references: Arrays) -> tuple[Any, Arrays]:
+            value, penalty_grads = jax.value_and_grad(penalty)(leaves, references)
+            return value, place(penalty_grads)
+
+        value, penalty_grads = jax.jit(penalty_and_grads)(leaves, references)
+        grads = jax.tree.map(jnp.add, grads, penalty_grads)
+        total += float(value)
+    return total, {key: np.asarray(grads[key]) for key in plan.parameters}, outputs
+
+
+# --- the sharded mode: data parallel over N host devices, the embedding sharded ---------------
+
+#: The mesh axis every sharded array is split along.
+AXIS = "devices"
+
+
+def _placement(plan: CasePlan, mesh: Mesh | None) -> Callable[..., Arrays]:
+    """``place(arrays, batch=False)``: the arrays constrained to their sharding on ``mesh``
+    (inside ``jit``; the identity without a mesh). Per-example inputs (``batch=True``) are
+    split along their first axis (data parallel); an embedding table along its first axis, the
+    vocabulary (a tied output layer reads the same sharded table); every other parameter is
+    replicated. XLA's partitioner then splits the computation the same way and inserts the
+    collectives (the all-reduce of a replicated parameter's gradient over the batch). A batch
+    arrives padded to a multiple of the device count (:func:`_padded`); a vocabulary that
+    does not divide evenly is padded by the partitioner."""
+    if mesh is None:
+        return lambda arrays, batch=False: arrays
+    vocabulary = {step.params["weight"].key for run in plan.runs for step in run.model.layers
+                  if step.type == "Embedding"}
+
+    def spec(key: str, array: Any, batch: bool) -> P:
+        if batch or key in vocabulary:
+            return P(AXIS, *([None] * (array.ndim - 1)))
+        return P()
+
+    def place(arrays: Arrays, batch: bool = False) -> Arrays:
+        return {key: jax.lax.with_sharding_constraint(
+            array, NamedSharding(mesh, spec(key, array, batch))) for key, array in arrays.items()}
+
+    return place
+
+
+#: The number of host devices of the sharded mode without ``devices`` or
+#: :data:`DEVICES_VARIABLE`.
+DEFAULT_DEVICES = 2
+DEVICES_VARIABLE = "REFIMPL_JAX_DEVICES"
+#: Seconds one sharded call may take (the worker's start aside), without ``timeout``.
+SHARDED_TIMEOUT = 120.0
+#: Seconds the worker may take to start (importing JAX).
+_START_TIMEOUT = 120.0
+_POOL_KIND = "jax.sharded"
+
+
+class ShardedJob(NamedTuple):
+    """One ``impl(params, inputs)`` call of the sharded mode, for its worker process."""
+
+    plan: CasePlan
+    dtype: str
+    params: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
+    devices: int
+
+
+def run_sharded_job(job: ShardedJob) -> tuple[float, dict, dict]:
+    """In the worker: the job on a mesh of the first ``job.devices`` CPU devices."""
+    devices = jax.devices("cpu")
+    if len(devices) < job.devices:
+        raise RuntimeError(f"the sharded mode needs {job.devices} CPU devices, JAX has "
+                           f"{len(devices)}: XLA_FLAGS must hold "
+                           f"--xla_force_host_platform_device_count={job.devices} before JAX "
+                           f"starts its backend")
+    mesh = Mesh(np.array(devices[:job.devices]), (AXIS,))
+    with jax.enable_x64(job.dtype == "float64"), \
+            jax.default_matmul_precision(MATMUL_PRECISION[job.dtype]):
+        return _run(job.plan, job.params, job.inputs,
+                    jnp.float64 if job.dtype == "float64" else jnp.float32, mesh)
+
+
+def sharded(config: Mapping[str, Any], dtype: Any = "float64") -> Callable[..., Any]:
+    """The sharded mode on the default number of host devices (:func:`build_sharded`)."""
+    return build_sharded(config, dtype)
+
+
+def make_sharded_builder(devices: int | None = None, timeout: float | None = None
+                         ) -> Callable[..., Any]:
+    """:func:`build_sharded` with its settings bound, for ``refimpl conform
+    MODULE:FUNCTION`` (``sharded4 = make_sharded_builder(4)`` in a module of yours)."""
+    if devices is not None:
+        check_int(devices, "devices", 1)
+    if timeout is not None:
+        check_real(timeout, "timeout", minimum=1e-3)
+
+    def build_on_devices(config: Mapping[str, Any], dtype: Any = "float64") -> Callable:
+        return build_sharded(config, dtype, devices=devices, timeout=timeout)
+
+    build_on_devices.__qualname__ = f"make_sharded_builder({devices!r}, {timeout!r})"
+    return build_on_devices
+
+
+def build_sharded(config: Mapping[str, Any], dtype: Any = "float64", *,
+                  devices: int | None = None, timeout: float | None = None
+                  ) -> Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], tuple[Any, ...]]:
+    """A JAX implementation of the case on ``devices`` host CPU devices: data parallel over
+    the batch, every embedding table sharded over its vocabulary axis.
+
+    JAX fixes its number of CPU devices when it starts its backend
+    (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), so the computation runs in a
+    worker process started with that flag: whatever this process's JAX already started, the
+    devices are there. The worker is started on the first call and kept for the next cases
+    (one per device count; :mod:`refimpl.adapters._workers`).
+
+    Parameters
+    ----------
+    config : dict
+        A case configuration (``case.config``).
+    dtype : str
+        "float64" or "float32" ("tf32" is not expressible on CPU devices).
+    devices : int, optional
+        The number of host devices (default: :data:`DEVICES_VARIABLE`, else
+        :data:`DEFAULT_DEVICES`).
+    timeout : float, optional
+        Seconds each call may take (default :data:`SHARDED_TIMEOUT`); past it the worker is
+        killed and the call raises.
+
+    Returns
+    -------
+    callable
+        ``impl(params, inputs) -> (loss, grads, outputs)``, as :func:`build`'s.
+
+    Raises
+    ------
+    refimpl.testing.NotExpressible
+        For "tf32", or a configuration the adapters do not express.
+    TypeError, ValueError
+        Naming the argument.
+    """
+    dtype_name, _ = resolve_tolerance(dtype)
+    if devices is None and os.environ.get(DEVICES_VARIABLE, "").strip():
+        text = os.environ[DEVICES_VARIABLE].strip()
+        if not text.isdigit():
+            raise ValueError(f"{DEVICES_VARIABLE}: expected a positive integer, got {text!r}")
+        devices = check_int(int(text), DEVICES_VARIABLE, 1)
+    devices = DEFAULT_DEVICES if devices is None else check_int(devices, "devices", 1)
+    timeout = SHARDED_TIMEOUT if timeout is None else check_real(timeout, "timeout",
+                                                                 minimum=1e-3)
+    if dtype_name == "tf32":
+        raise NotExpressible("tf32 needs a GPU; the sharded mode runs on host CPU devices")
+    plan = plan_case(config)
+
+    def impl(params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> tuple[Any, ...]:
+        check_keys(params, plan.parameters, what="params")
+        job = ShardedJob(plan, dtype_name, {key: np.asarray(value) for key, value in
+                                            params.items()},
+                         {key: np.asarray(value) for key, value in inputs.items()}, devices)
+        pool = shared_pool((_POOL_KIND, devices), lambda: _sharded_worker(devices))
+        return pool.call(f"{__name__}:run_sharded_job", [job], timeout)[0]
+
+    return impl
+
+
+def _sharded_worker(devices: int) -> WorkerPool:
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    return WorkerPool(1, environment={
+        "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu",
+        # The worker imports what this process imports.
+        "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)},
+        start_timeout=_START_TIMEOUT, label=f"JAX on {devices} host devices")
+
+
+def shutdown_sharded() -> None:
+    """Stop the sharded mode's workers (they stop at interpreter exit anyway)."""
+    close_all(_POOL_KIND)
+
+
+def _padded(value: Any, multiple: int) -> np.ndarray:
+    """A per-example array with copies of its first example appended until its length is a
+    multiple of ``multiple`` (the sharded mode: XLA 0.10's partitioner aborts on the scatter of
+    an embedding's gradient when int64 indices split unevenly; the padded examples' outputs
+    are cut off before the loss, so they add exactly nothing)."""
+    array = np.asarray(value)
+    missing = -len(array) % multiple
+    if not missing:
+        return array
+    return np.concatenate([array, np.repeat(array[:1], missing, axis=0)])
 
 
 def _array(value: Any, dtype: Any) -> Any:

@@ -51,6 +51,7 @@ from ._config import CasePlan, Metric, ModelPlan, Run, Term, Use, plan_case
 from ._microbatches import MicroBatch, micro_batches
 
 __all__ = ["build", "make_builder", "TORCH_DTYPES", "TorchImplementation", "TorchSteps"]
+FRAMEWORK, FRAMEWORK_VERSION = "torch", torch.__version__  # recorded by refimpl conform
 
 #: The torch dtype each dtype under test computes in (TF32 is float32 storage, with the
 #: matrix products of tensor cores rounding their inputs to 10 mantissa bits).
@@ -442,7 +443,11 @@ def _reader(leaves: Tensors) -> Reader:
     return lambda index, local, use: leaves[use.key]
 
 
-def _forward(model: ModelPlan, read: Reader, x: torch.Tensor) -> torch.Tensor:
+def _forward(model: ModelPlan, read: Reader | Tensors, x: torch.Tensor) -> torch.Tensor:
+    """The model's layers on ``x``; each slot's tensor from ``read`` (or, given the leaves
+    keyed by unique parameter, the leaf of the parameter it reads)."""
+    if isinstance(read, Mapping):
+        read = _reader(read)
     for index, step in enumerate(model.layers):
         slots = {}
         for local, use in step.params.items():

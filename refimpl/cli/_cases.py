@@ -237,9 +237,8 @@ def pyplot() -> Any:
 
 
 def save_figure(figure: Any, plt: Any, path: str) -> None:
-    """Lay out ``figure`` and write it to ``path`` whole or not at all (a temporary file
-    renamed into place), closing it either way."""
-    figure.tight_layout()
+    """Write ``figure`` (laid out by its own layout engine) to ``path`` whole or not at all (a
+    temporary file renamed into place), closing it either way."""
     try:
         with atomic_output(path) as temporary:
             figure.savefig(temporary, dpi=100)

@@ -17,21 +17,8 @@ import numpy as np
 
 from .._io import JSON_HELP
 from .._table import format_table
-from ..nn import Sequential, Siamese
-from ..study import (
-    Contributions,
-    Term,
-    anchored_contributions,
-    microbatch_contributions,
-    model_contributions,
-    pair_contributions,
-    row_summary,
-    siamese_contributions,
-    summarize,
-)
-from ..testing.cases import Case
-from ..testing.cases.microbatch import join_inputs
-from ..tying import AnchoredModel, TiedPair
+from ..study import Contributions, Term, row_summary, summarize
+from ..testing.diagnosis import case_contributions
 from ._cases import (
     PLOT_HELP,
     add_case_arguments,
@@ -54,49 +41,6 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
                              "inside a layer (a convolution's per-position map, an RNN's "
                              "per-step bars, an embedding's top rows), to PATH "
                              f"{PLOT_HELP}")
-
-
-def _model_and_batch(config: Mapping[str, Any], data: Mapping[str, np.ndarray]
-                     ) -> tuple[Any, tuple[Any, ...]]:
-    """The model of a case's configuration and its batch in the form the model takes."""
-    if "model" in config:
-        return Sequential.from_config(config["model"]), (data["x"], data["y"])
-    if "pair" in config:
-        target_b = data["yb"] if "yb" in data else data["xb"]   # no "yb": an autoencoder
-        return (TiedPair.from_config(config["pair"]),
-                ((data["xa"], data["ya"]), (data["xb"], target_b)))
-    if "siamese" in config:
-        model = Siamese.from_config(config["siamese"])
-        extra = ("y",) if model.loss_spec.needs_target else ()
-        return model, tuple(data[name] for name in model.branch_names + extra)
-    anchored = config["anchored"]
-    references = {key[3:]: value for key, value in data.items() if key.startswith("w0:")}
-    model = AnchoredModel(Sequential.from_config(anchored["model"]), anchored["lam"],
-                          reference=references or None, names=anchored["names"],
-                          penalty=anchored["penalty"])
-    return model, (data["x"], data["y"])
-
-
-def case_contributions(case: Case) -> dict[str, Contributions]:
-    """The contributions of every parameter of ``case`` (a model, a tied pair, an anchored
-    model, a Siamese model, micro-batches of any of them), at its point and on its data."""
-    config, data = case.config, case.inputs
-    if "micro_batches" in config:
-        names = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in data))
-        full = join_inputs(dict(data), names, len(config["micro_batches"]))
-        model, batch = _model_and_batch(config["base"], full)
-        return microbatch_contributions(model, case.params, batch, config["micro_batches"],
-                                        splits_b=config.get("micro_batches_b"))
-    model, batch = _model_and_batch(config, data)
-    if isinstance(model, TiedPair):
-        return pair_contributions(model, *model.split(case.params), *batch)
-    if isinstance(model, Siamese):
-        extra = {"y": batch[-1]} if model.loss_spec.needs_target else {}
-        return siamese_contributions(model, case.params,
-                                     *batch[:model.loss_spec.branches], **extra)
-    if isinstance(model, AnchoredModel):
-        return anchored_contributions(model, case.params, *batch)
-    return model_contributions(model, case.params, *batch)
 
 
 def short_label(term: Term) -> str:
@@ -219,57 +163,162 @@ def explanation_document(name: str, found: Mapping[str, Contributions]) -> dict[
     return {"case": name, "parameters": parameters}
 
 
-def _plot_parts(axis: Any, figure: Any, key: str, term: Term, shape: tuple[int, ...]) -> None:
-    """One term's parts: top rows of an embedding (bars), per-step bars of an RNN, a heatmap
-    over a convolution's output positions."""
-    title = f"{key}\nuse {short_label(term)}"
-    if term.parts.rows is not None:
-        rows = row_summary(term, shape[0], TOP_ROWS)
-        labels = [f"row {row} (x{count})" for row, count in zip(rows.rows, rows.occurrences,
-                                                              strict=True)]
-        axis.barh(labels, rows.occurrence_norms, color="0.8", label="sum ||occurrence||")
-        axis.barh(labels, rows.norms, color="C0", label="||row gradient||")
-        axis.invert_yaxis()
-        axis.legend(fontsize=7)
-        axis.set(title=title + f": top {len(labels)} rows", xlabel="norm")
-        return
-    norms = term.parts.norms()
-    if norms.ndim == 1:
-        axis.bar(np.arange(norms.size), norms, color="C1")
-        axis.set(title=title, xlabel="time step t", ylabel="||gradient through step t||")
-        return
-    image = axis.imshow(norms, cmap="viridis")
-    axis.set(title=title, xlabel="Wo", ylabel="Ho")
-    figure.colorbar(image, ax=axis, shrink=0.8, label="||gradient|| at position")
+#: The explain figure's width in inches (1000 px at save_figure's 100 dpi): about a docs page's
+#: column, so that the figure is shown at nearly its own size. Panels that do not fit beside
+#: each other at that width are stacked, PANEL_COLUMNS to a row.
+FIGURE_WIDTH = 10.0
+PANEL_COLUMNS = 3
+PANEL_HEIGHT = 3.2
+#: A kernel map or a time axis with at most this many positions gets a tick at every integer.
+EVERY_TICK_UP_TO = 12
 
 
-def plot_explanation(found: Mapping[str, Contributions], path: str) -> None:
-    """A bar chart of every term's norm per parameter, and one panel per term with parts
-    (top embedding rows, per-step bars, per-position heatmap)."""
-    plt = pyplot()
-    maps = [(key, term, c.gradient.shape) for key, c in found.items() for term in c.terms
-            if term.parts is not None]
-    figure, axes = plt.subplots(1, 1 + len(maps), figsize=(6 + 3.5 * len(maps), 4),
-                                squeeze=False)
-    bars = axes[0, 0]
-    position = 0
-    ticks, names = [], []
+def _integer_ticks(axis: Any, plt: Any, which: str, count: int) -> None:
+    """Positions are integers: a tick at each one for a short axis, else integer ticks only."""
+    target = axis.xaxis if which == "x" else axis.yaxis
+    if count <= EVERY_TICK_UP_TO:
+        target.set_ticks(range(count))
+    else:
+        target.set_major_locator(plt.MaxNLocator(integer=True))
+
+
+def _bar_labels(axis: Any, values: list[float], positions: list[float], labels: list[str]
+                ) -> None:
+    """Each bar's label kept inside the frame: inside a bar longer than half the longest
+    (right-aligned, white), just past the end of a shorter one, where the other half of the
+    frame leaves it room."""
+    top = max(values, default=0.0) or 1.0
+    for value, position, label in zip(values, positions, labels, strict=True):
+        inside = value > 0.5 * top
+        axis.text(value - 0.01 * top if inside else value + 0.01 * top, position, label,
+                  va="center", ha="right" if inside else "left", fontsize=7,
+                  color="white" if inside else "black", clip_on=True)
+
+
+def _plot_contributions(axis: Any, found: Mapping[str, Contributions]) -> None:
+    """One bar per term, grouped by parameter; a black tick marks each gradient's norm."""
+    position, ticks, names = 0, [], []
+    values, positions, labels = [], [], []
     for key, contributions in found.items():
         summary = summarize(contributions)
         for offset, (term, norm) in enumerate(zip(contributions.terms, summary.norms,
                                                   strict=True)):
-            bars.barh(position + offset, norm, color=f"C{offset % 10}")
-            bars.text(norm, position + offset, " " + short_label(term), va="center", fontsize=7)
-        bars.plot([summary.norm], [position - 0.6], "k|", markersize=8)
+            axis.barh(position + offset, norm, color=f"C{offset % 10}")
+            values.append(float(norm))
+            positions.append(position + offset)
+            labels.append(short_label(term))
+        axis.plot([summary.norm], [position - 0.6], "k|", markersize=8)
+        values.append(float(summary.norm))
+        positions.append(position - 0.6)
+        labels.append("")
         ticks.append(position - 0.6)
         names.append(key)
         position += len(contributions.terms) + 1
-    bars.set_yticks(ticks, names, fontsize=8)
-    bars.invert_yaxis()
-    bars.set(xlabel="||term|| (black tick: ||gradient||)", title="contributions")
-    for axis, (key, term, shape) in zip(axes[0, 1:], maps, strict=True):
-        _plot_parts(axis, figure, key, term, shape)
+    _bar_labels(axis, values, positions, labels)
+    axis.set_yticks(ticks, names, fontsize=8)
+    axis.set_ylim(position - 0.5, -1.2)
+    axis.set(xlabel="||term|| (black tick: ||gradient||)",
+             title="every gradient's contributions")
+
+
+def _plot_rows(axis: Any, title: str, term: Term, shape: tuple[int, ...]) -> None:
+    """An embedding use's top rows: each row's gradient over the sum of its occurrences'."""
+    rows = row_summary(term, shape[0], TOP_ROWS)
+    labels = [f"row {row} (x{count})" for row, count in zip(rows.rows, rows.occurrences,
+                                                          strict=True)]
+    axis.barh(labels, rows.occurrence_norms, color="0.8", label="sum ||occurrence||")
+    axis.barh(labels, rows.norms, color="C0", label="||row gradient||")
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1.1 * max(rows.occurrence_norms))
+    axis.legend(fontsize=7, loc="lower right")
+    axis.tick_params(axis="y", labelsize=7)
+    axis.set_title(f"{title}: top {len(labels)} rows", fontsize=9)
+    axis.set(xlabel="norm")
+
+
+def plot_explanation(name: str, found: Mapping[str, Contributions], path: str) -> None:
+    """A bar chart of every term's norm per parameter and, below it, one panel per term with
+    parts: an embedding's top rows (bars), an RNN's per-step norms (bars on one shared axis,
+    logarithmic when they span more than two decades), a convolution's per-position norms
+    (heat maps on one shared colour scale, with one colour bar). The case name is in the
+    figure's title."""
+    plt = pyplot()
+    uses = {key: [term for term in c.terms if term.parts is not None]
+            for key, c in found.items()}
+    maps = [(key, term, found[key].gradient.shape) for key in found for term in uses[key]]
+    # A parameter's uses are compared: side by side on one row of their own when it has
+    # several; else the panels fill the rows in order.
+    most = max(map(len, uses.values()), default=0)
+    if most > 1:
+        columns = min(most, PANEL_COLUMNS)
+    else:   # as few rows as may be, then as few empty cells
+        columns = min(range(1, PANEL_COLUMNS + 1),
+                      key=lambda c: (-(-len(maps) // c), -len(maps) % c))
+    cells = []
+    for key in found:
+        if most > 1 and cells and len(cells) % columns:
+            cells += [None] * (columns - len(cells) % columns)
+        cells += [key] * len(uses[key])
+    rows = -(-len(cells) // columns)
+    bar_count = sum(len(c.terms) + 1 for c in found.values())
+    bar_height = 0.9 + 0.22 * bar_count
+    figure = plt.figure(figsize=(FIGURE_WIDTH, bar_height + PANEL_HEIGHT * rows + 0.5),
+                        layout="constrained")
+    grid = figure.add_gridspec(1 + rows, columns,
+                               height_ratios=[bar_height] + [PANEL_HEIGHT] * rows)
+    _plot_contributions(figure.add_subplot(grid[0, :]), found)
+    figure.suptitle(f"refimpl explain {name}: where every gradient comes from")
+    axes = [figure.add_subplot(grid[1 + i // columns, i % columns])
+            for i, key in enumerate(cells) if key is not None]
+    steps = [(axis, term.parts.norms()) for axis, (_, term, _) in zip(axes, maps, strict=True)
+             if term.parts.rows is None and term.parts.norms().ndim == 1]
+    positions = [(axis, term.parts.norms()) for axis, (_, term, _) in
+                 zip(axes, maps, strict=True)
+                 if term.parts.rows is None and term.parts.norms().ndim == 2]
+    for axis, (key, term, shape) in zip(axes, maps, strict=True):
+        title = f"{key}, use {short_label(term)}"
+        if term.parts.rows is not None:
+            _plot_rows(axis, title, term, shape)
+        else:
+            axis.set_title(title, fontsize=9)
+    _plot_steps(plt, steps)
+    _plot_positions(plt, figure, positions)
     save_figure(figure, plt, path)
+
+
+def _plot_steps(plt: Any, panels: list[tuple[Any, np.ndarray]]) -> None:
+    """Per-step norms of RNN uses: bars on one y axis shared by all (they are compared), on a
+    log scale when the nonzero norms span more than two decades (a vanishing gradient)."""
+    if not panels:
+        return
+    values = np.concatenate([norms for _, norms in panels])
+    positive = values[values > 0]
+    logarithmic = positive.size > 0 and positive.max() > 100 * positive.min()
+    for axis, norms in panels:
+        axis.bar(np.arange(norms.size), norms, color="C1")
+        _integer_ticks(axis, plt, "x", norms.size)
+        axis.set(xlabel="time step t", ylabel="||gradient through step t||")
+        if logarithmic:
+            axis.set_yscale("log")
+            axis.set_ylim(positive.min() / 2, positive.max() * 2)
+        else:
+            axis.set_ylim(0, 1.05 * values.max() if values.max() > 0 else 1)
+
+
+def _plot_positions(plt: Any, figure: Any, panels: list[tuple[Any, np.ndarray]]) -> None:
+    """Per-position norms of convolution uses: heat maps on one colour scale from 0 to the
+    largest norm of them all (they are compared), with one colour bar."""
+    if not panels:
+        return
+    top = max(float(norms.max()) for _, norms in panels) or 1.0
+    image = None
+    for axis, norms in panels:
+        image = axis.imshow(norms, cmap="viridis", vmin=0, vmax=top)
+        _integer_ticks(axis, plt, "x", norms.shape[1])
+        _integer_ticks(axis, plt, "y", norms.shape[0])
+        axis.set(xlabel="Wo", ylabel="Ho")
+    figure.colorbar(image, ax=[axis for axis, _ in panels], shrink=0.9,
+                    label="||gradient|| at output position (one scale)")
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -291,5 +340,5 @@ def run_explain(args: argparse.Namespace) -> int:
         return 2
     write_outputs(args, format_explanation(case.name, found),
                   explanation_document(case.name, found),
-                  lambda path: plot_explanation(found, path))
+                  lambda path: plot_explanation(case.name, found, path))
     return 0

@@ -143,12 +143,18 @@ def steps_document(name: str, described: str, study: StepStudy) -> dict[str, Any
                            for m in EXPONENTS}}
 
 
-def plot_steps(name: str, study: StepStudy, path: str) -> None:
-    """The V-curves on log-log axes: down to 1e-20 (left), and down to 1e-300 (right)."""
+#: Decades between the major ticks of the two panels: down to 1e-20, and down to 1e-300.
+TICK_DECADES = (2, 50)
+
+
+def plot_steps(name: str, described: str, study: StepStudy, path: str) -> None:
+    """The V-curves on log-log axes, down to 1e-20 (top) and down to 1e-300 (bottom), stacked
+    so that each spans the page's width; the case and the direction in the figure's title."""
     plt = pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure, axes = plt.subplots(2, 1, figsize=(10, 8), layout="constrained")
     floor = EPS / 16   # an exact estimate (error 0) is drawn at the bottom of the plot
-    for axis, smallest in zip(axes, (1e-20, study.steps[-1]), strict=True):
+    for axis, smallest, decades in zip(axes, (1e-20, study.steps[-1]), TICK_DECADES,
+                                       strict=True):
         shown = study.steps >= smallest
         for number, method in enumerate(METHODS):
             axis.loglog(study.steps[shown], np.maximum(study.errors[method][shown], floor),
@@ -156,13 +162,16 @@ def plot_steps(name: str, study: StepStudy, path: str) -> None:
             if method in EXPONENTS:
                 axis.axvline(EPS ** EXPONENTS[method], color=f"C{number}", linestyle=":",
                              linewidth=1)
+        last = int(round(-np.log10(smallest)))
+        axis.set_xticks([10.0 ** -k for k in range(0, last + 1, decades)])
         axis.set(xlabel="step h", ylabel="relative error", ylim=(floor / 2, 10),
                  xlim=(study.steps[0], smallest))
-    axes[0].set_title(f"{name}: the V-curves (dotted: eps^(1/2), eps^(1/3), eps^(1/5))",
-                      fontsize=9)
-    axes[1].set_title("down to 1e-300: the complex step stays flat (0 drawn at eps/16)",
-                      fontsize=9)
-    axes[0].legend(fontsize=8)
+    axes[0].set_title("down to 1e-20: the V-curves (dotted: eps^(1/2), eps^(1/3), "
+                      "eps^(1/5), the best steps in theory)", fontsize=10)
+    axes[1].set_title("down to 1e-300: the complex step stays flat (an error of 0 is drawn "
+                      "at eps/16)", fontsize=10)
+    axes[0].legend(fontsize=8, loc="lower left")
+    figure.suptitle(f"refimpl steps {name}: {described}")
     save_figure(figure, plt, path)
 
 
@@ -189,5 +198,5 @@ def run_steps(args: argparse.Namespace) -> int:
                         steps)
     write_outputs(args, format_steps(case.name, described, study, args.per_decade),
                   steps_document(case.name, described, study),
-                  lambda path: plot_steps(case.name, study, path))
+                  lambda path: plot_steps(case.name, described, study, path))
     return 0

@@ -1,4 +1,6 @@
-"""Operations as forward/backward pairs of free functions, with thin layer specs.
+"""Operations as forward/backward pairs of free functions, with thin layer specs; beside each
+pair its second-order pair, ``*_jvp`` (forward mode) and ``*_backward_jvp`` (the R-operator of
+the backward pass), which :mod:`refimpl.hessian` composes.
 
 ``Sequential`` (with its sharing map) lives here too, and the :func:`MLP` / :func:`CNN`
 builders, since the public contract spells them ``nn.Sequential`` and ``nn.MLP``: ``nn``

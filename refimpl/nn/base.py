@@ -11,7 +11,13 @@ alike:
   output shape *before any arithmetic*, raising ``ValueError`` on a mismatch;
 * ``init_parameters(rng)`` -> local parameter dict (float64);
 * ``forward(x, params) -> (out, cache)`` and ``backward(dout, cache) -> (dx, grads)``
-  with ``grads`` keyed by local name.
+  with ``grads`` keyed by local name;
+* second order (:mod:`refimpl.hessian`): ``jvp(x_dot, params_dot, cache) -> (out_dot,
+  tangent_cache)``, the forward-mode derivative along the tangents ``x_dot`` (None: a zero
+  tangent, the data of a model) and ``params_dot`` (local names), and
+  ``backward_jvp(dout, dout_dot, cache, tangent_cache) -> (dx_dot, grads_dot)``, the
+  directional derivative of ``backward`` (Pearlmutter's R-operator): the backward pass of
+  ``dout_dot`` plus the change of the backward pass of ``dout`` along the tangents.
 
 Legend: ``N`` batch, ``D`` features, ``C`` channels, ``H``/``W`` height/width.
 """
@@ -20,17 +26,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from .._validate import check_keys
 
-__all__ = ["Layer", "ParameterFreeLayer", "layer_config", "LAYER_TYPES"]
+__all__ = ["Layer", "ParameterFreeLayer", "InputTangentCache", "layer_config", "LAYER_TYPES"]
 
 #: Registry of layer-spec classes by name, so that a configuration dict
 #: (``{"type": "Dense", ...}``) can be turned back into a spec. Filled by ``register``.
 LAYER_TYPES: dict[str, type] = {}
+
+
+class InputTangentCache(NamedTuple):
+    """The tangent cache of an operation without parameters (activations, pooling, flatten,
+    last step): the input's tangent, all a ``*_backward_jvp`` can need of its ``*_jvp``."""
+
+    x_dot: np.ndarray  # shape of x
 
 
 def register(cls: type) -> type:
@@ -68,6 +81,14 @@ class Layer:
         raise NotImplementedError
 
     def backward(self, dout: np.ndarray, cache: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def jvp(self, x_dot: np.ndarray | None, params_dot: dict[str, np.ndarray],
+            cache: Any) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def backward_jvp(self, dout: np.ndarray, dout_dot: np.ndarray, cache: Any,
+                     tangent_cache: Any) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         raise NotImplementedError
 
 

@@ -16,6 +16,10 @@ which the one matrix product ``cols (C*kH*kW, M) @ dout.T (M, F)`` computes in o
 Its unshared twin, :class:`~refimpl.nn.locally_connected.LocallyConnected2D`, keeps the
 terms apart; ``tests/test_conv.py`` checks that the first is the sum of the second.
 
+Second order: :func:`conv2d_jvp` (the product rule of the bilinear map ``(x, w) -> out``)
+and :func:`conv2d_backward_jvp` (the directional derivative of the backward pass) beside the
+pair, through the same im2col columns.
+
 The input gradient has two forms (:func:`conv2d_input_gradient`): the clear ``"columns"``
 form here (``W.T @ dout``, then col2im) and the tuned ``"positions"`` form of
 :mod:`refimpl.nn.conv_positions`, which the backward pass takes where
@@ -29,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._validate import check_array, check_cache
 from .base import Layer, register
 from .conv_geometry import (
     ConvGeometry,
@@ -48,6 +53,7 @@ from .conv_positions import input_gradient_by_positions, positions_first
 
 __all__ = [
     "Conv2D", "Conv2DCache", "conv2d_forward", "conv2d_backward", "conv2d_input_gradient",
+    "Conv2DTangentCache", "conv2d_jvp", "conv2d_backward_jvp",
     "INPUT_GRADIENT_METHODS", "positions_first", "input_gradient_by_positions",
     "conv_output_size", "conv2d_output_shape", "im2col", "col2im", "as_pair",
 ]
@@ -60,6 +66,13 @@ class Conv2DCache(NamedTuple):
     weight: np.ndarray        # (F, Cg, kH, kW)
     geometry: ConvGeometry
     has_bias: bool
+
+
+class Conv2DTangentCache(NamedTuple):
+    """What :func:`conv2d_backward_jvp` needs of :func:`conv2d_jvp` (None: a zero tangent)."""
+
+    cols_dot: np.ndarray | None     # (C*kH*kW, N*Ho*Wo), im2col of the input's tangent
+    weight_dot: np.ndarray | None   # (F, Cg, kH, kW)
 
 
 #: The ``method=`` values of :func:`conv2d_input_gradient`.
@@ -231,6 +244,123 @@ def _input_gradient_by_columns(dout_g: np.ndarray, weight: np.ndarray,
     return col2im(dcols, *geometry[:5])
 
 
+def _columns_product(weight: np.ndarray, cols: np.ndarray, geometry: ConvGeometry
+                     ) -> np.ndarray:
+    """The forward product without the bias: ``W_g @ X_g`` per group, as (N, F, Ho, Wo)."""
+    groups, filters = geometry.groups, weight.shape[0]
+    batch, _, out_h, out_w = output_shape_of(geometry, filters)
+    out = (weight.reshape(groups, filters // groups, -1)                          # (G, Fg, Kg)
+           @ cols.reshape(groups, -1, batch, out_h * out_w).transpose(2, 0, 1, 3))  # (N, G, Kg, P)
+    return out.reshape(batch, filters, out_h, out_w)
+
+
+def _weight_gradient(dout: np.ndarray, cols: np.ndarray, weight_shape: tuple[int, ...],
+                     groups: int) -> np.ndarray:
+    """Term 1 of :func:`conv2d_backward`, ``D_g @ X_g.T`` per group, for any columns."""
+    cols_g = cols.reshape(groups, -1, cols.shape[1])                      # (G, Kg, M)
+    dout_g = _dout_by_group(dout, groups)                                 # (G, Fg, M)
+    return (cols_g @ dout_g.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(weight_shape)
+
+
+def conv2d_jvp(
+    x_dot: np.ndarray | None, weight_dot: np.ndarray | None, bias_dot: np.ndarray | None,
+    cache: Conv2DCache,
+) -> tuple[np.ndarray, Conv2DTangentCache]:
+    """Forward-mode derivative of :func:`conv2d_forward` (bilinear in x and w)::
+
+        out_dot = conv(x_dot, w) + conv(x, w_dot) + b_dot
+
+    through the columns: ``W_g @ im2col(x_dot)_g + W_dot_g @ X_g`` per group.
+
+    Parameters
+    ----------
+    x_dot : ndarray, shape (N, C, H, W), or None
+        None for a zero tangent (the data of a model).
+    weight_dot : ndarray, shape (F, Cg, kH, kW), or None
+    bias_dot : ndarray, shape (F,), or None
+    cache : Conv2DCache
+        From :func:`conv2d_forward`.
+
+    Returns
+    -------
+    out_dot : ndarray, shape (N, F, Ho, Wo)
+    tangent_cache : Conv2DTangentCache
+        For :func:`conv2d_backward_jvp`.
+    """
+    check_cache(cache, Conv2DCache, "conv2d_jvp: cache")
+    if x_dot is not None:
+        x_dot = check_array(x_dot, "conv2d_jvp: x_dot", cache.geometry.x_shape)
+    if weight_dot is not None:
+        weight_dot = check_array(weight_dot, "conv2d_jvp: weight_dot", cache.weight.shape)
+    if bias_dot is not None:
+        bias_dot = check_array(bias_dot, "conv2d_jvp: bias_dot", (cache.weight.shape[0],))
+    return _conv2d_jvp(x_dot, weight_dot, bias_dot, cache)
+
+
+def _conv2d_jvp(x_dot, weight_dot, bias_dot, cache):
+    """:func:`conv2d_jvp` without the argument checks."""
+    geometry, weight = cache.geometry, cache.weight
+    cols_dot = None if x_dot is None else im2col(x_dot, *geometry[1:5])     # (C*kH*kW, M)
+    out_dot = np.zeros(output_shape_of(geometry, weight.shape[0]), dtype=np.result_type(
+        cache.cols, weight, *[t for t in (x_dot, weight_dot, bias_dot) if t is not None]))
+    if cols_dot is not None:
+        out_dot = out_dot + _columns_product(weight, cols_dot, geometry)     # conv(x_dot, w)
+    if weight_dot is not None:
+        out_dot = out_dot + _columns_product(weight_dot, cache.cols, geometry)  # conv(x, w_dot)
+    if bias_dot is not None:
+        out_dot = out_dot + bias_dot.reshape(-1, 1, 1)                       # (F, 1, 1)
+    return out_dot, Conv2DTangentCache(cols_dot, weight_dot)
+
+
+def conv2d_backward_jvp(
+    dout: np.ndarray, dout_dot: np.ndarray, cache: Conv2DCache,
+    tangent_cache: Conv2DTangentCache,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Directional derivative of :func:`conv2d_backward` (the layer's R-operator).
+
+    The backward pass is bilinear: ``dx`` is linear in ``(dout, W)``, ``dW`` in ``(dout, X)``
+    (the columns), ``db`` in ``dout``. Along ``(dout_dot, x_dot, W_dot)``:
+
+    * term 1, the backward pass of ``dout_dot`` at the point (:func:`conv2d_backward`);
+    * term 2, ``dout`` through the tangent kernel into ``dx_dot`` (the transposed convolution
+      of ``dout`` with ``W_dot``, :func:`conv2d_input_gradient`);
+    * term 3, ``dout`` against the tangent columns into ``dW_dot``: ``D_g @ im2col(x_dot)_g.T``
+      (the sum over positions of a shared kernel, as term 1 of the backward pass).
+
+    Parameters
+    ----------
+    dout, dout_dot : ndarray, shape (N, F, Ho, Wo)
+    cache : Conv2DCache
+    tangent_cache : Conv2DTangentCache
+        From :func:`conv2d_jvp`.
+
+    Returns
+    -------
+    dx_dot : ndarray, shape (N, C, H, W)
+    dweight_dot : ndarray, shape (F, Cg, kH, kW)
+    dbias_dot : ndarray, shape (F,), or None
+    """
+    check_cache(tangent_cache, Conv2DTangentCache, "conv2d_backward_jvp: tangent_cache")
+    dout = check_dout(dout, cache, Conv2DCache,
+                      lambda c: output_shape_of(c.geometry, c.weight.shape[0]),
+                      "conv2d_backward_jvp")
+    dout_dot = check_array(dout_dot, "conv2d_backward_jvp: dout_dot", dout.shape)
+    return _conv2d_backward_jvp(dout, dout_dot, cache, tangent_cache)
+
+
+def _conv2d_backward_jvp(dout, dout_dot, cache, tangent_cache):
+    """:func:`conv2d_backward_jvp` without the argument checks."""
+    geometry = cache.geometry
+    dx_dot, dweight_dot, dbias_dot = conv2d_backward(dout_dot, cache)             # term 1
+    if tangent_cache.weight_dot is not None:                                      # term 2
+        dx_dot = dx_dot + conv2d_input_gradient(dout, tangent_cache.weight_dot,
+                                                geometry.x_shape, *geometry[2:])
+    if tangent_cache.cols_dot is not None:                                        # term 3
+        dweight_dot = dweight_dot + _weight_gradient(dout, tangent_cache.cols_dot,
+                                                     cache.weight.shape, geometry.groups)
+    return dx_dot, dweight_dot, dbias_dot
+
+
 @register
 @dataclass(frozen=True)
 class Conv2D(ConvLayerGeometry, Layer):
@@ -244,6 +374,7 @@ class Conv2D(ConvLayerGeometry, Layer):
     """
 
     functions = (conv2d_forward, conv2d_backward)
+    tangent_functions = (_conv2d_jvp, _conv2d_backward_jvp)
 
     stride: Any = 1
     padding: Any = 0

@@ -281,6 +281,8 @@ class ConvLayerGeometry:
     #: The layer's free functions ``(forward, backward)``, in a tuple so that they are not
     #: bound as methods.
     functions: ClassVar[tuple[Callable[..., Any], Callable[..., Any]]]
+    #: Its second-order functions ``(jvp, backward_jvp)``, unchecked, likewise.
+    tangent_functions: ClassVar[tuple[Callable[..., Any], Callable[..., Any]]]
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -321,3 +323,12 @@ class ConvLayerGeometry:
     def backward(self, dout, cache):
         dx, dweight, dbias = self.functions[1](dout, cache)
         return dx, weight_and_bias(dweight, dbias)
+
+    def jvp(self, x_dot, params_dot, cache):
+        return self.tangent_functions[0](x_dot, params_dot["weight"], params_dot.get("bias"),
+                                         cache)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        dx_dot, dweight_dot, dbias_dot = self.tangent_functions[1](dout, dout_dot, cache,
+                                                                   tangent_cache)
+        return dx_dot, weight_and_bias(dweight_dot, dbias_dot)

@@ -16,13 +16,21 @@ import numpy as np
 from .._validate import check_array, check_cache, positive_int
 from .base import Layer, check_name, register, weight_and_bias
 
-__all__ = ["Dense", "DenseCache", "dense_forward", "dense_backward"]
+__all__ = ["Dense", "DenseCache", "DenseTangentCache", "dense_forward", "dense_backward",
+           "dense_jvp", "dense_backward_jvp"]
 
 
 class DenseCache(NamedTuple):
     x: np.ndarray       # (N, ..., D)
     weight: np.ndarray  # (F, D)
     has_bias: bool
+
+
+class DenseTangentCache(NamedTuple):
+    """What :func:`dense_backward_jvp` needs of :func:`dense_jvp`: the tangents (None: 0)."""
+
+    x_dot: np.ndarray | None       # (N, ..., D)
+    weight_dot: np.ndarray | None  # (F, D)
 
 
 def dense_forward(
@@ -110,6 +118,104 @@ def _dense_backward(dout, cache):
     return dx, dweight, dbias
 
 
+def dense_jvp(
+    x_dot: np.ndarray | None, weight_dot: np.ndarray | None, bias_dot: np.ndarray | None,
+    cache: DenseCache,
+) -> tuple[np.ndarray, DenseTangentCache]:
+    """Forward-mode derivative of ``out = x @ W.T + b`` along the tangents (product rule)::
+
+        out_dot = x_dot @ W.T + x @ W_dot.T + b_dot
+
+    Parameters
+    ----------
+    x_dot : ndarray, shape (N, D) or (N, ..., D), or None
+        The input's tangent; None for a zero tangent (the data of a model).
+    weight_dot : ndarray, shape (F, D), or None
+    bias_dot : ndarray, shape (F,), or None
+        None for a zero tangent (or a layer without bias).
+    cache : DenseCache
+        From :func:`dense_forward`.
+
+    Returns
+    -------
+    out_dot : ndarray, shape (N, F) or (N, ..., F)
+    tangent_cache : DenseTangentCache
+        For :func:`dense_backward_jvp`.
+    """
+    check_cache(cache, DenseCache, "dense_jvp: cache")
+    if x_dot is not None:
+        x_dot = check_array(x_dot, "dense_jvp: x_dot", cache.x.shape)
+    if weight_dot is not None:
+        weight_dot = check_array(weight_dot, "dense_jvp: weight_dot", cache.weight.shape)
+    if bias_dot is not None:
+        bias_dot = check_array(bias_dot, "dense_jvp: bias_dot", (cache.weight.shape[0],))
+    return _dense_jvp(x_dot, weight_dot, bias_dot, cache)
+
+
+def _dense_jvp(x_dot, weight_dot, bias_dot, cache):
+    """:func:`dense_jvp` without the argument checks."""
+    x, weight = cache.x, cache.weight
+    out_dot = np.zeros((*x.shape[:-1], weight.shape[0]),
+                       dtype=np.result_type(x, weight, *[t for t in (x_dot, weight_dot, bias_dot)
+                                                         if t is not None]))
+    if x_dot is not None:
+        out_dot = out_dot + _dense_forward(x_dot, weight, None)[0]      # term 1: x_dot W^T
+    if weight_dot is not None:
+        out_dot = out_dot + _dense_forward(x, weight_dot, None)[0]      # term 2: x W_dot^T
+    if bias_dot is not None:
+        out_dot = out_dot + bias_dot                                    # term 3: (F,) per row
+    return out_dot, DenseTangentCache(x_dot, weight_dot)
+
+
+def dense_backward_jvp(
+    dout: np.ndarray, dout_dot: np.ndarray, cache: DenseCache, tangent_cache: DenseTangentCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Directional derivative of :func:`dense_backward` (the R-operator of the layer).
+
+    The backward pass is bilinear, ``dx = dout W``, ``dW = dout^T x``, ``db = sum dout``, so
+    along ``(dout_dot, x_dot, W_dot)``:
+
+    * term 1, the backward pass of ``dout_dot`` at the point: ``dout_dot W``,
+      ``dout_dot^T x``, ``sum dout_dot``;
+    * term 2, the backward pass of ``dout`` through the tangents: ``dout W_dot`` into
+      ``dx_dot`` and ``dout^T x_dot`` into ``dW_dot`` (the bias gradient does not depend on
+      the point).
+
+    Parameters
+    ----------
+    dout, dout_dot : ndarray, shape (N, F) or (N, ..., F)
+        The upstream gradient and its tangent.
+    cache : DenseCache
+    tangent_cache : DenseTangentCache
+        From :func:`dense_jvp`.
+
+    Returns
+    -------
+    dx_dot : ndarray, shape (N, D) or (N, ..., D)
+    dweight_dot : ndarray, shape (F, D)
+    dbias_dot : ndarray, shape (F,), or None
+        None without a bias.
+    """
+    check_cache(cache, DenseCache, "dense_backward_jvp: cache")
+    check_cache(tangent_cache, DenseTangentCache, "dense_backward_jvp: tangent_cache")
+    shape = (*cache.x.shape[:-1], cache.weight.shape[0])
+    dout = check_array(dout, "dense_backward_jvp: dout", shape)
+    dout_dot = check_array(dout_dot, "dense_backward_jvp: dout_dot", shape)
+    return _dense_backward_jvp(dout, dout_dot, cache, tangent_cache)
+
+
+def _dense_backward_jvp(dout, dout_dot, cache, tangent_cache):
+    """:func:`dense_backward_jvp` without the argument checks."""
+    dx_dot, dweight_dot, dbias_dot = _dense_backward(dout_dot, cache)        # term 1
+    rows_dout = dout.reshape(-1, dout.shape[-1])                              # (R, F)
+    if tangent_cache.weight_dot is not None:                                  # term 2
+        dx_dot = dx_dot + (rows_dout @ tangent_cache.weight_dot).reshape(dx_dot.shape)
+    if tangent_cache.x_dot is not None:
+        dweight_dot = dweight_dot + rows_dout.T @ tangent_cache.x_dot.reshape(
+            -1, tangent_cache.x_dot.shape[-1])
+    return dx_dot, dweight_dot, dbias_dot
+
+
 @register
 @dataclass(frozen=True)
 class Dense(Layer):
@@ -167,3 +273,11 @@ class Dense(Layer):
     def backward(self, dout, cache):
         dx, dweight, dbias = _dense_backward(dout, cache)
         return dx, weight_and_bias(dweight, dbias)
+
+    def jvp(self, x_dot, params_dot, cache):
+        return _dense_jvp(x_dot, params_dot["weight"], params_dot.get("bias"), cache)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        dx_dot, dweight_dot, dbias_dot = _dense_backward_jvp(dout, dout_dot, cache,
+                                                             tangent_cache)
+        return dx_dot, weight_and_bias(dweight_dot, dbias_dot)

@@ -7,6 +7,11 @@ indices (``(N,)``, ``(N, T)``, ...).
 indices themselves are a sharing map: a row that occurs k times receives k gradient
 contributions, ``dweight[v] = sum over s with indices[s] == v of dout[s]`` (a scatter-add),
 and a row that does not occur receives exactly zero.
+
+Second order: the lookup is linear in the table, so :func:`embedding_jvp` looks up the
+tangent's rows, ``out_dot[s] = weight_dot[indices[s]]``, and :func:`embedding_backward_jvp`
+is the scatter-add of ``dout_dot`` (the backward pass does not depend on the table: no
+second-order term).
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ from .._validate import as_rectangular, check_array, check_cache, positive_int
 from .base import Layer, check_name, register
 
 __all__ = ["Embedding", "EmbeddingCache", "embedding_forward", "embedding_backward",
-           "check_indices"]
+           "check_indices", "EmbeddingTangentCache", "embedding_jvp", "embedding_backward_jvp"]
 
 
 class EmbeddingCache(NamedTuple):
     indices: np.ndarray      # S, int64
     weight_shape: tuple      # (V, D)
+
+
+class EmbeddingTangentCache(NamedTuple):
+    weight_dot: np.ndarray   # (V, D), the table's tangent
 
 
 def check_indices(value: Any, name: str, num_embeddings: int) -> np.ndarray:
@@ -141,6 +150,40 @@ def _embedding_backward(dout, cache):
     return dweight
 
 
+def embedding_jvp(weight_dot: np.ndarray, cache: EmbeddingCache
+                  ) -> tuple[np.ndarray, EmbeddingTangentCache]:
+    """``out_dot[s] = weight_dot[indices[s]]`` (the indices have no tangent).
+
+    Parameters
+    ----------
+    weight_dot : ndarray, shape (V, D)
+    cache : EmbeddingCache
+
+    Returns
+    -------
+    out_dot : ndarray, shape S + (D,)
+    tangent_cache : EmbeddingTangentCache
+    """
+    check_cache(cache, EmbeddingCache, "embedding_jvp: cache")
+    weight_dot = check_array(weight_dot, "embedding_jvp: weight_dot", cache.weight_shape)
+    return _embedding_jvp(weight_dot, cache)
+
+
+def _embedding_jvp(weight_dot, cache):
+    return weight_dot[cache.indices], EmbeddingTangentCache(weight_dot)
+
+
+def embedding_backward_jvp(dout: np.ndarray, dout_dot: np.ndarray, cache: EmbeddingCache,
+                           tangent_cache: EmbeddingTangentCache) -> np.ndarray:
+    """``dweight_dot`` (V, D): the scatter-add of ``dout_dot`` (no second-order term)."""
+    check_cache(cache, EmbeddingCache, "embedding_backward_jvp: cache")
+    check_cache(tangent_cache, EmbeddingTangentCache, "embedding_backward_jvp: tangent_cache")
+    shape = (*cache.indices.shape, cache.weight_shape[1])
+    check_array(dout, "embedding_backward_jvp: dout", shape)
+    dout_dot = check_array(dout_dot, "embedding_backward_jvp: dout_dot", shape)
+    return _embedding_backward(dout_dot, cache)
+
+
 @register
 @dataclass(frozen=True)
 class Embedding(Layer):
@@ -192,3 +235,9 @@ class Embedding(Layer):
 
     def backward(self, dout, cache):
         return None, {"weight": _embedding_backward(dout, cache)}
+
+    def jvp(self, x_dot, params_dot, cache):
+        return _embedding_jvp(params_dot["weight"], cache)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        return None, {"weight": _embedding_backward(dout_dot, cache)}

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._validate import check_array, check_cache
 from .base import Layer, register
 from .conv_geometry import (
     ConvGeometry,
@@ -30,7 +31,8 @@ from .conv_geometry import (
 )
 
 __all__ = ["LocallyConnected2D", "LocallyConnected2DCache", "locally_connected2d_forward",
-           "locally_connected2d_backward"]
+           "locally_connected2d_backward", "LocallyConnected2DTangentCache",
+           "locally_connected2d_jvp", "locally_connected2d_backward_jvp"]
 
 
 class LocallyConnected2DCache(NamedTuple):
@@ -131,6 +133,121 @@ def locally_connected2d_backward(
     return dx, dweight, dbias
 
 
+class LocallyConnected2DTangentCache(NamedTuple):
+    """What :func:`locally_connected2d_backward_jvp` needs of :func:`locally_connected2d_jvp`:
+    the tangents as the forward cache holds the point (zeros for a zero tangent)."""
+
+    cols_dot: np.ndarray     # (P, G, Kg, N): the columns of the input's tangent
+    weight_dot: np.ndarray   # (Ho, Wo, F, Cg, kH, kW)
+
+
+def _regrouped_columns(x: np.ndarray, geometry: ConvGeometry, positions: int) -> np.ndarray:
+    """im2col of ``x`` regrouped by output position, (P, G, Kg, N), as the forward does."""
+    cols = im2col(x, *geometry[1:5])                                   # (C*kH*kW, N*P)
+    return cols.reshape(geometry.groups, -1, x.shape[0], positions).transpose(3, 0, 1, 2)
+
+
+def _positions_product(weight: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The forward product without the bias, ``W[p] @ X[p]`` per position and group, as
+    (N, F, Ho, Wo)."""
+    out_h, out_w, filters = weight.shape[:3]
+    positions, groups, _, batch = cols.shape
+    out = weight.reshape(positions, groups, filters // groups, -1) @ cols   # (P, G, Fg, N)
+    return out.reshape(out_h, out_w, filters, batch).transpose(3, 2, 0, 1)
+
+
+def locally_connected2d_jvp(
+    x_dot: np.ndarray | None, weight_dot: np.ndarray | None, bias_dot: np.ndarray | None,
+    cache: LocallyConnected2DCache,
+) -> tuple[np.ndarray, LocallyConnected2DTangentCache]:
+    """Forward-mode derivative of :func:`locally_connected2d_forward` (bilinear in x and w)::
+
+        out_dot = lc(x_dot, w) + lc(x, w_dot) + b_dot
+
+    Parameters
+    ----------
+    x_dot : ndarray, shape (N, C, H, W), or None
+        None for a zero tangent (the data of a model).
+    weight_dot : ndarray, shape (Ho, Wo, F, Cg, kH, kW), or None
+    bias_dot : ndarray, shape (F, Ho, Wo), or None
+    cache : LocallyConnected2DCache
+
+    Returns
+    -------
+    out_dot : ndarray, shape (N, F, Ho, Wo)
+    tangent_cache : LocallyConnected2DTangentCache
+    """
+    who = "locally_connected2d_jvp"
+    check_cache(cache, LocallyConnected2DCache, f"{who}: cache")
+    weight = cache.weight
+    if x_dot is not None:
+        x_dot = check_array(x_dot, f"{who}: x_dot", cache.geometry.x_shape)
+    if weight_dot is not None:
+        weight_dot = check_array(weight_dot, f"{who}: weight_dot", weight.shape)
+    if bias_dot is not None:
+        bias_dot = check_array(bias_dot, f"{who}: bias_dot",
+                               (weight.shape[2], *weight.shape[:2]))
+    return _locally_connected2d_jvp(x_dot, weight_dot, bias_dot, cache)
+
+
+def _locally_connected2d_jvp(x_dot, weight_dot, bias_dot, cache):
+    """:func:`locally_connected2d_jvp` without the argument checks."""
+    weight, cols = cache.weight, cache.cols
+    dtype = np.result_type(cols, weight, *[t for t in (x_dot, weight_dot, bias_dot)
+                                           if t is not None])
+    cols_dot = (np.zeros(cols.shape, dtype=dtype) if x_dot is None
+                else _regrouped_columns(x_dot, cache.geometry, cols.shape[0]))
+    weight_dot = np.zeros(weight.shape, dtype=dtype) if weight_dot is None else weight_dot
+    out_dot = _positions_product(weight, cols_dot) + _positions_product(weight_dot, cols)
+    if bias_dot is not None:
+        out_dot = out_dot + bias_dot      # (N, F, Ho, Wo) + (F, Ho, Wo): over the batch
+    return (np.ascontiguousarray(out_dot),
+            LocallyConnected2DTangentCache(cols_dot, weight_dot))
+
+
+def locally_connected2d_backward_jvp(
+    dout: np.ndarray, dout_dot: np.ndarray, cache: LocallyConnected2DCache,
+    tangent_cache: LocallyConnected2DTangentCache,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Directional derivative of :func:`locally_connected2d_backward`.
+
+    The backward pass is bilinear (``dx`` in ``(dout, W)``, ``dW`` in ``(dout, X)``), so:
+
+    * term 1, the backward pass of ``dout_dot`` at the point;
+    * term 2, the backward pass of ``dout`` with the tangents in place of the point's kernel
+      and columns: ``dout`` through ``W_dot[p]`` into ``dx_dot`` and against the tangent
+      columns at ``p`` into ``dW_dot[p]`` (no bias term: ``db`` does not depend on the point).
+
+    Parameters
+    ----------
+    dout, dout_dot : ndarray, shape (N, F, Ho, Wo)
+    cache : LocallyConnected2DCache
+    tangent_cache : LocallyConnected2DTangentCache
+
+    Returns
+    -------
+    dx_dot : ndarray, shape (N, C, H, W)
+    dweight_dot : ndarray, shape (Ho, Wo, F, Cg, kH, kW)
+    dbias_dot : ndarray, shape (F, Ho, Wo), or None
+    """
+    who = "locally_connected2d_backward_jvp"
+    check_cache(tangent_cache, LocallyConnected2DTangentCache, f"{who}: tangent_cache")
+    dout = check_dout(dout, cache, LocallyConnected2DCache,
+                      lambda c: (c.geometry.x_shape[0], c.weight.shape[2], *c.weight.shape[:2]),
+                      who)
+    dout_dot = check_array(dout_dot, f"{who}: dout_dot", dout.shape)
+    return _locally_connected2d_backward_jvp(dout, dout_dot, cache, tangent_cache)
+
+
+def _locally_connected2d_backward_jvp(dout, dout_dot, cache, tangent_cache):
+    """:func:`locally_connected2d_backward_jvp` without the argument checks."""
+    dx_dot, dweight_dot, dbias_dot = locally_connected2d_backward(dout_dot, cache)   # term 1
+    through_tangents = cache._replace(cols=tangent_cache.cols_dot,
+                                      weight=tangent_cache.weight_dot, has_bias=False)
+    dx_2, dweight_2, _ = locally_connected2d_backward(dout, through_tangents)         # term 2
+    return dx_dot + dx_2, dweight_dot + dweight_2, dbias_dot
+
+
 @register
 @dataclass(frozen=True)
 class LocallyConnected2D(ConvLayerGeometry, Layer):
@@ -145,6 +262,7 @@ class LocallyConnected2D(ConvLayerGeometry, Layer):
     """
 
     functions = (locally_connected2d_forward, locally_connected2d_backward)
+    tangent_functions = (_locally_connected2d_jvp, _locally_connected2d_backward_jvp)
 
     input_size: Any
     stride: Any = 1

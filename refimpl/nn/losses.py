@@ -5,6 +5,12 @@ Legend: ``N`` batch, ``K`` classes, ``...`` any further axes (``T`` time steps, 
 ``*_forward(out, target) -> (loss, cache)`` returns a 0-d value (complex under the complex
 step); ``*_backward(dloss, cache) -> dout`` takes the upstream scalar ``dloss`` (1 for a
 plain loss; any number in a property test, which checks linearity in it).
+
+Second order (the targets are data: they have no tangent):
+``*_jvp(out_dot, cache) -> (loss_dot, tangent_cache)`` is the directional derivative
+``loss_dot = <dL/dout, out_dot>``, and ``*_backward_jvp(dloss, dloss_dot, cache,
+tangent_cache) -> dout_dot`` the directional derivative of the backward pass
+``dout = dloss g(out)``: ``dout_dot = dloss_dot g + dloss (d^2 L / dout^2) out_dot``.
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ from .._validate import (
     check_scalar,
     check_shape,
 )
+from .base import InputTangentCache
 
 __all__ = [
     "Loss", "SoftmaxCrossEntropy", "MSE",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "mse_forward", "mse_backward", "LOSS_TYPES", "cross_entropy_rows", "squared_errors",
+    "softmax_cross_entropy_jvp", "softmax_cross_entropy_backward_jvp", "mse_jvp",
+    "mse_backward_jvp",
 ]
 
 LOSS_TYPES: dict[str, type] = {}
@@ -168,6 +177,70 @@ def _softmax_cross_entropy_backward(dloss, cache):
     return (dlogits * (dloss / batch)).reshape(shape)
 
 
+def softmax_cross_entropy_jvp(logits_dot: np.ndarray, cache: CrossEntropyCache
+                              ) -> tuple[np.ndarray, InputTangentCache]:
+    """``loss_dot = sum over positions and classes of (softmax - onehot) logits_dot / P``.
+
+    Parameters
+    ----------
+    logits_dot : ndarray, shape (N, K) or (N, ..., K)
+        The logits' tangent.
+    cache : CrossEntropyCache
+
+    Returns
+    -------
+    loss_dot : ndarray, 0-d
+    tangent_cache : InputTangentCache
+    """
+    check_cache(cache, CrossEntropyCache, "softmax_cross_entropy_jvp: cache")
+    logits_dot = check_array(logits_dot, "softmax_cross_entropy_jvp: logits_dot",
+                             cache.probabilities.shape)
+    return _softmax_cross_entropy_jvp(logits_dot, cache)
+
+
+def _softmax_cross_entropy_jvp(logits_dot, cache):
+    gradient = _softmax_cross_entropy_backward(1.0, cache)             # (N, ..., K)
+    return (gradient * logits_dot).sum(), InputTangentCache(logits_dot)
+
+
+def softmax_cross_entropy_backward_jvp(dloss: Any, dloss_dot: Any, cache: CrossEntropyCache,
+                                       tangent_cache: InputTangentCache) -> np.ndarray:
+    """Directional derivative of :func:`softmax_cross_entropy_backward`, (N, ..., K).
+
+    Per position, with ``p = softmax(z)`` and ``z_dot`` the logits' tangent, the Hessian of
+    ``-log softmax(z)[y]`` is ``diag(p) - p p^T`` (the label drops out), so::
+
+        dlogits_dot = dloss_dot (p - onehot) / P  +  dloss (p * z_dot - p (p . z_dot)) / P
+
+    (term 1: the backward pass of ``dloss_dot``; term 2: ``d(softmax)`` along ``z_dot``).
+    """
+    who = "softmax_cross_entropy_backward_jvp"
+    dloss = check_scalar(dloss, f"{who}: dloss")
+    dloss_dot = check_scalar(dloss_dot, f"{who}: dloss_dot")
+    check_cache(cache, CrossEntropyCache, f"{who}: cache")
+    check_cache(tangent_cache, InputTangentCache, f"{who}: tangent_cache")
+    check_array(tangent_cache.x_dot, f"{who}: tangent_cache.x_dot", cache.probabilities.shape)
+    return _softmax_cross_entropy_backward_jvp(dloss, dloss_dot, cache, tangent_cache)
+
+
+def _softmax_cross_entropy_backward_jvp(dloss, dloss_dot, cache, tangent_cache):
+    shape = cache.probabilities.shape
+    p = cache.probabilities.reshape(-1, shape[-1])                      # (P, K)
+    z_dot = tangent_cache.x_dot.reshape(p.shape)                        # (P, K)
+    rows = np.arange(p.shape[0])
+    # term 2: (diag(p) - p p^T) z_dot = p * (z_dot - p . z_dot), per position. The tangent is
+    # taken relative to the most probable class's: z_dot - p . z_dot is invariant under a
+    # shift of z_dot, and its entry at that class, -(sum of p_j (z_dot_j - z_dot_top)), is then
+    # a sum of small terms, right relatively when p_top ~ 1 (1 - p . z_dot / z_dot_top would
+    # cancel), as the backward pass computes p_y - 1.
+    top = p.real.argmax(axis=1)                                         # (P,)
+    centred = z_dot - z_dot[rows, top][:, None]                         # 0 at the top class
+    softmax_dot = p * (centred - (p * centred).sum(axis=1, keepdims=True))
+    positions = p.shape[0]
+    return (_softmax_cross_entropy_backward(dloss_dot, cache)          # term 1
+            + (softmax_dot * (dloss / positions)).reshape(shape))
+
+
 def mse_forward(out: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, MSECache]:
     """Mean over *all* elements of ``(out - target)^2`` (PyTorch's ``reduction='mean'``).
 
@@ -217,8 +290,40 @@ def _mse_backward(dloss, cache):
     return cache.difference * (2 * dloss / cache.difference.size)
 
 
+def mse_jvp(out_dot: np.ndarray, cache: MSECache) -> tuple[np.ndarray, InputTangentCache]:
+    """``loss_dot = sum 2 (out - target) out_dot / size``; ``out_dot`` of out's shape;
+    returns the 0-d ``loss_dot`` and the tangent cache."""
+    check_cache(cache, MSECache, "mse_jvp: cache")
+    out_dot = check_array(out_dot, "mse_jvp: out_dot", cache.difference.shape)
+    return _mse_jvp(out_dot, cache)
+
+
+def _mse_jvp(out_dot, cache):
+    return (_mse_backward(1.0, cache) * out_dot).sum(), InputTangentCache(out_dot)
+
+
+def mse_backward_jvp(dloss: Any, dloss_dot: Any, cache: MSECache,
+                     tangent_cache: InputTangentCache) -> np.ndarray:
+    """``dout_dot = dloss_dot 2 (out - target) / size + dloss 2 out_dot / size``: the
+    Hessian of the mean squared error is ``2 I / size``."""
+    dloss = check_scalar(dloss, "mse_backward_jvp: dloss")
+    dloss_dot = check_scalar(dloss_dot, "mse_backward_jvp: dloss_dot")
+    check_cache(cache, MSECache, "mse_backward_jvp: cache")
+    check_cache(tangent_cache, InputTangentCache, "mse_backward_jvp: tangent_cache")
+    check_array(tangent_cache.x_dot, "mse_backward_jvp: tangent_cache.x_dot",
+                cache.difference.shape)
+    return _mse_backward_jvp(dloss, dloss_dot, cache, tangent_cache)
+
+
+def _mse_backward_jvp(dloss, dloss_dot, cache, tangent_cache):
+    size = cache.difference.size
+    return _mse_backward(dloss_dot, cache) + tangent_cache.x_dot * (2 * dloss / size)
+
+
 class Loss:
-    """Base of loss specs: validate the target, then forward/backward."""
+    """Base of loss specs: validate the target, then forward/backward (and, for second order,
+    ``jvp(out_dot, cache) -> (loss_dot, tangent_cache)`` and ``backward_jvp(dloss, dloss_dot,
+    cache, tangent_cache) -> dout_dot``)."""
 
     def check_target(self, target: Any, output_shape: tuple[int, ...]) -> np.ndarray:
         raise NotImplementedError
@@ -227,6 +332,13 @@ class Loss:
         raise NotImplementedError
 
     def backward(self, dloss: Any, cache: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def jvp(self, out_dot: np.ndarray, cache: Any) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def backward_jvp(self, dloss: Any, dloss_dot: Any, cache: Any,
+                     tangent_cache: Any) -> np.ndarray:
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
@@ -262,6 +374,12 @@ class SoftmaxCrossEntropy(Loss):
     def backward(self, dloss, cache):
         return _softmax_cross_entropy_backward(dloss, cache)
 
+    def jvp(self, out_dot, cache):
+        return _softmax_cross_entropy_jvp(out_dot, cache)
+
+    def backward_jvp(self, dloss, dloss_dot, cache, tangent_cache):
+        return _softmax_cross_entropy_backward_jvp(dloss, dloss_dot, cache, tangent_cache)
+
 
 @_register_loss
 @dataclass(frozen=True)
@@ -279,3 +397,9 @@ class MSE(Loss):
 
     def backward(self, dloss, cache):
         return _mse_backward(dloss, cache)
+
+    def jvp(self, out_dot, cache):
+        return _mse_jvp(out_dot, cache)
+
+    def backward_jvp(self, dloss, dloss_dot, cache, tangent_cache):
+        return _mse_backward_jvp(dloss, dloss_dot, cache, tangent_cache)

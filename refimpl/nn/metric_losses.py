@@ -37,6 +37,22 @@ Non-differentiable points, and the derivative refimpl takes there
 * The contrastive margin ``d = margin``: ``max(0, margin - d)^2`` is continuously
   differentiable there (both one-sided derivatives are 0), so it is not a kink.
 
+Second order
+------------
+Beside each pair, ``*_jvp`` (the forward-mode derivative) and ``*_backward_jvp`` (the
+directional derivative of the backward pass). With ``u = diff / d`` (the distance's gradient)
+and ``diff_dot = x1_dot - x2_dot`` (``eps`` is a constant)::
+
+    d_dot = u . diff_dot,        u_dot = (diff_dot - u (u . diff_dot)) / d
+
+(the Hessian of the norm is ``(I - u u^T) / d``). The hinges' masks are locally constant, so
+the kink rules above carry over: at ``d = 0`` the norm's gradient is taken 0, hence ``d_dot``
+and ``u_dot`` are 0 there; at the triplet hinge ``z = 0`` the active side's derivatives are
+taken (``loss_dot = z_dot``, and the second derivative of ``z`` itself); at the contrastive
+margin ``d = margin``, where the one-sided second derivatives of ``max(0, m - d)^2`` along a
+tangent are 0 (outside) and ``2 d_dot^2`` (inside), the outside one, 0, as the forward pass's
+mask takes it there.
+
 Complex-step safety: the norm is ``sqrt(sum(diff * diff))`` (no ``abs``, no ``conj``), the
 hinges branch on real parts and are used as constant masks.
 """
@@ -65,6 +81,9 @@ __all__ = [
     "pairwise_distance_forward", "pairwise_distance_backward",
     "triplet_margin_loss_forward", "triplet_margin_loss_backward",
     "contrastive_loss_forward", "contrastive_loss_backward", "check_similarity_labels",
+    "DistanceTangentCache", "TripletTangentCache", "pairwise_distance_jvp",
+    "pairwise_distance_backward_jvp", "triplet_margin_loss_jvp",
+    "triplet_margin_loss_backward_jvp", "contrastive_loss_jvp", "contrastive_loss_backward_jvp",
 ]
 
 METRIC_LOSS_TYPES: dict[str, type] = {}
@@ -88,6 +107,17 @@ class ContrastiveCache(NamedTuple):
     distance: DistanceCache
     similar: np.ndarray      # (N,) float64 y in {0, 1}
     slack: np.ndarray        # (N,) margin - d where Re(margin - d) > 0, else 0
+
+
+class DistanceTangentCache(NamedTuple):
+    """The tangent of the distance's input, what its backward's derivative needs."""
+
+    difference_dot: np.ndarray   # (N, D) x1_dot - x2_dot
+
+
+class TripletTangentCache(NamedTuple):
+    positive: DistanceTangentCache   # of d(anchor, positive)
+    negative: DistanceTangentCache   # of d(anchor, negative)
 
 
 # --- the distance --------------------------------------------------------------------------
@@ -151,6 +181,65 @@ def _distance_gradient(cache: DistanceCache) -> np.ndarray:
     nonzero = distance.real > 0                                   # (N,) a constant mask
     safe = np.where(nonzero, distance, 1.0)                       # no 0/0 in the masked rows
     return np.where(nonzero[:, None], cache.difference / safe[:, None], 0.0)
+
+
+def _distance_gradient_dot(cache: DistanceCache, difference_dot: np.ndarray) -> np.ndarray:
+    """``u_dot = (diff_dot - u (u . diff_dot)) / d`` per row, (N, D): the tangent of the
+    distance's gradient ``u = diff / d``; a zero row where ``d = 0`` (the gradient is taken 0
+    there, a constant)."""
+    distance = cache.distance
+    nonzero = distance.real > 0                                   # (N,) a constant mask
+    safe = np.where(nonzero, distance, 1.0)
+    u = _distance_gradient(cache)                                 # (N, D)
+    along = (u * difference_dot).sum(axis=1, keepdims=True)       # (N, 1) u . diff_dot
+    return np.where(nonzero[:, None], (difference_dot - u * along) / safe[:, None], 0.0)
+
+
+def _distance_dot(cache: DistanceCache, difference_dot: np.ndarray) -> np.ndarray:
+    """``d_dot = u . diff_dot`` per row, (N,)."""
+    return (_distance_gradient(cache) * difference_dot).sum(axis=1)
+
+
+def pairwise_distance_jvp(x1_dot: np.ndarray, x2_dot: np.ndarray, cache: DistanceCache
+                          ) -> tuple[np.ndarray, DistanceTangentCache]:
+    """``d_dot = u . (x1_dot - x2_dot)`` per row with ``u = (x1 - x2 + eps) / d`` (0 where
+    ``d = 0``).
+
+    Parameters
+    ----------
+    x1_dot, x2_dot : ndarray, shape (N, D)
+    cache : DistanceCache
+
+    Returns
+    -------
+    distance_dot : ndarray, shape (N,)
+    tangent_cache : DistanceTangentCache
+    """
+    check_cache(cache, DistanceCache, "pairwise_distance_jvp: cache")
+    shape = cache.difference.shape
+    x1_dot = check_array(x1_dot, "pairwise_distance_jvp: x1_dot", shape)
+    x2_dot = check_array(x2_dot, "pairwise_distance_jvp: x2_dot", shape)
+    difference_dot = x1_dot - x2_dot
+    return _distance_dot(cache, difference_dot), DistanceTangentCache(difference_dot)
+
+
+def pairwise_distance_backward_jvp(ddistance: np.ndarray, ddistance_dot: np.ndarray,
+                                   cache: DistanceCache, tangent_cache: DistanceTangentCache
+                                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Directional derivative of :func:`pairwise_distance_backward`: ``(dx1_dot, dx2_dot)``,
+    each (N, D), ``dx1_dot = u ddistance_dot + u_dot ddistance = -dx2_dot`` (module
+    docstring)."""
+    who = "pairwise_distance_backward_jvp"
+    check_cache(cache, DistanceCache, f"{who}: cache")
+    check_cache(tangent_cache, DistanceTangentCache, f"{who}: tangent_cache")
+    ddistance = check_array(ddistance, f"{who}: ddistance", cache.distance.shape)
+    ddistance_dot = check_array(ddistance_dot, f"{who}: ddistance_dot", cache.distance.shape)
+    check_array(tangent_cache.difference_dot, f"{who}: tangent_cache.difference_dot",
+                cache.difference.shape)
+    dx1_dot = (_distance_gradient(cache) * ddistance_dot[:, None]
+               + _distance_gradient_dot(cache, tangent_cache.difference_dot)
+               * ddistance[:, None])
+    return dx1_dot, -dx1_dot
 
 
 # --- triplet margin loss -------------------------------------------------------------------
@@ -237,6 +326,71 @@ def _triplet_backward(dloss, cache):
     weight = cache.active * (dloss / cache.active.shape[0])              # (N,)
     toward_positive = _distance_gradient(cache.positive) * weight[:, None]  # (N, D)
     toward_negative = _distance_gradient(cache.negative) * weight[:, None]  # (N, D)
+    return toward_positive - toward_negative, -toward_positive, toward_negative
+
+
+def triplet_margin_loss_jvp(anchor_dot: np.ndarray, positive_dot: np.ndarray,
+                            negative_dot: np.ndarray, cache: TripletCache
+                            ) -> tuple[np.ndarray, TripletTangentCache]:
+    """``loss_dot = (1/N) sum over active rows of (d_ap_dot - d_an_dot)``.
+
+    Parameters
+    ----------
+    anchor_dot, positive_dot, negative_dot : ndarray, shape (N, D)
+    cache : TripletCache
+
+    Returns
+    -------
+    loss_dot : ndarray, 0-d
+    tangent_cache : TripletTangentCache
+    """
+    who = "triplet_margin_loss_jvp"
+    check_cache(cache, TripletCache, f"{who}: cache")
+    shape = cache.positive.difference.shape
+    tangents = [check_array(value, f"{who}: {name}", shape) for name, value in (
+        ("anchor_dot", anchor_dot), ("positive_dot", positive_dot),
+        ("negative_dot", negative_dot))]
+    return _triplet_jvp(tangents, cache)
+
+
+def _triplet_jvp(tangents, cache):
+    anchor_dot, positive_dot, negative_dot = tangents
+    tangent_cache = TripletTangentCache(DistanceTangentCache(anchor_dot - positive_dot),
+                                        DistanceTangentCache(anchor_dot - negative_dot))
+    z_dot = (_distance_dot(cache.positive, tangent_cache.positive.difference_dot)
+             - _distance_dot(cache.negative, tangent_cache.negative.difference_dot))   # (N,)
+    return (cache.active * z_dot).sum() / z_dot.shape[0], tangent_cache
+
+
+def triplet_margin_loss_backward_jvp(dloss: Any, dloss_dot: Any, cache: TripletCache,
+                                     tangent_cache: TripletTangentCache
+                                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directional derivative of :func:`triplet_margin_loss_backward`:
+    ``(danchor_dot, dpositive_dot, dnegative_dot)``, each (N, D).
+
+    With ``w = active dloss / N`` and its tangent ``w_dot = active dloss_dot / N`` (the hinge's
+    mask is locally constant), ``toward_positive = u w`` has the tangent ``u_dot w + u w_dot``
+    (and likewise ``v`` for the negative), and the three outputs combine them as the backward
+    pass does: ``(tp - tn, -tp, tn)``.
+    """
+    who = "triplet_margin_loss_backward_jvp"
+    dloss = check_scalar(dloss, f"{who}: dloss")
+    dloss_dot = check_scalar(dloss_dot, f"{who}: dloss_dot")
+    check_cache(cache, TripletCache, f"{who}: cache")
+    check_cache(tangent_cache, TripletTangentCache, f"{who}: tangent_cache")
+    return _triplet_backward_jvp(dloss, dloss_dot, cache, tangent_cache)
+
+
+def _triplet_backward_jvp(dloss, dloss_dot, cache, tangent_cache):
+    count = cache.active.shape[0]
+    weight = (cache.active * (dloss / count))[:, None]                  # (N, 1)
+    weight_dot = (cache.active * (dloss_dot / count))[:, None]          # (N, 1)
+    towards = []
+    for distance, tangent in ((cache.positive, tangent_cache.positive),
+                              (cache.negative, tangent_cache.negative)):
+        towards.append(_distance_gradient_dot(distance, tangent.difference_dot) * weight
+                       + _distance_gradient(distance) * weight_dot)     # (N, D)
+    toward_positive, toward_negative = towards
     return toward_positive - toward_negative, -toward_positive, toward_negative
 
 
@@ -331,6 +485,76 @@ def _contrastive_backward(dloss, cache):
     return dx1, -dx1
 
 
+def contrastive_loss_jvp(x1_dot: np.ndarray, x2_dot: np.ndarray, cache: ContrastiveCache
+                         ) -> tuple[np.ndarray, DistanceTangentCache]:
+    """``loss_dot = (1/N) sum [y 2 diff . diff_dot - (1 - y) 2 max(0, m - d) d_dot]`` with
+    ``diff_dot = x1_dot - x2_dot`` and ``d_dot = u . diff_dot``.
+
+    Parameters
+    ----------
+    x1_dot, x2_dot : ndarray, shape (N, D)
+    cache : ContrastiveCache
+
+    Returns
+    -------
+    loss_dot : ndarray, 0-d
+    tangent_cache : DistanceTangentCache
+    """
+    check_cache(cache, ContrastiveCache, "contrastive_loss_jvp: cache")
+    shape = cache.distance.difference.shape
+    x1_dot = check_array(x1_dot, "contrastive_loss_jvp: x1_dot", shape)
+    x2_dot = check_array(x2_dot, "contrastive_loss_jvp: x2_dot", shape)
+    return _contrastive_jvp((x1_dot, x2_dot), cache)
+
+
+def _contrastive_jvp(tangents, cache):
+    x1_dot, x2_dot = tangents
+    difference_dot = x1_dot - x2_dot                                         # (N, D)
+    y, slack = cache.similar, cache.slack
+    squared_dot = 2 * (cache.distance.difference * difference_dot).sum(axis=1)   # (d^2)_dot
+    slack_dot = -_distance_dot(cache.distance, difference_dot)               # (m - d)_dot
+    per_pair = y * squared_dot + (1 - y) * (2 * slack * slack_dot)           # (N,)
+    return per_pair.sum() / y.shape[0], DistanceTangentCache(difference_dot)
+
+
+def contrastive_loss_backward_jvp(dloss: Any, dloss_dot: Any, cache: ContrastiveCache,
+                                  tangent_cache: DistanceTangentCache
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Directional derivative of :func:`contrastive_loss_backward`: ``(dx1_dot, dx2_dot)``,
+    each (N, D), ``dx2_dot = -dx1_dot``; with ``scale = dloss / N``::
+
+        term 1 (similar):     2 y (scale_dot diff + scale diff_dot)
+        term 2 (dissimilar):  -2 (1 - y) (s_dot scale u + s scale_dot u + s scale u_dot)
+
+    where ``s = max(0, m - d)`` and ``s_dot = -d_dot`` on the rows inside the margin (0
+    outside, and at ``d = m``).
+    """
+    who = "contrastive_loss_backward_jvp"
+    dloss = check_scalar(dloss, f"{who}: dloss")
+    dloss_dot = check_scalar(dloss_dot, f"{who}: dloss_dot")
+    check_cache(cache, ContrastiveCache, f"{who}: cache")
+    check_cache(tangent_cache, DistanceTangentCache, f"{who}: tangent_cache")
+    check_array(tangent_cache.difference_dot, f"{who}: tangent_cache.difference_dot",
+                cache.distance.difference.shape)
+    return _contrastive_backward_jvp(dloss, dloss_dot, cache, tangent_cache)
+
+
+def _contrastive_backward_jvp(dloss, dloss_dot, cache, tangent_cache):
+    y, slack, distance = cache.similar, cache.slack, cache.distance
+    count = y.shape[0]
+    scale, scale_dot = dloss / count, dloss_dot / count
+    difference_dot = tangent_cache.difference_dot
+    inside = slack.real > 0                                                  # (N,) constant
+    slack_dot = np.where(inside, -_distance_dot(distance, difference_dot), 0.0)   # (N,)
+    similar = (2 * y)[:, None] * (scale_dot * distance.difference + scale * difference_dot)
+    u = _distance_gradient(distance)
+    dissimilar = (-2 * (1 - y))[:, None] * (
+        (slack_dot * scale + slack * scale_dot)[:, None] * u
+        + (slack * scale)[:, None] * _distance_gradient_dot(distance, difference_dot))
+    dx1_dot = similar + dissimilar
+    return dx1_dot, -dx1_dot
+
+
 # --- specs ---------------------------------------------------------------------------------
 
 class MetricLoss:
@@ -351,6 +575,15 @@ class MetricLoss:
         raise NotImplementedError
 
     def backward(self, dloss: Any, cache: Any) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    def jvp(self, outputs_dot: tuple[np.ndarray, ...], cache: Any) -> tuple[np.ndarray, Any]:
+        """``(loss_dot, tangent_cache)`` along the embeddings' tangents (second order)."""
+        raise NotImplementedError
+
+    def backward_jvp(self, dloss: Any, dloss_dot: Any, cache: Any,
+                     tangent_cache: Any) -> tuple[np.ndarray, ...]:
+        """The tangents of :meth:`backward`'s embedding gradients (second order)."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
@@ -395,6 +628,12 @@ class TripletMarginLoss(MetricLoss):
     def backward(self, dloss, cache):
         return _triplet_backward(dloss, cache)
 
+    def jvp(self, outputs_dot, cache):
+        return _triplet_jvp(outputs_dot, cache)
+
+    def backward_jvp(self, dloss, dloss_dot, cache, tangent_cache):
+        return _triplet_backward_jvp(dloss, dloss_dot, cache, tangent_cache)
+
 
 @_register
 @dataclass(frozen=True)
@@ -423,6 +662,12 @@ class ContrastiveLoss(MetricLoss):
 
     def backward(self, dloss, cache):
         return _contrastive_backward(dloss, cache)
+
+    def jvp(self, outputs_dot, cache):
+        return _contrastive_jvp(outputs_dot, cache)
+
+    def backward_jvp(self, dloss, dloss_dot, cache, tangent_cache):
+        return _contrastive_backward_jvp(dloss, dloss_dot, cache, tangent_cache)
 
 
 def metric_loss_from_config(config: Any, what: str = "loss") -> MetricLoss:

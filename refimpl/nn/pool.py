@@ -25,6 +25,14 @@ Average pooling
     ``kH * kW``, padded zeros included. ``count_include_pad=False`` divides by the number of
     real (unpadded) inputs in each window.
 
+Second order
+    Both poolings and the flattening are linear in the input once max pooling's selection is
+    fixed, and the selection is locally constant (it only changes at ties): ``*_jvp`` applies
+    the same map to the tangent (max pooling: the tangent at each window's first maximum) and
+    ``*_backward_jvp`` is the backward pass of ``dout_dot``, with no second-order term. Max
+    pooling's Hessian is 0 away from ties; at a tie the JVP follows the backward pass's rule
+    (the first maximum), so ``<jvp(x_dot), u> = <x_dot, backward(u)>`` holds there too.
+
 Both loop over the window offsets (max pooling: ``kH + kW``, separably), each handling one
 strided slice of the whole batch (never a Python loop over windows). The max-pooling
 gradient of disjoint windows (stride >= window, the common 2x2 / stride 2 included) is one
@@ -39,13 +47,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._validate import check_array, check_cache
-from .base import ParameterFreeLayer, register
+from .base import InputTangentCache, ParameterFreeLayer, register
 from .conv_geometry import Pair, as_pair, conv_output_size, pad_spatial, window_slice
 
 __all__ = [
     "MaxPool2D", "AvgPool2D", "Flatten", "MaxPool2DCache", "AvgPool2DCache",
     "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "flatten_forward", "flatten_backward", "pool2d_output_shape",
+    "maxpool2d_jvp", "maxpool2d_backward_jvp", "avgpool2d_jvp", "avgpool2d_backward_jvp",
+    "flatten_jvp", "flatten_backward_jvp",
 ]
 
 
@@ -271,6 +281,53 @@ def maxpool2d_backward(dout: np.ndarray, cache: MaxPool2DCache) -> np.ndarray:
     return dpad
 
 
+def _check_tangent(x_dot: Any, cache: Any, cache_type: type, who: str) -> np.ndarray:
+    """x_dot of the forward input's shape (``cache.x_shape``)."""
+    check_cache(cache, cache_type, f"{who}: cache")
+    return check_array(x_dot, f"{who}: x_dot", cache.x_shape)
+
+
+def _check_backward_tangents(dout: Any, dout_dot: Any, tangent_cache: Any, shape: tuple,
+                             who: str) -> tuple[np.ndarray, np.ndarray]:
+    """dout and dout_dot of the output's shape, and a tangent cache of the right type."""
+    check_cache(tangent_cache, InputTangentCache, f"{who}: tangent_cache")
+    return (check_array(dout, f"{who}: dout", shape),
+            check_array(dout_dot, f"{who}: dout_dot", shape))
+
+
+def maxpool2d_jvp(x_dot: np.ndarray, cache: MaxPool2DCache
+                  ) -> tuple[np.ndarray, InputTangentCache]:
+    """Forward-mode derivative of max pooling: each window's tangent at its first maximum.
+
+    Parameters
+    ----------
+    x_dot : ndarray, shape (N, C, H, W)
+    cache : MaxPool2DCache
+
+    Returns
+    -------
+    out_dot : ndarray, shape (N, C, Ho, Wo)
+    tangent_cache : InputTangentCache
+    """
+    return _maxpool2d_jvp(_check_tangent(x_dot, cache, MaxPool2DCache, "maxpool2d_jvp"), cache)
+
+
+def _maxpool2d_jvp(x_dot, cache):
+    # The -inf padding is never the maximum, so the zeros padded here are never read.
+    padded = pad_spatial(x_dot, cache.padding)                            # (N, C, Hp, Wp)
+    return padded.reshape(-1)[_maximum_positions(cache)], InputTangentCache(x_dot)
+
+
+def maxpool2d_backward_jvp(dout: np.ndarray, dout_dot: np.ndarray, cache: MaxPool2DCache,
+                           tangent_cache: InputTangentCache) -> np.ndarray:
+    """``dx_dot = maxpool2d_backward(dout_dot)``: the selection does not move with the point
+    (away from ties), so there is no second-order term; (N, C, H, W)."""
+    check_cache(cache, MaxPool2DCache, "maxpool2d_backward_jvp: cache")
+    dout, dout_dot = _check_backward_tangents(dout, dout_dot, tangent_cache,
+                                              cache.argmax.shape, "maxpool2d_backward_jvp")
+    return maxpool2d_backward(dout_dot, cache)
+
+
 # --- average pooling -------------------------------------------------------------------------
 
 class AvgPool2DCache(NamedTuple):
@@ -353,6 +410,37 @@ def avgpool2d_backward(dout: np.ndarray, cache: AvgPool2DCache) -> np.ndarray:
     return dpad
 
 
+def avgpool2d_jvp(x_dot: np.ndarray, cache: AvgPool2DCache
+                  ) -> tuple[np.ndarray, InputTangentCache]:
+    """Forward-mode derivative of average pooling (a linear map): the average pooling of the
+    tangent, the same divisors; (N, C, H, W) -> (N, C, Ho, Wo)."""
+    return _avgpool2d_jvp(_check_tangent(x_dot, cache, AvgPool2DCache, "avgpool2d_jvp"), cache)
+
+
+def _avgpool2d_jvp(x_dot, cache):
+    (kh, kw), (sh, sw) = cache.kernel_size, cache.stride
+    _, _, out_h, out_w = pool2d_output_shape(cache.x_shape, cache.kernel_size, cache.stride,
+                                             cache.padding)
+    padded = pad_spatial(x_dot, cache.padding)
+    total = np.zeros((*x_dot.shape[:2], out_h, out_w), dtype=x_dot.dtype)
+    for i in range(kh):
+        rows = window_slice(i, sh, out_h)
+        for j in range(kw):
+            total += padded[:, :, rows, window_slice(j, sw, out_w)]
+    return total / cache.divisor, InputTangentCache(x_dot)
+
+
+def avgpool2d_backward_jvp(dout: np.ndarray, dout_dot: np.ndarray, cache: AvgPool2DCache,
+                           tangent_cache: InputTangentCache) -> np.ndarray:
+    """``dx_dot = avgpool2d_backward(dout_dot)`` (a linear map: no second-order term)."""
+    check_cache(cache, AvgPool2DCache, "avgpool2d_backward_jvp: cache")
+    shape = pool2d_output_shape(cache.x_shape, cache.kernel_size, cache.stride, cache.padding,
+                                "avgpool2d_backward_jvp")
+    dout, dout_dot = _check_backward_tangents(dout, dout_dot, tangent_cache, shape,
+                                              "avgpool2d_backward_jvp")
+    return avgpool2d_backward(dout_dot, cache)
+
+
 # --- flatten ---------------------------------------------------------------------------------
 
 class FlattenCache(NamedTuple):
@@ -381,6 +469,26 @@ def flatten_backward(dout: np.ndarray, cache: FlattenCache) -> np.ndarray:
 def _flatten_backward(dout, cache):
     """:func:`flatten_backward` without the argument checks."""
     return dout.reshape(cache.x_shape)
+
+
+def flatten_jvp(x_dot: np.ndarray, cache: FlattenCache) -> tuple[np.ndarray, InputTangentCache]:
+    """The tangent flattened as the input: (N, d1, d2, ...) -> (N, d1*d2*...)."""
+    return _flatten_jvp(_check_tangent(x_dot, cache, FlattenCache, "flatten_jvp"), cache)
+
+
+def _flatten_jvp(x_dot, cache):
+    return x_dot.reshape(x_dot.shape[0], -1), InputTangentCache(x_dot)
+
+
+def flatten_backward_jvp(dout: np.ndarray, dout_dot: np.ndarray, cache: FlattenCache,
+                         tangent_cache: InputTangentCache) -> np.ndarray:
+    """``dout_dot`` reshaped to the input's shape (a linear map: no second-order term)."""
+    check_cache(cache, FlattenCache, "flatten_backward_jvp: cache")
+    x_shape = cache.x_shape
+    dout, dout_dot = _check_backward_tangents(dout, dout_dot, tangent_cache,
+                                              (x_shape[0], int(np.prod(x_shape[1:]))),
+                                              "flatten_backward_jvp")
+    return _flatten_backward(dout_dot, cache)
 
 
 # --- layer specs -----------------------------------------------------------------------------
@@ -422,6 +530,12 @@ class MaxPool2D(_Pool2D):
     def backward(self, dout, cache):
         return maxpool2d_backward(dout, cache), {}
 
+    def jvp(self, x_dot, params_dot, cache):
+        return _maxpool2d_jvp(x_dot, cache)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        return maxpool2d_backward(dout_dot, cache), {}
+
 
 @register
 @dataclass(frozen=True)
@@ -447,6 +561,12 @@ class AvgPool2D(_Pool2D):
     def backward(self, dout, cache):
         return avgpool2d_backward(dout, cache), {}
 
+    def jvp(self, x_dot, params_dot, cache):
+        return _avgpool2d_jvp(x_dot, cache)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        return avgpool2d_backward(dout_dot, cache), {}
+
 
 @register
 @dataclass(frozen=True)
@@ -468,3 +588,9 @@ class Flatten(ParameterFreeLayer):
 
     def backward(self, dout, cache):
         return _flatten_backward(dout, cache), {}
+
+    def jvp(self, x_dot, params_dot, cache):
+        return _flatten_jvp(x_dot, cache)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        return _flatten_backward(dout_dot, cache), {}

@@ -14,6 +14,17 @@ time, :func:`rnn_backward`). :class:`UnrolledRNN` is the same recurrence with a 
 of every weight at every step (as :class:`~refimpl.nn.LocallyConnected2D` is the convolution
 with a kernel per position): with all copies equal it computes the same outputs, and the sum
 over the steps of its per-step gradients is the RNN's gradient.
+
+Second order (:func:`rnn_jvp`, :func:`rnn_backward_jvp` and their unrolled twins): the
+forward-mode derivative runs the recurrence of the tangents forward in time::
+
+    pre_dot_t = x_dot_t W_ih^T + x_t W_ih_dot^T + b_ih_dot + b_hh_dot
+                + h_dot_{t-1} W_hh^T + h_{t-1} W_hh_dot^T                h_dot_{-1} = 0
+    h_dot_t   = act'(pre_t) pre_dot_t
+
+and the directional derivative of backpropagation through time runs backward beside it (each
+term of :func:`rnn_backward` differentiated by the product rule), with
+``R{act'(pre_t)} = -2 h_t h_dot_t`` for tanh and 0 for relu (0 at its kink too).
 """
 
 from __future__ import annotations
@@ -24,11 +35,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._validate import check_array, check_cache, check_int, positive_int
-from .base import Layer, check_name, register
+from .base import InputTangentCache, Layer, check_name, register
 
 __all__ = ["RNN", "RNNCache", "rnn_forward", "rnn_backward", "LastStep", "last_step_forward",
            "last_step_backward", "UnrolledRNN", "unrolled_rnn_forward",
-           "unrolled_rnn_backward", "NONLINEARITIES"]
+           "unrolled_rnn_backward", "NONLINEARITIES", "RNNTangentCache", "rnn_jvp",
+           "rnn_backward_jvp", "unrolled_rnn_jvp", "unrolled_rnn_backward_jvp",
+           "last_step_jvp", "last_step_backward_jvp"]
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -41,6 +54,15 @@ class RNNCache(NamedTuple):
     pre: np.ndarray          # (N, T, H) pre-activations
     nonlinearity: str
     has_bias: bool
+
+
+class RNNTangentCache(NamedTuple):
+    """What the backward pass's derivative needs of the forward-mode pass."""
+
+    x_dot: np.ndarray | None     # (N, T, D); None: a zero tangent (the data of a model)
+    weight_ih_dot: np.ndarray    # (H, D), or (T, H, D) for the unrolled twin
+    weight_hh_dot: np.ndarray    # (H, H), or (T, H, H)
+    hidden_dot: np.ndarray       # (N, T, H) h_dot_t
 
 
 def _activate(pre: np.ndarray, nonlinearity: str) -> np.ndarray:
@@ -193,6 +215,229 @@ def _rnn_backward(dout, cache):
     return dx, dweight_ih, dweight_hh, dbias, None if dbias is None else dbias.copy()
 
 
+# --- second order: one implementation for the RNN and its unrolled twin ------------------------
+
+def _check_cache_kind(who: str, cache: Any, unrolled: bool) -> None:
+    """The cache of :func:`rnn_forward` (or of :func:`unrolled_rnn_forward` when unrolled)."""
+    check_cache(cache, RNNCache, f"{who}: cache")
+    if (cache.weight_ih.ndim == 3) != unrolled:
+        expected, got = ("unrolled_rnn_forward", "rnn_forward") if unrolled else (
+            "rnn_forward", "unrolled_rnn_forward")
+        raise TypeError(f"{who}: cache: expected the cache of {expected}, got one of {got}")
+
+
+def _check_tangents(who, unrolled, cache, x_dot, weight_ih_dot, weight_hh_dot, bias_ih_dot,
+                    bias_hh_dot):
+    """The tangents of the forward's arguments, each of its argument's shape (None: 0)."""
+    _check_cache_kind(who, cache, unrolled)
+    lead = cache.weight_ih.shape[:-2]
+    hidden = cache.weight_ih.shape[-2]
+    checked = []
+    for name, value, shape in (("x_dot", x_dot, cache.inputs.shape),
+                               ("weight_ih_dot", weight_ih_dot, cache.weight_ih.shape),
+                               ("weight_hh_dot", weight_hh_dot, cache.weight_hh.shape),
+                               ("bias_ih_dot", bias_ih_dot, (*lead, hidden)),
+                               ("bias_hh_dot", bias_hh_dot, (*lead, hidden))):
+        checked.append(None if value is None else check_array(value, f"{who}: {name}", shape))
+    return checked
+
+
+def _recurrent_jvp(x_dot, weight_ih_dot, weight_hh_dot, bias_ih_dot, bias_hh_dot, cache):
+    """The forward-mode recurrence of :func:`rnn_jvp` (weights per step when unrolled)."""
+    x, hidden = cache.inputs, cache.hidden
+    unrolled = cache.weight_ih.ndim == 3
+    dtype = np.result_type(hidden, cache.weight_ih, *[t for t in (
+        x_dot, weight_ih_dot, weight_hh_dot, bias_ih_dot, bias_hh_dot) if t is not None])
+    if weight_ih_dot is None:
+        weight_ih_dot = np.zeros(cache.weight_ih.shape, dtype=dtype)
+    if weight_hh_dot is None:
+        weight_hh_dot = np.zeros(cache.weight_hh.shape, dtype=dtype)
+
+    def at(weight, t):   # step t's copy of a parameter (its own when unrolled)
+        return weight[t] if unrolled else weight
+
+    hidden_dot = np.empty(hidden.shape, dtype=dtype)                      # (N, T, H)
+    for t in range(hidden.shape[1]):
+        pre_dot = x[:, t] @ at(weight_ih_dot, t).T                        # x_t W_ih_dot^T
+        if x_dot is not None:
+            pre_dot = pre_dot + x_dot[:, t] @ at(cache.weight_ih, t).T    # x_dot_t W_ih^T
+        for bias_dot in (bias_ih_dot, bias_hh_dot):
+            if bias_dot is not None:
+                pre_dot = pre_dot + at(bias_dot, t)
+        if t > 0:                                                         # h_{-1} = 0
+            pre_dot = (pre_dot + hidden_dot[:, t - 1] @ at(cache.weight_hh, t).T
+                       + hidden[:, t - 1] @ at(weight_hh_dot, t).T)
+        hidden_dot[:, t] = _activation_derivative(cache, t) * pre_dot     # (N, H)
+    return hidden_dot, RNNTangentCache(x_dot, weight_ih_dot, weight_hh_dot, hidden_dot)
+
+
+def _activation_derivative_dot(cache: RNNCache, tangent_cache: RNNTangentCache,
+                               t: int) -> np.ndarray | float:
+    """R{act'(pre_t)} (N, H): ``-2 h_t h_dot_t`` for tanh (``act' = 1 - h^2``); 0 for relu,
+    whose derivative is constant on both sides of the kink (0 at it)."""
+    if cache.nonlinearity == "tanh":
+        return -2 * cache.hidden[:, t] * tangent_cache.hidden_dot[:, t]
+    return 0.0
+
+
+def _recurrent_backward_jvp(dout, dout_dot, cache, tangent_cache):
+    """Backpropagation through time and its directional derivative, in one backward sweep;
+    the weights' gradient tangents per step, (T, ...) (the RNN sums them over the steps)."""
+    x, hidden = cache.inputs, cache.hidden
+    unrolled = cache.weight_ih.ndim == 3
+    batch, steps, size = hidden.shape
+
+    def at(weight, t):
+        return weight[t] if unrolled else weight
+
+    dtype = np.result_type(dout, dout_dot, hidden, cache.weight_ih, cache.weight_hh,
+                           *[t for t in tangent_cache if t is not None])
+    dpre = np.empty(hidden.shape, dtype=dtype)                            # (N, T, H)
+    dpre_dot = np.empty(hidden.shape, dtype=dtype)
+    from_next = np.zeros((batch, size), dtype=dtype)          # dpre_{t+1} W_hh[t+1]
+    from_next_dot = np.zeros((batch, size), dtype=dtype)      # its tangent
+    for t in reversed(range(steps)):
+        dh = dout[:, t] + from_next                                       # term 1
+        dh_dot = dout_dot[:, t] + from_next_dot
+        slope = _activation_derivative(cache, t)                          # act'(pre_t)
+        dpre[:, t] = dh * slope                                           # term 2
+        dpre_dot[:, t] = dh_dot * slope + dh * _activation_derivative_dot(cache,
+                                                                          tangent_cache, t)
+        if t > 0:
+            from_next = dpre[:, t] @ at(cache.weight_hh, t)
+            from_next_dot = (dpre_dot[:, t] @ at(cache.weight_hh, t)
+                             + dpre[:, t] @ at(tangent_cache.weight_hh_dot, t))
+    x_dot = tangent_cache.x_dot
+    hidden_dot = tangent_cache.hidden_dot
+    dx_dot = np.empty(x.shape, dtype=dtype)
+    dweights_ih_dot = np.zeros((steps, *cache.weight_ih.shape[-2:]), dtype=dtype)
+    dweights_hh_dot = np.zeros((steps, size, size), dtype=dtype)    # [0] stays 0: never used
+    for t in range(steps):
+        # term 3: dW_ih = dpre_t^T x_t and dx_t = dpre_t W_ih, by the product rule
+        dweights_ih_dot[t] = dpre_dot[:, t].T @ x[:, t]
+        if x_dot is not None:
+            dweights_ih_dot[t] += dpre[:, t].T @ x_dot[:, t]
+        dx_dot[:, t] = (dpre_dot[:, t] @ at(cache.weight_ih, t)
+                        + dpre[:, t] @ at(tangent_cache.weight_ih_dot, t))
+        if t > 0:   # term 4: dW_hh = dpre_t^T h_{t-1}
+            dweights_hh_dot[t] = (dpre_dot[:, t].T @ hidden[:, t - 1]
+                                  + dpre[:, t].T @ hidden_dot[:, t - 1])
+    dbiases_dot = dpre_dot.sum(axis=0)                                    # term 5, (T, H)
+    return dx_dot, dweights_ih_dot, dweights_hh_dot, dbiases_dot
+
+
+def rnn_jvp(x_dot: np.ndarray | None, weight_ih_dot: np.ndarray | None,
+            weight_hh_dot: np.ndarray | None, bias_ih_dot: np.ndarray | None,
+            bias_hh_dot: np.ndarray | None, cache: RNNCache
+            ) -> tuple[np.ndarray, RNNTangentCache]:
+    """Forward-mode derivative of :func:`rnn_forward`: the tangent of every hidden state.
+
+    ``pre_dot_t = x_dot_t W_ih^T + x_t W_ih_dot^T + b_ih_dot + b_hh_dot + h_dot_{t-1} W_hh^T
+    + h_{t-1} W_hh_dot^T`` and ``h_dot_t = act'(pre_t) pre_dot_t``, ``h_dot_{-1} = 0``.
+
+    Parameters
+    ----------
+    x_dot : ndarray, shape (N, T, D), or None
+        None for a zero tangent (the data of a model).
+    weight_ih_dot : ndarray, shape (H, D), or None
+    weight_hh_dot : ndarray, shape (H, H), or None
+    bias_ih_dot, bias_hh_dot : ndarray, shape (H,), or None
+    cache : RNNCache
+        From :func:`rnn_forward`.
+
+    Returns
+    -------
+    out_dot : ndarray, shape (N, T, H)
+    tangent_cache : RNNTangentCache
+    """
+    return _recurrent_jvp(*_check_tangents("rnn_jvp", False, cache, x_dot, weight_ih_dot,
+                                           weight_hh_dot, bias_ih_dot, bias_hh_dot), cache)
+
+
+def _check_backward_tangents(who, dout, dout_dot, cache, tangent_cache):
+    _check_cache_kind(who, cache, who.startswith("unrolled"))
+    check_cache(tangent_cache, RNNTangentCache, f"{who}: tangent_cache")
+    dout = check_array(dout, f"{who}: dout", cache.hidden.shape)
+    dout_dot = check_array(dout_dot, f"{who}: dout_dot", cache.hidden.shape)
+    check_array(tangent_cache.hidden_dot, f"{who}: tangent_cache.hidden_dot",
+                cache.hidden.shape)
+    return dout, dout_dot
+
+
+def rnn_backward_jvp(dout: np.ndarray, dout_dot: np.ndarray, cache: RNNCache,
+                     tangent_cache: RNNTangentCache) -> tuple[np.ndarray, ...]:
+    """Directional derivative of :func:`rnn_backward` (the R-operator of the recurrence).
+
+    One backward sweep computes ``dpre_t`` and its tangent beside it, by the product rule on
+    each term of :func:`rnn_backward`:
+
+    * term 1, ``dh_dot_t = dout_dot_t + dpre_dot_{t+1} W_hh + dpre_{t+1} W_hh_dot``;
+    * term 2, ``dpre_dot_t = dh_dot_t act'(pre_t) + dh_t R{act'(pre_t)}`` (module docstring);
+    * term 3, ``dW_ih_dot = sum_t dpre_dot_t^T x_t + dpre_t^T x_dot_t``;
+      ``dx_dot_t = dpre_dot_t W_ih + dpre_t W_ih_dot``;
+    * term 4, ``dW_hh_dot = sum_{t >= 1} dpre_dot_t^T h_{t-1} + dpre_t^T h_dot_{t-1}``;
+    * term 5, ``db_ih_dot = db_hh_dot = sum_{n, t} dpre_dot_t``.
+
+    Parameters
+    ----------
+    dout, dout_dot : ndarray, shape (N, T, H)
+        The upstream gradient of every hidden state and its tangent.
+    cache : RNNCache
+    tangent_cache : RNNTangentCache
+        From :func:`rnn_jvp`.
+
+    Returns
+    -------
+    dx_dot : ndarray, shape (N, T, D)
+    dweight_ih_dot : ndarray, shape (H, D)
+    dweight_hh_dot : ndarray, shape (H, H)
+    dbias_ih_dot, dbias_hh_dot : ndarray, shape (H,), or None
+    """
+    dout, dout_dot = _check_backward_tangents("rnn_backward_jvp", dout, dout_dot, cache,
+                                              tangent_cache)
+    return _rnn_backward_jvp(dout, dout_dot, cache, tangent_cache)
+
+
+def _rnn_backward_jvp(dout, dout_dot, cache, tangent_cache):
+    dx_dot, ih, hh, biases = _recurrent_backward_jvp(dout, dout_dot, cache, tangent_cache)
+    # sharing across time: each weight's tangent is the sum over the steps that use it
+    dbias_dot = biases.sum(axis=0) if cache.has_bias else None
+    return (dx_dot, ih.sum(axis=0), hh.sum(axis=0), dbias_dot,
+            None if dbias_dot is None else dbias_dot.copy())
+
+
+def unrolled_rnn_jvp(x_dot: np.ndarray | None, weights_ih_dot: np.ndarray | None,
+                     weights_hh_dot: np.ndarray | None, biases_ih_dot: np.ndarray | None,
+                     biases_hh_dot: np.ndarray | None, cache: RNNCache
+                     ) -> tuple[np.ndarray, RNNTangentCache]:
+    """Forward-mode derivative of :func:`unrolled_rnn_forward`: :func:`rnn_jvp` with step
+    ``t``'s own weights and their tangents (shapes (T, H, D), (T, H, H), (T, H); the tangent
+    of ``weights_hh[0]`` is never used)."""
+    return _recurrent_jvp(*_check_tangents("unrolled_rnn_jvp", True, cache, x_dot,
+                                           weights_ih_dot, weights_hh_dot, biases_ih_dot,
+                                           biases_hh_dot), cache)
+
+
+def unrolled_rnn_backward_jvp(dout: np.ndarray, dout_dot: np.ndarray, cache: RNNCache,
+                              tangent_cache: RNNTangentCache) -> tuple[np.ndarray, ...]:
+    """Directional derivative of :func:`unrolled_rnn_backward`: the terms of
+    :func:`rnn_backward_jvp` with step ``t``'s own weights, nothing summed over time.
+
+    Returns ``(dx_dot (N, T, D), dweights_ih_dot (T, H, D), dweights_hh_dot (T, H, H),
+    dbiases_ih_dot, dbiases_hh_dot (T, H) or None)``.
+    """
+    dout, dout_dot = _check_backward_tangents("unrolled_rnn_backward_jvp", dout, dout_dot,
+                                              cache, tangent_cache)
+    return _unrolled_rnn_backward_jvp(dout, dout_dot, cache, tangent_cache)
+
+
+def _unrolled_rnn_backward_jvp(dout, dout_dot, cache, tangent_cache):
+    dx_dot, ih, hh, biases = _recurrent_backward_jvp(dout, dout_dot, cache, tangent_cache)
+    if not cache.has_bias:
+        return dx_dot, ih, hh, None, None
+    return dx_dot, ih, hh, biases, biases.copy()
+
+
 # --- the layer specs ----------------------------------------------------------------------------
 
 def _rnn_parameter_shapes(hidden: int, inputs: int, bias: bool, lead: tuple = ()
@@ -257,6 +502,14 @@ class RNN(Layer):
         dx, *grads = _rnn_backward(dout, cache)
         return dx, _local_grads(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), grads)
 
+    def jvp(self, x_dot, params_dot, cache):
+        return _recurrent_jvp(x_dot, params_dot["weight_ih"], params_dot["weight_hh"],
+                              params_dot.get("bias_ih"), params_dot.get("bias_hh"), cache)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        dx_dot, *grads = _rnn_backward_jvp(dout, dout_dot, cache, tangent_cache)
+        return dx_dot, _local_grads(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), grads)
+
 
 def last_step_forward(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     """The last time step, ``x[:, -1]`` (sequence classification after an RNN).
@@ -290,6 +543,23 @@ def _last_step_backward(dout, shape):
     return dx
 
 
+def last_step_jvp(x_dot: np.ndarray, cache: tuple[int, ...]
+                  ) -> tuple[np.ndarray, InputTangentCache]:
+    """``out_dot = x_dot[:, -1]`` (a selection), (N, T, H) -> (N, H)."""
+    x_dot = check_array(x_dot, "last_step_jvp: x_dot", tuple(cache))
+    return x_dot[:, -1], InputTangentCache(x_dot)
+
+
+def last_step_backward_jvp(dout: np.ndarray, dout_dot: np.ndarray, cache: tuple[int, ...],
+                           tangent_cache: InputTangentCache) -> np.ndarray:
+    """``dx_dot`` (N, T, H): ``dout_dot`` at the last step (a linear map: no second-order
+    term)."""
+    check_cache(tangent_cache, InputTangentCache, "last_step_backward_jvp: tangent_cache")
+    check_array(dout, "last_step_backward_jvp: dout", (cache[0], cache[2]))
+    dout_dot = check_array(dout_dot, "last_step_backward_jvp: dout_dot", (cache[0], cache[2]))
+    return _last_step_backward(dout_dot, cache)
+
+
 @register
 @dataclass(frozen=True)
 class LastStep(Layer):
@@ -308,6 +578,12 @@ class LastStep(Layer):
 
     def backward(self, dout, cache):
         return _last_step_backward(dout, cache), {}
+
+    def jvp(self, x_dot, params_dot, cache):
+        return x_dot[:, -1], InputTangentCache(x_dot)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        return _last_step_backward(dout_dot, cache), {}
 
 
 # --- the unrolled twin: a separate copy of every weight at every step ---------------------------
@@ -476,13 +752,26 @@ class UnrolledRNN(Layer):
 
     def backward(self, dout, cache):
         dx, *stacked = _unrolled_rnn_backward(dout, cache)
+        return dx, self._per_step_grads(stacked)
+
+    def _per_step_grads(self, stacked):
+        """Stacked (T, ...) gradients (or their tangents) by per-step local name."""
         grads = {}
         for local, grad in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), stacked,
                                strict=True):
             if grad is not None:
                 first = 1 if local == "weight_hh" else 0
                 grads.update(zip(self._locals(local), grad[first:], strict=True))
-        return dx, grads
+        return grads
+
+    def jvp(self, x_dot, params_dot, cache):
+        stacked = [self._stacked(params_dot, local) if self.bias or local.startswith("weight")
+                   else None for local in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        return _recurrent_jvp(x_dot, *stacked, cache)
+
+    def backward_jvp(self, dout, dout_dot, cache, tangent_cache):
+        dx_dot, *stacked = _unrolled_rnn_backward_jvp(dout, dout_dot, cache, tangent_cache)
+        return dx_dot, self._per_step_grads(stacked)
 
     # --- between the RNN's parameters and the copies ---------------------------------------
 

@@ -13,6 +13,17 @@ parameter ``source`` instead; ``params`` then holds only unique parameters, and
 — the ``+=`` of micrograd, which is all of parameter sharing. A use may be transposed
 (``share={"dec.weight": transposed("enc.weight")}``: a tied autoencoder whose decoder weight is
 the encoder weight transposed); its gradient is transposed back before it is summed.
+
+**Second order** (:meth:`Sequential.jvp`, :meth:`Sequential.loss_jvp`,
+:meth:`Sequential.hvp`). A direction ``v`` over the unique parameters reaches every slot the
+way the parameters do (a transposed use reads ``v`` transposed). The forward-mode pass runs
+each layer's ``jvp`` in order; the Hessian-vector product is Pearlmutter's R-operator, the
+forward-mode derivative of the backward pass: each layer's ``backward_jvp`` in reverse, fed
+``dout`` and its tangent ``dout_dot``, starting from the loss's ``backward_jvp``, and every
+slot's gradient tangent summed onto its unique parameter exactly as the gradients are. For a
+shared parameter that sum is ``sum over uses u, w of P_u^T H_uw P_w v``: the blocks of every
+pair of uses, cross terms included, since the tangent that reaches use ``u`` already carries the
+perturbation of every other use.
 """
 
 from __future__ import annotations
@@ -100,6 +111,20 @@ class ParameterCount(NamedTuple):
 class _Use(NamedTuple):
     root: str        # the unique parameter a slot reads
     transpose: bool  # whether the slot reads it transposed
+
+
+class _LossTangents(NamedTuple):
+    """A forward pass with its loss, and their forward-mode derivatives along ``v``."""
+
+    value: Any                 # the loss, 0-d
+    loss_dot: Any              # its directional derivative, 0-d
+    out: np.ndarray            # the model output
+    out_dot: np.ndarray        # its directional derivative
+    caches: list[Any]          # of every layer's forward
+    tangent_caches: list[Any]  # of every layer's jvp (None before the first parameter)
+    loss_cache: Any
+    loss_tangent_cache: Any
+    order: list[str]           # the caller's order of the parameters
 
 
 class Sequential:
@@ -356,6 +381,185 @@ class Sequential:
         check_shape(dout, out.shape, "dout")
         dx, grads = self._backward(dout, caches, list(params))
         return out, dx, grads
+
+    # --- second order ------------------------------------------------------------------------
+
+    def _jvp(self, params_dot: Params, caches: list[Any], x_dot: np.ndarray | None = None
+             ) -> tuple[np.ndarray | None, list[Any]]:
+        """Every layer's ``jvp`` in order; a layer without parameters before the first one
+        with parameters has no tangent (None) when ``x_dot`` is None."""
+        tangent_caches: list[Any] = []
+        out_dot = x_dot
+        for index, (layer, cache) in enumerate(zip(self.layers, caches, strict=True)):
+            if out_dot is None and not layer.parameter_shapes():
+                tangent_caches.append(None)
+                continue
+            out_dot, tangent_cache = layer.jvp(out_dot, self.layer_params(layer, params_dot),
+                                               cache)
+            if not layer.output_selects_input:
+                check_finite_result(out_dot, lambda i=index, spec=layer: (
+                    f"{_describe(i, spec)}: forward-mode derivative of its output"))
+            tangent_caches.append(tangent_cache)
+        return out_dot, tangent_caches
+
+    def _backward_jvp(self, dout: np.ndarray, dout_dot: np.ndarray, caches: list[Any],
+                      tangent_caches: list[Any], order: Sequence[str]
+                      ) -> tuple[Params, Params]:
+        """The layers in reverse, each layer's ``backward`` and ``backward_jvp`` side by side:
+        ``(grads, grads_dot)``, both keyed in ``order``; a slot's gradient tangent is summed
+        onto its unique parameter (transposed back) as its gradient is."""
+        grads: Params = {}
+        grads_dot: Params = {}
+        for index in reversed(range(len(self.layers))):
+            tangent_cache = tangent_caches[index]
+            if tangent_cache is None:     # no parameter before it, nothing to pass back to
+                break
+            layer, cache = self.layers[index], caches[index]
+            dx, local_grads = layer.backward(dout, cache)
+            dx_dot, local_dots = layer.backward_jvp(dout, dout_dot, cache, tangent_cache)
+            if index and dx_dot is not None and not layer.input_gradient_selects_dout:
+                check_finite_result(dx_dot, lambda i=index, spec=layer: (
+                    f"{_describe(i, spec)}: R-operator: tangent of the gradient with respect "
+                    f"to its input"))
+            for local, grad in local_grads.items():
+                slot = f"{layer.name}.{local}"
+                grad_dot = local_dots[local]
+                check_finite_result(grad_dot, lambda i=index, spec=layer, name=slot: (
+                    f"{_describe(i, spec)}: R-operator: tangent of the gradient of {name!r}"))
+                use = self._uses[slot]
+                if use.transpose:
+                    grad, grad_dot = grad.T, grad_dot.T
+                # Sharing: the SUM over the uses, for the gradient and its tangent alike.
+                if use.root in grads:
+                    grads[use.root] = grads[use.root] + grad
+                    grads_dot[use.root] = grads_dot[use.root] + grad_dot
+                else:
+                    grads[use.root], grads_dot[use.root] = grad, grad_dot
+            dout, dout_dot = dx, dx_dot
+        for root in grads_dot:   # finite terms can sum to inf
+            check_finite_result(grads_dot[root], lambda name=root: (
+                f"Hessian-vector product of {name!r} (the sum over its uses)"))
+        return ({name: np.ascontiguousarray(grads[name]) for name in order},
+                {name: np.ascontiguousarray(grads_dot[name]) for name in order})
+
+    def _check_direction(self, v: Any, params: Params, name: str = "v") -> Params:
+        """A direction over the unique parameters: the keys, shapes and rules of ``params``
+        (a finite real or complex array per key), in the caller's order of ``params``."""
+        checked = self.check_params(v, name)
+        return {key: checked[key] for key in params}
+
+    @no_fp_warnings()
+    def jvp(self, params: Mapping[str, Any], x: Any, v: Mapping[str, Any],
+            x_dot: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Jacobian-vector product of the model output (forward mode, no loss).
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            The unique parameters.
+        x : ndarray
+            The batch, as :meth:`forward` takes it.
+        v : dict of str to ndarray
+            The direction: keys and shapes of ``params``.
+        x_dot : ndarray, optional
+            A tangent of ``x`` (its shape); None (default) holds the data fixed. Not for a
+            model whose input is indices (a first ``Embedding``).
+
+        Returns
+        -------
+        out, out_dot : ndarray
+            The output and its directional derivative, of one shape.
+        """
+        params = self.check_params(params)
+        x = self._check_input(x)
+        v = self._check_direction(v, params)
+        if x_dot is not None:
+            if getattr(self.layers[0], "takes_indices", False):
+                raise ValueError("x_dot: the model's input is integer indices, which have no "
+                                 "tangent; pass x_dot=None")
+            x_dot = as_float_array(x_dot, "x_dot")
+            check_shape(x_dot, x.shape, "x_dot")
+        out, caches = self._forward(params, x)
+        out_dot, _ = self._jvp(v, caches, x_dot)
+        return out, (np.zeros_like(out) if out_dot is None else out_dot)
+
+    def _loss_tangents(self, params: Mapping[str, Any], x: Any, y: Any,
+                       v: Mapping[str, Any]) -> _LossTangents:
+        """Forward pass and loss, and their forward-mode derivatives along ``v``."""
+        loss_spec = self._need_loss()
+        params = self.check_params(params)
+        x = self._check_input(x)
+        y = loss_spec.check_target(y, self.output_shape(x.shape))
+        v = self._check_direction(v, params)
+        out, caches = self._forward(params, x)
+        value, loss_cache = loss_spec.forward(out, y)
+        check_finite_result(value, lambda: f"loss ({type(loss_spec).__name__}): value")
+        out_dot, tangent_caches = self._jvp(v, caches)
+        if out_dot is None:       # a model without parameters: nothing moves
+            out_dot = np.zeros_like(out)
+        loss_dot, loss_tangent_cache = loss_spec.jvp(out_dot, loss_cache)
+        check_finite_result(loss_dot, lambda: (
+            f"loss ({type(loss_spec).__name__}): forward-mode derivative"))
+        return _LossTangents(value, loss_dot, out, out_dot, caches, tangent_caches, loss_cache,
+                             loss_tangent_cache, list(params))
+
+    @no_fp_warnings()
+    def loss_jvp(self, params: Mapping[str, Any], x: Any, y: Any, v: Mapping[str, Any]
+                 ) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+        """The loss, the output and their directional derivatives along ``v`` (forward mode).
+
+        Parameters
+        ----------
+        params, x, y
+            As :meth:`loss_and_grads` takes them.
+        v : dict of str to ndarray
+            The direction: the keys and shapes of ``params``.
+
+        Returns
+        -------
+        loss, loss_dot : float (complex for complex input)
+            ``loss_dot = <grad L, v>``, computed forward (not from the gradient).
+        out, out_dot : ndarray
+            The model output and its directional derivative.
+        """
+        tangents = self._loss_tangents(params, x, y, v)
+        return tangents.value.item(), tangents.loss_dot.item(), tangents.out, tangents.out_dot
+
+    @no_fp_warnings()
+    def hvp(self, params: Mapping[str, Any], x: Any, y: Any, v: Mapping[str, Any]
+            ) -> tuple[Any, Params, Params]:
+        """The loss, its gradient and its Hessian-vector product ``H v`` (the R-operator).
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            The unique parameters.
+        x, y : ndarray
+            The batch and its targets, as :meth:`loss_and_grads` takes them.
+        v : dict of str to ndarray
+            The direction: the keys and shapes of ``params``.
+
+        Returns
+        -------
+        loss : float
+        grads : dict of str to ndarray
+            As :meth:`loss_and_grads` returns them.
+        hvp : dict of str to ndarray
+            ``H v``, keyed and shaped like ``params``: for a shared parameter the sum over
+            every pair of its uses (module docstring).
+        """
+        tangents = self._loss_tangents(params, x, y, v)
+        loss_spec = self._need_loss()
+        dout = loss_spec.backward(1.0, tangents.loss_cache)
+        # dloss = 1 is a constant: its tangent is 0, so only the loss's Hessian moves dout
+        dout_dot = loss_spec.backward_jvp(1.0, 0.0, tangents.loss_cache,
+                                          tangents.loss_tangent_cache)
+        check_finite_result(dout_dot, lambda: (
+            f"loss ({type(loss_spec).__name__}): R-operator: tangent of the gradient with "
+            f"respect to the model output"))
+        grads, hvp = self._backward_jvp(dout, dout_dot, tangents.caches,
+                                        tangents.tangent_caches, tangents.order)
+        return tangents.value.item(), grads, hvp
 
     def _need_loss(self) -> Loss:
         if self.loss_spec is None:

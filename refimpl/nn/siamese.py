@@ -16,6 +16,12 @@ Both metric losses depend on the embeddings only through differences ``x1 - x2``
 translation of every embedding changes nothing: the bias of a tower's *final* Dense layer has
 a gradient of exactly 0 (up to rounding). End a tower with a Dense layer without bias, or
 with an activation, when that gradient is to be compared (the built-in cases do).
+
+Second order (:meth:`Siamese.jvp`, :meth:`Siamese.hvp`): every branch runs the tower's
+forward-mode pass along the same direction ``v``; the metric loss's ``jvp`` and
+``backward_jvp`` couple the branches (its Hessian mixes the embeddings of one row), and each
+branch then runs the tower's R-operator with its own ``dout`` and ``dout_dot``. The Hessian-
+vector product is the sum over the branches, as the gradient is.
 """
 
 from __future__ import annotations
@@ -184,6 +190,96 @@ class Siamese:
             check_finite_result(grads[key], lambda k=key: (
                 f"gradient of {k!r} (the sum over the branches)"))
         return value.item(), {key: grads[key] for key in params}
+
+    # --- second order ---------------------------------------------------------------------
+
+    def _tangents(self, params: Mapping[str, Any], inputs: tuple[Any, ...], v: Any,
+                  y: Any) -> tuple:
+        """Every branch's forward pass and forward-mode pass along ``v``, and the loss's."""
+        params = self.check_params(params)
+        arrays = self._check_inputs(inputs)
+        target = self.loss_spec.check_target(y, arrays[0].shape[0])
+        v = self.tower._check_direction(v, params)
+        branches = []
+        for name, x in zip(self.branch_names, arrays, strict=True):
+            out, caches = self._in_branch(name, self.tower._forward, params, x)
+            out_dot, tangent_caches = self._in_branch(name, self.tower._jvp, v, caches)
+            branches.append((out, np.zeros_like(out) if out_dot is None else out_dot, caches,
+                             tangent_caches))
+        embeddings = tuple(branch[0] for branch in branches)
+        embeddings_dot = tuple(branch[1] for branch in branches)
+        value, cache = self.loss_spec.forward(embeddings, target)
+        check_finite_result(value, lambda: f"loss ({type(self.loss_spec).__name__}): value")
+        loss_dot, tangent_cache = self.loss_spec.jvp(embeddings_dot, cache)
+        check_finite_result(loss_dot, lambda: (
+            f"loss ({type(self.loss_spec).__name__}): forward-mode derivative"))
+        return value, loss_dot, branches, cache, tangent_cache, list(params)
+
+    @no_fp_warnings()
+    def jvp(self, params: Mapping[str, Any], *inputs: Any, v: Mapping[str, Any], y: Any = None
+            ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], Any, Any]:
+        """The embeddings, the loss and their directional derivatives along ``v``.
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            The tower's unique parameters.
+        *inputs : ndarray
+            As :meth:`loss_and_grads` takes them.
+        v : dict of str to ndarray
+            The direction (keyword): the keys and shapes of ``params``.
+        y : array_like, shape (N,), optional
+            Contrastive only, and then required.
+
+        Returns
+        -------
+        embeddings, embeddings_dot : tuple of ndarray, each (N, D)
+            Per branch, in the order of ``inputs``.
+        loss, loss_dot : float (complex for complex input)
+        """
+        value, loss_dot, branches, _, _, _ = self._tangents(params, inputs, v, y)
+        return (tuple(branch[0] for branch in branches), tuple(branch[1] for branch in branches),
+                value.item(), loss_dot.item())
+
+    @no_fp_warnings()
+    def hvp(self, params: Mapping[str, Any], *inputs: Any, v: Mapping[str, Any], y: Any = None
+            ) -> tuple[float | complex, Params, Params]:
+        """The loss, its gradient and its Hessian-vector product ``H v`` (the R-operator).
+
+        Parameters
+        ----------
+        params, *inputs, y
+            As :meth:`loss_and_grads` takes them.
+        v : dict of str to ndarray
+            The direction (keyword): the keys and shapes of ``params``.
+
+        Returns
+        -------
+        loss : float
+        grads : dict of str to ndarray
+            As :meth:`loss_and_grads` returns them.
+        hvp : dict of str to ndarray
+            ``H v`` keyed like ``params``: the sum over the branches of each branch's
+            R-operator (module docstring).
+        """
+        value, _, branches, cache, tangent_cache, order = self._tangents(params, inputs, v, y)
+        douts = self.loss_spec.backward(1.0, cache)
+        douts_dot = self.loss_spec.backward_jvp(1.0, 0.0, cache, tangent_cache)
+        grads: Params = {}
+        hvp: Params = {}
+        for name, (_, _, caches, tangent_caches), dout, dout_dot in zip(
+                self.branch_names, branches, douts, douts_dot, strict=True):
+            branch_grads, branch_hvp = self._in_branch(
+                name, self.tower._backward_jvp, dout, dout_dot, caches, tangent_caches, order)
+            # Sharing across branches: the SUM over the branches, gradient and tangent alike.
+            for key in order:
+                grads[key] = grads[key] + branch_grads[key] if key in grads \
+                    else branch_grads[key]
+                hvp[key] = hvp[key] + branch_hvp[key] if key in hvp else branch_hvp[key]
+        for key in order:   # finite terms can sum to inf
+            check_finite_result(hvp[key], lambda k=key: (
+                f"Hessian-vector product of {k!r} (the sum over the branches)"))
+        return value.item(), grads, hvp
 
     # --- configuration --------------------------------------------------------------------
 

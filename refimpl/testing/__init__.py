@@ -9,7 +9,9 @@ do not):
 - :func:`assert_matches_golden` / :func:`compare_with_golden`: against a golden folder
   (:mod:`.golden` writes, reads and verifies them);
 - the comparison rule, its tolerances and the three verdicts (:mod:`.comparison`), and the
-  resolution floor derived from the point (:mod:`.resolution`);
+  resolution floor derived from the point (:mod:`.resolution`); for a failing gradient of a
+  shared, tied, recurrent, Siamese or micro-batch model, the named bug its contributions
+  explain (:mod:`.diagnosis`, a :class:`Diagnosis` on the report);
 - :func:`assert_steps_match_oracle` / :func:`compare_steps_with_oracle`: an implementation's
   ``train_steps`` over a step case's ``K`` optimizer steps against refimpl's trajectory
   (:mod:`.trajectory`: the comparison rule step by step, floors derived through the
@@ -22,7 +24,7 @@ do not):
   ``from refimpl.testing import strategies``).
 
 Layers inside the kit, bottom to top: comparison | resolution -> cases -> trajectory -> golden
--> oracle -> strategies | conform -> pytest_plugin.
+| diagnosis -> oracle -> strategies | conform -> pytest_plugin.
 """
 
 from .comparison import (
@@ -30,6 +32,7 @@ from .comparison import (
     RESOLVED_FRACTION,
     VERDICTS,
     ComparisonReport,
+    Diagnosis,
     Implementation,
     NotExpressible,
     TensorComparison,
@@ -52,7 +55,8 @@ __all__ = [
     "assert_matches_oracle", "compare_with_oracle", "assert_matches_golden",
     "compare_with_golden", "compare_tensor", "resolve_tolerance", "case_floors",
     "unresolved_tensors", "DTYPE_TOLERANCES", "RESOLVED_FRACTION", "VERDICTS", "Tolerance",
-    "Implementation", "NotExpressible", "TensorComparison", "ComparisonReport", "conform",
+    "Implementation", "NotExpressible", "TensorComparison", "ComparisonReport", "Diagnosis",
+    "conform",
     "ConformanceReport", "ConformanceRow", "assert_steps_match_oracle",
     "compare_steps_with_oracle", "TrajectoryReport",
 ]

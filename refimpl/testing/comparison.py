@@ -95,6 +95,7 @@ from ..gradcheck import Tolerance
 __all__ = [
     "DTYPE_TOLERANCES", "Tolerance", "Implementation", "TensorComparison", "ComparisonReport",
     "compare_tensor", "resolve_tolerance", "VERDICTS", "RESOLVED_FRACTION", "NotExpressible",
+    "Diagnosis",
 ]
 
 #: Default tolerances per dtype of the implementation under test: the one place they are set.
@@ -298,15 +299,64 @@ def compare_tensor(role: str, name: str, expected: Any, actual: Any, tolerance: 
 
 
 @dataclass(frozen=True)
+class Diagnosis:
+    """What a failing gradient equals instead of the reference: a named bug of a shared,
+    tied, recurrent, Siamese or micro-batch model (:mod:`refimpl.testing.diagnosis` finds it).
+
+    Offered only when a documented candidate (a named combination of the gradient's labelled
+    contributions) passes the comparison rule for that tensor, with its floor, and differs
+    from the reference by that rule.
+
+    Attributes
+    ----------
+    tensor : str
+        The gradient's name (``"enc.weight"``, ``"A:fc1.weight"``).
+    bug : str or None
+        A key of :data:`refimpl.testing.diagnosis.BUGS` (``"use missing"``, ...); None when
+        candidates of different bugs coincide at this point.
+    message : str
+        The sentence shown in the report, naming the tensor, the bug and the terms.
+    terms : tuple of str
+        The contributions the bug concerns (``("dec.weight^T",)``, ``("pull",)``).
+    candidates : tuple of str
+        Every candidate that fits, or that cannot be told apart from the one that fits: one
+        for a named bug; several when they coincide at this point (then the message says so
+        and names none of them as the bug).
+    """
+
+    tensor: str
+    bug: str | None
+    message: str
+    terms: tuple[str, ...]
+    candidates: tuple[str, ...]
+
+    @property
+    def named(self) -> bool:
+        """True when exactly one candidate fits: the bug is named, not only narrowed down."""
+        return len(self.candidates) == 1
+
+
+@dataclass(frozen=True)
 class ComparisonReport:
     """Result of comparing one case: one :class:`TensorComparison` per tensor, a
-    :attr:`verdict` ("pass" / "fail" / "inconclusive") and ``ok`` (verdict == "pass")."""
+    :attr:`verdict` ("pass" / "fail" / "inconclusive") and ``ok`` (verdict == "pass").
+
+    ``diagnoses``: for failing gradients of a model with shared, tied, recurrent, Siamese or
+    micro-batch contributions, the named bug a documented candidate explains
+    (:class:`Diagnosis`; empty when none fits); :attr:`diagnosis` is their text, also shown
+    by ``str(report)``. A diagnosis never changes the verdict."""
 
     case: str
     dtype: str
     tolerance: Tolerance
     rows: tuple[TensorComparison, ...]
     problems: tuple[str, ...] = ()  # problems not tied to one tensor (bad return value)
+    diagnoses: tuple[Diagnosis, ...] = ()  # failing gradients a named candidate explains
+
+    @property
+    def diagnosis(self) -> str | None:
+        """The diagnoses' messages joined by ``"; "``, or None when none was offered."""
+        return "; ".join(item.message for item in self.diagnoses) or None
 
     @property
     def verdict(self) -> str:
@@ -347,6 +397,7 @@ class ComparisonReport:
                      f"({rule})"]
             lines += [f"  {problem}" for problem in self.problems]
             lines += [f"  {row.describe()}" for row in self.failures]
+            lines += [f"  diagnosis: {item.message}" for item in self.diagnoses]
         else:
             lines = [f"case {self.case!r}: inconclusive ({rule}): "
                      f"{len(self.inconclusive)} tensor(s) lie below what {self.dtype} can "

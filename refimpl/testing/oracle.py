@@ -64,6 +64,7 @@ from .comparison import (
     compare_tensor,
     resolve_tolerance,
 )
+from .diagnosis import diagnose
 from .resolution import HAND_OVER_DTYPE, case_floors
 
 __all__ = [
@@ -83,10 +84,11 @@ def _hand_over(arrays: Mapping[str, np.ndarray], dtype: str) -> dict[str, np.nda
 
 def _run_and_compare(impl: Any, case_name: str, params: Mapping[str, np.ndarray],
                      inputs: Mapping[str, np.ndarray], reference: tuple[Any, Any, Any],
-                     dtype: str, tolerance: Tolerance, floors: Mapping[tuple[str, str], float]
-                     ) -> ComparisonReport:
+                     dtype: str, tolerance: Tolerance, floors: Mapping[tuple[str, str], float],
+                     case: Case | None = None) -> ComparisonReport:
     """Run ``impl`` on fresh copies of the point and compare what it returns with the
-    float64 ``reference`` ``(loss, grads, outputs)``, one row per tensor."""
+    float64 ``reference`` ``(loss, grads, outputs)``, one row per tensor; failing gradients
+    are diagnosed from the contributions of ``case`` (:mod:`.diagnosis`) when given."""
     if not callable(impl):
         raise TypeError(f"impl: expected a callable impl(params, inputs) -> (loss, grads), got "
                         f"{impl!r}")
@@ -100,7 +102,10 @@ def _run_and_compare(impl: Any, case_name: str, params: Mapping[str, np.ndarray]
     output_rows, output_problems = _output_rows(result[2] if len(result) == 3 else None,
                                                 expected_outputs, judge)
     rows = (_loss_row(result[0], expected_loss, judge), *grad_rows, *output_rows)
-    return ComparisonReport(case_name, dtype, tolerance, rows, (*grad_problems, *output_problems))
+    diagnoses = () if case is None else diagnose(case, grad_rows, result[1], expected_grads,
+                                                 tolerance)
+    return ComparisonReport(case_name, dtype, tolerance, rows, (*grad_problems, *output_problems),
+                            diagnoses)
 
 
 def _return_problem(result: Any) -> str | None:
@@ -284,7 +289,7 @@ def compare_with_oracle(impl: Implementation, case_or_model: Any,
     floors = case_floors(case, dtype_name, (loss, grads, expected_outputs))
     return _run_and_compare(impl, name or case.name, case.params, case.inputs,
                             (loss, grads, expected_outputs if outputs else {}), dtype_name,
-                            tolerance, floors)
+                            tolerance, floors, case)
 
 
 def _raise_unless_pass(reports: list[ComparisonReport], allow_inconclusive: bool,
@@ -391,7 +396,11 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     The reference is the stored float64 result; the resolution floors are computed by
     rebuilding the case from refimpl alone (``refimpl.testing.cases.rebuild.rebuild_case(name,
     config)``: the catalogue's, or a drawn case from its stored seed), whose point and data
-    must equal the stored ones.
+    must equal the stored ones. The folder is not trusted
+    (:func:`refimpl.testing.golden.check_stored_case`): ``SHA256SUMS`` must agree with the
+    manifest, the folder must hold every tensor of the rebuilt case and nothing else, and
+    every stored value must equal the rebuilt case's (the float64 rule), so that every tensor
+    of the case is compared with ``impl``'s.
 
     A step case (manifest ``kind`` "steps") runs ``impl.train_steps(params, batches)``
     instead, and is judged against the stored trajectory by the trajectory rule
@@ -413,7 +422,9 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
         rebuilt case's (the folder was written by another refimpl, and its floors cannot be
         derived here).
     refimpl.testing.golden.GoldenError
-        When the folder or one of its files is missing, malformed or unsafe.
+        When the folder or one of its files is missing, malformed or unsafe, when
+        ``SHA256SUMS`` disagrees with the manifest, or when a stored tensor is missing or
+        differs from the rebuilt case's.
     """
 
     dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
@@ -438,11 +449,14 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
                              f"(refimpl.testing.cases.rebuild.REBUILDERS), so its resolution "
                              f"floors cannot be derived")
         _check_same_point(name, rebuilt, data)
+        # The stored values must be the rebuilt case's, every one of them: a folder
+        # rewritten consistently (values and hashes) or missing an entry is refused here.
+        golden.check_stored_case(golden_dir, data, rebuilt, manifest)
         floors = case_floors(rebuilt, dtype_name)
         reports.append(_run_and_compare(
             impl, name, data.params, data.inputs,
             (data.loss, data.grads, data.outputs if outputs else {}), dtype_name, tolerance,
-            floors))
+            floors, rebuilt))
     return reports
 
 
@@ -467,9 +481,10 @@ def assert_matches_golden(impl: Implementation, golden_dir: Any,
                           ) -> list[ComparisonReport]:
     """Assert that ``impl`` reproduces the expected values stored in a golden folder.
 
-    Every file is checked against its SHA-256 in the manifest and read without pickle
-    before ``impl`` runs. The reference is the stored float64 result, the resolution floors
-    those of the catalogue case.
+    Every file is checked against its SHA-256 in the manifest and in ``SHA256SUMS`` and read
+    without pickle before ``impl`` runs, and every stored tensor against refimpl's
+    recomputation of the case (:func:`compare_with_golden`). The reference is the stored
+    float64 result, the resolution floors those of the catalogue case.
 
     Parameters
     ----------

@@ -31,17 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..cases import describe_inputs
-from ..cases.rebuild import rebuild_case
 from ..cases.steps import StepCase
-from ..comparison import DTYPE_TOLERANCES, resolve_tolerance
-from ..resolution import HAND_OVER_DTYPE
-from ..trajectory import (
-    TrajectoryReport,
-    compare_trajectory,
-    reference_trajectory,
-    run_steps,
-    trajectory_floors,
-)
+from ..comparison import DTYPE_TOLERANCES
+from ..trajectory import reference_trajectory, trajectory_floors
 from .format import (
     _CASE_NAME,
     CONVENTIONS,
@@ -60,8 +52,7 @@ from .format import (
 )
 from .read import _checked_file, _load_npy_bytes, read_manifest
 
-__all__ = ["STEP_ROLES", "GoldenSteps", "record", "load_steps", "compare_steps_with_golden",
-           "step_file_name", "file_key"]
+__all__ = ["STEP_ROLES", "GoldenSteps", "record", "load_steps", "step_file_name", "file_key"]
 
 #: The roles of the files of one step, in manifest order.
 STEP_ROLES = ("input", "loss", "grad_norm", "parameter")
@@ -240,52 +231,3 @@ def load_steps(golden_dir: str | os.PathLike, name: str,
                           f"loss or grad_norm file")
     return GoldenSteps(name, entry["kind"], entry.get("config", {}), start, batches,
                        {"params": after, "losses": losses, "grad_norms": norms})
-
-
-def _check_same_steps(name: str, case: Any, data: GoldenSteps) -> None:
-    """Refuse a stored step case whose point or batches differ from the rebuilt case's."""
-    def same(stored: Mapping[str, Any], built: Mapping[str, Any]) -> bool:
-        return set(stored) == set(built) and all(
-            np.shape(stored[key]) == np.shape(built[key])
-            and np.array_equal(stored[key], built[key]) for key in built)
-
-    if not isinstance(case, StepCase) or len(case.batches) != len(data.batches) \
-            or not same(data.params, case.params) \
-            or not all(same(s, b) for s, b in zip(data.batches, case.batches, strict=True)):
-        raise ValueError(f"golden_dir: case {name!r}: the stored point or batches differ from "
-                         f"refimpl's step case of that name, so its floors cannot be derived; "
-                         f"regenerate the folder with this refimpl (refimpl golden)")
-
-
-def compare_steps_with_golden(impl: Any, golden_dir: str | os.PathLike, name: str, *,
-                              manifest: Mapping[str, Any] | None = None,
-                              dtype: Any = "float64", rtol: float | None = None,
-                              atol: float | None = None) -> TrajectoryReport:
-    """``impl.train_steps`` on a golden folder's step case, against the stored trajectory.
-
-    The reference is the stored float64 trajectory; the floors are derived by rebuilding the
-    case from refimpl alone (:func:`refimpl.testing.cases.rebuild.rebuild_case`), whose point
-    and batches must equal the stored ones.
-
-    Raises
-    ------
-    refimpl.testing.NotExpressible
-        When ``impl`` has no ``train_steps``.
-    ValueError
-        When the case cannot be rebuilt here or differs from the rebuilt one.
-    """
-    dtype_name, _ = resolve_tolerance(dtype, rtol, atol)
-    manifest = read_manifest(golden_dir) if manifest is None else manifest
-    data = load_steps(golden_dir, name, manifest)
-    rebuilt = rebuild_case(name, manifest["cases"][name].get("config", {}))
-    if rebuilt is None:
-        raise ValueError(f"golden_dir: case {name!r} is neither in refimpl's catalogue nor "
-                         f"rebuilt by a registered rebuilder, so its floors cannot be derived")
-    _check_same_steps(name, rebuilt, data)
-    floors = trajectory_floors(rebuilt, dtype_name, data.trajectory)
-    start = {key: np.asarray(value).astype(HAND_OVER_DTYPE[dtype_name]).astype(np.float64)
-             for key, value in data.params.items()}
-    result = run_steps(impl, rebuilt, dtype_name)
-    return compare_trajectory(result, rebuilt, dtype_name, start=start,
-                              reference=data.trajectory, floors=floors, rtol=rtol, atol=atol)
-

@@ -1,0 +1,34 @@
+"""A job for the JAX sharded mode's worker (``test_distributed_jax.py``), sent by name.
+
+:func:`sharded_collectives` runs ``run_sharded_job`` recording the optimised HLO of every
+computation it compiles, to see that XLA partitioned it over the devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from refimpl.adapters import jax as adapter
+
+
+def sharded_collectives(job: Any) -> tuple[Any, list[str]]:
+    """``(run_sharded_job(job), [the HLO text of each compiled computation])``."""
+    texts: list[str] = []
+    original = jax.jit
+
+    def recording_jit(function: Any, **options: Any) -> Any:
+        jitted = original(function, **options)
+
+        def call(*args: Any) -> Any:
+            texts.append(jitted.lower(*args).compile().as_text())
+            return jitted(*args)
+
+        return call
+
+    jax.jit = recording_jit
+    try:
+        return adapter.run_sharded_job(job), texts
+    finally:
+        jax.jit = original
