@@ -329,19 +329,38 @@ class StepRow:
         return self.comparison.verdict
 
     @property
-    def label(self) -> str:
-        """e.g. ``"step 2: parameter 'fc1.weight'"``."""
+    def what(self) -> str:
+        """The tensor: "loss", "gradient norm" or "parameter 'fc1.weight'"."""
         role, name = self.comparison.role, self.comparison.name
-        what = _ROLE_LABELS.get(role) or f"{role} {name!r}"
-        return f"step {self.step}: {what}" if self.step else what
+        return _ROLE_LABELS.get(role) or f"{role} {name!r}"
 
-    def describe(self) -> str:
-        """One line: the step, the tensor, its worst entry and the limit, or the reason."""
-        text = self.reason or self.comparison.describe()
-        prefix = self.comparison.label
-        if not self.reason and text.startswith(prefix):
-            text = text[len(prefix):].lstrip(":")
-        return f"{self.label}{'' if text.startswith(' shape') else ':'} {text.lstrip()}"
+    @property
+    def label(self) -> str:
+        """The step and the tensor, e.g. ``"step 2: parameter 'fc1.weight'"``."""
+        return f"step {self.step}: {self.what}" if self.step else self.what
+
+    def describe(self, with_step: bool = True) -> str:
+        """One line: the tensor (and its step), its worst entry against the limit, or why it
+        is not judged a pass."""
+        row = self.comparison
+        head = self.label if with_step else self.what
+        if self.reason:
+            return f"{head}: {self.reason}"
+        if row.problem:
+            return f"{head}: {row.problem}"
+        if row.verdict == "inconclusive":
+            return f"{head}: {row.describe().split(': ', 1)[1]}"
+        sign = ">" if row.verdict == "fail" else "<="
+        if row.shape == ():
+            return (f"{head}: implementation {row.actual!r}, oracle {row.expected!r}; error "
+                    f"{row.max_abs_error:.3e} {sign} limit {row.limit:.3e} (floor "
+                    f"{row.floor:.3e})")
+        update = (f", the step's update max|theta_k - theta_(k-1)| {self.update:.3e}"
+                  if math.isfinite(self.update) else "")
+        return (f"{head} shape {row.shape}: worst index {row.worst_index}: implementation "
+                f"{row.actual!r}, oracle {row.expected!r}; max abs error "
+                f"{row.max_abs_error:.3e} {sign} limit {row.limit:.3e} (scale max|oracle| "
+                f"{row.scale:.3e}, floor {row.floor:.3e}{update})")
 
     def ratio(self) -> float:
         """``max abs error / limit`` (inf for a structural problem or an exact comparison
@@ -409,12 +428,15 @@ class TrajectoryReport:
         return failures[0] if failures else None
 
     def worst(self) -> tuple[float, str]:
-        """The worst row's ``error / limit`` and its label (inf for a structural problem)."""
+        """``error / limit`` and the label of the row a one-line report names: for a failed
+        trajectory the first divergence (:meth:`first_divergence`), else the largest ratio
+        (inf for a problem of the whole result)."""
         if self.problems:
             return math.inf, ""
         if not self.rows:
             return math.nan, ""
-        row = max(self.rows, key=lambda r: _finite(r.ratio()))
+        first = self.first_divergence()
+        row = first if first is not None else max(self.rows, key=lambda r: _finite(r.ratio()))
         return row.ratio(), row.label
 
     def summary(self) -> str:
@@ -429,7 +451,7 @@ class TrajectoryReport:
             more = (f" (and {others} more failing tensor(s), at steps "
                     f"{', '.join(map(str, steps))})" if others else "")
             return (f"diverges first at step {first.step} of {self.steps}: "
-                    f"{first.describe()}{more}")
+                    f"{first.describe(with_step=False)}{more}")
         if self.verdict == "inconclusive":
             return ("unresolved in this dtype: "
                     + ", ".join(row.label for row in self.inconclusive))
