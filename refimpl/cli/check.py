@@ -168,7 +168,7 @@ def _trajectory_row(case: StepCase, reference: dict[str, Any]) -> dict[str, Any]
         result["losses"].append(loss)
         result["grad_norms"].append(norm)
     report = compare_trajectory(result, case, "float64", start=case.params, reference=reference,
-                                floors=trajectory_floors(case, "float64", reference))
+                                floors=trajectory_floors(case, "float64"))
     worst = max((row.comparison.relative_error for row in report.rows), default=float("nan"))
     return {"case": case.name, "kind": case.kind, "method": "complex", "mode": "full",
             "parameter": f"trajectory ({case.count} steps)", "max_rel_error": worst,

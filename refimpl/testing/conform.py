@@ -609,7 +609,7 @@ def _steps_check(build: Builder, case: StepCase, dtype: str) -> _Verdict:
              for name, value in case.params.items()}
     reference = reference_trajectory(case)
     report = compare_trajectory(result, case, dtype, start=start, reference=reference,
-                                floors=trajectory_floors(case, dtype, reference))
+                                floors=trajectory_floors(case, dtype))
     if "convention" in case.config:
         return _step_probe_verdict(case, dtype, report, result, start)
     worst, tensor = report.worst()

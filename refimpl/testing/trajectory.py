@@ -36,7 +36,8 @@ The floors grow with the step, and they are derived, not guessed: the resolution
 :mod:`refimpl.testing.resolution` applied to the whole trajectory. A correct implementation
 computing in a dtype of unit roundoff ``u`` runs, at best, the exact steps from a point
 perturbed by a few units of roundoff — and at every step its gradient, its stored parameters
-and its optimizer state are rounded again. So refimpl runs its own float64 trajectory
+and its optimizer state are rounded again. So refimpl runs its own float64 trajectory (the
+loop of :func:`refimpl.train_steps` through the base case's ``evaluate``) once as it is and
 ``FLOOR_PERTURBATIONS + 1`` more times:
 
 * once with everything rounded to the hand-over dtype: the starting point and every batch,
@@ -51,10 +52,12 @@ and its optimizer state are rounded again. So refimpl runs its own float64 traje
 
 A parameter that a step leaves unchanged is not rounded again (``p - 0`` is ``p`` in any
 dtype). The floor of each tensor of step ``k`` is ``FLOOR_SAFETY`` times the largest change of
-that tensor over those trajectories: the propagation through the later steps — Adam dividing
-a gradient entry near zero by its own root mean square, momentum adding old errors to new ones
-— is measured, not assumed. In float64 the floors stay at a few units of roundoff of each
-tensor; in float32 they grow with ``k`` as the perturbations grow along the trajectory.
+that tensor over those trajectories from the unrounded one (never from a trajectory under
+test, so that a wrong reference cannot widen its own floors): the propagation through the
+later steps — Adam dividing a gradient entry near zero by its own root mean square, momentum
+adding old errors to new ones — is measured, not assumed. In float64 the floors stay at a few
+units of roundoff of each tensor; in float32 they grow with ``k`` as the perturbations grow
+along the trajectory.
 
 Where it diverges
 -----------------
@@ -144,8 +147,8 @@ def hand_over_batches(batches: Sequence[Mapping[str, Any]], dtype: str
 class StepFloors:
     """The floors of one step: ``floors[(role, name)]`` for ``("loss", "loss")``,
     ``("norm", "grad_norm")`` and ``("parameter", name)``; ``still`` the parameters whose
-    update at this step is structurally zero (zero in the reference and in every floor
-    trajectory)."""
+    update at this step is structurally zero (zero in refimpl's unrounded trajectory and in
+    every floor trajectory)."""
 
     floors: dict[Key, float]
     still: frozenset[str]
@@ -172,8 +175,9 @@ class _Rounding:
     the hyper-parameters, the stored parameters and the optimizer's state by the storage's
     (:data:`~refimpl.testing.resolution.ELEMENTWISE_ROUNDOFF`: float32 for TF32)."""
 
-    def __init__(self, dtype: str, rng: np.random.Generator | None) -> None:
-        self.dtype, self.rng = dtype, rng
+    def __init__(self, dtype: str, rng: np.random.Generator | None, exact: bool = False
+                 ) -> None:
+        self.dtype, self.rng, self.exact = dtype, rng, exact
         self.products = FLOOR_ROUNDOFF_UNITS * UNIT_ROUNDOFF[dtype]
         self.storage = FLOOR_ROUNDOFF_UNITS * ELEMENTWISE_ROUNDOFF[dtype]
 
@@ -182,18 +186,24 @@ class _Rounding:
 
     def scalar(self, value: float) -> float:
         """A hyper-parameter as the dtype holds it."""
+        if self.exact:
+            return value
         if self.rng is None:
             return float(HAND_OVER_DTYPE[self.dtype](value))
         return value * (1.0 + self.storage * self._sign())
 
     def stored(self, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Arrays as the dtype stores them."""
+        if self.exact:
+            return {name: np.asarray(value) for name, value in arrays.items()}
         if self.rng is None:
             return rounded_to(arrays, self.dtype)
         return perturbed(arrays, self.storage, self.rng)
 
     def point(self, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Arrays as one gradient evaluation's products see them (a fresh rounding each time)."""
+        if self.exact:
+            return {name: np.asarray(value) for name, value in arrays.items()}
         if self.rng is None:
             return rounded_to(arrays, self.dtype)
         return perturbed(arrays, self.products, self.rng)
@@ -227,7 +237,7 @@ def _floor_trajectory(case: StepCase, rounding: _Rounding
         loss, grads, _ = case.evaluate(point, data)
         grads = {key: np.asarray(value, dtype=np.float64) for key, value in grads.items()}
         loss = float(loss)
-        if rounding.rng is not None:
+        if rounding.rng is not None and not rounding.exact:
             changes = loss_rounding(case.config, point, data,
                                     FLOOR_ROUNDOFF_UNITS * ELEMENTWISE_ROUNDOFF[rounding.dtype],
                                     rounding.rng, normaliser=index % 2 == 1)
@@ -248,18 +258,18 @@ def _floor_trajectory(case: StepCase, rounding: _Rounding
     return start, trajectory, losses, norms
 
 
-def trajectory_floors(case: StepCase, dtype: str, reference: Result | None = None,
-                      seed: int = 0) -> list[StepFloors]:
+def trajectory_floors(case: StepCase, dtype: str, seed: int = 0) -> list[StepFloors]:
     """The floor of every tensor of every step of a step case, for ``dtype`` (module
     docstring).
+
+    The changes are measured from refimpl's own unrounded trajectory of the same loop, never
+    from a trajectory under test: a wrong reference cannot widen its own floors.
 
     Parameters
     ----------
     case : StepCase
     dtype : str
         "float64", "float32" or "tf32".
-    reference : dict, optional
-        :func:`reference_trajectory` of the case, if already computed.
     seed : int
         Of the perturbation signs (the floors are deterministic for a given seed).
 
@@ -269,21 +279,20 @@ def trajectory_floors(case: StepCase, dtype: str, reference: Result | None = Non
         One per step, in order.
     """
     dtype, _ = resolve_tolerance(dtype)
-    reference = reference_trajectory(case) if reference is None else reference
     rng = np.random.default_rng(seed)
+    _, exact, exact_losses, exact_norms = _floor_trajectory(case, _Rounding(dtype, None, True))
     runs = [_floor_trajectory(case, _Rounding(dtype, None))]
     runs += [_floor_trajectory(case, _Rounding(dtype, rng)) for _ in range(FLOOR_PERTURBATIONS)]
     result = []
     previous = {key: np.asarray(value, dtype=np.float64) for key, value in case.params.items()}
-    for k, expected in enumerate(reference["params"]):
+    for k, expected in enumerate(exact):
         spread = {("loss", "loss"): 0.0, ("norm", "grad_norm"): 0.0}
         spread.update({("parameter", key): 0.0 for key in expected})
         moved = {key: bool(np.any(expected[key] != previous[key])) for key in expected}
         for start, params, losses, norms in runs:
-            spread["loss", "loss"] = max(spread["loss", "loss"],
-                                         abs(losses[k] - reference["losses"][k]))
+            spread["loss", "loss"] = max(spread["loss", "loss"], abs(losses[k] - exact_losses[k]))
             spread["norm", "grad_norm"] = max(spread["norm", "grad_norm"],
-                                              abs(norms[k] - reference["grad_norms"][k]))
+                                              abs(norms[k] - exact_norms[k]))
             before = params[k - 1] if k else start
             for key, value in expected.items():
                 change = np.abs(params[k][key] - value)
@@ -520,7 +529,7 @@ def compare_trajectory(result: Any, case: StepCase, dtype: str, *, start: Mappin
     """
     dtype, tolerance = resolve_tolerance(dtype, rtol, atol)
     reference = reference_trajectory(case) if reference is None else reference
-    floors = trajectory_floors(case, dtype, reference) if floors is None else floors
+    floors = trajectory_floors(case, dtype) if floors is None else floors
     count = len(reference["params"])
     names = list(case.params)
 

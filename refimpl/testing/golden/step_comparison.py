@@ -74,7 +74,7 @@ def compare_steps_with_golden(impl: Any, golden_dir: str | os.PathLike, name: st
                          f"rebuilt by a registered rebuilder, so its floors cannot be derived")
     _check_same_steps(name, rebuilt, data)
     _check_stored_steps(golden_dir, data, rebuilt, manifest)
-    floors = trajectory_floors(rebuilt, dtype_name, data.trajectory)
+    floors = trajectory_floors(rebuilt, dtype_name)
     start = {key: np.asarray(value).astype(HAND_OVER_DTYPE[dtype_name]).astype(np.float64)
              for key, value in data.params.items()}
     result = run_steps(impl, rebuilt, dtype_name)

@@ -82,7 +82,7 @@ def _steps_files(case: StepCase) -> list[_File]:
     if not _CASE_NAME.match(case.name):
         raise GoldenError(f"case {case.name!r}: a golden case name must match [a-z0-9-]+")
     reference = reference_trajectory(case)
-    floors = {dtype: trajectory_floors(case, dtype, reference) for dtype in DTYPE_TOLERANCES}
+    floors = {dtype: trajectory_floors(case, dtype) for dtype in DTYPE_TOLERANCES}
     files: list[_File] = []
     seen: dict[str, str] = {}
 
