@@ -175,6 +175,20 @@ def test_one_step_with_half_its_update_fails_at_that_step_naming_the_parameter(d
             r, 2, "B:fc2.weight", case.params)), case, dtype=dtype)
 
 
+def test_a_drift_from_step_2_on_is_reported_where_it_starts_not_where_it_is_largest():
+    case = get_case("steps-tied-hard-sgd-clip")
+
+    def drift(result):
+        for k in range(1, case.count):            # steps 2 .. K, growing
+            result["params"][k]["A:fc1.weight"] = result["params"][k]["A:fc1.weight"] + 1e-6 * k
+        return result
+
+    report = compare_steps_with_oracle(Steps(case.config, drift), case)
+    assert [row.step for row in report.failures] == [2, 3, 4]
+    assert report.first_divergence().label == "step 2: parameter 'A:fc1.weight'"
+    assert report.worst()[1] == "step 2: parameter 'A:fc1.weight'"
+
+
 def test_a_norm_counted_twice_and_a_loss_off_by_1e_8_fail_in_float64():
     case = get_case("steps-tied-lm-adamw-clip")
 
@@ -408,6 +422,13 @@ def test_refimpl_check_checks_every_step_and_recomputes_the_trajectory(monkeypat
         "step 1: fc.weight", "step 2: fc.weight", "step 3: fc.weight", "trajectory (3 steps)"]
     assert all(row["ok"] for row in complex_rows)
     assert len(check.check_step_case(case, "central")) == 3
+    # a gradient formula off by 0.1%: every step's gradient row says so
+    def scaled(params, inputs, evaluate=case.evaluate):
+        loss, grads, outputs = evaluate(params, inputs)
+        return loss, {key: 1.001 * value for key, value in grads.items()}, outputs
+
+    broken = dataclasses.replace(case, evaluate=scaled)
+    assert [row["ok"] for row in check.check_step_case(broken, "complex")[:3]] == [False] * 3
     # a reference whose step 2 is wrong: the recomputation from complex-step gradients says so
     real = check.reference_trajectory
     monkeypatch.setattr(check, "reference_trajectory", lambda c: _halve_update(

@@ -246,14 +246,16 @@ class TorchSteps:
         """The parameters handed to the optimizer: each held tensor once."""
         return _unique(held.values())
 
-    def optimizers(self, optimized: list[torch.Tensor]) -> list[torch.optim.Optimizer]:
+    def optimizers(self, held: Mapping[Slot, torch.Tensor], optimized: list[torch.Tensor]
+                   ) -> list[torch.optim.Optimizer]:
         """One optimizer over every parameter."""
         return [self.optimizer(optimized)]
 
     def normed(self, held: Mapping[Slot, torch.Tensor], optimized: list[torch.Tensor]
                ) -> list[torch.Tensor]:
-        """The parameters whose gradients the total norm is taken over: each once."""
-        return optimized
+        """The parameters whose gradients the total norm is taken over: each held tensor
+        once (as ``clip_grad_norm_(module.parameters(), ...)`` sees them)."""
+        return _unique(held.values())
 
     def boundary(self, index: int, per_step: int) -> bool:
         """Whether micro-batch ``index`` (counted over the whole run) ends a step: the last
@@ -318,7 +320,7 @@ class TorchSteps:
         for slot, use in self.slots.items():
             owners.setdefault(use.key, held[slot])
         optimized = self.optimized(held)
-        optimizers = self.optimizers(optimized)
+        optimizers = self.optimizers(held, optimized)
         numbers = {id(run.model): next(n for n, m in enumerate(self.models) if m is run.model)
                    for run in self.plan.runs}
 
@@ -341,7 +343,7 @@ class TorchSteps:
             if penalty is not None:
                 penalty.backward()
                 total += penalty.item()
-            for tensor in optimized:          # a parameter no layer reads steps with zero
+            for tensor in _unique(held.values()):   # a tensor no loss reads: a zero gradient
                 if tensor.grad is None:
                     tensor.grad = torch.zeros_like(tensor)
             norm = self._norm_and_clip(held, optimized)
@@ -366,7 +368,8 @@ class TorchSteps:
         grads = [tensor.grad for tensor in self.normed(held, optimized)]
         norm = torch.nn.utils.get_total_norm(grads, norm_type)
         if clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(optimized, clip["max_norm"], norm)
+            # every held tensor's gradient scaled once, whatever the optimizers hold
+            torch.nn.utils.clip_grads_with_norm_(_unique(held.values()), clip["max_norm"], norm)
         return float(norm)
 
 
