@@ -35,7 +35,7 @@ class DecayTwiceOnASharedWeight(TorchSteps):
     Dense layers holding one weight) with SGD, momentum and weight decay."""
 
     def optimized(self, held):
-        return _unique(held.values())
+        return list(held.values())                  # the adapter's: _unique(held.values())
 
 
 class TiedHeadInTwoOptimizers(TorchSteps):
@@ -47,7 +47,7 @@ class TiedHeadInTwoOptimizers(TorchSteps):
 
     def optimizers(self, held, optimized):
         return [self.optimizer(_unique(t for s, t in held.items() if s[1] == layer))
-                for layer in (0, 1, 2)]             # was: [self.optimizer(optimized)]
+                for layer in (0, 1, 2)]      # the adapter's: [self.optimizer(optimized)]
 
 
 class TiedWeightCountedTwiceInTheNorm(TorchSteps):
@@ -58,7 +58,7 @@ class TiedWeightCountedTwiceInTheNorm(TorchSteps):
     taken over every layer slot."""
 
     def normed(self, held, optimized):
-        return list(held.values())                  # was: _unique(held.values())
+        return list(held.values())                  # the adapter's: _unique(held.values())
 
 
 class TieLostAfterRematerialising(TorchSteps):
@@ -69,7 +69,8 @@ class TieLostAfterRematerialising(TorchSteps):
     Miniature: the tied LM, each layer slot given its own copy of its parameter."""
 
     def held(self, leaves):
-        return {slot: leaves[use.key].detach().clone().requires_grad_(True)   # was: leaves[use.key]
+        # the adapter's: {slot: leaves[use.key] for ...}
+        return {slot: leaves[use.key].detach().clone().requires_grad_(True)
                 for slot, use in self.slots.items()}
 
 
@@ -82,7 +83,7 @@ class SyncOnTheWrongMicroBatch(TorchSteps):
     micro-batches of a shared MLP with Adam and clipping."""
 
     def boundary(self, index, per_step):
-        return index % per_step == 0                # was: (index + 1) % per_step == 0
+        return index % per_step == 0                # the adapter's: (index + 1) % per_step == 0
 
 
 PLANTED = {"decay twice": DecayTwiceOnASharedWeight,
