@@ -192,7 +192,7 @@ def _total_norm(grads: Arrays, norm_type: float) -> Any:
     the largest absolute entry)."""
     leaves = jax.tree.leaves(grads)
     if norm_type == 2.0:
-        return optax.global_norm(grads)
+        return optax.tree.norm(grads)
     if norm_type == float("inf"):
         return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
     per_leaf = jnp.stack([jnp.sum(jnp.abs(leaf) ** norm_type) for leaf in leaves])
