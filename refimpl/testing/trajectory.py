@@ -389,7 +389,7 @@ class TrajectoryReport:
     Attributes
     ----------
     case, dtype : str
-    tolerance : Tolerance
+    tolerance : refimpl.testing.comparison.Tolerance
     steps : int
         ``K``.
     rows : tuple of StepRow

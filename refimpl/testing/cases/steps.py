@@ -8,9 +8,10 @@ the loss at the start of every step and the gradient's norm before clipping. Eve
 ``K >= 3``, so that the optimizer's state (momentum buffers, Adam's moments and step count)
 matters.
 
-What an implementation receives (the step capability of the builder protocol,
-:mod:`refimpl.testing.conform`)
----------------------------------------------------------------------------------------------
+What an implementation receives
+-------------------------------
+Through the step capability of the builder protocol (:mod:`refimpl.testing.conform`):
+
 * ``config``: the base case's configuration (``config["model"]``, ``config["pair"]``,
   ``config["anchored"]``, ``config["siamese"]`` or ``config["base"]`` with
   ``config["micro_batches"]``; ``config["inputs"]`` describes *one* batch) plus
