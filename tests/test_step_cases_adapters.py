@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from refimpl import SGD, Adam, AdamW, ClipGradNorm
-from refimpl.testing import conform
+from refimpl.testing import compare_with_oracle, conform
 from refimpl.testing.cases import all_cases, get_case
 from refimpl.testing.cases.step_probes import step_alternatives
 from refimpl.testing.cases.steps import with_optimizer
@@ -33,6 +33,13 @@ def test_every_step_case_and_probe_passes_in_float64_and_float32(framework):
         pytest.importorskip("optax")
     report = conform(_builder(framework), cases=STEP_CASES, dtypes=["float64", "float32"])
     assert {row.outcome for row in report.rows} == {"pass"}, report.table()
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_the_gradient_protocol_still_runs_on_a_step_cases_first_step(framework):
+    for name in ("steps-tied-lm-adamw-clip", "steps-micro-batches-adam-clip"):
+        case = get_case(name)
+        assert compare_with_oracle(_builder(framework)(case.config, "float64"), case).ok
 
 
 @pytest.mark.parametrize("framework, optimizer, clip, reason", [
