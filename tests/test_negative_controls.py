@@ -201,8 +201,10 @@ def _changes_result(bug: str, case: Any) -> bool:
     return False
 
 
+# The gradient cases (a step case is judged by train_steps, which make_impl does not have).
 CATALOGUE = [(bug, case.name) for bug in sorted(BUGS) for case in all_cases()
-             if _applies(bug, case.config) and _changes_result(bug, case)]
+             if case.kind != "steps" and _applies(bug, case.config)
+             and _changes_result(bug, case)]
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,24 @@ A *builder* is any callable ``build(config, dtype) -> impl``:
 A builder raises :class:`refimpl.testing.NotExpressible` (in ``build`` or in ``impl``) for what
 its framework cannot express (grouped convolutions, a loss it lacks).
 
+The step capability (optional)
+------------------------------
+For a step case (kind "steps", :mod:`refimpl.testing.cases.steps`: ``K`` optimizer steps of
+a base case), ``config`` is the base case's configuration plus ``config["steps"] =
+{"optimizer": ..., "clip": ... | None, "count": K, "case_kind": ...}`` (the optimizer as
+:meth:`refimpl.optim.Optimizer.config`, the clipping as :meth:`refimpl.ClipGradNorm.config`),
+and the object ``build`` returns has a method::
+
+    impl.train_steps(params, batches) -> {"params": [K dicts], "losses": [K numbers],
+                                          "grad_norms": [K numbers]}
+
+``params`` the starting point and ``batches`` ``K`` input dicts keyed like the base case's
+inputs (micro-batches ``<name>.<i>`` included), both in the dtype under test; it returns after
+every step the parameters, the loss at the start of the step and the total gradient norm
+before clipping (:mod:`refimpl.testing.trajectory`, which judges them step by step). A
+builder whose ``impl`` has no ``train_steps`` is "not expressible" on every step case, never a
+failure; a step case is judged by this capability alone.
+
 The module of a builder may name the framework it runs on: module attributes ``FRAMEWORK``
 (e.g. ``"torch"``) and, optionally, ``FRAMEWORK_VERSION`` (default: the installed
 distribution's version, or the imported module's ``__version__``). The report records them
@@ -24,7 +42,8 @@ distribution's version, or the imported module's ``__version__``). The report re
 
 Outcomes (one per case and dtype)
 ---------------------------------
-- **pass**: every tensor matched (:func:`refimpl.testing.compare_with_oracle` says "pass");
+- **pass**: every tensor matched (:func:`refimpl.testing.compare_with_oracle` says "pass"; for
+  a step case every tensor of every step, :func:`refimpl.testing.compare_steps_with_oracle`);
 - **fail**: a tensor did not match, the return value was malformed, or ``build`` / ``impl``
   raised anything but ``NotExpressible`` and ``KeyboardInterrupt`` — ``sys.exit()`` and any
   other ``BaseException`` included (the exception, where the builder's code raised it, is the
@@ -37,7 +56,9 @@ Outcomes (one per case and dtype)
   every gradient, the outputs it returns, their dtypes, the keys) fails against refimpl and
   passes the same comparison, at the same floors, against refimpl's reference with exactly
   one *documented* alternative rule applied (:func:`refimpl.testing.cases.probes.alternatives`):
-  the detail names the rule. Everything else is a fail, with the probe's best guess
+  the detail names the rule (a step probe: the whole trajectory against refimpl's with one
+  optimizer or clipping rule changed, :func:`refimpl.testing.cases.step_probes.step_alternatives`).
+  Everything else is a fail, with the probe's best guess
   (:func:`refimpl.testing.cases.probes.diagnose`) in the detail: a bug, a loss of precision,
   a non-finite value, a value outside a documented family, or a documented rule followed by
   the gradients while something else is wrong too.
@@ -75,9 +96,18 @@ from .._validate import check_seed
 from .._version import __version__
 from .cases import Case, all_cases, probes
 from .cases.drawn import case_named, drawn_case, drawn_name, parse_drawn_name
+from .cases.step_probes import step_alternatives
+from .cases.steps import StepCase
 from .comparison import ComparisonReport, NotExpressible, resolve_tolerance
 from .oracle import _run_and_compare, compare_with_oracle
-from .resolution import case_floors
+from .resolution import HAND_OVER_DTYPE, case_floors
+from .trajectory import (
+    TrajectoryReport,
+    compare_trajectory,
+    reference_trajectory,
+    run_steps,
+    trajectory_floors,
+)
 
 __all__ = ["OUTCOMES", "ConformanceRow", "ConformanceReport", "conform", "conform_case",
            "load_builder", "builder_name", "framework_of"]
@@ -548,6 +578,76 @@ def _oracle_check(build: Builder, case: Case, dtype: str,
     return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
 
 
+# --- step cases: the builder's step capability -------------------------------------------------
+
+#: The detail of a step case whose implementation has no ``train_steps``.
+NO_STEPS = ("the implementation has no train_steps(params, batches) (the step capability of "
+            "the builder protocol)")
+
+
+def _steps_check(build: Builder, case: StepCase, dtype: str) -> _Verdict:
+    """Build the implementation, run its ``train_steps`` once over the case's ``K`` batches,
+    judge the trajectory step by step (:mod:`refimpl.testing.trajectory`); "not expressible"
+    without the capability, never a failure."""
+    where = "build"
+    try:
+        impl = build(copy.deepcopy(case.config), dtype)
+        if not callable(getattr(impl, "train_steps", None)):
+            return _Verdict("not expressible", NO_STEPS)
+        where = "impl.train_steps"
+        result = run_steps(impl, case, dtype)
+        where = ""
+    except KeyboardInterrupt:
+        raise
+    except NotExpressible as reason:
+        return _Verdict("not expressible", str(reason) or "(no reason given)")
+    except BaseException as error:  # noqa: BLE001 - a foreign builder's failure is a row
+        if not where:
+            raise                   # refimpl's own failure: a bug to see, not a row
+        return _Verdict("fail", _raised(where, error, build))
+    start = {name: np.asarray(value).astype(HAND_OVER_DTYPE[dtype]).astype(np.float64)
+             for name, value in case.params.items()}
+    reference = reference_trajectory(case)
+    report = compare_trajectory(result, case, dtype, start=start, reference=reference,
+                                floors=trajectory_floors(case, dtype))
+    if "convention" in case.config:
+        return _step_probe_verdict(case, dtype, report, result, start)
+    worst, tensor = report.worst()
+    return _Verdict(report.verdict, report.summary(), worst, tensor)
+
+
+def _step_probe_verdict(case: StepCase, dtype: str, report: TrajectoryReport, result: Any,
+                        start: Mapping[str, np.ndarray]) -> _Verdict:
+    """A step probe's outcome, as a gradient probe's (:func:`_probe_verdict`): inconclusive
+    outside the dtypes that resolve it (unless it failed); on a failure, "convention differs"
+    when the whole trajectory passes against one documented alternative's (refimpl's
+    trajectory with that one rule changed, its own floors), else a fail."""
+    worst, tensor = report.worst()
+    resolving = probes.resolved_in(case)
+    convention = case.config["convention"]
+    if dtype not in resolving:
+        if report.verdict != "pass":
+            return _Verdict(report.verdict, report.summary(), worst, tensor)
+        rules = "; ".join(alternative.describes for alternative in step_alternatives(case))
+        return _Verdict("inconclusive", (
+            f"{convention['name']}: only {', '.join(resolving)} resolves it: refimpl's rule and "
+            f"its alternatives ({rules}) agree within {dtype}'s tolerance along this "
+            f"trajectory, so no {dtype} implementation can show which it follows "
+            f"({report.summary()})"), worst, tensor)
+    if report.verdict != "fail":
+        return _Verdict(report.verdict, report.summary(), worst, tensor)
+    for alternative in step_alternatives(case):
+        if not alternative.convention:
+            continue
+        against = compare_trajectory(result, alternative.case, dtype, start=start)
+        if against.verdict == "pass":
+            return _Verdict("convention differs", (
+                f"{alternative.describes}: the whole trajectory matches refimpl's with this one "
+                f"documented rule changed; refimpl: {convention['refimpl_rule']}"),
+                worst, tensor)
+    return _Verdict("fail", report.summary(), worst, tensor)
+
+
 def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
                  diagnose: Diagnose | None = None) -> ConformanceRow:
     """One case in one dtype: build the implementation, run it once, judge it.
@@ -587,9 +687,12 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
         raise TypeError(f"case: expected a refimpl.testing.cases.Case, got "
                         f"{type(case).__name__}")
     start = time.perf_counter()
-    # One check per case today; another kind of check (a capability of the builder) would
-    # return its own _Verdict here, and the row would take the worst of them.
-    verdict = _oracle_check(build, case, dtype, diagnose)
+    # A step case is judged by the builder's step capability alone: its first step is a
+    # gradient case of a kind the catalogue has already.
+    if isinstance(case, StepCase):
+        verdict = _steps_check(build, case, dtype)
+    else:
+        verdict = _oracle_check(build, case, dtype, diagnose)
     return ConformanceRow(case.name, case.kind, dtype, verdict.outcome, verdict.worst,
                           verdict.tensor, time.perf_counter() - start, verdict.detail)
 

@@ -402,9 +402,17 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     every stored value must equal the rebuilt case's (the float64 rule), so that every tensor
     of the case is compared with ``impl``'s.
 
+    A step case (manifest ``kind`` "steps") runs ``impl.train_steps(params, batches)``
+    instead, and is judged against the stored trajectory by the trajectory rule
+    (:mod:`refimpl.testing.trajectory`; the floors derived from the rebuilt case): its report
+    is a :class:`refimpl.testing.trajectory.TrajectoryReport` (``verdict``, ``ok`` and the
+    first step where the implementation diverges). With ``case=None`` an ``impl`` without
+    ``train_steps`` is judged on the gradient cases only; a step case named in ``case`` raises
+    :class:`refimpl.testing.NotExpressible` for it.
+
     Returns
     -------
-    list of ComparisonReport
+    list of ComparisonReport or TrajectoryReport
         One per selected case, in the order of ``case`` (the manifest's for None).
 
     Raises
@@ -422,8 +430,17 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
     manifest = golden.read_manifest(golden_dir)
     names = golden.select_cases(manifest, case)
+    if case is None and not callable(getattr(impl, "train_steps", None)):
+        # every case the implementation can be judged on: without the step capability, the
+        # gradient cases (a step case named in ``case`` is not expressible for it instead)
+        names = [name for name in names if manifest["cases"][name].get("kind") != "steps"]
     reports = []
     for name in names:
+        if manifest["cases"][name].get("kind") == "steps":   # an implementation's train_steps
+            reports.append(golden.compare_steps_with_golden(
+                impl, golden_dir, name, manifest=manifest, dtype=dtype_name, rtol=rtol,
+                atol=atol))
+            continue
         data = golden.load_case(golden_dir, name, manifest=manifest)
         rebuilt = rebuild_case(name, manifest["cases"][name].get("config", {}))
         if rebuilt is None:
@@ -476,7 +493,8 @@ def assert_matches_golden(impl: Implementation, golden_dir: Any,
     golden_dir : str or os.PathLike
         A folder written by ``refimpl golden --out DIR``.
     case : str or iterable of str, optional
-        One case by name, several, or all (None).
+        One case by name, several, or all (None: every gradient case, and the step cases when
+        ``impl`` has ``train_steps``; :func:`compare_with_golden`).
     dtype, rtol, atol, outputs, allow_inconclusive
         As for :func:`assert_matches_oracle`.
 

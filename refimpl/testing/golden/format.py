@@ -25,7 +25,9 @@ from ..comparison import DTYPE_TOLERANCES, RESOLVED_FRACTION
 from ..resolution import case_floors
 
 FORMAT = "refimpl-golden"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: The schema versions this refimpl reads (2: no step cases; 3: step cases, ``kind`` "steps").
+READABLE_SCHEMAS = (2, 3)
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
 COMMAND = "refimpl golden --out DIR"
@@ -82,6 +84,17 @@ CONVENTIONS = {
                "gradient of a unique parameter is the sum over all its uses (a transposed "
                "use's gradient transposed back)",
     "gradients": "gradient.<name>.npy = dLoss/d<name>, the shape of parameter.<name>.npy",
+    "steps": "a step case (kind 'steps') runs K optimizer steps of its base case "
+             "(config['steps']: the optimizer and clipping configurations, PyTorch's "
+             "hyper-parameters, and K): parameter.<name>.npy is the start; step<k>/input.*.npy "
+             "the batch of step k = 1..K; step<k>/loss.npy the loss at the start of step k, "
+             "step<k>/grad_norm.npy the total gradient norm over the unique parameters before "
+             "clipping, step<k>/parameter.<name>.npy the parameters after step k. Each of "
+             "those is judged by the comparison rule with its file's floors; a parameter that "
+             "passes is INCONCLUSIVE when its limit is not below a third of the step's update "
+             "max|after step k - after step k-1| (the reference's), and one whose 'still' is "
+             "true for the dtype must equal the implementation's own parameter before the step "
+             "exactly",
 }
 
 

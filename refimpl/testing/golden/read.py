@@ -20,6 +20,7 @@ from .format import (
     ALLOWED_DTYPES,
     FORMAT,
     MANIFEST,
+    READABLE_SCHEMAS,
     ROLES,
     SCHEMA_VERSION,
     GoldenError,
@@ -123,9 +124,10 @@ def read_manifest(golden_dir: str | os.PathLike) -> dict[str, Any]:
     version = document.get("schema_version")
     # The integer, not any number equal to it: 2.0 == 2 in Python, and a typed reader of
     # the format (serde, nlohmann::json's get<int>) refuses the float.
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise GoldenError(f"{path}: schema_version {version!r}; this refimpl reads version "
-                          f"{SCHEMA_VERSION} (the JSON integer)")
+    if type(version) is not int or version not in READABLE_SCHEMAS:
+        raise GoldenError(f"{path}: schema_version {version!r}; this refimpl reads versions "
+                          f"{', '.join(map(str, READABLE_SCHEMAS))} (the JSON integer; it "
+                          f"writes {SCHEMA_VERSION})")
     cases = document.get("cases")
     if not isinstance(cases, dict) or not all(
             isinstance(entry, dict) and isinstance(entry.get("files"), list)
@@ -303,6 +305,9 @@ def load_case(golden_dir: str | os.PathLike, name: str,
         raise ValueError(f"name: unknown case {name!r}; this golden folder has "
                          f"{list(manifest['cases'])}")
     entry = manifest["cases"][name]
+    if entry.get("kind") == "steps":
+        raise ValueError(f"name: case {name!r} is a step case (K batches and a trajectory); "
+                         f"read it with refimpl.testing.golden.load_steps")
     groups: dict[str, dict[str, np.ndarray]] = {role: {} for role in ROLES}
     for file_entry in entry["files"]:
         role = file_entry.get("role")
