@@ -66,10 +66,12 @@ from .comparison import (
 )
 from .diagnosis import diagnose
 from .resolution import HAND_OVER_DTYPE, case_floors
+from .second_order import compare_hvp, hvp_evaluate, hvp_expectation, hvp_floors, hvp_function
 
 __all__ = [
     "Implementation", "compare_with_oracle", "assert_matches_oracle", "compare_with_golden",
-    "assert_matches_golden", "unresolved_tensors",
+    "assert_matches_golden", "unresolved_tensors", "compare_hvp_with_oracle",
+    "assert_hvp_matches_oracle",
 ]
 
 # --- running an implementation -----------------------------------------------------------------
@@ -381,6 +383,108 @@ def assert_matches_oracle(impl: Implementation, case_or_model: Any,
     __tracebackhide__ = True   # pytest: the user's test line, not this helper, is the failure
     report = compare_with_oracle(impl, case_or_model, params, inputs, dtype=dtype, rtol=rtol,
                                  atol=atol, seed=seed, outputs=outputs, name=name)
+    _raise_unless_pass([report], allow_inconclusive, "")
+    return report
+
+
+# --- Hessian-vector products ---------------------------------------------------------------------
+
+def compare_hvp_with_oracle(impl: Any, case_or_model: Any,
+                            params: Mapping[str, Any] | None = None,
+                            inputs: Mapping[str, Any] | None = None, *, dtype: Any = "float64",
+                            rtol: float | None = None, atol: float | None = None,
+                            seed: int = 0, direction: Mapping[str, Any] | None = None,
+                            name: str | None = None) -> ComparisonReport:
+    """Like :func:`assert_hvp_matches_oracle` but returns the report (whatever its verdict).
+
+    The parameters are those of :func:`assert_hvp_matches_oracle` (without
+    ``allow_inconclusive``).
+
+    Returns
+    -------
+    ComparisonReport
+        One row per parameter (role ``"hvp"``); ``report.verdict`` is "pass", "fail" or
+        "inconclusive".
+    """
+    dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
+    seed = check_seed(seed, "seed")
+    _check_name(name)
+    hvp = hvp_function(impl)
+    if hvp is None:
+        if not callable(impl):
+            raise TypeError(f"impl: expected an implementation with a method hvp(params, "
+                            f"inputs, vector) or such a callable, got {impl!r}")
+        hvp = impl
+    case = _as_case(case_or_model, params, inputs, seed)
+    if direction is None:
+        expected = hvp_expectation(case)
+        direction, reference = expected.direction, expected.hvp
+    else:
+        if not isinstance(direction, Mapping):
+            raise TypeError(f"direction: expected a dict keyed like params, got "
+                            f"{type(direction).__name__}")
+        reference = hvp_evaluate(case.config)(case.params, case.inputs, direction)
+        direction = {key: np.asarray(direction[key], dtype=np.float64) for key in case.params}
+    floors = hvp_floors(case, dtype_name, reference, direction)
+    return compare_hvp(hvp, name or case.name, case.params, case.inputs, direction, reference,
+                       dtype_name, tolerance, floors)
+
+
+def assert_hvp_matches_oracle(impl: Any, case_or_model: Any,
+                              params: Mapping[str, Any] | None = None,
+                              inputs: Mapping[str, Any] | None = None, *,
+                              dtype: Any = "float64", rtol: float | None = None,
+                              atol: float | None = None, seed: int = 0,
+                              direction: Mapping[str, Any] | None = None,
+                              allow_inconclusive: bool = False,
+                              name: str | None = None) -> ComparisonReport:
+    """Assert that an implementation's Hessian-vector product is refimpl's, for a case.
+
+    The case's seeded direction ``v`` and refimpl's ``H v`` along it
+    (:func:`refimpl.testing.second_order.hvp_expectation`) against ``impl.hvp(params,
+    inputs, v)``, one row per parameter, by the comparison rule with the products' own
+    resolution floors (:func:`refimpl.testing.second_order.hvp_floors`).
+
+    Parameters
+    ----------
+    impl : object or callable
+        An implementation with a method ``hvp(params, inputs, vector) -> {name: array}`` (the
+        loss's Hessian times ``vector``, keyed like ``params``), or that callable itself.
+        ``params``, ``inputs`` and ``vector`` are fresh copies in the dtype under test.
+    case_or_model, params, inputs, dtype, rtol, atol, seed, allow_inconclusive, name
+        As for :func:`assert_matches_oracle`.
+    direction : mapping of str to array_like, optional
+        Your own direction (keyed like the case's params) instead of the case's seeded one.
+
+    Returns
+    -------
+    ComparisonReport
+        When every product passes (or, with ``allow_inconclusive``, none fails).
+
+    Raises
+    ------
+    AssertionError
+        Naming the case and every failing product, its worst index, both values and the
+        limit; or the products the dtype cannot resolve at this point.
+    ValueError
+        For a case whose configuration describes no refimpl model (no expectation).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import refimpl as ri
+    >>> from refimpl.testing import assert_hvp_matches_oracle
+    >>> model = ri.MLP([3, 4, 2], activation="tanh")
+    >>> x, y = np.ones((5, 3)), np.array([0, 1, 1, 0, 1])
+    >>> def hvp(params, inputs, vector):     # refimpl itself stands in for yours
+    ...     return ri.hvp(model, params, (inputs["x"], inputs["y"]), vector)
+    >>> assert_hvp_matches_oracle(hvp, model, inputs={"x": x, "y": y}).ok
+    True
+    """
+    __tracebackhide__ = True   # pytest: the user's test line, not this helper, is the failure
+    report = compare_hvp_with_oracle(impl, case_or_model, params, inputs, dtype=dtype,
+                                     rtol=rtol, atol=atol, seed=seed, direction=direction,
+                                     name=name)
     _raise_unless_pass([report], allow_inconclusive, "")
     return report
 
