@@ -14,6 +14,11 @@ branch — is one leaf tensor read several times, and autograd sums its uses. A 
 is a gradient-accumulation loop: per micro-batch the loss scaled by ``n_i / N`` and its
 ``backward()``, accumulating in ``.grad``; a penalty's ``backward()`` once per step.
 
+``impl.hvp(params, inputs, vector)`` (the optional capability of :mod:`refimpl.testing.conform`)
+is PyTorch's double backward: ``torch.autograd.grad(loss, leaves, create_graph=True)``, then
+the gradient of ``<grad, vector>``, per micro-batch (each weighted by its share) and for the
+penalty once, summed: the step's Hessian times ``vector``.
+
 dtypes: "float64" and "float32" on any device; "tf32" needs a CUDA device, and runs with
 ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` set for the
 duration of each call (restored afterwards). ``device="cuda"`` is supported in the code but
@@ -76,7 +81,9 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
     -------
     callable
         ``impl(params, inputs) -> (loss, grads, outputs)``: the loss a Python float, grads
-        and outputs NumPy arrays in the dtype under test (float32 for "tf32").
+        and outputs NumPy arrays in the dtype under test (float32 for "tf32"); and
+        ``impl.hvp(params, inputs, vector) -> {name: array}``, the step's Hessian times
+        ``vector`` by double backward.
 
     Raises
     ------
@@ -99,6 +106,14 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
         with _tf32(dtype_name == "tf32"):
             return _run(plan, params, inputs, torch_dtype, target)
 
+    def hvp(params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_keys(params, plan.parameters, what="params")
+        check_keys(vector, plan.parameters, what="vector")
+        with _tf32(dtype_name == "tf32"):
+            return _hvp(plan, params, inputs, vector, torch_dtype, target)
+
+    impl.hvp = hvp
     return impl
 
 
@@ -159,6 +174,50 @@ def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, 
     grads = {key: (leaf.grad if leaf.grad is not None else torch.zeros_like(leaf))
              .detach().cpu().numpy() for key, leaf in leaves.items()}
     return total, grads, outputs
+
+
+def _step_losses(plan: CasePlan, leaves: Tensors, inputs: Mapping[str, np.ndarray],
+                 dtype: torch.dtype, device: torch.device) -> Iterator[torch.Tensor]:
+    """The terms of one step's loss, as :func:`_run` adds them: each micro-batch's loss
+    scaled by its share ``n_i / N``, then the penalty (once)."""
+    for batch in micro_batches(plan, inputs):
+        data = {key: _tensor(value, dtype, device) for key, value in batch.inputs.items()}
+        outs = {run.output: _forward(run.model, leaves, data[run.input]) for run in plan.runs}
+        if plan.metric is not None:
+            yield batch.weights[0] * _metric_loss(
+                plan.metric, [outs[run.output] for run in plan.runs], data)
+        else:
+            yield sum(weight * _loss(run.model.loss, outs[run.output],
+                                     next(data[key] for key in run.targets if key in data))
+                      for run, weight in zip(plan.runs, batch.weights, strict=True))
+    if plan.terms:
+        references = {term.other: _tensor(inputs[term.other], dtype, device)
+                      for term in plan.terms if term.from_inputs and term.other in inputs}
+        yield sum(_penalty(plan.penalty, term, leaves, references) for term in plan.terms)
+
+
+def _hvp(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+         vector: Mapping[str, np.ndarray], dtype: torch.dtype, device: torch.device
+         ) -> dict[str, np.ndarray]:
+    """The step's Hessian times ``vector`` by double backward: for each term of the loss,
+    ``g = grad(term, create_graph=True)`` and ``grad(<g, vector>)``, summed over the terms
+    (a parameter a term does not reach contributes 0 there). NumPy results."""
+    keys = list(plan.parameters)
+    leaves = {key: _tensor(params[key], dtype, device).requires_grad_(True) for key in keys}
+    tangent = {key: _tensor(vector[key], dtype, device) for key in keys}
+    total = {key: torch.zeros_like(leaf) for key, leaf in leaves.items()}
+    for term in _step_losses(plan, leaves, inputs, dtype, device):
+        grads = torch.autograd.grad(term, [leaves[key] for key in keys], create_graph=True,
+                                    allow_unused=True)
+        inner = sum((grad * tangent[key]).sum() for key, grad in zip(keys, grads, strict=True)
+                    if grad is not None)
+        if not torch.is_tensor(inner) or not inner.requires_grad:
+            continue                 # the term is linear in every parameter: H = 0
+        products = torch.autograd.grad(inner, [leaves[key] for key in keys], allow_unused=True)
+        for key, product in zip(keys, products, strict=True):
+            if product is not None:
+                total[key] = total[key] + product
+    return {key: value.detach().cpu().numpy() for key, value in total.items()}
 
 
 def _tensor(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
