@@ -5,6 +5,12 @@ Every file is written to a temporary sibling (same folder, so that the final ``o
 a rename within one file system, atomic on POSIX and Windows) and renamed over the target; on
 any failure the temporary is removed. Errors are raised as :class:`OutputError`, an
 ``OSError`` that names the path the user gave (never the temporary's name) with the reason.
+
+A process killed while it writes (SIGKILL, power loss) cannot remove its temporary; its name,
+``.refimpl-<pid>-<random><suffix>``, carries the writer's process id, and the next atomic write
+into the same folder removes every such temporary whose process no longer exists (a live
+writer's, or another user's, is left alone), as ``refimpl golden`` removes the leftovers of
+its dead writers.
 """
 
 from __future__ import annotations
@@ -12,14 +18,21 @@ from __future__ import annotations
 import contextlib
 import errno as errno_codes
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 
 __all__ = ["JSON_HELP", "OutputError", "check_destination", "write_text_atomically",
-           "atomic_output"]
+           "atomic_output", "remove_stale_temporaries"]
 
-#: Prefix of every temporary file this module creates (recognisable, hidden on POSIX).
+#: Prefix of every temporary file this module creates (recognisable, hidden on POSIX); the
+#: writer's process id and a dash follow it.
 TEMPORARY_PREFIX = ".refimpl-"
+
+#: The name of a temporary made by :func:`_temporary`: prefix, pid, mkstemp's random part,
+#: the target's extension.
+_TEMPORARY_NAME = re.compile(rf"^{re.escape(TEMPORARY_PREFIX)}(?P<pid>\d+)-[A-Za-z0-9_]+"
+                             rf"(\.[A-Za-z0-9]+)?$")
 
 #: The --json help of every sub-command that has one, so that they all describe '-' alike.
 JSON_HELP = ("also write the {what} as JSON to PATH, written atomically (a temporary file "
@@ -46,6 +59,57 @@ def _output_error(error: OSError, path: str) -> OutputError:
     return OutputError(number, error.strerror or os.strerror(number), path)
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process included; another user's counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):   # EPERM: it exists; a pid out of range: not ours
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove the temporaries of dead writers in ``folder`` (module docstring).
+
+    Parameters
+    ----------
+    folder : str
+        A folder an atomic write is about to write into.
+
+    Returns
+    -------
+    list of str
+        The paths removed (a file another process removed first is skipped).
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY_NAME.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        if _process_alive(int(match.group("pid"))):
+            continue
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            os.unlink(entry.path)
+            removed.append(entry.path)
+    return removed
+
+
+def _temporary(folder: str, suffix: str) -> str:
+    """A new empty temporary file in ``folder`` named after this process (closed)."""
+    descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=suffix,
+                                             prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-")
+    os.close(descriptor)
+    return temporary
+
+
 def check_destination(path: str) -> None:
     """Check, before any long computation, that ``path`` can be written atomically.
 
@@ -70,11 +134,9 @@ def check_destination(path: str) -> None:
     # The only reliable test of "may I create a file here" (permissions, read-only mounts,
     # ACLs, root) is to create one.
     try:
-        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX,
-                                             suffix=".tmp")
+        probe = _temporary(folder, ".tmp")
     except OSError as error:
         raise _output_error(error, path) from None
-    os.close(descriptor)
     os.unlink(probe)
 
 
@@ -103,11 +165,10 @@ def atomic_output(path: str) -> Iterator[str]:
     """
     check_destination(path)
     folder = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(folder)
     suffix = os.path.splitext(path)[1] or ".tmp"
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX,
-                                                 suffix=suffix)
-        os.close(descriptor)
+        temporary = _temporary(folder, suffix)
     except OSError as error:
         raise _output_error(error, path) from None
     try:

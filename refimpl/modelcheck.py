@@ -44,9 +44,13 @@ def check_model_gradients(
     and verdict; numerical derivatives equal to rounding), but in full mode every parameter's
     perturbed points are evaluated together, reusing the forward pass's structure
     (:mod:`refimpl.gradcheck.copies`): only forward evaluations of the model's own layers,
-    never a backward formula. Seeded coordinates are checked against the model's own loss
-    first (:mod:`refimpl.gradcheck.fast`); a disagreement falls back to the coordinate loop
-    with a ``RuntimeWarning``. Directional mode is :func:`refimpl.check_gradients`'s.
+    never a backward formula. They are checked against the model's own loss along seeded
+    random directions over every entry first (:mod:`refimpl.gradcheck.fast`); a
+    disagreement falls back to the coordinate loop with a ``RuntimeWarning``. A model of a
+    subclass, or one whose instance replaces a method (``model.loss = ...``), may compute
+    another loss than its layers: it takes the coordinate loop of
+    :func:`refimpl.check_gradients` on its own ``loss_and_grads``. Directional mode is
+    :func:`refimpl.check_gradients`'s.
 
     Parameters
     ----------
@@ -60,8 +64,8 @@ def check_model_gradients(
     method : {"complex", "central", "richardson"}
     mode : {"full", "directional"}
     names, directions, seed, rtol, atol
-        As in :func:`refimpl.check_gradients`; in full mode ``seed`` also picks the guard's
-        coordinates.
+        As in :func:`refimpl.check_gradients`; in full mode ``seed`` also seeds the guard's
+        directions.
 
     Returns
     -------
@@ -84,13 +88,49 @@ def check_model_gradients(
     >>> ri.check_model_gradients(model, model.init(seed=0), (x, y)).ok
     True
     """
-    f, loss_fn, chains, penalties, penalty_value = _problem(model, params, data)
     options = {"method": method, "names": names, "seed": seed, "rtol": rtol, "atol": atol}
+    if not _known(model):
+        f, loss_fn = _own_functions(model, data)
+        return check_gradients(f, params, mode=mode, directions=directions, loss_fn=loss_fn,
+                               **options)
+    f, loss_fn, chains, penalties, penalty_value = _problem(model, params, data)
     if mode != "full" or any(term.kind not in PENALTY_TERMS for term in penalties):
         return check_gradients(f, params, mode=mode, directions=directions, loss_fn=loss_fn,
                                **options)
     return check_chains(f, params, chains, penalties, penalty_value, loss_fn=loss_fn,
                         **options)
+
+
+#: The model classes whose losses the fast path rebuilds from their layers, by exact type: a
+#: subclass may compute another loss (or other gradients) than its layers.
+FAST_CLASSES = (Sequential, TiedPair, AnchoredModel)
+
+
+def _known(model: Any) -> bool:
+    """Whether the fast path knows how ``model`` computes its loss: its class and the classes
+    of the models inside it are exactly those of :data:`FAST_CLASSES`, and no instance
+    replaces a method of its class (``model.loss = ...``)."""
+    inner = ([model.model_a, model.model_b] if type(model) is TiedPair else
+             [model.model] if type(model) is AnchoredModel else [])
+    for part in (model, *inner):
+        if type(part) not in FAST_CLASSES:
+            return False
+        if any(callable(getattr(type(part), attribute, None)) for attribute in vars(part)):
+            return False
+    return True
+
+
+def _own_functions(model: Any, data: Any) -> tuple[Any, Any]:
+    """``(f, loss_fn)`` of a model the fast path does not know, from its own methods: its
+    ``loss_and_grads``, whose loss is the one checked (``loss_fn=None``)."""
+    if isinstance(model, TiedPair):
+        batch_a, batch_b = _pair_of(data, "data")
+        return (lambda joined: model.joined_loss_and_grads(joined, batch_a, batch_b)), None
+    if isinstance(model, (Sequential, AnchoredModel)):
+        x, y = _pair_of(data, "data")
+        return (lambda p: model.loss_and_grads(p, x, y)), None
+    raise TypeError(f"model: expected a Sequential, TiedPair or AnchoredModel, got "
+                    f"{type(model).__name__}")
 
 
 def _pair_of(value: Any, name: str) -> tuple[Any, Any]:

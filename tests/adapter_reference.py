@@ -2,8 +2,9 @@
 
 * :func:`assert_conforms`: the verdict an adapter must reach on a catalogue case — pass; in
   float32, inconclusive only on tensors the oracle itself calls unresolvable; on a probe
-  (``config["convention"]``), a fail only when the probes' ``diagnose`` names the convention
-  (then the test is marked xfail with that name: visible, never a pass).
+  (``config["convention"]``), a fail only when the conformance rule calls it "convention
+  differs" (the whole result matches a documented alternative's reference; then the test is
+  marked xfail with that rule: visible, never a pass).
 * Hand-written NumPy forwards of the issue-13 layer configs (Embedding, RNN, LastStep, Dense
   on the last axis, cross-entropy over (..., K)), until refimpl's own layers exist, written
   from the promised configs and PyTorch's formulas without refimpl: :func:`sequence_cases`
@@ -20,7 +21,7 @@ import pytest
 
 from refimpl.adapters._config import CASE_KEYS
 from refimpl.testing import NotExpressible, compare_with_oracle, unresolved_tensors
-from refimpl.testing.cases.probes import diagnose
+from refimpl.testing.conform import conform_case
 
 
 def cast(arrays: dict, dtype: str) -> dict:
@@ -49,10 +50,9 @@ def assert_conforms(build: Any, case: Any, dtype: str) -> None:
         assert inconclusive <= unresolvable, (inconclusive - unresolvable, str(report))
         return
     assert report.verdict == "fail" and "convention" in case.config, str(report)
-    loss, grads = impl(cast(case.params, dtype), cast(case.inputs, dtype))[:2]
-    named = diagnose(case, loss, grads)
-    assert named, f"a probe failed without a named convention:\n{report}"
-    pytest.xfail(f"convention differs: {named}")
+    row = conform_case(lambda config, dtype_: impl, case, dtype)
+    assert row.outcome == "convention differs", f"a probe failed:\n{row.detail}\n{report}"
+    pytest.xfail(f"convention differs: {row.detail}")
 
 
 def _dense(name: str, fan_in: int, fan_out: int) -> dict[str, Any]:

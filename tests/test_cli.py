@@ -365,3 +365,26 @@ def test_a_closed_pipe_prints_nothing_from_a_real_process():
         process.stderr.close()
     assert err == ""
     assert status == 141
+
+
+def test_verify_fails_a_float_schema_version(tmp_path, capsys):
+    """`refimpl verify` on a folder whose manifest says "schema_version": 2.0, every hash
+    redone to match: exit status 1 naming the field (typed readers refuse the float)."""
+    import hashlib
+
+    from refimpl.testing import golden
+
+    folder = golden.write(tmp_path / "one", cases=["mlp-tanh-ce"])
+    assert cli.main(["verify", "--quiet", str(folder)]) == 0
+    manifest_path = folder / golden.MANIFEST
+    text = manifest_path.read_text().replace('"schema_version": 2,', '"schema_version": 2.0,')
+    assert '"schema_version": 2.0' in text
+    manifest_path.write_text(text)
+    sums = folder / golden.CHECKSUMS
+    lines = sums.read_text().splitlines()
+    lines[0] = f"{hashlib.sha256(text.encode()).hexdigest()}  {golden.MANIFEST}"
+    sums.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert cli.main(["verify", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  manifest.json: schema_version 2.0" in out and "FAILED" in out

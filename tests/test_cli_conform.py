@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from refimpl import cli
+from refimpl.cli.conform import ProgressBar
 from refimpl.testing import golden
 from refimpl.testing.cases import all_cases
 
@@ -41,6 +46,16 @@ BUILDERS = textwrap.dedent('''
     def mlp_only(config, dtype):
         if "model" not in config or "Conv2D" in json.dumps(config):
             raise NotExpressible("only dense models")
+        return reference(config, dtype)
+
+    def exits(config, dtype):
+        def impl(params, inputs):
+            raise SystemExit(0)
+        return impl
+
+    def interrupted_on_pairs(config, dtype):
+        if "pair" in config:
+            raise KeyboardInterrupt
         return reference(config, dtype)
 
     NOT_CALLABLE = 3
@@ -189,3 +204,124 @@ def test_a_drawn_case_is_exported_once_golden_write_takes_cases(builders, tmp_pa
     manifest = golden.read_manifest(out)
     assert list(manifest["cases"]) == ["drawn-mlp-7"]
     assert manifest["cases"]["drawn-mlp-7"]["config"]["seed"] == 7
+
+
+def test_case_names_separate_by_commas(builders, capsys):
+    assert cli.main(["conform", f"{builders}:reference", "--case", "mlp-tanh-ce,tied-soft-l2",
+                     "--case", "drawn-mlp-7", "--dtype", "float64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:-1]] == ["mlp-tanh-ce", "tied-soft-l2",
+                                                          "drawn-mlp-7"]
+    assert "unknown case 'nope'" in _usage_error(capsys, [
+        "conform", f"{builders}:reference", "--case", "mlp-tanh-ce,nope"])
+    assert "--case: expected case names" in _usage_error(capsys, [
+        "conform", f"{builders}:reference", "--case", ","])
+
+
+def test_a_builder_module_in_the_current_folder_is_found(tmp_path, monkeypatch, capsys):
+    (tmp_path / "here_builders.py").write_text(BUILDERS, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    try:
+        assert cli.main(["conform", "here_builders:reference", "--case", "mlp-tanh-ce"]) == 0
+    finally:
+        sys.modules.pop("here_builders", None)
+    assert sys.path == path_before                     # as python -m, for the run only
+    assert capsys.readouterr().out.splitlines()[-1].endswith(": ok")
+
+
+def test_sys_exit_in_an_implementation_fails_its_rows_instead_of_ending_the_run(builders,
+                                                                                 capsys):
+    # Before: `refimpl conform` ended with status 0 and no output.
+    assert cli.main(["conform", f"{builders}:exits", *FEW]) == 1
+    out = capsys.readouterr().out
+    assert out.count("impl raised SystemExit: 0") == 4
+    assert out.splitlines()[-1].endswith("FAILED")
+
+
+def test_ctrl_c_stops_the_run_with_status_130_and_says_where(builders, tmp_path, capsys):
+    path = tmp_path / "report.json"
+    assert cli.main(["conform", f"{builders}:interrupted_on_pairs", *FEW,
+                     "--json", str(path)]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "" and not path.exists()
+    assert captured.err.strip() == (
+        "refimpl conform: interrupted (KeyboardInterrupt) at tied-soft-l2 [float64], after 2 "
+        "of 4 rows; no table, report or export written")
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return int(done.stdout)
+
+
+def test_a_killed_runs_json_temporary_is_removed_by_the_next_run(builders, tmp_path, capsys):
+    dead = tmp_path / f".refimpl-{_dead_pid()}-k1ll3d_x.json"     # a SIGKILLed writer's
+    live = tmp_path / f".refimpl-{os.getppid()}-w0rk1ng.json"      # a live writer's
+    old = tmp_path / ".refimpl-abc123.json"                         # no pid: not judged
+    for leftover in (dead, live, old):
+        leftover.write_text("{", encoding="utf-8")
+    path = tmp_path / "report.json"
+    assert cli.main(["conform", f"{builders}:reference", "--case", "mlp-tanh-ce",
+                     "--json", str(path)]) == 0
+    assert json.loads(path.read_text(encoding="utf-8"))["ok"] is True
+    assert not dead.exists() and live.exists() and old.exists()
+    assert sorted(entry.name for entry in tmp_path.iterdir() if entry.is_file()) == sorted(
+        [live.name, old.name, "report.json"])
+
+
+def test_the_json_records_refimpl_and_the_builders_framework(builders, tmp_path, capsys):
+    folder = tmp_path / "framework"
+    folder.mkdir()
+    (folder / "numpy_builders.py").write_text(
+        BUILDERS + "\nFRAMEWORK = 'numpy'\n", encoding="utf-8")
+    sys.path.insert(0, str(folder))
+    try:
+        assert cli.main(["conform", "numpy_builders:reference", "--case", "mlp-tanh-ce",
+                         "--json", "-"]) == 0
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("numpy_builders", None)
+    document = json.loads(capsys.readouterr().out)
+    assert document["framework"] == {"name": "numpy", "version": np.__version__}
+    assert document["refimpl"] == __import__("refimpl").__version__
+
+
+def test_no_progress_on_a_stream_that_is_not_a_terminal(builders, capsys):
+    assert cli.main(["conform", f"{builders}:reference", *FEW]) == 0
+    assert capsys.readouterr().err == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_shows_rows_time_and_the_row_running_then_clears(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    stream = _Terminal()
+    bar = ProgressBar(stream)
+    bar(0, 4, "mlp-tanh-ce [float64]")
+    bar(2, 4, "tied-soft-l2 [float64]")
+    bar(4, 4, "")
+    text = stream.getvalue()
+    frames = text.split("\r")[1:]
+    assert frames[0].startswith("refimpl conform [........................] 0/4 0% 0:00  "
+                                "mlp-tanh-ce [float64]")
+    assert frames[1].startswith("refimpl conform [############............] 2/4 50% 0:00, "
+                                "~0:00 left  tied-soft-l2 [float64]")
+    assert frames[-1] == "" and frames[-2].strip() == ""           # cleared at the end
+    assert "\n" not in text
+    monkeypatch.setenv("COLUMNS", "70")      # a narrow terminal: the bar goes, never wraps
+    narrow = _Terminal()
+    ProgressBar(narrow)(1, 4, "siamese-contrastive-shared-tower [float64]")
+    assert narrow.getvalue() == ("\r1/4 25% 0:00, ~0:00 left  siamese-contrastive-shared-tower "
+                                 "[float64]")
+    monkeypatch.setenv("COLUMNS", "30")
+    narrower = _Terminal()
+    ProgressBar(narrower)(1, 4, "siamese-contrastive-shared-tower [float64]")
+    assert narrower.getvalue() == "\r1/4 25% 0:00, ~0:00 left  sia"
+    quiet = io.StringIO()
+    ProgressBar(quiet)(1, 4, "x")
+    assert quiet.getvalue() == ""

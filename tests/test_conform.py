@@ -1,13 +1,21 @@
 """Tests of refimpl/testing/conform.py: the conformance engine, its outcomes and its report;
-and of the report names of refimpl/testing/oracle.py."""
+and of the report names of refimpl/testing/oracle.py.
+
+The promise of each verdict path (docs/conformance.md, "What each outcome promises") is kept by
+the test named there; a planted wrong implementation of each kind must get the outcome the
+page promises."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
+from planted_conventions import PLANTED, VARIANTS
+from planted_conventions import builder as planted_builder
 
 from refimpl import TiedPair
 from refimpl.nn import MLP
@@ -18,9 +26,15 @@ from refimpl.testing import (
     compare_with_oracle,
     conform,
 )
-from refimpl.testing.cases import Case, all_cases, get_case
+from refimpl.testing.cases import Case, all_cases, get_case, probes
 from refimpl.testing.cases.drawn import drawn_cases
-from refimpl.testing.conform import OUTCOMES, conform_case, load_builder
+from refimpl.testing.conform import (
+    OUTCOMES,
+    ConformanceRow,
+    conform_case,
+    framework_of,
+    load_builder,
+)
 
 CATALOGUE = all_cases()
 DRAWN = drawn_cases(6, seed=11)
@@ -59,11 +73,21 @@ def _scaled(grads):
 
 # --- the outcomes --------------------------------------------------------------------------------
 
+#: The probes no float32 or TF32 implementation can decide (``resolved_in: ["float64"]``).
+FLOAT64_PROBES = {"probe-leaky-relu-slope-float64", "probe-softplus-above-20",
+                  "probe-l2-lambda-float64"}
+
+
 def test_the_reference_passes_every_case_in_every_dtype():
     report = conform(reference_build, dtypes=("float64", "float32", "tf32"), drawn=6, seed=11)
     assert report.ok, report.table()
     assert len(report.rows) == 3 * (len(CATALOGUE) + 6)
-    assert {row.outcome for row in report.rows if row.dtype != "tf32"} == {"pass"}
+    assert {row.outcome for row in report.rows if row.dtype == "float64"} == {"pass"}
+    undecided = {row.case for row in report.rows if row.dtype == "float32"
+                 and row.outcome == "inconclusive"}
+    assert undecided == FLOAT64_PROBES
+    assert {row.outcome for row in report.rows if row.dtype == "float32"
+            and row.case not in undecided} == {"pass"}
     # TF32's floor (10-bit products) leaves some tensors unresolved: never a fail, though.
     assert {row.outcome for row in report.rows if row.dtype == "tf32"} <= {"pass",
                                                                              "inconclusive"}
@@ -133,6 +157,12 @@ def test_a_run_in_which_nothing_passed_is_not_ok():
     assert "NOT OK (nothing passed)" in report.summary()
 
 
+def _line_of(text: str) -> int:
+    """The line of this file that holds ``text`` (where a planted exception is raised)."""
+    with open(__file__, encoding="utf-8") as handle:
+        return next(number for number, line in enumerate(handle, 1) if text in line)
+
+
 def test_exceptions_of_build_or_impl_are_failed_rows_and_the_run_goes_on():
     def build(config, dtype):
         if "Conv2D" in json.dumps(config):
@@ -145,12 +175,141 @@ def test_exceptions_of_build_or_impl_are_failed_rows_and_the_run_goes_on():
 
     report = conform(build, cases=SMALL, dtypes=["float64"])
     details = {row.case: (row.outcome, row.detail) for row in report.rows}
-    assert details["cnn-relu-maxpool"] == ("fail", "build raised ValueError: cannot build this")
-    assert details["tied-soft-l2"] == ("fail", "impl raised ZeroDivisionError: division by zero")
+    assert details["cnn-relu-maxpool"][0] == "fail"
+    assert details["cnn-relu-maxpool"][1].startswith(
+        "build raised ValueError: cannot build this (at ")
+    raise_line = _line_of('raise ValueError("cannot build this")')
+    assert details["cnn-relu-maxpool"][1].endswith(f"test_conform.py:{raise_line} in build)")
+    assert details["tied-soft-l2"][1].startswith(
+        "impl raised ZeroDivisionError: division by zero (at ")
+    lambda_line = _line_of("return lambda params, inputs: 1 / 0")
+    assert details["tied-soft-l2"][1].endswith(f"test_conform.py:{lambda_line} in <lambda>)")
     assert details["shared-tied-autoencoder"] == (
         "fail", "build returned int, not a callable impl(params, inputs)")
     assert details["mlp-tanh-ce"][0] == "pass"
     assert not report.ok and len(report.failed) == 3
+
+
+class _Stop(BaseException):
+    """A BaseException of the builder's own (neither Exception nor KeyboardInterrupt)."""
+
+
+def test_sys_exit_or_any_base_exception_in_build_or_impl_is_a_failed_row():
+    # Before: SystemExit went through, ending the run (and `refimpl conform`) with status 0 and
+    # no output, and any calling script with it.
+    def build(config, dtype):
+        if "Conv2D" in json.dumps(config):
+            sys.exit()
+        if "pair" in config:
+            def impl(params, inputs):
+                sys.exit(3)
+            return impl
+        if config["model"].get("share"):
+            raise _Stop("stop here")
+        return reference_build(config, dtype)
+
+    report = conform(build, cases=SMALL, dtypes=["float64"])
+    details = {row.case: (row.outcome, row.detail) for row in report.rows}
+    assert details["cnn-relu-maxpool"][0] == "fail"
+    assert details["cnn-relu-maxpool"][1].startswith("build raised SystemExit (at ")
+    assert "a SystemExit (sys.exit()) inside the builder's code is a failure of this case" in \
+        details["cnn-relu-maxpool"][1]
+    assert details["tied-soft-l2"][1].startswith("impl raised SystemExit: 3 (at ")
+    assert details["shared-tied-autoencoder"][1].startswith(
+        f"build raised {__name__}._Stop: stop here (at ")
+    assert details["mlp-tanh-ce"][0] == "pass"
+    assert not report.ok and len(report.failed) == 3
+
+
+def test_keyboard_interrupt_stops_the_run():
+    def build(config, dtype):
+        def impl(params, inputs):
+            raise KeyboardInterrupt
+        return impl
+
+    with pytest.raises(KeyboardInterrupt):
+        conform(build, cases=["mlp-tanh-ce"])
+    with pytest.raises(KeyboardInterrupt):
+        conform_case(build, get_case("mlp-tanh-ce"))
+
+
+def test_a_foreign_not_expressible_class_gets_a_hint():
+    class NotExpressible(Exception):          # the builder's own, not refimpl's
+        pass
+
+    def build(config, dtype):
+        raise NotExpressible("no such layer here")
+
+    row = conform_case(build, get_case("mlp-tanh-ce"))
+    assert row.outcome == "fail"
+    assert row.detail.startswith(f"build raised {__name__}.test_a_foreign_not_expressible_"
+                                 f"class_gets_a_hint.<locals>.NotExpressible: no such layer")
+    assert "raise refimpl.testing.NotExpressible" in row.detail
+
+
+def test_the_location_is_the_builders_own_frame_not_a_librarys_or_refimpls():
+    model = MLP([4, 8, 3], activation="tanh", loss="cross_entropy")
+
+    def build(config, dtype):
+        def impl(params, inputs):
+            if inputs["x"].shape[0] == 5:
+                np.linalg.inv(np.zeros((2, 2)))                   # raises inside numpy
+            x = inputs["x"][:, :2]
+            return model.loss_and_grads(params, x, inputs["y"])   # raises inside refimpl
+        return impl
+
+    numpy_row = conform_case(build, get_case("mlp-tanh-ce"))
+    assert "LinAlgError" in numpy_row.detail
+    assert numpy_row.detail.endswith(
+        f"test_conform.py:{_line_of('# raises inside numpy')} in impl)")
+    refimpl_row = conform_case(build, get_case("mlp-batch1-one-feature"))
+    assert refimpl_row.detail.startswith("impl raised ValueError: ")
+    assert refimpl_row.detail.endswith(
+        f"test_conform.py:{_line_of('# raises inside refimpl')} in impl)")
+
+
+def test_a_builder_installed_among_the_libraries_is_still_located(tmp_path, monkeypatch):
+    # Both the builder's package and the framework it calls live in the libraries' folder
+    # (pip-installed): the builder's own frame is the location, not the framework's.
+    conform_module = sys.modules["refimpl.testing.conform"]   # the name is the function's
+    library = tmp_path / "site-packages"
+    (library / "fake_builder_pkg").mkdir(parents=True)
+    (library / "fake_builder_pkg" / "__init__.py").write_text("", encoding="utf-8")
+    (library / "fake_builder_pkg" / "builders.py").write_text(
+        "import fake_framework\n\ndef build(config, dtype):\n    def impl(params, inputs):\n"
+        "        return fake_framework.explode()\n    return impl\n", encoding="utf-8")
+    (library / "fake_framework.py").write_text(
+        "def explode():\n    raise RuntimeError('inside the framework')\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(library))
+    monkeypatch.setattr(conform_module, "_LIBRARIES", (library.resolve(),))
+    try:
+        build = load_builder("fake_builder_pkg.builders:build")
+        row = conform_case(build, get_case("mlp-tanh-ce"))
+    finally:
+        for name in ("fake_builder_pkg.builders", "fake_builder_pkg", "fake_framework"):
+            sys.modules.pop(name, None)
+    assert row.detail.startswith("impl raised RuntimeError: inside the framework (at ")
+    assert row.detail.endswith("builders.py:5 in impl)"), row.detail
+
+
+def test_a_builder_module_that_exits_at_import_is_a_load_error(tmp_path, monkeypatch):
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(0)\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="does not import: SystemExit: 0"):
+        load_builder("exits_at_import:build")
+    sys.modules.pop("exits_at_import", None)
+
+
+def test_progress_is_reported_before_each_row_and_at_the_end():
+    seen = []
+    conform(reference_build, cases=["mlp-tanh-ce", "tied-soft-l2"], drawn=1, seed=11,
+            progress=lambda done, total, label: seen.append((done, total, label)))
+    drawn = DRAWN[0].name
+    assert seen == [(0, 6, "mlp-tanh-ce [float64]"), (1, 6, "mlp-tanh-ce [float32]"),
+                    (2, 6, "tied-soft-l2 [float64]"), (3, 6, "tied-soft-l2 [float32]"),
+                    (4, 6, f"{drawn} [float64]"), (5, 6, f"{drawn} [float32]"), (6, 6, "")]
+    with pytest.raises(TypeError, match="progress: expected a callable"):
+        conform(reference_build, cases=["mlp-tanh-ce"], progress="bar")
 
 
 def test_refimpls_own_exceptions_are_raised_not_blamed_on_the_implementation():
@@ -214,7 +373,9 @@ def _probe_build(fault):
     return build
 
 
-def test_a_failed_probe_that_diagnose_recognises_is_a_convention_difference():
+def test_diagnose_writes_the_best_guess_and_never_grants_a_convention():
+    # The old loophole: a diagnose that "recognised" the gradients made a wrong
+    # implementation a convention difference. Now its sentence is a guess in a fail row.
     seen = []
 
     def diagnose(case, loss, grads):
@@ -223,20 +384,15 @@ def test_a_failed_probe_that_diagnose_recognises_is_a_convention_difference():
 
     build = _probe_build(_scaled)
     cases = [_probe(), "mlp-tanh-ce"]
-    report = conform(_mixed(build), cases=cases, dtypes=["float64"],
-                     diagnose=diagnose)
+    report = conform(_mixed(build), cases=cases, dtypes=["float64"], diagnose=diagnose)
     row = report.rows[0]
-    assert row.outcome == "convention differs"
-    assert row.detail == "relu'(0): implementation 1, refimpl 0" and row.worst > 1
+    assert row.outcome == "fail" and row.worst > 1
+    assert row.detail.endswith("; best guess: relu'(0): implementation 1, refimpl 0")
     # diagnose saw the implementation's own (faulty) gradients, from its one run
     assert len(seen) == 1 and seen[0][0] == "probe-fake"
     reference = get_case("mlp-relu-ce").loss_and_grads(get_case("mlp-relu-ce").params)[1]
     assert np.array_equal(seen[0][2]["fc1.weight"], reference["fc1.weight"] * (1 + 1e-6))
-    assert report.ok and report.rows[1].outcome == "pass"
-    strict = conform(_mixed(build), cases=cases, dtypes=["float64"], diagnose=diagnose,
-                     strict_conventions=True)
-    assert not strict.ok and [r.case for r in strict.failed] == ["probe-fake"]
-    assert "convention differences fail the run" in strict.header()
+    assert not report.ok and report.rows[1].outcome == "pass"
 
 
 def _mixed(probe_build):
@@ -252,6 +408,126 @@ def test_a_failed_probe_that_diagnose_does_not_recognise_is_a_fail():
     report = conform(_probe_build(_scaled), cases=[_probe()], dtypes=["float64"],
                      diagnose=lambda case, loss, grads: None)
     assert report.rows[0].outcome == "fail" and not report.ok
+    assert "best guess" not in report.rows[0].detail
+
+
+# --- "convention differs": the whole result against one documented alternative -----------
+
+PROBES = {case.name: case for case in probes.cases()}
+PLANTS = [(name, None, plant) for name, plant in PLANTED.items()] + \
+    [(name, variant, plant) for (name, variant), plant in VARIANTS.items()]
+
+
+@pytest.mark.parametrize(("name", "variant", "plant"), PLANTS,
+                         ids=[f"{name}-{variant or 'main'}" for name, variant, _ in PLANTS])
+def test_a_planted_rule_gets_the_promised_outcome(name, variant, plant):
+    # Documented members (relu'(0) in {0.5, 1}, sign(0) = -1, an even tie split, ...): the
+    # whole result of an implementation written without refimpl matches refimpl's alternative
+    # reference. Bugs, losses of precision (TensorFlow's float32 slope, lam as float32),
+    # non-finite values and values outside a family (relu'(0) = 7, mygrad's leaky'(0) = 0):
+    # fail, with the best guess in the detail.
+    row = conform_case(planted_builder(PROBES[name], variant), PROBES[name], "float64")
+    assert row.outcome == plant.outcome, row.detail
+    rule = PROBES[name].config["convention"]["refimpl_rule"]
+    if plant.outcome == "convention differs":
+        assert row.detail.endswith(f"one documented rule changed; refimpl: {rule}"), row.detail
+    else:
+        assert "; best guess: " in row.detail and plant.words in row.detail, row.detail
+
+
+def test_strict_conventions_fail_the_run():
+    case = PROBES["probe-l1-tie"]
+
+    def build(config, dtype):
+        if "convention" in config:
+            return planted_builder(case)(config, dtype)
+        return reference_build(config, dtype)
+
+    cases = [case, "mlp-tanh-ce"]
+    lenient = conform(build, cases=cases, dtypes=["float64"])
+    assert [row.outcome for row in lenient.rows] == ["convention differs", "pass"]
+    assert lenient.ok and not lenient.failed
+    strict = conform(build, cases=cases, dtypes=["float64"], strict_conventions=True)
+    assert not strict.ok and [row.case for row in strict.failed] == ["probe-l1-tie"]
+    assert "convention differences fail the run" in strict.header()
+    assert strict.summary().endswith("FAILED")
+
+
+def _doubled_loss(result):
+    loss, grads, outputs = result
+    return 2 * loss, grads, outputs
+
+
+def _wrong_bias_gradient(result):
+    loss, grads, outputs = result
+    return loss, {**grads, "fc2.bias": grads["fc2.bias"] + 0.5}, outputs
+
+
+def _negated_outputs(result):
+    loss, grads, outputs = result
+    return loss, grads, {name: -value for name, value in outputs.items()}
+
+
+def _float32_arrays(result):
+    loss, grads, outputs = result
+    return (np.float32(loss), {name: g.astype(np.float32) for name, g in grads.items()},
+            {name: o.astype(np.float32) for name, o in outputs.items()})
+
+
+def _extra_key(result):
+    loss, grads, outputs = result
+    return loss, {**grads, "fc3.weight": np.zeros((2, 2))}, outputs
+
+
+def _without_outputs_but_a_wrong_loss(result):
+    return result[0] * 1.001, result[1]
+
+
+@pytest.mark.parametrize("fault", [_doubled_loss, _wrong_bias_gradient, _negated_outputs,
+                                   _float32_arrays, _extra_key,
+                                   _without_outputs_but_a_wrong_loss])
+def test_a_convention_with_anything_else_wrong_is_a_fail(fault):
+    case = PROBES["probe-relu-at-zero"]
+    follows = conform_case(planted_builder(case), case, "float64")
+    assert follows.outcome == "convention differs", follows.detail     # the control
+    row = conform_case(planted_builder(case, fault=fault), case, "float64")
+    assert row.outcome == "fail", row.detail
+    assert ("best guess: relu'(0): implementation ~ 1 (a documented value: the positive "
+            "side's derivative)") in row.detail
+    assert "the whole result does not match refimpl's with it: " in row.detail
+
+
+def test_a_convention_in_float32_is_judged_at_float32s_limits():
+    case = PROBES["probe-leaky-relu-at-zero"]
+    row = conform_case(planted_builder(case), case, "float32")
+    assert row.outcome == "convention differs", row.detail
+    doubled = conform_case(planted_builder(case, fault=_doubled_loss), case, "float32")
+    assert doubled.outcome == "fail"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "tf32"])
+@pytest.mark.parametrize("name", sorted(FLOAT64_PROBES))
+def test_a_probe_no_dtype_can_decide_is_inconclusive_never_pass(name, dtype):
+    # The planted implementations of these probes are wrong (a threshold, a float32 slope or
+    # lam) by ~1e-8 relative: within float32's tolerance, so "pass" would be a false pass.
+    case = PROBES[name]
+    row = conform_case(planted_builder(case), case, dtype)
+    assert row.outcome == "inconclusive", row.detail
+    assert "only float64 resolves it" in row.detail and "tensors match" in row.detail
+    assert row.outcome == conform_case(reference_build, case, dtype).outcome
+    broken = conform_case(planted_builder(case, fault=_negated_outputs), case, dtype)
+    assert broken.outcome == "fail"          # a real failure stays a failure
+    assert conform_case(planted_builder(case), case, "float64").outcome == PLANTED[name].outcome
+
+
+def test_the_table_shows_a_convention_rows_whole_rule():
+    case = PROBES["probe-softplus-above-20"]
+    row = conform_case(planted_builder(case), case, "float64")
+    assert row.outcome == "convention differs" and len(row.detail) > 150
+    report = ConformanceReport((row,), "b", ("float64",), 0, 0)
+    assert row.detail in report.table()
+    cut = ConformanceRow("c", "mlp", "float64", "not expressible", math.nan, "", 0.0, "x" * 150)
+    assert "x" * 97 + "..." in ConformanceReport((cut,), "b", ("float64",), 0, 0).table()
 
 
 def test_diagnose_is_asked_only_about_failed_probes():
@@ -313,6 +589,24 @@ def test_the_table_and_json_state_what_was_run_and_every_row():
     assert [row["case"] for row in document["rows"]] == [row.case for row in report.rows]
     assert document["counts"] == {outcome: (3 if outcome == "fail" else 0)
                                   for outcome in OUTCOMES}
+
+
+def test_the_framework_is_recorded_when_the_builder_module_names_it(monkeypatch):
+    module = types.ModuleType("fake_framework_builders")
+    module.FRAMEWORK = "numpy"                       # the version: the installed numpy's
+    exec("def build(config, dtype):\n    raise ValueError('no')\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert framework_of(module.build) == {"name": "numpy", "version": np.__version__}
+    module.FRAMEWORK_VERSION = "9.9"
+    report = conform(module.build, cases=["mlp-tanh-ce"], dtypes=["float64"])
+    assert report.header().startswith("refimpl conform fake_framework_builders:build (numpy "
+                                      "9.9): ")
+    document = json.loads(report.to_json())
+    assert document["framework"] == {"name": "numpy", "version": "9.9"}
+    assert document["refimpl"] == __import__("refimpl").__version__
+    assert framework_of(reference_build) is None
+    assert json.loads(conform(reference_build, cases=["mlp-tanh-ce"]).to_json())[
+        "framework"] is None
 
 
 def test_json_writes_non_finite_worst_errors_as_strings():

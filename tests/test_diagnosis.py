@@ -27,6 +27,7 @@ from refimpl.testing import (
     compare_tensor,
     compare_with_golden,
     compare_with_oracle,
+    conform,
     golden,
 )
 from refimpl.testing.cases import get_case
@@ -575,3 +576,13 @@ def test_a_fit_is_judged_with_the_tensors_own_tolerance_and_floor(offset, diagno
     report = compare_with_oracle(impl, case, dtype="tf32")
     assert report.verdict == "fail"
     assert bool(report.diagnoses) == diagnosed
+
+
+def test_a_failed_conform_row_carries_the_diagnosis():
+    def build(config, dtype):
+        return model_impl("shared-tied-autoencoder", drop="dec.weight")
+
+    row, = conform(build, cases=["shared-tied-autoencoder"], dtypes=["float64"]).rows
+    assert row.outcome == "fail"
+    assert row.detail.endswith("; diagnosis: gradient 'enc.weight' equals the use enc.weight "
+                               "alone; the use dec.weight^T is missing")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from refimpl.testing.cases.drawn import (
     drawn_cases,
     drawn_name,
 )
+from refimpl.testing.cases.rebuild import rebuild_case
 
 SEEDS = range(12)
 
@@ -74,6 +76,9 @@ def test_every_kind_is_valid_resolvable_in_float32_and_correct(kind):
 
 
 def test_the_draws_cover_every_kind_and_varied_models():
+    assert set(DRAWN_KINDS) == {"mlp", "cnn", "shared", "tied", "sequence", "siamese",
+                                "microbatch"}            # every kind of the catalogue but probes
+    assert {drawn_name(seed).split("-")[1] for seed in range(30)} == set(DRAWN_KINDS)
     cases = drawn_cases(40, seed=0)
     assert {case.kind for case in cases} == set(DRAWN_KINDS)
     activations = {layer["type"] for case in cases if "model" in case.config
@@ -156,6 +161,7 @@ def test_case_named_finds_built_in_cases_and_refuses_unknown_names():
         case_named("no-such-case")
     with pytest.raises(ValueError, match="unknown drawn kind 'rnn'"):
         case_named("drawn-rnn-3")
+    assert case_named("drawn-siamese-3").name == "drawn-siamese-3"
 
 
 @pytest.mark.parametrize(("seed", "kind", "error", "message"), [
@@ -167,3 +173,48 @@ def test_case_named_finds_built_in_cases_and_refuses_unknown_names():
 def test_bad_arguments_are_named(seed, kind, error, message):
     with pytest.raises(error, match=message):
         drawn_case(seed, kind)
+
+
+#: Digests of the point and data of drawn cases named before the sequence, Siamese and
+#: micro-batch kinds were added (computed with that version): a golden folder holding one
+#: rebuilds it by name, so a name must keep drawing the same case.
+NAMED_BEFORE = {"drawn-mlp-7": "219cccb082763bb9f26fca0a983d47a6",
+                "drawn-cnn-3": "7412994a0fea2809f25cafb84bea14b2",
+                "drawn-shared-5": "0c9743e029718e37b7b7d7b7eb7658f1",
+                "drawn-tied-11": "181a6f7be3a1cbfb8409ed1d85dd9080"}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_BEFORE))
+def test_a_name_drawn_before_new_kinds_were_added_draws_the_same_case(name):
+    case = case_named(name)
+    digest = hashlib.sha256()
+    for arrays in (case.params, case.inputs):
+        for key in sorted(arrays):
+            digest.update(key.encode())
+            digest.update(str(arrays[key].dtype).encode())
+            digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    assert digest.hexdigest()[:32] == NAMED_BEFORE[name]
+
+
+@pytest.mark.parametrize("kind", ["sequence", "siamese", "microbatch"])
+def test_the_new_kinds_have_the_catalogues_configurations(kind):
+    from_catalogue = {"sequence": "model", "siamese": "siamese", "microbatch": "base"}[kind]
+    for seed in range(6):
+        case = drawn_case(seed, kind)
+        assert from_catalogue in case.config and case.config["drawn"] == {"kind": kind,
+                                                                           "seed": seed}
+        assert rebuild_case(case.name, case.config).config == case.config
+
+
+def test_drawn_micro_batches_are_unequal_and_of_every_single_batch_kind():
+    micro = [drawn_case(seed, "microbatch") for seed in range(12)]
+    # unequal micro-batches (a 1/M weighting must show), from every single-batch kind
+    assert all(len(set(case.config["micro_batches"])) > 1 for case in micro)
+    assert {case.config["base_kind"] for case in micro} == {"mlp", "shared", "tied", "siamese"}
+
+
+def test_drawn_sequences_cover_tokens_floats_and_tied_language_models():
+    sequences = [drawn_case(seed, "sequence") for seed in range(30)]
+    assert {case.inputs["x"].dtype.kind for case in sequences} == {"i", "f"}   # tokens, floats
+    assert any(case.config["model"]["share"] for case in sequences)           # a tied LM
+    assert {len(case.inputs["y"].shape) for case in sequences} == {1, 2}       # last, positions

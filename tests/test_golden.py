@@ -1192,3 +1192,173 @@ def test_conventions_name_the_metric_losses_micro_batches_and_label_positions():
     assert "mean over every label position" in losses
     assert "'<name>.<i>'" in golden_format.CONVENTIONS["micro_batches"]
     assert "similarity labels" in golden_format.CONVENTIONS["metric_losses"]
+
+
+# --- verify: the manifest's own SHA256SUMS line, and JSON types -------------------------------
+
+GOLDEN_CASE = "mlp-tanh-ce"
+
+
+def _only_the_manifest_edits():
+    """Edits of manifest.json alone (SHA256SUMS untouched) that the field-by-field rebuild of
+    the manifest cannot see: only manifest.json's own line in SHA256SUMS can."""
+
+    def reformatted(text):                 # the same document, other whitespace
+        return json.dumps(json.loads(text), indent=4, sort_keys=True) + "\n"
+
+    def other_version(text):               # another writer's version string: noted, not failed
+        manifest = json.loads(text)
+        manifest["generator"]["refimpl"] = "0.0.0-somebody-else"
+        return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+    return [reformatted, other_version]
+
+
+@pytest.mark.parametrize("edit", _only_the_manifest_edits(), ids=lambda edit: edit.__name__)
+def test_an_edit_of_the_manifest_alone_fails_verify_by_its_sha256sums_line(tmp_path, edit):
+    """docs/golden-format.md, `refimpl verify`: manifest.json's own line in SHA256SUMS is
+    checked. These edits change nothing a rebuilt field compares, so without that line
+    verify would pass them."""
+    folder = golden.write(tmp_path / "one", cases=[GOLDEN_CASE])
+    path = folder / golden.MANIFEST
+    path.write_text(edit(path.read_text()))
+    failed = _failures(golden.verify(folder))
+    assert set(failed) == {golden.MANIFEST, golden.CHECKSUMS}, failed
+    assert any("differs from its line in SHA256SUMS" in m for m in failed[golden.MANIFEST])
+
+
+@pytest.mark.parametrize("edit", ["lam", "tolerance", "shape"])
+def test_an_edit_of_a_lambda_tolerance_or_shape_in_the_manifest_alone_fails_verify(tmp_path,
+                                                                                   edit):
+    """An edit of manifest.json alone (SHA256SUMS untouched) fails verify on manifest.json's
+    line in SHA256SUMS, whatever else sees it too."""
+    folder = golden.write(tmp_path / "pair", cases=["tied-soft-l2"])
+    path = folder / golden.MANIFEST
+    manifest = json.loads(path.read_text())
+    entry = manifest["cases"]["tied-soft-l2"]
+    if edit == "lam":
+        entry["config"]["pair"]["lam"]["fc1.weight"] *= 2
+    elif edit == "tolerance":
+        manifest["tolerances"]["float64"]["rtol"] *= 10
+    else:
+        entry["files"][0]["shape"] = [1, *entry["files"][0]["shape"]]
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    messages = [entry.message for entry in golden.verify(folder).failures
+                if entry.file == golden.MANIFEST]
+    assert any("differs from its line in SHA256SUMS" in m for m in messages), messages
+
+
+def test_a_float_schema_version_is_refused_by_readers_and_verify(copy):
+    """docs/golden-format.md: schema_version is the integer 2; 2.0 is refused (a typed reader
+    refuses it too)."""
+    _tamper(copy, lambda manifest: manifest.__setitem__("schema_version", 2.0))
+    with pytest.raises(golden.GoldenError, match="schema_version 2.0"):
+        golden.read_manifest(copy)
+    failed = _failures(golden.verify(copy))
+    assert list(failed) == [golden.MANIFEST] and "schema_version 2.0" in failed[
+        golden.MANIFEST][0], failed
+
+
+def test_verify_compares_manifest_numbers_with_their_json_type(tmp_path):
+    """An integer written as a float (a shape [5.0, 3]) is another document for a typed
+    reader: verify fails it even where the values compare equal."""
+    folder = golden.write(tmp_path / "one", cases=[GOLDEN_CASE])
+
+    def float_shape(manifest):
+        entry = manifest["cases"][GOLDEN_CASE]["inputs"]["x"]
+        entry["shape"] = [float(size) for size in entry["shape"]]
+
+    _tamper(folder, float_shape)
+    failed = _failures(golden.verify(folder))
+    assert list(failed) == [golden.MANIFEST], failed
+    assert any("inputs" in message for message in failed[golden.MANIFEST])
+
+
+# --- compare_with_golden trusts nothing in the folder either ------------------------------------
+
+def _refimpl_impl(sign: float = 1.0, scaled: str | None = None):
+    """refimpl itself as an implementation under test, its gradients times ``sign`` (and the
+    gradient ``scaled`` times 2): ``sign = -1`` is a negated implementation."""
+    case = get_case(GOLDEN_CASE)
+
+    def impl(params, inputs):
+        loss, grads = case.loss_and_grads({k: np.asarray(v, np.float64) for k, v in
+                                           params.items()})
+        grads = {name: sign * value * (2 if name == scaled else 1)
+                 for name, value in grads.items()}
+        return loss, grads
+    return impl
+
+
+def _negate_gradients(folder: Path) -> None:
+    """Negate every stored gradient of GOLDEN_CASE (as valid .npy files)."""
+    for path in (folder / GOLDEN_CASE).glob("gradient.*.npy"):
+        np.save(path, -np.load(path), allow_pickle=False)
+
+
+def _rehash_manifest_only(folder: Path) -> None:
+    """Re-hash every file in manifest.json, leaving SHA256SUMS as it was."""
+    manifest_path = folder / golden.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for file_entry in manifest["cases"][GOLDEN_CASE]["files"]:
+        data = (folder / file_entry["path"]).read_bytes()
+        file_entry["sha256"] = hashlib.sha256(data).hexdigest()
+        file_entry["bytes"] = len(data)
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def test_compare_with_golden_refuses_gradients_negated_and_rehashed_in_the_manifest(copy):
+    """docs/golden-format.md, "Comparing with a golden folder": SHA256SUMS must agree with the
+    manifest. Negated gradients re-hashed in manifest.json (SHA256SUMS left stale) would let a
+    negated implementation pass."""
+    from refimpl.testing import compare_with_golden
+
+    assert compare_with_golden(_refimpl_impl(), copy, GOLDEN_CASE)[0].ok
+    assert not compare_with_golden(_refimpl_impl(-1.0), copy, GOLDEN_CASE)[0].ok
+    _negate_gradients(copy)
+    _rehash_manifest_only(copy)
+    with pytest.raises(golden.GoldenError, match=r"manifest\.json: SHA-256 .* differs from its "
+                                                 r"line in SHA256SUMS"):
+        compare_with_golden(_refimpl_impl(-1.0), copy, GOLDEN_CASE)
+
+
+def test_compare_with_golden_refuses_gradients_negated_and_rehashed_everywhere(copy):
+    """docs/golden-format.md: every stored tensor must equal refimpl's recomputation, however
+    consistently the hashes were redone."""
+    from refimpl.testing import compare_with_golden
+
+    _negate_gradients(copy)
+    _tamper(copy)
+    with pytest.raises(golden.GoldenError, match=rf"{GOLDEN_CASE}/gradient\.fc\d\.\w+\.npy: "
+                                                 r"the stored gradient .* is not this "
+                                                 r"refimpl's"):
+        compare_with_golden(_refimpl_impl(-1.0), copy, GOLDEN_CASE)
+
+
+def test_compare_with_golden_compares_a_gradient_the_manifest_no_longer_lists(copy):
+    """docs/golden-format.md: every tensor of the rebuilt case is compared. A gradient entry
+    dropped from the manifest (hashes redone) would leave that parameter uncompared, and an
+    implementation wrong there would pass."""
+    from refimpl.testing import compare_with_golden
+
+    def drop(manifest):
+        files = manifest["cases"][GOLDEN_CASE]["files"]
+        files[:] = [f for f in files if f["name"] != "fc1.bias" or f["role"] != "gradient"]
+
+    assert not compare_with_golden(_refimpl_impl(scaled="fc1.bias"), copy, GOLDEN_CASE)[0].ok
+    _tamper(copy, drop)
+    with pytest.raises(golden.GoldenError, match="lists no file for gradient 'fc1.bias'"):
+        compare_with_golden(_refimpl_impl(scaled="fc1.bias"), copy, GOLDEN_CASE)
+
+
+def test_compare_with_golden_refuses_a_changed_sha256sums_line(copy):
+    from refimpl.testing import compare_with_golden
+
+    sums = copy / golden.CHECKSUMS
+    lines = sums.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if f"{GOLDEN_CASE}/loss.npy" in line)
+    lines[index] = "0" * 64 + lines[index][64:]
+    sums.write_text("\n".join(lines) + "\n")
+    with pytest.raises(golden.GoldenError, match=rf"SHA256SUMS: its line for "
+                                                 rf"'{GOLDEN_CASE}/loss.npy'"):
+        compare_with_golden(_refimpl_impl(), copy, GOLDEN_CASE)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refimpl as ri
-from refimpl.gradcheck import METHODS, TOLERANCES, Tolerance, assert_close, check_vjp
+from refimpl.gradcheck import METHODS, TOLERANCES, Tolerance, assert_close, check_vjp, safety
 from refimpl.nn.dense import dense_backward, dense_forward
 
 
@@ -129,14 +129,21 @@ def test_directional_mode_costs_k_evaluations_whatever_the_parameter_count():
         calls.append(1)
         return model.loss(p, x, y)
 
+    # Besides: the point twice (determinism), and per cross-check direction of the complex
+    # step 4 real differences (and in directional mode its complex step, 1 evaluation).
+    fixed = 2 + safety.SAFETY_DIRECTIONS * 4
     report = ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params,
                                 mode="directional", directions=5, loss_fn=loss_fn)
     assert report.ok, report
-    assert len(calls) == 5 and len(report.rows) == 5
+    assert len(calls) == 5 + fixed + safety.SAFETY_DIRECTIONS and len(report.rows) == 5
     calls.clear()
     ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params, names=["fc2.bias"],
                        loss_fn=loss_fn)
-    assert len(calls) == 5  # full mode on a named subset: one evaluation per coordinate
+    assert len(calls) == 5 + fixed  # full mode on a named subset: one per coordinate
+    calls.clear()
+    ri.check_gradients(lambda p: model.loss_and_grads(p, x, y), params, names=["fc2.bias"],
+                       loss_fn=loss_fn, method="central")
+    assert len(calls) == 2 * 5 + 2  # no cross-check for real differences
 
 
 def test_directional_mode_is_deterministic_for_a_seed():

@@ -64,8 +64,8 @@ def assert_fast_equals_loop(model, params, data, method):
     with warnings.catch_warnings():
         warnings.simplefilter("error")      # a guard fallback would hide a difference
         for name, quick, loop, grad in fast_and_loop(model, params, data, method):
-            if quick is None:     # the loop's way: the guard would cover every coordinate
-                assert loop.size <= fast.GUARD_COORDINATES, name
+            if quick is None:     # the loop's way: as cheap as the guard
+                assert loop.size <= fast.GUARD_DIRECTIONS, name
                 continue
             scale = max(1.0, float(np.max(np.abs(grad))))
             error = float(np.max(np.abs(quick - loop)))
@@ -283,7 +283,7 @@ def test_a_planted_wrong_slicing_is_caught_by_the_guard(monkeypatch):
     # The wrong slicing really computes other derivatives ...
     f, loss_fn, chains, penalties, value = _problem(model, params, data)
     numerical = _FastNumerical(chains, penalties, value, "complex", 0)
-    numerical._guard = lambda *args: True
+    numerical._guard = lambda *args: None       # no disagreement found
     evaluator = _Evaluator(loss_fn, {k: np.asarray(v) for k, v in params.items()}, "loss_fn")
     grads = f(params)[1]
     wrong = numerical("fc1.weight", evaluator, grads, TOLERANCES["complex"])
@@ -293,7 +293,7 @@ def test_a_planted_wrong_slicing_is_caught_by_the_guard(monkeypatch):
         report = assert_same_report(model, params, data)
     assert report.ok
     # Every Dense parameter the fast path would take (fc2.bias, 2 entries, takes the loop).
-    warned = {str(warning.message).split("on '")[1].split("'")[0] for warning in seen}
+    warned = {str(warning.message).split("loss on '")[1].split("'")[0] for warning in seen}
     assert warned == {"fc1.weight", "fc1.bias", "fc2.weight"}
 
 
@@ -319,8 +319,106 @@ def test_a_planted_wrong_loss_twin_is_caught_by_the_guard(monkeypatch):
         assert_same_report(model, model.init(4), data)
 
 
-def test_the_guard_checks_at_least_one_coordinate():
-    assert fast.GUARD_COORDINATES >= 1
+def test_the_guard_checks_at_least_one_direction():
+    assert fast.GUARD_DIRECTIONS >= 1
+
+
+class OneEntryOff(ri.Sequential):
+    """A model whose loss is its layers' plus ``0.05 W[1, 2]^2`` of ``fc1.weight``, and whose
+    ``loss_and_grads`` returns that loss with the layers' gradients: its loss differs from its
+    layers' at one entry, and its gradient misses that entry's term."""
+
+    def loss(self, params, x, y):
+        return super().loss(params, x, y) + 0.05 * params["fc1.weight"][1, 2] ** 2
+
+    def loss_and_grads(self, params, x, y):
+        return self.loss(params, x, y), super().loss_and_grads(params, x, y)[1]
+
+
+def one_entry_off_problem(cls=OneEntryOff):
+    model = cls([nn.Dense("fc1", 3, 4), nn.Tanh(), nn.Dense("fc2", 4, 2)],
+                loss=nn.SoftmaxCrossEntropy())
+    rng = np.random.default_rng(0)
+    return model, model.init(0), (rng.standard_normal((5, 3)), rng.integers(0, 2, 5))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_model_whose_loss_differs_from_its_layers_at_one_entry_does_not_pass(method):
+    """docs/gradient-checking.md: a subclass may compute another loss than its layers, so it
+    takes the coordinate loop on its own loss_and_grads, whose verdict is check_gradients'."""
+    model, params, data = one_entry_off_problem()
+    loop = ri.check_gradients(lambda p: model.loss_and_grads(p, *data), params, method=method)
+    assert [row.status for row in loop.rows] == ["mismatch", "ok", "ok", "ok"], loop
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # the loop straight away, not the guard's fallback
+        quick = ri.check_model_gradients(model, params, data, method=method)
+    assert not quick.ok, quick
+    assert [row.status for row in quick.rows] == [row.status for row in loop.rows]
+
+
+def test_a_model_instance_whose_methods_are_replaced_takes_the_coordinate_loop():
+    model, params, data = one_entry_off_problem(ri.Sequential)
+    layers = ri.Sequential(model.layers, loss=model.loss_spec)
+    model.loss = lambda p, x, y: layers.loss(p, x, y) + 0.05 * p["fc1.weight"][1, 2] ** 2
+    model.loss_and_grads = lambda p, x, y: (model.loss(p, x, y),
+                                            layers.loss_and_grads(p, x, y)[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # the loop straight away, not the guard's fallback
+        report = ri.check_model_gradients(model, params, data)
+    assert [row.status for row in report.rows] == ["mismatch", "ok", "ok", "ok"], report
+
+
+def test_a_fast_path_that_is_wrong_at_one_entry_falls_back_and_fails(monkeypatch):
+    """The guard compares with the model's own loss along directions over every entry: a
+    copy loss wrong at one entry (and an analytic gradient wrong the same way) falls back to
+    the loop, which fails it. Seeded coordinates, three of twelve, missed that entry."""
+    model = ri.MLP([3, 4, 2], activation="tanh")
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((5, 3)), rng.integers(0, 2, 5))
+    params = model.init(0)
+    twin = copies.cross_entropy_per_copy
+    entry = 5           # fc1.weight.flat[5]: its copy is the sixth of the twelve
+
+    def one_copy_off(logits, labels):
+        losses = twin(logits, labels)
+        if logits.shape[0] == params["fc1.weight"].size:     # the complex step's copies
+            losses[entry] = losses[entry] * (1 + 1e-3)
+        return losses
+
+    def follows_the_copies(p):
+        loss, grads = model.loss_and_grads(p, *data)
+        grads["fc1.weight"].flat[entry] *= 1 + 1e-3
+        return loss, grads
+
+    monkeypatch.setattr(copies, "cross_entropy_per_copy", one_copy_off)
+    f, loss_fn, chains, penalties, value = _problem(model, params, data)
+    with pytest.warns(RuntimeWarning, match="disagrees with the model's own loss on "
+                                            "'fc1.weight'"):
+        report = check_chains(follows_the_copies, params, chains, penalties, value,
+                              loss_fn=loss_fn)
+    assert [row.status for row in report.rows] == ["mismatch", "ok", "ok", "ok"], report
+
+
+@pytest.mark.parametrize("method", ["central", "richardson"])
+def test_the_real_differences_fall_back_when_the_models_own_loss_is_not_complex_safe(method):
+    """For real differences the guard compares through the complex step of the model's own
+    loss, so that loss is cross-checked first: an abs inside it sends every parameter to the
+    coordinate loop."""
+    class AbsTanh(nn.Tanh):
+        def forward(self, x, params):
+            out, cache = super().forward(x, params)
+            return out + 0.1 * np.abs(x), cache
+
+    model = ri.Sequential([nn.Dense("fc1", 3, 4), AbsTanh(), nn.Dense("fc2", 4, 2)],
+                          loss=nn.SoftmaxCrossEntropy())
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((5, 3)), rng.integers(0, 2, 5))
+    with pytest.warns(RuntimeWarning, match="cannot be verified through the model's own "
+                                            "loss [(]not complex-safe") as seen:
+        report = assert_same_report(model, model.init(0), data, method)
+    assert len(seen) == 1
+    assert {row.name for row in report.rows if row.status != "ok"} == {"fc1.weight",
+                                                                        "fc1.bias"}
 
 
 # --- the entry point ------------------------------------------------------------------------

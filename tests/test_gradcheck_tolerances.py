@@ -147,7 +147,12 @@ def directions_used(f, point, method):
 
     def loss_fn(p):
         shift = flat(p, names) - flat(point, names)
-        v = shift.imag / 1e-20 if method == "complex" else shift.real / np.linalg.norm(shift)
+        # The point itself (the determinism check) and, for the complex step, the real
+        # differences of its cross-check move nothing the recovered v could show.
+        moved = shift.imag if method == "complex" else shift.real
+        if not np.any(moved):
+            return f(p)[0]
+        v = moved / 1e-20 if method == "complex" else moved / np.linalg.norm(moved)
         if not any(np.allclose(v / np.linalg.norm(v), abs_sign * u / np.linalg.norm(u),
                                rtol=0, atol=1e-6) for u in seen for abs_sign in (1, -1)):
             seen.append(v)

@@ -4,232 +4,82 @@ breaks exactly its convention, and `diagnose` names that convention."""
 
 from __future__ import annotations
 
-import contextlib
-
 import independent_numpy as ind
 import numpy as np
 import pytest
+from planted_conventions import PLANTED, VARIANTS, planted
 
 from refimpl.testing import compare_with_oracle
 from refimpl.testing.cases import get_case, probes
 from refimpl.testing.resolution import case_floors
 
 PROBES = {case.name: case for case in probes.cases()}
-ORIGINAL = {"activation": ind.activation, "maxpool": ind.maxpool, "avgpool": ind.avgpool,
-            "loss_function": ind.loss_function}
-
-
-# --- planted implementations: the independent implementation with one rule changed ----------
-
-def _activation_with(kind_changed: str, rule):
-    def activation(kind, cfg):
-        if kind != kind_changed:
-            return ORIGINAL["activation"](kind, cfg)
-
-        def layer(x, p, s):
-            out, back = rule(x, cfg)
-            return out, lambda d: (back(d), {})
-        return layer
-    return activation
-
-
-def _relu_one_at_zero(x, cfg):
-    on = x >= 0                                   # relu'(0) = 1
-    return np.where(on, x, 0), lambda d: np.where(on, d, 0)
-
-
-def _leaky_one_at_zero(x, cfg):
-    slope, on = cfg["negative_slope"], x >= 0     # leaky'(0) = 1
-    return np.where(on, x, slope * x), lambda d: np.where(on, d, slope * d)
-
-
-def _leaky_float32_slope(x, cfg):
-    slope, on = np.float32(cfg["negative_slope"]), x > 0   # TensorFlow's LeakyRelu
-    return np.where(on, x, slope * x), lambda d: np.where(on, d, slope * d)
-
-
-def _softplus_threshold(x, cfg):
-    linear = x > 20                               # torch.nn.functional.softplus(threshold=20)
-    out = np.where(linear, x, np.logaddexp(0, x))
-    return out, lambda d: d * np.where(linear, 1.0, np.exp(x - out))
-
-
-def _maxpool_variant(pad_value: float, last_wins: bool):
-    def maxpool(x, cfg, s):
-        (kh, kw), (ph, pw), (ho, wo), window = ind._pool_windows(cfg, x.shape)
-        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-        best = np.full(x.shape[:2] + (ho, wo), -np.inf)
-        winner = np.zeros(best.shape, dtype=np.int64)
-        for i in range(kh):
-            for j in range(kw):
-                values = xp[:, :, window(i, j)[0], window(i, j)[1]]
-                better = values >= best if last_wins else values > best
-                best = np.where(better, values, best)
-                winner = np.where(better, i * kw + j, winner)
-
-        def backward(dout):
-            dxp = np.zeros(xp.shape)
-            for i in range(kh):
-                for j in range(kw):
-                    rows, cols = window(i, j)
-                    dxp[:, :, rows, cols] += np.where(winner == i * kw + j, dout, 0)
-            return dxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]], {}
-        return best, backward
-    return maxpool
-
-
-def _avgpool_flipped(x, cfg, s):
-    return ORIGINAL["avgpool"](x, {**cfg, "count_include_pad":
-                                   not cfg.get("count_include_pad", True)}, s)
-
-
-def _naive_cross_entropy(kind):
-    if kind != "SoftmaxCrossEntropy":
-        return ORIGINAL["loss_function"](kind)
-
-    def cross_entropy(z, y):                      # softmax without the max subtracted
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            e = np.exp(z)
-            probs = e / e.sum(1, keepdims=True)
-            n = z.shape[0]
-            loss = -np.log(probs[np.arange(n), y]).mean()
-            probs[np.arange(n), y] -= 1
-        return loss, probs / n
-    return cross_entropy
-
-
-def _l1_sign_plus_at_tie(case, dtype="float64"):
-    correct = ind.make_impl(case.config, dtype=dtype)
-    lam = case.config["pair"]["lam"]["fc1.weight"]
-
-    def impl(params, inputs):                     # np.where(d >= 0, 1, -1) as the sign
-        loss, grads, outputs = correct(params, inputs)
-        tie = params["A:fc1.weight"] == params["B:fc1.weight"]
-        grads["A:fc1.weight"] = grads["A:fc1.weight"] + lam * tie
-        grads["B:fc1.weight"] = grads["B:fc1.weight"] - lam * tie
-        return loss, grads, outputs
-    return impl
-
-
-def _lam_float32(case, dtype="float64"):
-    pair = dict(case.config["pair"])
-    pair["lam"] = {key: np.float32(value) for key, value in pair["lam"].items()}
-    return ind.make_impl({**case.config, "pair": pair}, dtype=dtype)
-
-
-def _bottom_right_windows(case, dtype="float64"):
-    correct = ind.make_impl(case.config, dtype=dtype)
-    return lambda params, inputs: correct(params, {**inputs, "x": inputs["x"][:, :, 1:, 1:]})
-
-
-def _swapped_group_backward(case, dtype="float64"):
-    """An independent loop implementation of conv(groups=2) -> flatten -> dense -> MSE whose
-    weight gradient reads the other group's input channels."""
-    def impl(params, inputs):
-        w, b = params["conv.weight"], params["conv.bias"]
-        fc_w, fc_b = params["fc.weight"], params["fc.bias"]
-        x, y = inputs["x"], inputs["y"]
-        n, f, ho, wo = x.shape[0], w.shape[0], x.shape[2] - 1, x.shape[3] - 1
-        conv = np.zeros((n, f, ho, wo)) + b[None, :, None, None]
-        for o in range(f):
-            group = o // 2
-            for i in range(2):
-                for j in range(2):
-                    patch = x[:, 2 * group:2 * group + 2, i:i + ho, j:j + wo]
-                    conv[:, o] += np.einsum("c,ncij->nij", w[o, :, i, j], patch)
-        flat = conv.reshape(n, -1)
-        out = flat @ fc_w.T + fc_b
-        dout = 2 * (out - y) / out.size
-        dconv = (dout @ fc_w).reshape(conv.shape)
-        dw = np.zeros_like(w)
-        for o in range(f):
-            other = 1 - o // 2                    # the bug: the other group's channels
-            for i in range(2):
-                for j in range(2):
-                    patch = x[:, 2 * other:2 * other + 2, i:i + ho, j:j + wo]
-                    dw[o, :, i, j] = np.einsum("nij,ncij->c", dconv[:, o], patch)
-        grads = {"conv.weight": dw, "conv.bias": dconv.sum((0, 2, 3)),
-                 "fc.weight": dout.T @ flat, "fc.bias": dout.sum(0)}
-        return float(((out - y) ** 2).mean()), grads, {"out": out}
-    return impl
-
-
-#: probe -> (patches of the independent implementation, or a planted-impl factory; words
-#: diagnose must use)
-PLANTED = {
-    "probe-relu-at-zero": ({"activation": _activation_with("ReLU", _relu_one_at_zero)},
-                           "relu'(0): implementation ~ 1 "),
-    "probe-leaky-relu-at-zero": ({"activation": _activation_with("LeakyReLU",
-                                                                 _leaky_one_at_zero)},
-                                 "leaky_relu'(0): implementation ~ 1 "),
-    "probe-leaky-relu-slope-float64": ({"activation": _activation_with(
-        "LeakyReLU", _leaky_float32_slope)}, "negative_slope: implementation ~ 0.10000000149 "),
-    "probe-softplus-above-20": ({"activation": _activation_with("Softplus",
-                                                                _softplus_threshold)},
-                                "softplus'(20.5): implementation ~ 1 "),
-    "probe-maxpool-tie-after-conv": ({"maxpool": _maxpool_variant(-np.inf, last_wins=True)},
-                                     "the LAST maximum"),
-    "probe-maxpool-neg-inf-padding": ({"maxpool": _maxpool_variant(0.0, last_wins=False)},
-                                      "padding counted as 0"),
-    "probe-avgpool-padding-included": ({"avgpool": _avgpool_flipped},
-                                       "count_include_pad=False"),
-    "probe-avgpool-padding-excluded": ({"avgpool": _avgpool_flipped},
-                                       "count_include_pad=True"),
-    "probe-floor-mode-output-size": (_bottom_right_windows, "bottom-right"),
-    "probe-grouped-conv-backward": (_swapped_group_backward, "other group's input channels"),
-    "probe-l1-tie": (_l1_sign_plus_at_tie, "subgradient of |a - b| at 0 (in units of lam): "
-                                           "implementation ~ 1 "),
-    "probe-l2-lambda-float64": (_lam_float32, "lam: implementation ~ 0.10000000149 "),
-    "probe-logits-1e4": ({"loss_function": _naive_cross_entropy}, "non-finite"),
-}
-
-
-@contextlib.contextmanager
-def _planted(monkeypatch, case, dtype="float64"):
-    """The planted implementation of ``case`` (the patches stay active while it runs)."""
-    plant = PLANTED[case.name][0]
-    if callable(plant):
-        yield plant(case, dtype)
-        return
-    with monkeypatch.context() as patch:
-        for name, replacement in plant.items():
-            patch.setattr(ind, name, replacement)
-        yield ind.make_impl(case.config, dtype=dtype)
 
 
 def test_every_probe_has_a_planted_implementation_or_a_documented_reason():
     assert set(PLANTED) | {"probe-dilated-window-fits"} == set(PROBES)
     assert probes.PROBE_ALTERNATIVES["probe-dilated-window-fits"] == ()
+    assert set(probes.PROBE_ALTERNATIVES) == set(PROBES)
 
 
 @pytest.mark.parametrize("name", sorted(PLANTED))
-def test_planted_convention_fails_and_is_named(monkeypatch, name):
+def test_planted_convention_fails_and_is_named(name):
     case = PROBES[name]
-    with _planted(monkeypatch, case) as impl:
+    with planted(case) as impl:
         report = compare_with_oracle(impl, case)
         loss, grads, _ = impl(dict(case.params), dict(case.inputs))
     assert report.verdict == "fail", report
     message = probes.diagnose(case, loss, grads)
-    assert message is not None and PLANTED[name][1] in message, message
+    assert message is not None and PLANTED[name].words in message, message
     assert message.startswith(case.config["convention"]["name"]) or "implementation ~" in message
     assert case.config["convention"]["refimpl_rule"] in message
 
 
 #: Probes whose convention float32 can resolve (the other three differ by ~1e-8 relative: a
-#: float64 probe, documented in docs/conventions.md).
-FLOAT32_RESOLVED = sorted(set(PLANTED) - {"probe-leaky-relu-slope-float64",
-                                          "probe-l2-lambda-float64", "probe-softplus-above-20"})
+#: float64 probe, ``resolved_in: ["float64"]``, documented in docs/conventions.md).
+FLOAT32_RESOLVED = sorted(name for name in PLANTED
+                          if "float32" in PROBES[name].config["convention"]["resolved_in"])
+
+
+def test_three_probes_are_resolved_in_float64_only():
+    assert sorted(set(PLANTED) - set(FLOAT32_RESOLVED)) == [
+        "probe-l2-lambda-float64", "probe-leaky-relu-slope-float64", "probe-softplus-above-20"]
 
 
 @pytest.mark.parametrize("name", FLOAT32_RESOLVED)
-def test_planted_convention_fails_in_float32(monkeypatch, name):
+def test_planted_convention_fails_in_float32(name):
     case = PROBES[name]
-    with _planted(monkeypatch, case, "float32") as impl:
+    with planted(case, dtype="float32") as impl:
         report = compare_with_oracle(impl, case, dtype="float32")
         loss, grads, _ = impl(dict(case.params), dict(case.inputs))
     assert report.verdict == "fail", report
     message = probes.diagnose(case, loss, grads)
-    assert message is not None and PLANTED[name][1] in message, message
+    assert message is not None and PLANTED[name].words in message, message
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "tf32"])
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_resolved_in_is_where_every_alternative_fails_refimpls_comparison(name, dtype):
+    # A dtype resolves a probe iff refimpl's reference under every alternative rule, handed
+    # in as an implementation's result, fails the ordinary comparison with refimpl's own.
+    case = PROBES[name]
+    verdicts = [compare_with_oracle(lambda params, inputs, a=alternative: a.reference, case,
+                                    dtype=dtype).verdict
+                for alternative in probes.alternatives(case)]
+    assert set(verdicts) <= {"pass", "fail"}, verdicts
+    resolved = dtype in case.config["convention"]["resolved_in"]
+    assert resolved == all(verdict == "fail" for verdict in verdicts), (resolved, verdicts)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS), ids="-".join)
+def test_other_values_of_a_family_are_read_off_and_flagged(variant):
+    case = PROBES[variant[0]]
+    with planted(case, variant[1]) as impl:
+        report = compare_with_oracle(impl, case)
+        loss, grads, _ = impl(dict(case.params), dict(case.inputs))
+    assert report.verdict == "fail", report
+    message = probes.diagnose(case, loss, grads)
+    assert message is not None and VARIANTS[variant].words in message, message
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "tf32"])
@@ -273,18 +123,24 @@ def test_diagnose_reads_an_intermediate_kink_derivative():
     # the split rule leaky'(0) = (1 + slope) / 2 lies on the same family: its value is read
     case = PROBES["probe-leaky-relu-at-zero"]
     ours = case.loss_and_grads(case.params)[1]
-    theirs = probes.PROBE_ALTERNATIVES[case.name][0].grads(case)
+    theirs = probes.PROBE_ALTERNATIVES[case.name][0].at_theirs(case).loss_and_grads(case.params)[1]
+    third = {key: ours[key] + (0.34 - 0.01) / 0.99 * (theirs[key] - ours[key]) for key in ours}
+    message = probes.diagnose(case, 0.0, third)
+    assert "leaky_relu'(0): implementation ~ 0.34 (not a documented value" in message
     half = {key: ours[key] + (0.505 - 0.01) / 0.99 * (theirs[key] - ours[key]) for key in ours}
     message = probes.diagnose(case, 0.0, half)
-    assert "leaky_relu'(0): implementation ~ 0.505 " in message
+    assert "leaky_relu'(0): implementation ~ 0.505 (a documented value: the mean" in message
 
 
 def test_probe_configs_name_their_convention():
     for name, case in PROBES.items():
         assert case.kind == "probe" and name.startswith("probe-")
         convention = case.config["convention"]
-        assert set(convention) == {"name", "refimpl_rule", "isolates", "on_kink"}
+        assert set(convention) == {"name", "refimpl_rule", "isolates", "on_kink",
+                                   "resolved_in"}
         assert isinstance(convention["on_kink"], bool)
+        assert convention["resolved_in"] and \
+            set(convention["resolved_in"]) <= {"float64", "float32", "tf32"}
         assert all(isinstance(convention[key], str) and convention[key]
                    for key in ("name", "refimpl_rule", "isolates"))
         assert ("model" in case.config) != ("pair" in case.config)

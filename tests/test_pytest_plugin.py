@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from refimpl.nn import MLP
-from refimpl.testing.cases import Case, all_cases, get_case, probes
+from refimpl.testing.cases import Case, all_cases, probes
 
 pytest_plugins = ["pytester"]
 
@@ -28,15 +28,17 @@ PLUGIN = () if any(entry.value == "refimpl.testing.pytest_plugin"
 BUILDERS = textwrap.dedent('''
     import json
 
+    from refimpl.nn import Sequential
     from refimpl.testing import NotExpressible
     from refimpl.testing.cases import all_cases
     from refimpl.testing.cases.drawn import drawn_case
 
+    CATALOGUE = {json.dumps(case.config, sort_keys=True): case for case in all_cases()}
+
     def _case(config):
         if "drawn" in config:
             return drawn_case(config["drawn"]["seed"], config["drawn"]["kind"])
-        key = json.dumps(config, sort_keys=True)
-        return next(c for c in all_cases() if json.dumps(c.config, sort_keys=True) == key)
+        return CATALOGUE[json.dumps(config, sort_keys=True)]
 
     def reference(config, dtype):
         case = _case(config)
@@ -54,6 +56,24 @@ BUILDERS = textwrap.dedent('''
         if "Conv2D" in json.dumps(config):
             raise NotExpressible("no convolutions")
         return reference(config, dtype)
+
+    def exits(config, dtype):
+        def impl(params, inputs):
+            raise SystemExit(0)
+        return impl
+
+    def relu_one_at_zero(config, dtype):
+        """relu'(0) = 1 (a documented convention): refimpl's model with the ReLU replaced by
+        the identity, exact at this probe's point (no negative pre-activation)."""
+        if config.get("convention", {}).get("name") != "relu'(0)":
+            return reference(config, dtype)
+        layers = [dict(layer) for layer in config["model"]["layers"]]
+        layers[1] = {"type": "Identity"}
+        model = Sequential.from_config({**config["model"], "layers": layers})
+        def impl(params, inputs):
+            loss, grads = model.loss_and_grads(params, inputs["x"], inputs["y"])
+            return loss, grads, {"out": model.forward(params, inputs["x"])}
+        return impl
 ''')
 
 FEW = ("--refimpl-case=mlp-tanh-ce", "--refimpl-case=cnn-relu-maxpool",
@@ -90,7 +110,8 @@ def test_one_item_per_case_and_dtype_and_all_pass(pytester, builders):
     result = pytester.runpytest(*PLUGIN, f"--refimpl-build={builders}:reference",
                                 "--refimpl-drawn=2", "--refimpl-seed=9", "-v")
     names = [case.name for case in all_cases()]
-    result.assert_outcomes(passed=2 * (len(names) + 2))
+    # three probes only float64 can decide: inconclusive (skipped) in float32
+    result.assert_outcomes(passed=2 * (len(names) + 2) - 3, skipped=3)
     out = result.stdout.str()
     for name in [*names[:3], names[-1]]:
         assert f"refimpl-conform::{name}[float64] PASSED" in out
@@ -112,6 +133,30 @@ def test_not_expressible_is_skipped_with_its_reason(pytester, builders):
     result = pytester.runpytest(*PLUGIN, f"--refimpl-build={builders}:dense_only", *FEW, "-rs")
     result.assert_outcomes(passed=4, skipped=2)
     assert "not expressible: no convolutions" in result.stdout.str()
+    assert result.ret == pytest.ExitCode.OK
+
+
+def test_a_session_in_which_nothing_passed_is_not_ok(pytester, builders):
+    # Before: every item skipped, and the session was green.
+    pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
+    result = pytester.runpytest(*PLUGIN, f"--refimpl-build={builders}:dense_only",
+                                "--refimpl-case=cnn-relu-maxpool")
+    result.assert_outcomes(passed=1, skipped=2)              # the plain test passes
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert ("refimpl: none of the 2 conformance item(s) of plugin_builders:dense_only passed"
+            in result.stdout.str())
+    deselected = pytester.runpytest(*PLUGIN, f"--refimpl-build={builders}:dense_only",
+                                    "--refimpl-case=cnn-relu-maxpool", "-k", "test_one")
+    assert deselected.ret == pytest.ExitCode.OK              # no conformance item ran
+
+
+def test_sys_exit_in_an_implementation_fails_its_items_and_the_session_goes_on(pytester,
+                                                                                builders):
+    result = pytester.runpytest(*PLUGIN, f"--refimpl-build={builders}:exits",
+                                "--refimpl-case=mlp-tanh-ce,tied-soft-l2",
+                                "--refimpl-dtypes=float64")
+    result.assert_outcomes(failed=2)
+    assert result.stdout.str().count("impl raised SystemExit: 0") >= 2
 
 
 def _near_a_fit() -> Case:
@@ -160,27 +205,26 @@ def test_bad_options_are_usage_errors(pytester, builders, option, message):
     assert message in result.stderr.str()
 
 
-def _fake_probe() -> Case:
-    base = get_case("mlp-relu-ce")
-    config = {**base.config, "convention": {"name": "relu'(0)", "refimpl_rule": "0"}}
-    return Case("probe-fake", "mlp", config, base.params, base.inputs, base.loss_and_grads,
-                base.outputs, base.evaluate)
-
-
-@pytest.mark.parametrize(("strict", "outcome"), [(False, {"xfailed": 1}), (True, {"failed": 1})])
-def test_a_convention_difference_is_an_xfail_unless_strict(pytester, builders, monkeypatch,
-                                                          strict, outcome):
-    probe = _fake_probe()
-    monkeypatch.setattr(probes, "cases", lambda: [probe])
-    monkeypatch.setattr(probes, "diagnose",
-                        lambda case, loss, grads: "relu'(0): implementation 1, refimpl 0")
-    argv = [f"--refimpl-build={builders}:negated_in_float32", "--refimpl-case=probe-fake",
-            "--refimpl-dtypes=float32", "-rx"] + (["--refimpl-strict-conventions"] * strict)
-    result = pytester.runpytest(*PLUGIN, *argv)
+@pytest.mark.parametrize(("strict", "outcome"), [(False, {"xfailed": 1, "passed": 1}),
+                                                 (True, {"failed": 1, "passed": 1})])
+def test_a_convention_difference_is_an_xfail_unless_strict(pytester, builders, strict,
+                                                          outcome):
+    argv = [f"--refimpl-build={builders}:relu_one_at_zero",
+            "--refimpl-case=probe-relu-at-zero,mlp-tanh-ce", "--refimpl-dtypes=float64", "-rx"]
+    result = pytester.runpytest(*PLUGIN, *argv, *(["--refimpl-strict-conventions"] * strict))
     result.assert_outcomes(**outcome)
-    assert "relu'(0): implementation 1, refimpl 0" in result.stdout.str()
+    assert "relu'(0) = 1 (the positive side's derivative): the whole result matches" in \
+        result.stdout.str()
 
 
+def test_a_run_of_convention_differences_alone_is_not_ok(pytester, builders):
+    result = pytester.runpytest(*PLUGIN, f"--refimpl-build={builders}:relu_one_at_zero",
+                                "--refimpl-case=probe-relu-at-zero", "--refimpl-dtypes=float64")
+    result.assert_outcomes(xfailed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.mark.slow
 def test_xdist_spreads_the_items_over_workers(pytester, builders, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(pytester.path)]))
     result = pytester.runpytest_subprocess(*PLUGIN, f"--refimpl-build={builders}:reference",
@@ -189,3 +233,17 @@ def test_xdist_spreads_the_items_over_workers(pytester, builders, monkeypatch):
     out = result.stdout.str()
     workers = {line.split()[0] for line in out.splitlines() if "PASSED" in line}
     assert workers == {"[gw0]", "[gw1]"}, out
+
+
+@pytest.mark.slow
+def test_under_xdist_the_controller_applies_the_nothing_passed_rule(pytester, builders,
+                                                                    monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(pytester.path)]))
+    argv = [f"--refimpl-build={builders}:dense_only", "-n", "2"]
+    skipped = pytester.runpytest_subprocess(*PLUGIN, *argv, "--refimpl-case=cnn-relu-maxpool")
+    skipped.assert_outcomes(skipped=2)
+    assert skipped.ret == pytest.ExitCode.TESTS_FAILED
+    assert "refimpl: none of the 2 conformance item(s)" in skipped.stdout.str()
+    mixed = pytester.runpytest_subprocess(*PLUGIN, *argv, *FEW)
+    mixed.assert_outcomes(passed=4, skipped=2)
+    assert mixed.ret == pytest.ExitCode.OK

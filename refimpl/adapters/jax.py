@@ -63,6 +63,7 @@ from ._config import CasePlan, Metric, ModelPlan, Term, plan_case
 from ._microbatches import micro_batches
 
 __all__ = ["build", "MATMUL_PRECISION"]
+FRAMEWORK, FRAMEWORK_VERSION = "jax", jax.__version__  # recorded by refimpl conform
 
 #: ``jax.default_matmul_precision`` per dtype under test.
 MATMUL_PRECISION = {"float64": "highest", "float32": "highest", "tf32": "tensorfloat32"}

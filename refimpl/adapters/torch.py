@@ -56,6 +56,7 @@ from ._config import CasePlan, Metric, ModelPlan, Term, plan_case
 from ._microbatches import micro_batches
 
 __all__ = ["build", "make_builder", "TORCH_DTYPES"]
+FRAMEWORK, FRAMEWORK_VERSION = "torch", torch.__version__  # recorded by refimpl conform
 
 #: The torch dtype each dtype under test computes in (TF32 is float32 storage, with the
 #: matrix products of tensor cores rounding their inputs to 10 mantissa bits).

@@ -51,6 +51,15 @@ smooth point stays a mismatch however small the parameter's gradients are. A non
 loss or gradient (at ``p`` or at a perturbed point) is reported as ``"non-finite"``. ``ok``
 is True only when every checked coordinate agreed.
 
+What the verdicts rest on
+-------------------------
+The loss is evaluated twice at the point first: two values that differ by more than rounding
+make every row ``"non-deterministic"``. Every complex-step check also takes real differences
+along two seeded directions: a parameter whose complex-step derivative they contradict (a
+loss that drops an imaginary part through ``abs``, a norm, ``np.real``) is
+``"not complex-safe"``, never ok. Both in :mod:`~refimpl.gradcheck.safety`, where the bound is
+derived.
+
 Bad arguments are errors, never a verdict
 -----------------------------------------
 Everything is checked before ``f`` is first called: a tolerance must be a finite,
@@ -74,6 +83,8 @@ Modules
     The argument checks.
 :mod:`~refimpl.gradcheck.checker`
     :func:`check_gradients`, full and directional modes.
+:mod:`~refimpl.gradcheck.safety`
+    Determinism at the point, and the complex step cross-checked by real differences.
 :mod:`~refimpl.gradcheck.vjp`
     :func:`check_vjp` and :func:`assert_close`.
 :mod:`~refimpl.gradcheck.copies`
@@ -87,11 +98,13 @@ Modules
 from .checker import check_gradients
 from .numerical import EPS, KINK_EXPLAINS, KINK_ROUNDING, KINK_RTOL, STEPS
 from .report import METHODS, MODES, TOLERANCES, GradcheckReport, ParameterRow, Tolerance
+from .safety import NON_DETERMINISTIC, NOT_COMPLEX_SAFE, SAFETY_DIRECTIONS, SAFETY_PROBES
 from .vjp import assert_close, check_vjp
 
 __all__ = ["check_gradients", "check_vjp", "assert_close", "GradcheckReport", "ParameterRow",
            "Tolerance", "TOLERANCES", "METHODS", "MODES", "STEPS", "EPS", "KINK_RTOL",
-           "KINK_EXPLAINS", "KINK_ROUNDING"]
+           "KINK_EXPLAINS", "KINK_ROUNDING", "SAFETY_DIRECTIONS", "SAFETY_PROBES",
+           "NOT_COMPLEX_SAFE", "NON_DETERMINISTIC"]
 
 # The public classes are documented, pickled and shown under the package that exports them
 # (as NumPy's ``set_module`` does): their defining submodule is an internal detail.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from .arguments import (
     _real_loss,
 )
 from .numerical import (
+    KINK,
     STEPS,
     _central,
     _Evaluator,
@@ -27,6 +29,15 @@ from .numerical import (
     _numerical_coordinate,
 )
 from .report import GradcheckReport, ParameterRow, Tolerance, _non_finite_row, _unravel
+from .safety import (
+    NON_DETERMINISTIC,
+    NOT_COMPLEX_SAFE,
+    check_determinism,
+    complex_safety,
+    directional_derivative,
+    full_mode_derivative,
+    safety_directions,
+)
 
 __all__ = ["check_gradients"]
 
@@ -65,8 +76,9 @@ def check_gradients(
     directions : int
         In directional mode, how many directions (a positive int; validated in every mode).
     seed : int
-        In directional mode, the seed of the directions (a non-negative int; validated in
-        every mode).
+        The seed of the directions (a non-negative int): directional mode's, and those along
+        which the complex step is cross-checked by real differences in either mode
+        (:mod:`refimpl.gradcheck.safety`).
     rtol, atol : float, optional
         Override ``TOLERANCES[method]``; finite, non-negative numbers.
     loss_fn : callable, optional
@@ -77,7 +89,11 @@ def check_gradients(
     -------
     refimpl.gradcheck.GradcheckReport
         One row per checked parameter (full mode) or per direction (directional mode);
-        ``report.ok`` is True only when every row's status is ``"ok"``.
+        ``report.ok`` is True only when every row's status is ``"ok"``. Before anything is
+        compared the loss is evaluated twice at the point (a loss that differs makes every
+        row ``"non-deterministic"``); with the complex step, rows whose parameter real
+        differences contradict are ``"not complex-safe"``
+        (:mod:`refimpl.gradcheck.safety`).
 
     Raises
     ------
@@ -139,13 +155,54 @@ def _check(f: GradFunction, params: Mapping[str, Any], *, method: str, mode: str
     if problems:
         return failed(loss_value, problems)
     evaluator = _evaluator(f, loss_fn, params)
+    f0, noise = check_determinism(evaluator)
+    if noise is not None:
+        rows = tuple(_unjudged_row(name, params[name].shape, NON_DETERMINISTIC)
+                     for name in names) if mode == "full" else tuple(
+            _unjudged_row(f"direction {k}", (sum(v.size for v in params.values()),),
+                          NON_DETERMINISTIC) for k in range(directions))
+        return GradcheckReport(False, method, mode, STEPS[method], tolerance, loss_value,
+                               rows, (), (noise,))
     if mode == "full":
-        rows = tuple(_full_row(method, evaluator, params, grads, name, tolerance, numerical)
-                     for name in names)
+        derivatives = {name: _full_numerical(method, evaluator, params, grads, name, tolerance,
+                                             numerical) for name in names}
+        rows = [_full_row(evaluator, params, grads, name, tolerance, derivatives[name])
+                for name in names]
+        safety_support = [row.name for row in rows if row.status != "non-finite"]
+        derivative = full_mode_derivative(derivatives, grads)
     else:
-        rows = _directional_rows(method, evaluator, params, grads, directions, seed, tolerance)
+        rows = list(_directional_rows(method, evaluator, params, grads, directions, seed,
+                                      tolerance))
+        safety_support = list(params)
+        derivative = directional_derivative(evaluator, grads)
+    notes = []
+    noisy = [row.name for row in rows if row.status == NON_DETERMINISTIC]
+    if noisy:
+        notes.append(f"{NON_DETERMINISTIC} on {', '.join(map(repr, noisy))}: two evaluations "
+                     f"of the loss at the same point differed while a disagreeing coordinate "
+                     f"was probed for a kink; a gradient check needs a function of the "
+                     f"parameters")
+    if method == "complex" and safety_support:
+        flagged, safety_notes = complex_safety(
+            evaluator, f0, safety_directions(params, safety_support, seed), derivative)
+        notes += safety_notes
+        rows = [_flag(row, flagged, mode) for row in rows]
     ok = all(row.status == "ok" for row in rows)
-    return GradcheckReport(ok, method, mode, STEPS[method], tolerance, loss_value, rows, ())
+    return GradcheckReport(ok, method, mode, STEPS[method], tolerance, loss_value, tuple(rows),
+                           (), tuple(notes))
+
+
+def _unjudged_row(name: str, shape: tuple[int, ...], status: str) -> ParameterRow:
+    """The row of a parameter (or direction) that was not compared, with its ``status``."""
+    return dataclasses.replace(_non_finite_row(name, shape), status=status)
+
+
+def _flag(row: ParameterRow, flagged: list[str], mode: str) -> ParameterRow:
+    """``row`` marked not complex-safe when the cross-check flagged its parameter (in
+    directional mode any flag: every direction moved every parameter)."""
+    if row.status == "non-finite" or not flagged or (mode == "full" and row.name not in flagged):
+        return row
+    return dataclasses.replace(row, status=NOT_COMPLEX_SAFE)
 
 
 def _non_finite_problems(loss: float, grads: Params) -> tuple[str, ...]:
@@ -168,18 +225,23 @@ def _evaluator(f: GradFunction, loss_fn: Callable[[Params], Any] | None,
     return _Evaluator(_nan_on_overflow(loss_fn), params, "loss_fn")
 
 
-def _full_row(method: str, evaluator: _Evaluator, params: Params, grads: Params, name: str,
-              tolerance: Tolerance, fast: Callable[..., Any] | None = None) -> ParameterRow:
-    """Compare every coordinate of one parameter; disagreements are probed for kinks.
-
-    ``fast`` (a :data:`FullNumerical`) may supply the numerical derivatives instead of the
-    coordinate loop.
-    """
-    point = params[name].reshape(-1)
-    analytic = grads[name].reshape(-1)
+def _full_numerical(method: str, evaluator: _Evaluator, params: Params, grads: Params,
+                    name: str, tolerance: Tolerance,
+                    fast: Callable[..., Any] | None = None) -> np.ndarray:
+    """The numerical derivatives of every coordinate of one parameter (flat): from ``fast``
+    (a :data:`FullNumerical`) if it supplies them, else from the coordinate loop."""
     numerical = None if fast is None else fast(name, evaluator, grads, tolerance)
     if numerical is None:
         numerical = _loop_numerical(method, evaluator, params, name)
+    return numerical
+
+
+def _full_row(evaluator: _Evaluator, params: Params, grads: Params, name: str,
+              tolerance: Tolerance, numerical: np.ndarray) -> ParameterRow:
+    """Compare every coordinate of one parameter with its ``numerical`` derivatives (flat);
+    disagreements are probed for kinks (and for a loss that is not deterministic)."""
+    point = params[name].reshape(-1)
+    analytic = grads[name].reshape(-1)
     shape = params[name].shape
     if not np.isfinite(numerical).all():
         worst = int(np.flatnonzero(~np.isfinite(numerical))[0])
@@ -192,16 +254,21 @@ def _full_row(method: str, evaluator: _Evaluator, params: Params, grads: Params,
     limit = tolerance.atol + tolerance.rtol * scale
     failing = np.flatnonzero(error > limit)
     kinks = np.zeros(point.size, dtype=bool)
+    noisy = False
     if failing.size:
         real_work = {key: value.copy() for key, value in params.items()}
         for index in failing:
-            kinks[index] = _near_kink(evaluator, real_work, name, int(index), point[index],
-                                      scale, tolerance.atol, float(error[index]))
+            found = _near_kink(evaluator, real_work, name, int(index), point[index],
+                               scale, tolerance.atol, float(error[index]))
+            kinks[index] = found == KINK
+            noisy = noisy or found == NON_DETERMINISTIC
     mismatched = failing[~kinks[failing]]
     # The statistics describe the coordinates that could be compared (kinks excluded).
     compared = np.where(kinks, 0.0, error)
     worst = int(np.argmax(compared)) if point.size else 0
-    if mismatched.size:
+    if noisy:
+        status = NON_DETERMINISTIC
+    elif mismatched.size:
         status = "mismatch"
     elif kinks.any():
         status = "non-differentiable"

@@ -24,8 +24,8 @@ whole batch, so the per-copy losses of the two known losses take the mean of nn'
 per-row terms (:func:`refimpl.nn.losses.cross_entropy_rows`,
 :func:`refimpl.nn.losses.squared_errors`) over each copy's rows
 (:func:`cross_entropy_per_copy`, :func:`mse_per_copy`); :mod:`refimpl.gradcheck.fast`
-verifies them (and every slicing) against the model's own loss at seeded coordinates before
-it trusts a parameter's results.
+verifies them (and every slicing) against the model's own loss along seeded random directions
+over every entry before it trusts a parameter's results.
 
 Legend: ``K`` copies, ``N`` batch, ``F`` output units (features or channels), ``D`` input
 features.

@@ -11,13 +11,24 @@ anchored model.
 
 The guard
 ---------
-The copies reuse the structure of the forward pass (slicing, folding, per-copy loss twins).
-Before a parameter's fast derivatives are used, :data:`GUARD_COORDINATES` seeded coordinates
-are also evaluated through the model's own loss, one perturbed point at a time, as the
-coordinate loop does. If any differs by more than rounding (the method's default tolerance,
-plus ``KINK_ROUNDING * eps * |loss| / h`` for the real differences) the fast derivatives are
-discarded, a ``RuntimeWarning`` names the parameter, and the coordinate loop computes them:
-a fast path that evaluates a different function costs time, never the verdict.
+The copies reuse the structure of the forward pass (slicing, folding, per-copy loss twins),
+so before a parameter's fast derivatives are used they are checked against the model's own
+loss along :data:`GUARD_DIRECTIONS` seeded Gaussian directions ``v`` over *every* entry of
+the parameter: the complex step of the model's own loss along ``v``,
+``Im loss_fn(p + i h v) / h`` (one evaluation), against ``sum_i n_i v_i`` of the copies'
+complex-step derivatives ``n``, by the complex step's default rule::
+
+    |sum_i n_i v_i - Im loss_fn(p + i h v) / h|  <=  atol + rtol * max(sum_i |n_i v_i|, |own|)
+
+A difference at any entry moves the left side by that difference times ``v_i`` (a standard
+normal number): it is seen unless it is below the rule's limit, the rounding of the whole sum.
+For the real differences the copies also give their complex-step derivatives (one more
+batched pass, the same code in complex128), which are the ones compared; and once per check
+the model's own loss is cross-checked for complex safety (:mod:`refimpl.gradcheck.safety`),
+since the comparison goes through its complex step. On any disagreement (or a loss that is
+not complex-safe, or that refuses complex parameters) the fast derivatives are discarded, a
+``RuntimeWarning`` names the parameter, and the coordinate loop computes them: a fast path
+that evaluates a different function costs time, never the verdict.
 """
 
 from __future__ import annotations
@@ -31,22 +42,17 @@ import numpy as np
 from .arguments import GradFunction, Params
 from .checker import _check
 from .copies import Chain, ChainCopies
-from .numerical import (
-    EPS,
-    KINK_ROUNDING,
-    STEPS,
-    _combine,
-    _deltas,
-    _Evaluator,
-    _numerical_coordinate,
-)
+from .numerical import STEPS, _combine, _deltas, _Evaluator
 from .report import TOLERANCES, GradcheckReport, Tolerance
+from .safety import complex_safety, directional_derivative, safety_directions
 
-__all__ = ["check_chains", "PenaltyTerm", "GUARD_COORDINATES", "COPY_BUDGET",
+__all__ = ["check_chains", "PenaltyTerm", "GUARD_DIRECTIONS", "COPY_BUDGET",
            "PENALTY_TERMS"]
 
-#: Coordinates per parameter evaluated both ways before the fast derivatives are trusted.
-GUARD_COORDINATES = 3
+#: Seeded directions per parameter along which the fast derivatives are compared with the
+#: model's own loss before they are trusted. A parameter with at most this many entries takes
+#: the coordinate loop: the guard would cost as many evaluations of the model's loss.
+GUARD_DIRECTIONS = 2
 
 #: Entries of the largest per-copy array times the copies evaluated at once: the chunk size
 #: that keeps one chunk's arrays in cache (measured in benchmarks/bench_gradcheck.py).
@@ -115,8 +121,8 @@ def check_chains(
     loss_fn : callable
         The model's own ``loss_fn(params) -> loss``: the guard and the kink probes.
     method, names, seed, rtol, atol
-        As in :func:`~refimpl.gradcheck.check_gradients` (full mode); ``seed`` picks the
-        guard's coordinates.
+        As in :func:`~refimpl.gradcheck.check_gradients` (full mode); ``seed`` also seeds
+        the guard's directions.
 
     Returns
     -------
@@ -137,31 +143,47 @@ class _FastNumerical:
         self.penalty_value, self.method, self.seed = penalty_value, method, seed
         self.copies: list[ChainCopies] | None = None
         self.base: list[float] = []
+        self.own_loss_problem: str | None = None   # set once, for the real differences
 
     def __call__(self, name: str, evaluator: _Evaluator, grads: Params,
                  tolerance: Tolerance) -> np.ndarray | None:
         params = evaluator.params
-        if params[name].size <= GUARD_COORDINATES:
-            return None     # the guard would evaluate every coordinate the loop's way anyway
+        if params[name].size <= GUARD_DIRECTIONS:
+            return None     # the guard would evaluate the model's loss as often as the loop
         if self.copies is None:
             self.copies = [ChainCopies(chain, params) for chain in self.chains]
             self.base = [float(np.asarray(chain.model.loss(
                 {u: (params[n].T if t else params[n]) for u, (n, t) in chain.reads.items()},
                 chain.x, chain.y)).real) for chain in self.chains]
-        point = params[name].reshape(-1)
-        deltas = [np.broadcast_to(delta, point.shape) for delta in _deltas(self.method, point)]
-        flat = np.tile(np.arange(point.size), len(deltas))
-        losses = self.losses(name, flat, np.concatenate(deltas), params)
-        parts = np.split(losses.imag if self.method == "complex" else losses.real,
-                         len(deltas))
-        numerical = _combine(self.method, parts, point)
-        if not self._guard(name, evaluator, grads, numerical):
+            if self.method != "complex":
+                self.own_loss_problem = _own_loss_problem(evaluator, grads, self.seed)
+                if self.own_loss_problem:
+                    warnings.warn(f"the fast full check cannot be verified through the "
+                                  f"model's own loss ({self.own_loss_problem}); every "
+                                  f"parameter takes the coordinate loop", RuntimeWarning,
+                                  stacklevel=2)
+        if self.own_loss_problem:
+            return None
+        numerical = self.derivatives(name, params, self.method)
+        problem = self._guard(name, evaluator, numerical if self.method == "complex"
+                              else self.derivatives(name, params, "complex"))
+        if problem:
             warnings.warn(f"the fast full check disagrees with the model's own loss on "
-                          f"{name!r} at seeded coordinates; its derivatives are computed by "
-                          f"the coordinate loop instead (please report this)", RuntimeWarning,
+                          f"{name!r} ({problem}); its derivatives are computed by the "
+                          f"coordinate loop instead (please report this)", RuntimeWarning,
                           stacklevel=2)
             return None
         return numerical
+
+    def derivatives(self, name: str, params: Params, method: str) -> np.ndarray:
+        """The numerical derivatives (flat) of every coordinate of ``params[name]`` by
+        ``method``, from the copies."""
+        point = params[name].reshape(-1)
+        deltas = [np.broadcast_to(delta, point.shape) for delta in _deltas(method, point)]
+        flat = np.tile(np.arange(point.size), len(deltas))
+        losses = self.losses(name, flat, np.concatenate(deltas), params)
+        parts = np.split(losses.imag if method == "complex" else losses.real, len(deltas))
+        return _combine(method, parts, point)
 
     def losses(self, name: str, flat: np.ndarray, deltas: np.ndarray,
                params: Params) -> np.ndarray:
@@ -201,28 +223,38 @@ class _FastNumerical:
             total = total + (entry(a_new - b_new, term.lam) - entry(a_now - b_now, term.lam))
         return total
 
-    def _guard(self, name: str, evaluator: _Evaluator, grads: Params,
-               numerical: np.ndarray) -> bool:
-        """Seeded coordinates through the model's own loss agree with the fast ones."""
+    def _guard(self, name: str, evaluator: _Evaluator, derivatives: np.ndarray) -> str | None:
+        """None when the copies' complex-step ``derivatives`` of ``name`` agree with the
+        model's own loss along every guard direction, else what disagreed."""
         params = evaluator.params
-        point = params[name].reshape(-1)
-        rng = np.random.default_rng(self.seed)
-        chosen = rng.choice(point.size, size=min(GUARD_COORDINATES, point.size), replace=False)
-        dtype = np.complex128 if self.method == "complex" else np.float64
-        work = {key: value.astype(dtype) for key, value in params.items()}
-        loop = np.array([_numerical_coordinate(self.method, evaluator, work, name, int(index),
-                                               point[index]) for index in chosen])
-        default = TOLERANCES[self.method]
-        finite = loop[np.isfinite(loop)]
-        scale = max(float(np.max(np.abs(grads[name]))),
-                    float(np.max(np.abs(finite), initial=0.0)))
-        limit = default.atol + default.rtol * scale
-        if self.method != "complex":
-            loss = abs(sum(self.base)) + abs(self.penalty_value)
-            h = STEPS[self.method] * np.maximum(1.0, np.abs(point[chosen]))
-            limit = limit + KINK_ROUNDING * EPS * max(1.0, loss) / h
-        fast = numerical[chosen]
-        agree = np.abs(fast - loop) <= limit
-        # A perturbed point past an overflow is non-finite both ways: that agrees.
-        agree |= ~np.isfinite(fast) & ~np.isfinite(loop)
-        return bool(np.all(agree))
+        rng = np.random.default_rng((self.seed, list(params).index(name)))
+        h = STEPS["complex"]
+        rule = TOLERANCES["complex"]
+        for _ in range(GUARD_DIRECTIONS):
+            direction = rng.standard_normal(params[name].shape)
+            terms = derivatives * direction.reshape(-1)
+            fast = float(np.sum(terms))
+            try:
+                own = float(np.asarray(evaluator.along({name: direction}, 1j * h)).imag) / h
+            except TypeError as error:     # the loss refuses complex parameters
+                return f"its loss at complex parameters: {error}"
+            scale = max(float(np.sum(np.abs(terms))), abs(own))
+            if not (np.isfinite(fast) and np.isfinite(own)
+                    and abs(fast - own) <= rule.atol + rule.rtol * scale):
+                return (f"along a seeded random direction over all its entries, the copies "
+                        f"give the derivative {fast:.17g}, the model's own loss {own:.17g}")
+        return None
+
+
+def _own_loss_problem(evaluator: _Evaluator, grads: Params, seed: int) -> str | None:
+    """Why the model's own loss cannot vouch for the copies through its complex step (it is
+    not complex-safe, or refuses complex parameters), or None; ``grads`` (the analytic
+    gradients) give the scale of the comparison."""
+    params = evaluator.params
+    try:
+        flagged, notes = complex_safety(evaluator, evaluator.at_point(),
+                                        safety_directions(params, list(params), seed),
+                                        directional_derivative(evaluator, grads))
+    except TypeError as error:
+        return f"its loss at complex parameters: {error}"
+    return notes[0] if flagged else None

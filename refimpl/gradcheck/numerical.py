@@ -74,9 +74,19 @@ class _Evaluator:
             flat[index] = original
 
     def along(self, direction: Params, t: complex) -> np.ndarray:
-        """The loss at ``params + t * direction`` (``t`` real or imaginary)."""
-        shifted = {name: value + t * direction[name] for name, value in self.params.items()}
+        """The loss at ``params + t * direction`` (``t`` real or imaginary); ``direction``
+        may leave out parameters, which then stay at the point."""
+        shifted = {name: (value + t * direction[name] if name in direction else value.copy())
+                   for name, value in self.params.items()}
         return _scalar_loss(self.loss_fn(shifted), self.who)
+
+    def real_along(self, direction: Params, t: float) -> float:
+        """The (real) loss at ``params + t * direction`` for a real ``t``."""
+        return float(self.along(direction, t).real)
+
+    def at_point(self) -> float:
+        """The (real) loss at the point itself, on fresh copies of the parameters."""
+        return self.real_along({}, 0.0)
 
 
 def _central(f_plus: float, f_minus: float, h: float) -> float:
@@ -120,20 +130,43 @@ def _numerical_coordinate(method: str, evaluator: _Evaluator, work: Params, name
     return float(_combine(method, losses, value))
 
 
-def _near_kink(evaluator: _Evaluator, work: Params, name: str, index: int, value: float,
-               scale: float, atol: float, error: float) -> bool:
-    """Whether a kink within one central step of the point explains the disagreement.
+#: What :func:`_near_kink` finds at a disagreeing coordinate.
+KINK, SMOOTH, NON_DETERMINISTIC = "kink", "smooth", "non-deterministic"
 
-    True when the loss is not smooth within one central step of the point and that explains
-    ``error = |analytic - numerical|`` at the coordinate.
+
+def _differ(first: float, second: float) -> bool:
+    """Whether two evaluations of the loss at one point differ by more than rounding.
+
+    A deterministic loss gives the same number twice (bit for bit, as a rule); the floor
+    ``KINK_ROUNDING * eps * |f|`` leaves room for an implementation whose reductions run in a
+    varying order, and is the rounding every probe here assumes anyway. One finite and one
+    non-finite value differ; two non-finite values do not (a non-finite loss is reported as
+    such).
+    """
+    finite = np.isfinite(first), np.isfinite(second)
+    if not all(finite):
+        return finite[0] != finite[1]
+    return abs(first - second) > KINK_ROUNDING * EPS * max(abs(first), abs(second))
+
+
+def _near_kink(evaluator: _Evaluator, work: Params, name: str, index: int, value: float,
+               scale: float, atol: float, error: float) -> str:
+    """What explains the disagreement ``error = |analytic - numerical|`` at a coordinate.
+
+    :data:`KINK` when the loss is not smooth within one central step of the point and that
+    explains the error; :data:`NON_DETERMINISTIC` when two evaluations at the point itself
+    differ (the probes below would read the noise as kinks); :data:`SMOOTH` otherwise (the
+    disagreement is a mismatch).
     """
     h = STEPS["central"] * max(1.0, abs(value))
     f0 = evaluator.real_coordinate(work, name, index, 0.0)
+    if _differ(f0, evaluator.real_coordinate(work, name, index, 0.0)):
+        return NON_DETERMINISTIC
     f_p, f_m = (evaluator.real_coordinate(work, name, index, s * h) for s in (1, -1))
     f_p2, f_m2 = (evaluator.real_coordinate(work, name, index, s * h / 2) for s in (1, -1))
     values = (f0, f_p, f_m, f_p2, f_m2)
     if not all(np.isfinite(values)):
-        return False
+        return SMOOTH
     # One-sided differences extrapolated to O(h^2): from the right and from the left. They
     # agree (to rounding) where f is smooth and differ by the jump in slope at a kink.
     right = 2 * (f_p2 - f0) / (h / 2) - (f_p - f0) / h
@@ -145,7 +178,7 @@ def _near_kink(evaluator: _Evaluator, work: Params, name: str, index: int, value
     rounding = KINK_ROUNDING * EPS * max(abs(v) for v in values) / h
     threshold = KINK_RTOL * scale + atol + rounding
     seen = max(abs(right - left), abs(jump))
-    return seen > threshold and error <= KINK_EXPLAINS * seen
+    return KINK if seen > threshold and error <= KINK_EXPLAINS * seen else SMOOTH
 
 
 def _nan_on_overflow(loss_fn: Callable[[Params], Any]) -> Callable[[Params], Any]:

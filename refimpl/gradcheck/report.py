@@ -64,7 +64,10 @@ class ParameterRow:
     analytic, numerical : float
         The two derivatives at ``worst_index``.
     status : str
-        ``"ok"``, ``"mismatch"``, ``"non-differentiable"`` or ``"non-finite"``.
+        ``"ok"``, ``"mismatch"``, ``"non-differentiable"``, ``"non-finite"``,
+        ``"not complex-safe"`` (real differences contradict the complex step's derivative:
+        :mod:`refimpl.gradcheck.safety`) or ``"non-deterministic"`` (two evaluations of the
+        loss at one point differ).
     nondifferentiable : int
         Coordinates found within one step of a kink.
     """
@@ -115,6 +118,9 @@ class GradcheckReport:
         One per checked parameter, or per direction.
     problems : tuple of str
         What was not finite at the point itself (then every row is ``"non-finite"``).
+    notes : tuple of str
+        Why rows are ``"not complex-safe"`` or ``"non-deterministic"``: what the checks of
+        :mod:`refimpl.gradcheck.safety` saw.
     """
 
     ok: bool
@@ -125,6 +131,7 @@ class GradcheckReport:
     loss: float
     rows: tuple[ParameterRow, ...]
     problems: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (non-finite floats become strings "nan", "inf", "-inf")."""
@@ -132,6 +139,7 @@ class GradcheckReport:
             "ok": self.ok, "method": self.method, "mode": self.mode, "step": self.step,
             "rtol": self.tolerance.rtol, "atol": self.tolerance.atol,
             "loss": _json_float(self.loss), "problems": list(self.problems),
+            "notes": list(self.notes),
             "rows": [row.to_dict() for row in self.rows],
         }
 
@@ -146,7 +154,8 @@ class GradcheckReport:
             f"{row.numerical:.17g}",
             row.status + (f" ({row.nondifferentiable} kinks)" if row.nondifferentiable else ""),
         ) for row in self.rows])
-        lines = [header, table] + [f"problem: {problem}" for problem in self.problems]
+        lines = ([header, table] + [f"problem: {problem}" for problem in self.problems]
+                 + [f"note: {note}" for note in self.notes])
         return "\n".join(lines)
 
 

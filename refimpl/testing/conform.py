@@ -5,9 +5,11 @@ The builder protocol
 A *builder* is any callable ``build(config, dtype) -> impl``:
 
 - ``config``: a case's ``Case.config`` (a fresh deep copy, JSON-able): ``config["model"]`` (a
-  :meth:`refimpl.nn.Sequential.config`), ``config["pair"]`` (a :meth:`refimpl.TiedPair.config`)
-  or ``config["anchored"]``, the input shape, the seed, and for a convention probe
-  ``config["convention"] = {"name": ..., "refimpl_rule": ...}``;
+  :meth:`refimpl.nn.Sequential.config`), ``config["pair"]`` (a :meth:`refimpl.TiedPair.config`),
+  ``config["anchored"]``, ``config["siamese"]`` or, for a micro-batch case, ``config["base"]``
+  (the single-batch case's config) with ``config["micro_batches"]``; the input shape, the
+  seed, and for a convention probe ``config["convention"] = {"name", "refimpl_rule",
+  "isolates", "on_kink", "resolved_in"}``;
 - ``dtype``: "float64", "float32" or "tf32", the precision ``impl`` computes in;
 - ``impl``: an implementation of the oracle protocol, ``impl(params, inputs) -> (loss, grads)``
   or ``(loss, grads, outputs)`` (:mod:`refimpl.testing.oracle`).
@@ -15,17 +17,33 @@ A *builder* is any callable ``build(config, dtype) -> impl``:
 A builder raises :class:`refimpl.testing.NotExpressible` (in ``build`` or in ``impl``) for what
 its framework cannot express (grouped convolutions, a loss it lacks).
 
+The module of a builder may name the framework it runs on: module attributes ``FRAMEWORK``
+(e.g. ``"torch"``) and, optionally, ``FRAMEWORK_VERSION`` (default: the installed
+distribution's version, or the imported module's ``__version__``). The report records them
+(:func:`framework_of`).
+
 Outcomes (one per case and dtype)
 ---------------------------------
 - **pass**: every tensor matched (:func:`refimpl.testing.compare_with_oracle` says "pass");
 - **fail**: a tensor did not match, the return value was malformed, or ``build`` / ``impl``
-  raised anything but ``NotExpressible`` (the exception's text is the detail; the run goes on);
+  raised anything but ``NotExpressible`` and ``KeyboardInterrupt`` — ``sys.exit()`` and any
+  other ``BaseException`` included (the exception, where the builder's code raised it, is the
+  detail; the run goes on);
 - **inconclusive**: nothing failed, but some tensor lies below what the dtype can resolve at
-  the case's point: never a pass;
+  the case's point, or the case is a convention probe outside the dtypes that resolve it
+  (``config["convention"]["resolved_in"]``): never a pass;
 - **not expressible**: ``NotExpressible`` was raised, with its reason;
-- **convention differs**: a convention probe (a case whose config has a ``"convention"``)
-  failed *and* ``diagnose(case, loss, grads)`` recognised a documented alternative convention:
-  the detail names it and what the implementation appears to do.
+- **convention differs**: a convention probe whose implementation's *whole* result (loss,
+  every gradient, the outputs it returns, their dtypes, the keys) fails against refimpl and
+  passes the same comparison, at the same floors, against refimpl's reference with exactly
+  one *documented* alternative rule applied (:func:`refimpl.testing.cases.probes.alternatives`):
+  the detail names the rule. Everything else is a fail, with the probe's best guess
+  (:func:`refimpl.testing.cases.probes.diagnose`) in the detail: a bug, a loss of precision,
+  a non-finite value, a value outside a documented family, or a documented rule followed by
+  the gradients while something else is wrong too.
+
+A ``KeyboardInterrupt`` is not a row: it stops the run (it propagates out of
+:func:`conform`; ``refimpl conform`` reports where it stopped and exits with status 130).
 
 A run is **ok** when no row failed and at least one passed (a builder that expresses nothing,
 or whose every case is inconclusive, has shown nothing). "convention differs" does not fail a
@@ -37,12 +55,18 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.metadata
 import json
 import math
+import os
+import sys
+import sysconfig
 import time
-from collections.abc import Callable, Iterable, Mapping
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,18 +74,22 @@ from .._table import format_table
 from .._validate import check_seed
 from .._version import __version__
 from .cases import Case, all_cases, probes
-from .cases.drawn import case_named, drawn_cases
+from .cases.drawn import case_named, drawn_case, drawn_name, parse_drawn_name
 from .comparison import ComparisonReport, NotExpressible, resolve_tolerance
-from .oracle import compare_with_oracle
+from .oracle import _run_and_compare, compare_with_oracle
+from .resolution import case_floors
 
 __all__ = ["OUTCOMES", "ConformanceRow", "ConformanceReport", "conform", "conform_case",
-           "load_builder", "builder_name"]
+           "load_builder", "builder_name", "framework_of"]
 
 #: The outcomes of one (case, dtype), in the order the summary counts them.
 OUTCOMES = ("pass", "fail", "inconclusive", "not expressible", "convention differs")
 
 Builder = Callable[[dict[str, Any], str], Any]
 Diagnose = Callable[[Case, Any, Any], "str | None"]
+#: ``progress(done, total, label)``: called before each row (label "<case> [<dtype>]") and
+#: once at the end (``done == total``, label "").
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -83,7 +111,8 @@ class ConformanceRow:
     seconds : float
         Wall time of ``build``, the implementation and the comparison.
     detail : str
-        Why: the failing tensor, the exception, the reason, the diagnosed convention.
+        Why: the failing tensor, the exception and where it was raised, the reason, the
+        convention followed.
     """
 
     case: str
@@ -112,6 +141,32 @@ def builder_name(build: Any) -> str:
     return f"{module}:{name}" if module else name
 
 
+def framework_of(build: Any) -> dict[str, str] | None:
+    """The framework a builder runs on, as its module declares it: ``{"name", "version"}``.
+
+    The builder's module sets ``FRAMEWORK = "<name>"`` (a distribution or module name such as
+    ``"torch"``) and optionally ``FRAMEWORK_VERSION``; without the latter the version is the
+    installed distribution's (:func:`importlib.metadata.version`), else the imported
+    module's ``__version__``, else "unknown".
+
+    Returns
+    -------
+    dict or None
+        None when the module declares no ``FRAMEWORK`` (or it is not a non-empty str).
+    """
+    module = sys.modules.get(getattr(build, "__module__", None) or "")
+    name = getattr(module, "FRAMEWORK", None)
+    if not isinstance(name, str) or not name:
+        return None
+    version = getattr(module, "FRAMEWORK_VERSION", None)
+    if not isinstance(version, str) or not version:
+        try:
+            version = importlib.metadata.version(name)
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            version = getattr(sys.modules.get(name), "__version__", None)
+    return {"name": name, "version": str(version) if version else "unknown"}
+
+
 @dataclass(frozen=True)
 class ConformanceReport:
     """The rows of a conformance run and what they were run with.
@@ -128,6 +183,9 @@ class ConformanceReport:
     seed : int
     strict_conventions : bool
         Whether "convention differs" fails the run.
+    framework : dict or None
+        ``{"name", "version"}`` of the framework the builder's module declares
+        (:func:`framework_of`).
     """
 
     rows: tuple[ConformanceRow, ...]
@@ -136,6 +194,7 @@ class ConformanceReport:
     drawn: int
     seed: int
     strict_conventions: bool = False
+    framework: dict[str, str] | None = None
 
     def counts(self) -> dict[str, int]:
         """How many rows have each outcome (every outcome of :data:`OUTCOMES`, zeros too)."""
@@ -154,12 +213,15 @@ class ConformanceReport:
         return not self.failed and any(row.outcome == "pass" for row in self.rows)
 
     def header(self) -> str:
-        """What was run: the builder, dtypes, drawn count and seed, and how to rerun one."""
+        """What was run: the builder (and its framework), dtypes, drawn count and seed, and
+        how to rerun one."""
         drawn = (f"{self.drawn} drawn case(s), seeds {self.seed}..{self.seed + self.drawn - 1}"
                  f" (rerun one with --case drawn-<kind>-<seed>)" if self.drawn
                  else f"no drawn cases (seed {self.seed})")
         strict = "; convention differences fail the run" if self.strict_conventions else ""
-        return (f"refimpl conform {self.builder}: dtypes {', '.join(self.dtypes)}; "
+        framework = (f" ({self.framework['name']} {self.framework['version']})"
+                     if self.framework else "")
+        return (f"refimpl conform {self.builder}{framework}: dtypes {', '.join(self.dtypes)}; "
                 f"{drawn}{strict}")
 
     def summary(self) -> str:
@@ -169,25 +231,33 @@ class ConformanceReport:
         return f"{len(self.rows)} rows: {counts}: {verdict}"
 
     def table(self, detail_width: int = 100) -> str:
-        """The header, one line per row (details cut to ``detail_width`` characters), and the
-        summary, as plain text."""
-        def cut(text: str) -> str:
-            line = " ".join(text.split())
-            return line if len(line) <= detail_width else line[:detail_width - 3] + "..."
+        """The header, one line per row, and the summary, as plain text.
+
+        The detail of a "fail" or "convention differs" row is shown whole (the failing
+        tensor's values, the rule followed); the others are cut to ``detail_width``
+        characters.
+        """
+        def cut(row: ConformanceRow) -> str:
+            line = " ".join(row.detail.split())
+            if row.outcome in ("fail", "convention differs") or len(line) <= detail_width:
+                return line
+            return line[:detail_width - 3] + "..."
 
         body = format_table(
             ("case", "dtype", "outcome", "worst/limit", "tensor", "time", "detail"),
             [(row.case, row.dtype, row.outcome.upper() if row.outcome == "fail" else
               row.outcome, f"{row.worst:.2e}", row.tensor, f"{row.seconds:.2f}s",
-              cut(row.detail)) for row in self.rows])
+              cut(row)) for row in self.rows])
         return "\n".join((self.header(), body, self.summary()))
 
     def to_dict(self) -> dict[str, Any]:
         """The whole report as JSON-able values."""
-        return {"refimpl": __version__, "numpy": np.__version__, "builder": self.builder,
-                "dtypes": list(self.dtypes), "drawn": self.drawn, "seed": self.seed,
-                "strict_conventions": self.strict_conventions, "ok": self.ok,
-                "counts": self.counts(), "summary": self.summary(),
+        return {"refimpl": __version__, "numpy": np.__version__,
+                "python": ".".join(map(str, sys.version_info[:3])),
+                "framework": dict(self.framework) if self.framework else None,
+                "builder": self.builder, "dtypes": list(self.dtypes), "drawn": self.drawn,
+                "seed": self.seed, "strict_conventions": self.strict_conventions,
+                "ok": self.ok, "counts": self.counts(), "summary": self.summary(),
                 "rows": [row.to_dict() for row in self.rows]}
 
     def to_json(self) -> str:
@@ -201,11 +271,15 @@ class ConformanceReport:
 def load_builder(spec: str) -> Builder:
     """The callable named by ``"package.module:function"`` (``function`` may be dotted).
 
+    The module is imported from ``sys.path`` as it stands (``refimpl conform`` puts the
+    current folder first, as ``python -m`` does).
+
     Raises
     ------
     ValueError
         For a spec without exactly one ``:``, a module that does not import (with the
-        import error), a missing attribute, or one that is not callable.
+        import error; a ``sys.exit()`` at import included), a missing attribute, or one
+        that is not callable.
     """
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise ValueError(f"builder: expected MODULE:FUNCTION such as "
@@ -213,9 +287,11 @@ def load_builder(spec: str) -> Builder:
     module_name, attribute = spec.split(":")
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as error:  # noqa: BLE001 - any failure of the user's module is reported
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # noqa: BLE001 - any failure of the user's module is reported
         raise ValueError(f"builder {spec!r}: module {module_name!r} does not import: "
-                         f"{type(error).__name__}: {error}") from None
+                         f"{_exception_text(error)}") from None
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise ValueError(f"builder {spec!r}: {module_name!r} has no attribute {attribute!r}")
@@ -226,9 +302,89 @@ def load_builder(spec: str) -> Builder:
     return target
 
 
+# --- exceptions of the builder's code ------------------------------------------------------------
+
+#: refimpl's own code, whose frames are never an implementation's location: the whole package
+#: but its adapters (which are builders).
+_PACKAGE = Path(__file__).resolve().parents[1]
+_ADAPTERS = _PACKAGE / "adapters"
+#: Installed libraries and the standard library: a location there is a last resort (the user's
+#: own frame that called into them says more).
+_LIBRARIES = tuple(Path(path).resolve() for path in {
+    sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    if path)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _builder_home(build: Any) -> Path | None:
+    """Where the builder's own code lives: its module's package folder (the module's file for
+    a top-level module), so that a builder installed among the libraries is still told apart
+    from the frameworks it calls."""
+    module_name = getattr(build, "__module__", None) or ""
+    parent = sys.modules.get(module_name.rpartition(".")[0]) if "." in module_name else None
+    folders = list(getattr(parent, "__path__", ()) or ())
+    if folders:
+        return Path(folders[0]).resolve()
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    return Path(file).resolve() if file else None
+
+
+def _location(error: BaseException, build: Any = None) -> str:
+    """``file:line in function`` of the innermost frame of the builder's own code in the
+    traceback of ``error``: not refimpl's frames (its adapters excepted), nor a library's
+    unless it is the builder's package or no other frame is there; "" when there is none."""
+    home = _builder_home(build)
+    foreign, own = [], []
+    for frame in traceback.extract_tb(error.__traceback__):
+        path = Path(frame.filename).resolve()
+        if _inside(path, _PACKAGE) and not _inside(path, _ADAPTERS):
+            continue
+        library = any(_inside(path, folder) for folder in _LIBRARIES)
+        ours = home is not None and _inside(path, home)
+        (foreign if library and not ours else own).append((path, frame))
+    chosen = own or foreign
+    if not chosen:
+        return ""
+    path, frame = chosen[-1]
+    try:
+        shown = os.path.relpath(path) if _inside(path, Path.cwd().resolve()) else str(path)
+    except ValueError:               # another drive (Windows)
+        shown = str(path)
+    return f"{shown}:{frame.lineno} in {frame.name}"
+
+
+def _exception_text(error: BaseException) -> str:
+    """``Type: message`` of an exception, qualified when it is not a builtin."""
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+    text = str(error)
+    return f"{name}: {text}" if text else name
+
+
+def _raised(where: str, error: BaseException, build: Any) -> str:
+    """The detail of a row whose ``build`` or ``impl`` (of the builder ``build``) raised
+    ``error``."""
+    detail = f"{where} raised {_exception_text(error)}"
+    location = _location(error, build)
+    if location:
+        detail += f" (at {location})"
+    if isinstance(error, SystemExit):
+        detail += ("; a SystemExit (sys.exit()) inside the builder's code is a failure of "
+                   "this case, not the end of the run")
+    if type(error).__name__ == "NotExpressible":
+        detail += ("; a class of your own named NotExpressible is an ordinary exception here: "
+                   "raise refimpl.testing.NotExpressible for a case your framework cannot "
+                   "express")
+    return detail
+
+
 class _Recorder:
-    """The implementation, recording what it returned (for ``diagnose``) and whether it
-    raised, so that the implementation runs once."""
+    """The implementation, recording what it returned (for the convention check) and whether
+    it raised, so that the implementation runs once."""
 
     def __init__(self, impl: Any) -> None:
         self.impl, self.result, self.raised = impl, None, False
@@ -240,6 +396,17 @@ class _Recorder:
             self.raised = True
             raise
         return self.result
+
+
+# --- judging one comparison -------------------------------------------------------------------
+
+class _Verdict(NamedTuple):
+    """What one check of a case concluded: the row's outcome, detail, worst ratio, tensor."""
+
+    outcome: str
+    detail: str
+    worst: float = math.nan
+    tensor: str = ""
 
 
 def _worst(report: ComparisonReport) -> tuple[float, str]:
@@ -259,28 +426,126 @@ def _worst(report: ComparisonReport) -> tuple[float, str]:
     return (worst, label) if worst >= 0 else (math.nan, "")
 
 
+def _reasons(report: ComparisonReport, worst_tensor: str) -> list[str]:
+    """Why a report failed: its problems, then its failing tensors, the row's worst first."""
+    # the same tensor as the row's worst/limit column first (stable sort keeps the rest)
+    failures = sorted(report.failures, key=lambda row: row.label != worst_tensor)
+    return [*report.problems, *(row.describe() for row in failures)]
+
+
 def _detail(report: ComparisonReport, worst_tensor: str) -> str:
-    """The first reason of a non-passing report (a problem, else the worst tensor's), or the
-    number of tensors compared."""
+    """The detail of a passing or inconclusive report, or :func:`_fail_detail`."""
     if report.verdict == "pass":
         return f"{len(report.rows)} tensors match"
     if report.verdict == "inconclusive":
         return "unresolved in this dtype: " + ", ".join(row.label
                                                          for row in report.inconclusive)
-    # the same tensor as the row's worst/limit column first (stable sort keeps the rest)
-    failures = sorted(report.failures, key=lambda row: row.label != worst_tensor)
-    reasons = [*report.problems, *(row.describe() for row in failures)]
-    more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
-    return reasons[0] + more
+    return _fail_detail(report, worst_tensor)
 
 
-def _diagnosed(case: Case, result: Any, diagnose: Diagnose) -> str | None:
-    """``diagnose``'s sentence for a failed probe, None when it recognises nothing or the
-    implementation's return value is malformed (then the row stays a plain fail)."""
-    if "convention" not in case.config or not isinstance(result, tuple) or len(result) < 2 \
-            or not isinstance(result[1], Mapping):
-        return None
-    return diagnose(case, result[0], result[1])
+def _fail_detail(report: ComparisonReport, worst_tensor: str, guess: str | None = None,
+                 against_guess: str | None = None) -> str:
+    """The detail of a failed row, composed in this one place: the first reason (the worst
+    tensor's), how many more, and for a probe the best guess of what the implementation does
+    (with the first reason its whole result fails that rule's reference too, when the guess
+    is a documented convention), and the named bug of a failing gradient of a shared, tied,
+    recurrent, Siamese or micro-batch model when one fits (``report.diagnosis``,
+    :mod:`refimpl.testing.diagnosis`)."""
+    reasons = _reasons(report, worst_tensor)
+    detail = reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
+    if guess:
+        detail += f"; best guess: {guess}"
+    if against_guess:
+        detail += (f"; the gradients fit that documented rule, but the whole result does not "
+                   f"match refimpl's with it: {against_guess}")
+    if report.diagnosis:
+        detail += f"; diagnosis: {report.diagnosis}"
+    return detail
+
+
+def _against(result: Any, alternative: probes.Alternative, dtype: str) -> ComparisonReport:
+    """The implementation's recorded ``result`` compared with a documented alternative's
+    reference by the ordinary rule: the dtype's tolerance and that reference's own resolution
+    floors, derived as for any case (the implementation is not run again)."""
+    _, tolerance = resolve_tolerance(dtype)
+    case = alternative.case
+    floors = case_floors(case, dtype, alternative.reference)
+    return _run_and_compare(lambda params, inputs: result, case.name, case.params, case.inputs,
+                            alternative.reference, dtype, tolerance, floors)
+
+
+def _probe_verdict(case: Case, dtype: str, report: ComparisonReport, result: Any,
+                   diagnose: Diagnose | None) -> _Verdict:
+    """The outcome of a convention probe: inconclusive outside the dtypes that resolve it
+    (unless it failed); on a failure, "convention differs" when the whole result passes
+    against exactly one documented alternative's reference, else a fail with the best guess."""
+    worst, tensor = _worst(report)
+    resolving = probes.resolved_in(case)
+    if dtype not in resolving:
+        if report.verdict != "pass":
+            return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
+        rules = "; ".join(alternative.describes for alternative in probes.alternatives(case))
+        return _Verdict("inconclusive", (
+            f"{case.config['convention']['name']}: only {', '.join(resolving)} resolves it: "
+            f"refimpl's rule and its alternatives ({rules}) agree within {dtype}'s tolerance "
+            f"at this probe, so no {dtype} implementation can show which it follows "
+            f"({len(report.rows)} tensors match)"), worst, tensor)
+    if report.verdict != "fail":
+        return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
+    against = {alternative.describes: _against(result, alternative, dtype)
+               for alternative in probes.alternatives(case) if alternative.convention}
+    for describes, alternative_report in against.items():
+        if alternative_report.verdict == "pass":
+            return _Verdict("convention differs", (
+                f"{describes}: the whole result matches refimpl's with this one documented "
+                f"rule changed; refimpl: {case.config['convention']['refimpl_rule']}"),
+                worst, tensor)
+    sentence, documented = _guess(case, result, diagnose)
+    against_guess = None
+    if documented in against:
+        alternative_report = against[documented]
+        against_guess = _detail(alternative_report, _worst(alternative_report)[1])
+    return _Verdict("fail", _fail_detail(report, tensor, sentence, against_guess), worst,
+                    tensor)
+
+
+def _guess(case: Case, result: Any, diagnose: Diagnose | None) -> tuple[str | None, str]:
+    """The best guess's sentence for a failed probe and, when it is a documented convention,
+    that rule's ``describes`` ("" otherwise; always "" for a caller's own ``diagnose``)."""
+    if not isinstance(result, tuple) or len(result) < 2 or not isinstance(result[1], Mapping):
+        return None, ""
+    if diagnose is not None:
+        return diagnose(case, result[0], result[1]), ""
+    found = probes.guess(case, result[0], result[1])
+    if found is None:
+        return None, ""
+    return found.sentence, found.describes if found.convention else ""
+
+
+def _oracle_check(build: Builder, case: Case, dtype: str,
+                  diagnose: Diagnose | None) -> _Verdict:
+    """Build the implementation, run it once on the case's point, judge its result."""
+    recorder = None
+    try:
+        impl = build(copy.deepcopy(case.config), dtype)
+        if not callable(impl):
+            return _Verdict("fail", f"build returned {type(impl).__name__}, not a callable "
+                                    f"impl(params, inputs)")
+        recorder = _Recorder(impl)
+        report = compare_with_oracle(recorder, case, dtype=dtype)
+    except KeyboardInterrupt:
+        raise
+    except NotExpressible as reason:
+        return _Verdict("not expressible", str(reason) or "(no reason given)")
+    except BaseException as error:  # noqa: BLE001 - a foreign builder's failure is a row
+        if recorder is not None and not recorder.raised:
+            raise                   # refimpl's own failure: a bug to see, not a row
+        return _Verdict("fail", _raised("impl" if recorder is not None else "build", error,
+                                        build))
+    if "convention" in case.config:
+        return _probe_verdict(case, dtype, report, recorder.result, diagnose)
+    worst, tensor = _worst(report)
+    return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
 
 
 def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
@@ -296,14 +561,17 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
     dtype : str
         "float64", "float32" or "tf32".
     diagnose : callable, optional
-        ``diagnose(case, loss, grads) -> str | None`` for failed convention probes
-        (default: :func:`refimpl.testing.cases.probes.diagnose`, looked up when called).
+        ``diagnose(case, loss, grads) -> str | None``, the best guess written into the detail
+        of a failed convention probe (default: :func:`refimpl.testing.cases.probes.diagnose`).
+        It never decides the outcome: "convention differs" is granted by comparing the whole
+        result with the documented alternatives' references.
 
     Returns
     -------
     ConformanceRow
         Its outcome is one of :data:`OUTCOMES`; an exception of ``build`` or ``impl`` is a
-        "fail" row naming it, never raised.
+        "fail" row naming it and where it was raised, never raised (``KeyboardInterrupt``
+        excepted).
 
     Raises
     ------
@@ -311,53 +579,72 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
         For an unknown dtype.
     TypeError
         For a ``case`` that is not a :class:`~refimpl.testing.cases.Case`.
+    KeyboardInterrupt
+        Passed on: the user stops the run.
     """
     dtype, _ = resolve_tolerance(dtype)
     if not isinstance(case, Case):
         raise TypeError(f"case: expected a refimpl.testing.cases.Case, got "
                         f"{type(case).__name__}")
     start = time.perf_counter()
-
-    def row(outcome: str, detail: str, worst: float = math.nan, tensor: str = "") -> Any:
-        return ConformanceRow(case.name, case.kind, dtype, outcome, worst, tensor,
-                              time.perf_counter() - start, detail)
-
-    recorder = None
-    try:
-        impl = build(copy.deepcopy(case.config), dtype)
-        if not callable(impl):
-            return row("fail", f"build returned {type(impl).__name__}, not a callable "
-                               f"impl(params, inputs)")
-        recorder = _Recorder(impl)
-        report = compare_with_oracle(recorder, case, dtype=dtype)
-    except NotExpressible as reason:
-        return row("not expressible", str(reason) or "(no reason given)")
-    except Exception as error:  # noqa: BLE001 - a foreign builder's failure is a row
-        if recorder is not None and not recorder.raised:
-            raise                   # refimpl's own failure: a bug to see, not a row
-        where = "impl" if recorder is not None else "build"
-        return row("fail", f"{where} raised {type(error).__name__}: {error}")
-    worst, tensor = _worst(report)
-    if report.verdict == "fail":
-        convention = _diagnosed(case, recorder.result, diagnose or probes.diagnose)
-        if convention:
-            return row("convention differs", convention, worst, tensor)
-    return row(report.verdict, _detail(report, tensor), worst, tensor)
+    # One check per case today; another kind of check (a capability of the builder) would
+    # return its own _Verdict here, and the row would take the worst of them.
+    verdict = _oracle_check(build, case, dtype, diagnose)
+    return ConformanceRow(case.name, case.kind, dtype, verdict.outcome, verdict.worst,
+                          verdict.tensor, time.perf_counter() - start, verdict.detail)
 
 
-def _selected(cases: Iterable[Case | str] | None) -> list[Case]:
-    """The cases to run: every built-in case (None), or these cases and case names."""
+class _Drawn(NamedTuple):
+    """A drawn case not drawn yet: its seed and kind (None: the kind the seed draws)."""
+
+    seed: int
+    kind: str | None
+
+    @property
+    def name(self) -> str:
+        return drawn_name(self.seed) if self.kind is None else f"drawn-{self.kind}-{self.seed}"
+
+    def case(self) -> Case:
+        return drawn_case(self.seed, self.kind)
+
+
+def _selected(cases: Iterable[Case | str] | None) -> list[Case | _Drawn]:
+    """The cases to run: every built-in case (None), or these cases and case names, checked
+    now; a drawn case named here is drawn when its turn comes."""
     if cases is None:
-        return all_cases()
+        return list(all_cases())
     if isinstance(cases, (str, Case)):
         cases = [cases]
-    return [case if isinstance(case, Case) else case_named(case) for case in cases]
+    selected: list[Case | _Drawn] = []
+    for case in cases:
+        if isinstance(case, Case):
+            selected.append(case)
+            continue
+        parsed = parse_drawn_name(case)
+        selected.append(case_named(case) if parsed is None else _Drawn(parsed[1], parsed[0]))
+    return selected
+
+
+def _rows(build: Builder, selected: list[Case | _Drawn], dtypes: tuple[str, ...],
+          diagnose: Diagnose | None, progress: Progress | None) -> Iterator[ConformanceRow]:
+    """Every (case, dtype) row in order, each drawn case drawn when its turn comes, with the
+    progress reported before each row and once at the end."""
+    total, done = len(selected) * len(dtypes), 0
+    for item in selected:
+        case = item.case() if isinstance(item, _Drawn) else item
+        for dtype in dtypes:
+            if progress is not None:
+                progress(done, total, f"{case.name} [{dtype}]")
+            yield conform_case(build, case, dtype, diagnose=diagnose)
+            done += 1
+    if progress is not None:
+        progress(total, total, "")
 
 
 def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
             cases: Iterable[Case | str] | None = None, drawn: int = 0, seed: int = 0,
-            strict_conventions: bool = False, diagnose: Diagnose | None = None
-            ) -> ConformanceReport:
+            strict_conventions: bool = False, diagnose: Diagnose | None = None,
+            progress: Progress | None = None) -> ConformanceReport:
     """Run a builder's implementations over the catalogue and drawn cases, per dtype.
 
     Parameters
@@ -370,15 +657,20 @@ def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
         The cases (or their names: built-in, or ``drawn-<kind>-<seed>``); default every
         built-in case, convention probes included.
     drawn : int
-        How many drawn cases to add (:func:`refimpl.testing.cases.drawn.drawn_case`), of
-        seeds ``seed`` to ``seed + drawn - 1``.
+        How many drawn cases to add (:func:`refimpl.testing.cases.drawn.drawn_case`, every
+        kind of :data:`~refimpl.testing.cases.drawn.DRAWN_KINDS`), of seeds ``seed`` to
+        ``seed + drawn - 1``.
     seed : int
         The first drawn case's seed.
     strict_conventions : bool
         Count "convention differs" as a failure of the run.
     diagnose : callable, optional
-        ``diagnose(case, loss, grads) -> str | None`` for failed probes (default:
-        :func:`refimpl.testing.cases.probes.diagnose`).
+        ``diagnose(case, loss, grads) -> str | None``, the best guess in the detail of a failed
+        probe (default: :func:`refimpl.testing.cases.probes.diagnose`); never an outcome.
+    progress : callable, optional
+        ``progress(done, total, label)``, called before each row with the rows done so far,
+        the number of rows and ``"<case> [<dtype>]"``, and once at the end with ``done ==
+        total`` and label "" (``refimpl conform`` draws a progress bar with it).
 
     Returns
     -------
@@ -390,6 +682,8 @@ def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
     ValueError, TypeError
         For a bad argument (an unknown dtype or case name, a negative count), before any
         case runs.
+    KeyboardInterrupt
+        Passed on from the builder's code or the user: the run stops, no report.
 
     Examples
     --------
@@ -412,8 +706,11 @@ def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
     if not isinstance(strict_conventions, bool):
         raise TypeError(f"strict_conventions: expected True or False, got "
                         f"{strict_conventions!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress: expected a callable progress(done, total, label) or None, "
+                        f"got {progress!r}")
     seed, drawn = check_seed(seed, "seed"), check_seed(drawn, "drawn")
-    selected = _selected(cases) + drawn_cases(drawn, seed)
-    rows = tuple(conform_case(build, case, dtype, diagnose=diagnose)
-                 for case in selected for dtype in dtypes)
-    return ConformanceReport(rows, builder_name(build), dtypes, drawn, seed, strict_conventions)
+    selected = _selected(cases) + [_Drawn(seed + index, None) for index in range(drawn)]
+    rows = tuple(_rows(build, selected, dtypes, diagnose, progress))
+    return ConformanceReport(rows, builder_name(build), dtypes, drawn, seed, strict_conventions,
+                             framework_of(build))

@@ -500,7 +500,11 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     The reference is the stored float64 result; the resolution floors are computed by
     rebuilding the case from refimpl alone (``refimpl.testing.cases.rebuild.rebuild_case(name,
     config)``: the catalogue's, or a drawn case from its stored seed), whose point and data
-    must equal the stored ones.
+    must equal the stored ones. The folder is not trusted
+    (:func:`refimpl.testing.golden.check_stored_case`): ``SHA256SUMS`` must agree with the
+    manifest, the folder must hold every tensor of the rebuilt case and nothing else, and
+    every stored value must equal the rebuilt case's (the float64 rule), so that every tensor
+    of the case is compared with ``impl``'s.
 
     Returns
     -------
@@ -514,7 +518,9 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
         rebuilt case's (the folder was written by another refimpl, and its floors cannot be
         derived here).
     refimpl.testing.golden.GoldenError
-        When the folder or one of its files is missing, malformed or unsafe.
+        When the folder or one of its files is missing, malformed or unsafe, when
+        ``SHA256SUMS`` disagrees with the manifest, or when a stored tensor is missing or
+        differs from the rebuilt case's.
     """
 
     dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
@@ -530,6 +536,9 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
                              f"(refimpl.testing.cases.rebuild.REBUILDERS), so its resolution "
                              f"floors cannot be derived")
         _check_same_point(name, rebuilt, data)
+        # The stored values must be the rebuilt case's, every one of them: a folder
+        # rewritten consistently (values and hashes) or missing an entry is refused here.
+        golden.check_stored_case(golden_dir, data, rebuilt, manifest)
         floors = case_floors(rebuilt, dtype_name)
         reports.append(_run_and_compare(
             impl, name, data.params, data.inputs,
@@ -559,9 +568,10 @@ def assert_matches_golden(impl: Implementation, golden_dir: Any,
                           ) -> list[ComparisonReport]:
     """Assert that ``impl`` reproduces the expected values stored in a golden folder.
 
-    Every file is checked against its SHA-256 in the manifest and read without pickle
-    before ``impl`` runs. The reference is the stored float64 result, the resolution floors
-    those of the catalogue case.
+    Every file is checked against its SHA-256 in the manifest and in ``SHA256SUMS`` and read
+    without pickle before ``impl`` runs, and every stored tensor against refimpl's
+    recomputation of the case (:func:`compare_with_golden`). The reference is the stored
+    float64 result, the resolution floors those of the catalogue case.
 
     Parameters
     ----------

@@ -16,6 +16,13 @@ and "not expressible" are skipped with their reason (``-rs`` lists them): never 
 "convention differs" is an expected failure (xfail) naming the convention, or a failure with
 ``--refimpl-strict-conventions``.
 
+Nothing passed is not ok, as for ``refimpl conform``: a session in which conformance items ran
+and none of them passed (every one skipped or xfailed) ends with exit status 1
+(``pytest.ExitCode.TESTS_FAILED``) and a line saying so, not green. Under ``pytest-xdist`` the
+controller counts the items its workers report. A session in which ``-k`` / ``-m`` deselected
+every conformance item is left to pytest. Ctrl-C (``KeyboardInterrupt``) stops the session as
+pytest always does; a ``sys.exit()`` in the builder's code is a failed item.
+
 Without ``--refimpl-build`` the plugin adds no option values, items or work: importing it
 builds no case and runs nothing (it costs the import of refimpl itself).
 """
@@ -27,7 +34,7 @@ from typing import Any
 import pytest
 
 from .cases import all_cases
-from .cases.drawn import case_named, drawn_name
+from .cases.drawn import case_named, drawn_name, parse_drawn_name
 from .comparison import resolve_tolerance
 from .conform import conform_case, load_builder
 
@@ -49,7 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--refimpl-seed", metavar="S", type=int, default=0,
                     help="seed of the first drawn case; case i has seed S + i (default 0)")
     group.addoption("--refimpl-case", metavar="NAME", action="append", default=None,
-                    help="only this case (repeatable): a built-in name or drawn-<kind>-<seed>")
+                    help="only this case (repeatable, or comma-separated): a built-in name or "
+                         "drawn-<kind>-<seed>")
     group.addoption("--refimpl-strict-conventions", action="store_true",
                     help="fail, rather than xfail, a case whose convention differs")
 
@@ -69,12 +77,29 @@ def pytest_configure(config: pytest.Config) -> None:
             if config.getoption(option) < 0:
                 raise ValueError(f"--{option.replace('_', '-')}: expected a non-negative int, "
                                  f"got {config.getoption(option)}")
-        for name in config.getoption("refimpl_case") or []:
-            case_named(name)
+        names = _case_names(config)
+        if names == []:
+            raise ValueError("--refimpl-case: expected case names")
+        for name in names or []:
+            if parse_drawn_name(name) is None:     # a drawn case is drawn when it runs
+                case_named(name)
     except ValueError as error:
         raise pytest.UsageError(f"refimpl: {error}") from None
-    config.stash[_RUN] = _Run(builder, spec, tuple(dict.fromkeys(dtypes)),
-                              bool(config.getoption("refimpl_strict_conventions")))
+    run = _Run(builder, spec, tuple(dict.fromkeys(dtypes)),
+               bool(config.getoption("refimpl_strict_conventions")))
+    config.stash[_RUN] = run
+    # an xdist worker (``workerinput``) sees a share of the items: its controller decides
+    config.pluginmanager.register(_NothingPassedRule(run, not hasattr(config, "workerinput")),
+                                  "refimpl-nothing-passed")
+
+
+def _case_names(config: pytest.Config) -> list[str] | None:
+    """The names of ``--refimpl-case`` (repeated and / or comma-separated); None: every
+    built-in case."""
+    given = config.getoption("refimpl_case")
+    if given is None:
+        return None
+    return [name.strip() for value in given for name in value.split(",") if name.strip()]
 
 
 class _Run:
@@ -131,9 +156,9 @@ class ConformanceCollector(pytest.Collector):
 
     def collect(self) -> list[pytest.Item]:
         run = self.config.stash[_RUN]
-        names = self.config.getoption("refimpl_case")
+        names = _case_names(self.config)
         cases: list[Any] = all_cases() if names is None else [
-            name if name.startswith("drawn-") else case_named(name) for name in names]
+            name if parse_drawn_name(name) is not None else case_named(name) for name in names]
         seed = self.config.getoption("refimpl_seed")
         cases += [drawn_name(seed + index)
                   for index in range(self.config.getoption("refimpl_drawn"))]
@@ -151,3 +176,35 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     collector = ConformanceCollector.from_parent(session, name=COLLECTOR, nodeid=COLLECTOR)
     items.extend(collector.collect())
+
+
+
+class _NothingPassedRule:
+    """The rule of ``refimpl conform`` on a session: it counts the conformance items that
+    ran and those that passed (on the controller under xdist, which receives its workers'
+    reports) and fails a session in which some ran and none passed."""
+
+    def __init__(self, run: _Run, controller: bool) -> None:
+        self.run, self.controller = run, controller
+        self.ran = self.passed = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" or not report.nodeid.startswith(f"{COLLECTOR}::"):
+            return
+        self.ran += 1
+        self.passed += bool(report.passed and not hasattr(report, "wasxfail"))
+
+    def _violated(self) -> bool:
+        return self.controller and self.ran > 0 and self.passed == 0
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self._violated() and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self._violated():
+            terminalreporter.write_line(
+                f"refimpl: none of the {self.ran} conformance item(s) of {self.run.spec} "
+                f"passed (every one not expressible, inconclusive or a convention "
+                f"difference): nothing was shown to conform, so the session fails",
+                red=True, bold=True)

@@ -59,11 +59,12 @@ from .format import (
     GoldenError,
 )
 from .read import LINK_REFUSED, GoldenCase, load_case, load_npy, read_manifest, select_cases
-from .verification import ABSENT, VerifyEntry, VerifyReport, verify
+from .verification import ABSENT, VerifyEntry, VerifyReport, check_stored_case, verify
 from .writing import write
 
 __all__ = [
     "write", "verify", "read_manifest", "select_cases", "load_case", "load_npy",
+    "check_stored_case",
     "GoldenCase", "GoldenError", "VerifyReport", "VerifyEntry", "SCHEMA_VERSION", "FORMAT",
     "MANIFEST", "CHECKSUMS", "COMMAND", "COMPARISON_RULE", "CONVENTIONS", "ALLOWED_DTYPES",
     "ROLES", "FLOOR_DIGITS", "LINK_REFUSED", "ABSENT",

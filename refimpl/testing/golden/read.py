@@ -103,7 +103,8 @@ def read_manifest(golden_dir: str | os.PathLike) -> dict[str, Any]:
     ------
     refimpl.testing.golden.GoldenError
         Naming the file, if it is missing, a link, not JSON (NaN / Infinity included), of
-        another format or schema version, or has malformed ``cases``.
+        another format or schema version (the integer :data:`SCHEMA_VERSION`; ``2.0`` is
+        refused), or has malformed ``cases``.
     """
     path = Path(golden_dir) / MANIFEST
     try:
@@ -119,9 +120,12 @@ def read_manifest(golden_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise GoldenError(f"{path}: not a refimpl golden manifest (expected \"format\": "
                           f"\"{FORMAT}\")")
-    if document.get("schema_version") != SCHEMA_VERSION:
-        raise GoldenError(f"{path}: schema_version {document.get('schema_version')!r}; this "
-                          f"refimpl reads version {SCHEMA_VERSION}")
+    version = document.get("schema_version")
+    # The integer, not any number equal to it: 2.0 == 2 in Python, and a typed reader of
+    # the format (serde, nlohmann::json's get<int>) refuses the float.
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise GoldenError(f"{path}: schema_version {version!r}; this refimpl reads version "
+                          f"{SCHEMA_VERSION} (the JSON integer)")
     cases = document.get("cases")
     if not isinstance(cases, dict) or not all(
             isinstance(entry, dict) and isinstance(entry.get("files"), list)

@@ -31,17 +31,26 @@ from .format import (
     MANIFEST,
     GoldenError,
     _case_record,
+    _case_tensors,
     _checksums_text,
     _command,
     _File,
     _file_name,
+    _golden_array,
     _json_value,
     _manifest_header,
     _npy_bytes,
     _sha256,
 )
 from .install import _interrupted_backups
-from .read import LINK_REFUSED, _load_npy_bytes, _read_plain, _safe_relative, read_manifest
+from .read import (
+    LINK_REFUSED,
+    GoldenCase,
+    _load_npy_bytes,
+    _read_plain,
+    _safe_relative,
+    read_manifest,
+)
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,36 @@ def _tree(root: Path) -> tuple[set[str], list[VerifyEntry]]:
     return files, problems
 
 
+def _json_kind(value: Any) -> str:
+    """The JSON type of a parsed value: Python's ``2 == 2.0 == True`` hides it."""
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, np.integer)):
+        return "integer"
+    if isinstance(value, (float, np.floating)):
+        return "number"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__
+
+
+def _same_json(found: Any, expected: Any) -> bool:
+    """Whether a manifest value equals what this refimpl writes *as JSON*: equal values of the
+    same JSON types all the way down, so that a shape ``[5.0, 3]`` or a ``schema_version``
+    ``2.0`` (refused by typed readers) differs from ``[5, 3]`` and ``2``."""
+    if _json_kind(found) != _json_kind(expected):
+        return False
+    if isinstance(expected, Mapping):
+        return set(found) == set(expected) and all(_same_json(found[key], expected[key])
+                                                   for key in expected)
+    if isinstance(expected, (list, tuple)):
+        return len(found) == len(expected) and all(
+            _same_json(a, b) for a, b in zip(found, expected, strict=True))
+    return bool(found == expected)
+
+
 def _differs(field_name: str, found: Any, expected: Any) -> str:
     """A message: the manifest's ``field_name`` differs from what this refimpl writes."""
     return (f"{field_name} {json.dumps(found, sort_keys=True)[:120]} differs from what this "
@@ -210,10 +249,10 @@ def _file_problems(path: Path, data: bytes, entry: Mapping[str, Any],
         problems.append(f"manifest fields {sorted(entry)}, this refimpl writes "
                         f"{sorted(want.entry)}")
     for name in ("path", "shape", "dtype", "bytes", "floors"):
-        if entry.get(name) != want.entry.get(name):
+        if not _same_json(entry.get(name), want.entry.get(name)):
             problems.append(_differs(f"manifest {name}", entry.get(name),
                                      want.entry.get(name)))
-    if len(data) != entry.get("bytes"):
+    if not _same_json(entry.get("bytes"), len(data)):
         problems.append(f"{len(data)} bytes, the manifest says {entry.get('bytes')!r}")
     try:
         stored = _load_npy_bytes(data, path, entry.get("dtype"), entry.get("shape"))
@@ -252,7 +291,8 @@ def _scalar_problems(entry: Mapping[str, Any], stored: np.ndarray) -> list[str]:
         return []
     written = _json_value(float(stored))
     return [f"the manifest's {name} {entry.get(name)!r} differs from the file's value "
-            f"({written[name]!r})" for name in ("value", "hex") if entry.get(name) != written[name]]
+            f"({written[name]!r})" for name in ("value", "hex")
+            if not _same_json(entry.get(name), written[name])]
 
 
 def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[VerifyEntry]:
@@ -266,7 +306,7 @@ def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[Verify
                                    f"{where} has the fields {sorted(entry)}; this refimpl "
                                    f"writes {sorted(want)}"))
     for name, value in want.items():
-        if name not in ("files", "loss") and entry.get(name) != value:
+        if name not in ("files", "loss") and not _same_json(entry.get(name), value):
             results.append(VerifyEntry(case.name, MANIFEST, False,
                                        _differs(f"{where}.{name}", entry.get(name), value)))
     listed = [(f.get("role"), f.get("name")) for f in entry["files"]]
@@ -287,7 +327,8 @@ def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[Verify
         results.append(verdict)
         stored[(file_entry.get("role"), file_entry.get("name"))] = array
     loss = stored.get(("loss", "loss"))
-    if loss is not None and loss.ndim == 0 and entry.get("loss") != _json_value(float(loss)):
+    if loss is not None and loss.ndim == 0 and not _same_json(entry.get("loss"),
+                                                              _json_value(float(loss))):
         results.append(VerifyEntry(case.name, MANIFEST, False,
                                    _differs(f"{where}.loss (against {case.name}/loss.npy)",
                                             entry.get("loss"), _json_value(float(loss)))))
@@ -318,7 +359,8 @@ def _verify_header(manifest: Mapping[str, Any], catalogue: list[str]) -> list[Ve
                                    f"top-level fields {sorted(manifest)}; this refimpl writes "
                                    f"{sorted(set(want) | {'cases'})}"))
     for name, value in want.items():
-        if name not in ("generator", "case_order") and manifest.get(name) != value:
+        if name not in ("generator", "case_order") and not _same_json(manifest.get(name),
+                                                                      value):
             results.append(VerifyEntry("", MANIFEST, False,
                                        _differs(name, manifest.get(name), value)))
     if not isinstance(generator, Mapping) or set(generator) != set(want["generator"]):
@@ -335,7 +377,7 @@ def _generator_entries(generator: Mapping[str, Any], want: Mapping[str, Any]
     writes; other versions are noted, not failed (values are compared within tolerances)."""
     results = []
     for name in ("command", "seed"):
-        if generator[name] != want[name]:
+        if not _same_json(generator[name], want[name]):
             results.append(VerifyEntry("", MANIFEST, False,
                                        _differs(f"generator.{name}", generator[name],
                                                 want[name])))
@@ -493,3 +535,86 @@ def _verify_cases(root: Path, manifest: Mapping[str, Any]) -> list[VerifyEntry]:
             entries.append(VerifyEntry(name, MANIFEST, False,
                                        f"could not be verified: {type(error).__name__}: {error}"))
     return entries
+
+
+def check_stored_case(golden_dir: str | os.PathLike, stored: GoldenCase, case: Any,
+                      manifest: Mapping[str, Any]) -> None:
+    """Refuse a case read from a golden folder unless this refimpl reproduces it.
+
+    What a comparison with a golden case relies on, beyond each file's SHA-256 in the
+    manifest (:func:`~refimpl.testing.golden.load_case` checked those): ``SHA256SUMS``
+    agrees with the manifest (its line for ``manifest.json`` and for every file of the case),
+    the case holds exactly the tensors of ``case`` (none missing, none extra), and every stored
+    tensor equals ``case``'s recomputation (integers exactly, floats by the float64 rule of
+    :mod:`refimpl.testing`). A manifest and files rewritten consistently (negated gradients
+    re-hashed, an entry dropped) are refused by the recomputation however the hashes were
+    redone.
+
+    Parameters
+    ----------
+    golden_dir : str or os.PathLike
+        The golden folder.
+    stored : GoldenCase
+        The case as read from it.
+    case : refimpl.testing.cases.Case
+        The same case rebuilt by this refimpl (the catalogue's, or a registered rebuilder's).
+    manifest : mapping
+        The folder's manifest (:func:`~refimpl.testing.golden.read_manifest`).
+
+    Raises
+    ------
+    refimpl.testing.golden.GoldenError
+        Naming the file (``SHA256SUMS``, ``manifest.json`` or the tensor's file) and what
+        differs.
+    """
+    root = Path(golden_dir)
+    _check_checksums_of(root, manifest, stored.name)
+    groups = {"input": stored.inputs, "parameter": stored.params, "output": stored.outputs,
+              "loss": {"loss": np.asarray(stored.loss, dtype=np.float64)},
+              "gradient": stored.grads}
+    computed = _case_tensors(case)
+    wanted = {(tensor.role, tensor.name) for tensor in computed}
+    held = {(role, name) for role, tensors in groups.items() for name in tensors}
+    where = f"{root / MANIFEST}: case {stored.name!r}"
+    missing, extra = sorted(wanted - held), sorted(held - wanted)
+    if missing:
+        raise GoldenError(f"{where} lists no file for {_tensors(missing)}, which this refimpl "
+                          f"computes for the case; every tensor of the case is compared")
+    if extra:
+        raise GoldenError(f"{where} lists {_tensors(extra)}, which this refimpl does not "
+                          f"compute for the case")
+    for tensor in computed:
+        value = groups[tensor.role][tensor.name]
+        reference = _golden_array(tensor.array, f"case {stored.name!r}, {tensor.role} "
+                                                f"{tensor.name!r}")
+        problems, _ = _value_problems((tensor.role, tensor.name), reference, np.asarray(value))
+        if problems:
+            path = root / stored.name / _file_name(tensor.role, tensor.name)
+            raise GoldenError(f"{path}: the stored {tensor.role} {tensor.name!r} is not this "
+                              f"refimpl's for case {stored.name!r} ({'; '.join(problems)}); "
+                              f"the folder was changed (refimpl verify {golden_dir} says "
+                              f"where) or written by another refimpl")
+
+
+def _tensors(keys: list[tuple[str, str]]) -> str:
+    """``[(role, name), ...]`` for a message: "gradient 'fc1.weight', output 'out'"."""
+    return ", ".join(f"{role} {name!r}" for role, name in keys)
+
+
+def _check_checksums_of(root: Path, manifest: Mapping[str, Any], name: str) -> None:
+    """``SHA256SUMS`` holds the manifest's SHA-256 and, for every file of case ``name``, the
+    SHA-256 the manifest gives it; else a :class:`GoldenError` naming the file."""
+    sums, _, problems = _read_checksums(root)
+    if problems:
+        raise GoldenError(f"{root / CHECKSUMS}: {problems[0].message}")
+    manifest_sum = _sha256(_read_plain(root / MANIFEST))
+    if sums.get(MANIFEST) != manifest_sum:
+        raise GoldenError(f"{root / MANIFEST}: SHA-256 {manifest_sum[:16]}... differs from its "
+                          f"line in {CHECKSUMS} ({str(sums.get(MANIFEST))[:16]}...): one of the "
+                          f"two changed")
+    for entry in manifest["cases"][name]["files"]:
+        path, digest = str(entry.get("path")), entry.get("sha256")
+        if sums.get(path) != digest:
+            raise GoldenError(f"{root / CHECKSUMS}: its line for {path!r} "
+                              f"({str(sums.get(path))[:16]}...) differs from the manifest's "
+                              f"SHA-256 ({str(digest)[:16]}...): one of the two changed")
