@@ -38,21 +38,23 @@ fail / inconclusive, the dtype's tolerance), with a resolution floor derived lik
 gradients' (:mod:`refimpl.testing.resolution`): refimpl's own float64 ``H v`` at the point,
 data and direction rounded to the hand-over dtype, and at ``FLOOR_PERTURBATIONS`` points
 whose every float parameter, input and direction entry is scaled by ``1 + c u s`` (the arrays
-a probe computes exactly excepted), plus the loss's rounding carried to second order
-(:func:`hvp_loss_rounding`): the largest change, times ``FLOOR_SAFETY``. In float64 these
-floors are a few units of roundoff of ``H v``, far below a third of its scale, so a wrong
-``H v`` is never inconclusive there (``tests/test_hvp_oracle.py`` checks every catalogue
-case).
+a probe computes exactly excepted; for a Siamese model also points where every branch has its
+own perturbation, each branch's rounding being its own), plus the loss's rounding carried to
+second order (:func:`hvp_loss_rounding`): the largest change, times ``FLOOR_SAFETY``. In
+float64 these floors are a few units of roundoff of ``H v``, far below a third of its scale,
+so a wrong ``H v`` is never inconclusive there (``tests/test_hvp_oracle.py`` checks every
+catalogue case).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..hessian import loss_grads_and_hvp, random_directions
+from ..nn import Siamese
 from .cases import Case
 from .cases.models import describes_model, model_from_config
 from .comparison import ComparisonReport, TensorComparison, Tolerance, _structural, compare_tensor
@@ -71,7 +73,7 @@ from .resolution import (
 
 __all__ = ["HVP_ROLE", "HVPExpectation", "has_hvp", "direction_seed", "hvp_direction",
            "hvp_evaluate", "hvp_expectation", "hvp_floors", "hvp_loss_rounding", "compare_hvp",
-           "hvp_function"]
+           "hvp_function", "alternative_hvp"]
 
 Params = dict[str, np.ndarray]
 #: ``evaluate(params, inputs, vector) -> H v``: refimpl's float64 product as a function of the
@@ -213,9 +215,9 @@ def hvp_loss_rounding(config: Mapping[str, Any], params: Mapping[str, Any],
     cross-entropy position whose every other logit lies below its largest by more than
     ``-log`` of the dtype's smallest subnormal has exactly one-hot probabilities in that dtype
     (``exp(0) = 1``, every other ``exp`` 0, ``log_norm`` the largest logit exactly): its
-    softmax rounds nothing, and its Hessian ``diag(p) - p p^T`` is exactly 0. Keyed like
-    ``params``; empty for a configuration without a model loss (a Siamese model's metric
-    loss: not modelled, as for the gradients).
+    softmax rounds nothing, and its Hessian ``diag(p) - p p^T`` is exactly 0.
+    Keyed like ``params``; empty for a Siamese model's metric loss (:func:`_siamese_rounding`
+    models it).
     """
     relative = FLOOR_ROUNDOFF_UNITS * ELEMENTWISE_ROUNDOFF[dtype]
     underflow = float(np.log(np.finfo(HAND_OVER_DTYPE[dtype]).smallest_subnormal))
@@ -267,6 +269,93 @@ def hvp_loss_rounding(config: Mapping[str, Any], params: Mapping[str, Any],
     return changes
 
 
+def _branch_hvp(model: Siamese, branch_params: list[Params], data: tuple,
+                branch_vectors: list[Params]) -> Params:
+    """``H v`` of a Siamese model whose branch ``b`` runs the tower at ``branch_params[b]``
+    along ``branch_vectors[b]``: the R-operator of :meth:`refimpl.nn.Siamese.hvp` written
+    with the tower's public passes, ``J_b^T g_dot_b`` (a vector-Jacobian product) plus the
+    derivative of ``J_b^T g_b`` along ``v_b`` (:func:`_complex_step_vjp`), summed over the
+    branches. With one point and one direction for every branch it is ``Siamese.hvp``'s."""
+    branches = model.loss_spec.branches
+    xs, target = data[:branches], (data[branches] if len(data) > branches else None)
+    tower, loss = model.tower, model.loss_spec
+    outs = [tower.jvp(p, x, v) for p, x, v in zip(branch_params, xs, branch_vectors,
+                                                    strict=True)]   # (e_b, e_dot_b), (N, D)
+    _, cache = loss.forward(tuple(out for out, _ in outs), target)
+    _, tangent_cache = loss.jvp(tuple(dot for _, dot in outs), cache)
+    grads = loss.backward(1.0, cache)
+    grads_dot = loss.backward_jvp(1.0, 0.0, cache, tangent_cache)
+    total: Params = {}
+    for p, x, v, g, g_dot in zip(branch_params, xs, branch_vectors, grads, grads_dot,
+                                 strict=True):
+        through_gradient = _complex_step_vjp(tower, p, x, g, v)
+        _, _, through_tangent = tower.vjp(p, x, g_dot)
+        for key in p:
+            term = through_gradient[key] + through_tangent[key]
+            total[key] = total[key] + term if key in total else term
+    return total
+
+
+#: Fields of a metric loss's caches that are not rounded values: labels and masks.
+_NOT_ROUNDED = frozenset({"similar", "active"})
+
+
+def _rounded_cache(cache: Any, relative: float, rng: np.random.Generator) -> Any:
+    """A loss cache (nested ``NamedTuple``) with every float array, a label or a mask
+    excepted, scaled by ``1 + relative s`` entry-wise (``s = +-1``): the rounding of each
+    intermediate of the loss's computation."""
+    if isinstance(cache, tuple) and hasattr(cache, "_fields"):
+        return type(cache)(*(value if field in _NOT_ROUNDED else
+                             _rounded_cache(value, relative, rng)
+                             for field, value in zip(cache._fields, cache, strict=True)))
+    if isinstance(cache, np.ndarray) and cache.dtype.kind == "f":
+        return cache * (1.0 + relative * np.where(rng.random(cache.shape) < 0.5, -1.0, 1.0))
+    return cache
+
+
+def _siamese_rounding(model: Siamese, params: Mapping[str, Any], data: tuple,
+                      vector: Mapping[str, Any], dtype: str, rng: np.random.Generator
+                      ) -> Params:
+    """The change of a Siamese model's ``H v`` when the metric loss is computed in ``dtype``:
+    every branch's embedding and tangent off by ``relative = FLOOR_ROUNDOFF_UNITS *
+    ELEMENTWISE_ROUNDOFF[dtype]`` (independently per branch: their roundings do not cancel in
+    the difference ``e1 - e2``), then every intermediate of the loss (the difference, the
+    distance, the slack, the tangent of the difference) off by as much; the changes of the
+    loss's ``g`` and ``g_dot`` carried back through each branch's tower (``J^T`` of the tangent's
+    change, the derivative along ``v`` of ``J^T`` of the gradient's)."""
+    relative = FLOOR_ROUNDOFF_UNITS * ELEMENTWISE_ROUNDOFF[dtype]
+    branches = model.loss_spec.branches
+    xs, target = data[:branches], (data[branches] if len(data) > branches else None)
+    tower, loss = model.tower, model.loss_spec
+    vector = {key: np.asarray(vector[key], dtype=np.float64) for key in params}
+    outs = [tower.jvp(params, x, vector) for x in xs]            # (e_b, e_dot_b), each (N, D)
+
+    def moved(array: np.ndarray) -> np.ndarray:
+        return array * (1.0 + relative * np.where(rng.random(array.shape) < 0.5, -1.0, 1.0))
+
+    def derivatives(embeddings: list[np.ndarray], tangents: list[np.ndarray],
+                    rounded: bool) -> tuple:
+        _, cache = loss.forward(tuple(embeddings), target)
+        _, tangent_cache = loss.jvp(tuple(tangents), cache)
+        if rounded:
+            cache = _rounded_cache(cache, relative, rng)
+            tangent_cache = _rounded_cache(tangent_cache, relative, rng)
+        return loss.backward(1.0, cache), loss.backward_jvp(1.0, 0.0, cache, tangent_cache)
+
+    grads, grads_dot = derivatives([out for out, _ in outs], [dot for _, dot in outs], False)
+    moved_grads, moved_dots = derivatives([moved(out) for out, _ in outs],
+                                          [moved(dot) for _, dot in outs], True)
+    changes: Params = {}
+    for x, g, g_moved, dot, dot_moved in zip(xs, grads, moved_grads, grads_dot, moved_dots,
+                                             strict=True):
+        through_gradient = _complex_step_vjp(tower, dict(params), x, g_moved - g, vector)
+        _, _, through_tangent = tower.vjp(params, x, dot_moved - dot)
+        for key in params:
+            change = through_gradient[key] + through_tangent[key]
+            changes[key] = changes[key] + change if key in changes else change
+    return changes
+
+
 def hvp_floors(case: Case, dtype: str, reference: Mapping[str, Any] | None = None,
                direction: Mapping[str, Any] | None = None) -> dict[tuple[str, str], float]:
     """The resolution floor of every product ``H v`` of a case, for ``dtype`` (module
@@ -313,13 +402,30 @@ def hvp_floors(case: Case, dtype: str, reference: Mapping[str, Any] | None = Non
                 perturbed(case.inputs, relative, rng, exact),
                 perturbed(direction, relative, rng)) for _ in range(FLOOR_PERTURBATIONS)]
     spread = dict.fromkeys(expected, 0.0)
-    for point, data, vector in points:
-        for key, value in evaluate(point, data, vector).items():
+    values = [evaluate(point, data, vector) for point, data, vector in points]
+    model = model_from_config(case.config, case.inputs).model
+    if isinstance(model, Siamese):
+        # Every branch runs the tower on its own, so its rounding is its own: the branches'
+        # terms of H v can cancel (a contrastive loss has dL/de1 = -dL/de2), which one
+        # perturbation shared by the branches would keep exact. Each branch gets its own.
+        for _ in range(FLOOR_PERTURBATIONS):
+            data = model_from_config(case.config,
+                                     perturbed(case.inputs, relative, rng, exact)).data
+            values.append(_branch_hvp(
+                model, [perturbed(case.params, relative, rng, exact)
+                        for _ in range(model.loss_spec.branches)], data,
+                [perturbed(direction, relative, rng) for _ in range(model.loss_spec.branches)]))
+    for value_of in values:
+        for key, value in value_of.items():
             change = np.abs(np.asarray(value, dtype=np.float64) - expected[key])
             spread[key] = max(spread[key], float(np.max(change, initial=0.0)))
     for k in range(FLOOR_PERTURBATIONS):
-        for key, change in hvp_loss_rounding(case.config, case.params, case.inputs, direction,
-                                             dtype, rng, normaliser=k % 2 == 1).items():
+        changes = (_siamese_rounding(model, case.params, model_from_config(
+            case.config, case.inputs).data, direction, dtype, rng)
+            if isinstance(model, Siamese) else
+            hvp_loss_rounding(case.config, case.params, case.inputs, direction, dtype, rng,
+                              normaliser=k % 2 == 1))
+        for key, change in changes.items():
             if key in spread:
                 spread[key] = max(spread[key], float(np.max(np.abs(change), initial=0.0)))
     return {(HVP_ROLE, key): FLOOR_SAFETY * value for key, value in spread.items()}
@@ -373,8 +479,38 @@ def compare_hvp(hvp: Callable[..., Any], case_name: str, params: Mapping[str, np
     return ComparisonReport(case_name, dtype, tolerance, tuple(rows), tuple(problems))
 
 
-def floors_for(case: Case, dtypes: Iterable[str]) -> dict[str, dict[tuple[str, str], float]]:
-    """:func:`hvp_floors` of a case for several dtypes, keyed by dtype."""
-    expected = hvp_expectation(case)
-    return {dtype: hvp_floors(case, dtype, expected.hvp, expected.direction)
-            for dtype in dtypes}
+# --- a probe's documented alternatives ----------------------------------------------------------
+
+def _reproduces(case: Case, reference: tuple[Any, Mapping[str, Any], Any]) -> bool:
+    """Whether the model ``case.config`` describes computes ``reference``'s gradients (the
+    float64 rule, no floor): true for an alternative that *is* another model (a layer or a
+    hyper-parameter changed), false for a rule of the backward pass alone or a value between
+    two rules, whose configuration is the probe's or an end point's."""
+    model, data, splits, splits_b = model_from_config(case.config, case.inputs)
+    _, grads, _ = loss_grads_and_hvp(model, case.params, data,
+                                     {key: np.zeros_like(value)
+                                      for key, value in case.params.items()},
+                                     splits=splits, splits_b=splits_b)
+    expected = reference[1]
+    return set(grads) == set(expected) and all(
+        compare_tensor("gradient", key, expected[key], grads[key],
+                       Tolerance(rtol=1e-10, atol=0.0)).verdict == "pass" for key in expected)
+
+
+def alternative_hvp(alternative: Any, direction: Mapping[str, Any]) -> Params | None:
+    """refimpl's ``H v`` under a probe's documented alternative rule
+    (:class:`refimpl.testing.cases.probes.Alternative`), along ``direction``; None when the
+    rule has no ``H v`` of its own here.
+
+    A rule that is another model — the probe's model with one layer or one hyper-parameter
+    changed (the identity for an activation's derivative at its kink, zero padding before a
+    pool, the other ``count_include_pad``, PyTorch's softplus threshold) — has that model's
+    ``H v``, exact. A rule of the backward pass alone (a tie's share, a subgradient) or a
+    value between two rules (the mean of both sides) is defined on the gradient only, with no
+    Hessian of its own: None (the alternative's configuration does not reproduce its
+    gradients, which is how it is told apart).
+    """
+    case = alternative.case
+    if not describes_model(case.config) or not _reproduces(case, alternative.reference):
+        return None
+    return hvp_evaluate(case.config)(case.params, case.inputs, direction)
