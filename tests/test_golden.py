@@ -122,7 +122,7 @@ def test_manifest_describes_every_file(fresh):
         raise AssertionError(f"{name} in the manifest")
 
     manifest = json.loads(text, parse_constant=no_constants)
-    assert manifest["format"] == "refimpl-golden" and manifest["schema_version"] == 2
+    assert manifest["format"] == "refimpl-golden" and manifest["schema_version"] == 3
     generator = manifest["generator"]
     assert generator["numpy"] == np.__version__ and generator["command"].startswith(
         "refimpl golden")
@@ -138,6 +138,8 @@ def test_manifest_describes_every_file(fresh):
         params = [f["name"] for f in entry["files"] if f["role"] == "parameter"]
         grads = [f["name"] for f in entry["files"] if f["role"] == "gradient"]
         assert params == grads == entry["parameters"]
+        for role in ("direction", "hvp"):     # every catalogue case stores its H v
+            assert [f["name"] for f in entry["files"] if f["role"] == role] == params, name
         for file_entry in entry["files"]:
             path = fresh / file_entry["path"]
             data = path.read_bytes()
@@ -243,7 +245,7 @@ def test_unparsable_manifest_fails_naming_it(copy):
 
 
 def test_manifest_with_nan_is_refused(copy):
-    text = (copy / "manifest.json").read_text().replace('"schema_version": 2',
+    text = (copy / "manifest.json").read_text().replace('"schema_version": 3',
                                                         '"schema_version": NaN')
     (copy / "manifest.json").write_text(text)
     failed = _failures(golden.verify(copy))
@@ -1141,7 +1143,7 @@ def test_every_compared_file_carries_a_floor_per_dtype_that_judges_like_the_orac
     judged = 0
     for entry in manifest["cases"].values():
         for file_entry in entry["files"]:
-            if file_entry["role"] not in ("loss", "gradient", "output"):
+            if file_entry["role"] not in ("loss", "gradient", "output", "hvp"):
                 assert "floors" not in file_entry
                 continue
             floors = file_entry["floors"]

@@ -43,6 +43,7 @@ The comparison rule, its tolerances and the three verdicts live in
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -497,14 +498,16 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
                         outputs: bool = True) -> list[ComparisonReport]:
     """Like :func:`assert_matches_golden` but returns one report per case.
 
-    The reference is the stored float64 result; the resolution floors are computed by
-    rebuilding the case from refimpl alone (``refimpl.testing.cases.rebuild.rebuild_case(name,
-    config)``: the catalogue's, or a drawn case from its stored seed), whose point and data
-    must equal the stored ones. The folder is not trusted
-    (:func:`refimpl.testing.golden.check_stored_case`): ``SHA256SUMS`` must agree with the
-    manifest, the folder must hold every tensor of the rebuilt case and nothing else, and
-    every stored value must equal the rebuilt case's (the float64 rule), so that every tensor
-    of the case is compared with ``impl``'s.
+    The reference is the stored float64 result; when ``impl`` has an ``hvp(params, inputs,
+    vector)`` and the folder stores the case's direction and ``H v`` (schema 3), the report also
+    holds one row per parameter (role ``"hvp"``) judging ``impl.hvp`` along the stored
+    direction. The resolution floors are computed by rebuilding the case from refimpl alone
+    (``refimpl.testing.cases.rebuild.rebuild_case(name, config)``: the catalogue's, or a drawn
+    case from its stored seed), whose point and data must equal the stored ones. The folder is
+    not trusted (:func:`refimpl.testing.golden.check_stored_case`): ``SHA256SUMS`` must agree
+    with the manifest, the folder must hold every tensor of the rebuilt case and nothing else,
+    and every stored value must equal the rebuilt case's (the float64 rule), so that every
+    tensor of the case is compared with ``impl``'s.
 
     Returns
     -------
@@ -540,10 +543,18 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
         # rewritten consistently (values and hashes) or missing an entry is refused here.
         golden.check_stored_case(golden_dir, data, rebuilt, manifest)
         floors = case_floors(rebuilt, dtype_name)
-        reports.append(_run_and_compare(
+        report = _run_and_compare(
             impl, name, data.params, data.inputs,
             (data.loss, data.grads, data.outputs if outputs else {}), dtype_name, tolerance,
-            floors, rebuilt))
+            floors, rebuilt)
+        hvp = hvp_function(impl)
+        if hvp is not None and data.hvp:      # the stored direction and H v, judged too
+            products = compare_hvp(hvp, name, data.params, data.inputs, data.direction,
+                                   data.hvp, dtype_name, tolerance,
+                                   hvp_floors(rebuilt, dtype_name, data.hvp, data.direction))
+            report = dataclasses.replace(report, rows=report.rows + products.rows,
+                                         problems=report.problems + products.problems)
+        reports.append(report)
     return reports
 
 
