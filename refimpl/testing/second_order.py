@@ -48,12 +48,16 @@ catalogue case).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..hessian import loss_grads_and_hvp, random_directions
+from ..hessian.branches import branch_products, vjp_derivative
 from ..nn import Siamese
 from .cases import Case
 from .cases.models import describes_model, model_from_config
@@ -73,7 +77,7 @@ from .resolution import (
 
 __all__ = ["HVP_ROLE", "HVPExpectation", "has_hvp", "direction_seed", "hvp_direction",
            "hvp_evaluate", "hvp_expectation", "hvp_floors", "hvp_loss_rounding", "compare_hvp",
-           "hvp_function", "alternative_hvp"]
+           "hvp_function", "alternative_hvp", "FLOORS_REMEMBERED"]
 
 Params = dict[str, np.ndarray]
 #: ``evaluate(params, inputs, vector) -> H v``: refimpl's float64 product as a function of the
@@ -179,17 +183,6 @@ def hvp_expectation(case: Case) -> HVPExpectation:
 
 # --- the floors ------------------------------------------------------------------------------
 
-def _complex_step_vjp(model: Any, params: Params, x: Any, dout: np.ndarray, v: Params
-                      ) -> Params:
-    """``d/dr [J(p + r v)^T dout]`` at ``r = 0``: the directional derivative of the model's
-    vector-Jacobian product along ``v`` with ``dout`` fixed, by the complex step (every refimpl
-    backward pass is complex-step safe; no subtraction, so exact to rounding)."""
-    step = 1e-20
-    shifted = {key: params[key] + 1j * step * v[key] for key in params}
-    _, _, grads = model.vjp(shifted, x, dout)
-    return {key: np.imag(value) / step for key, value in grads.items()}
-
-
 def hvp_loss_rounding(config: Mapping[str, Any], params: Mapping[str, Any],
                       inputs: Mapping[str, Any], vector: Mapping[str, Any], dtype: str,
                       rng: np.random.Generator, normaliser: bool = False
@@ -259,7 +252,7 @@ def hvp_loss_rounding(config: Mapping[str, Any], params: Mapping[str, Any],
                 * np.where(rng.random(out.shape) < 0.5, -1.0, 1.0)
             tangent_error = relative * 2.0 * np.abs(out_dot) / out.size \
                 * np.where(rng.random(out.shape) < 0.5, -1.0, 1.0)
-        through_gradient = _complex_step_vjp(model, member_params, x, gradient_error, member_v)
+        through_gradient = vjp_derivative(model, member_params, x, gradient_error, member_v)
         _, _, through_tangent = model.vjp(member_params, x, tangent_error)
         for name in member_params:
             key, transpose = route(name)
@@ -272,27 +265,11 @@ def hvp_loss_rounding(config: Mapping[str, Any], params: Mapping[str, Any],
 def _branch_hvp(model: Siamese, branch_params: list[Params], data: tuple,
                 branch_vectors: list[Params]) -> Params:
     """``H v`` of a Siamese model whose branch ``b`` runs the tower at ``branch_params[b]``
-    along ``branch_vectors[b]``: the R-operator of :meth:`refimpl.nn.Siamese.hvp` written
-    with the tower's public passes, ``J_b^T g_dot_b`` (a vector-Jacobian product) plus the
-    derivative of ``J_b^T g_b`` along ``v_b`` (:func:`_complex_step_vjp`), summed over the
-    branches. With one point and one direction for every branch it is ``Siamese.hvp``'s."""
-    branches = model.loss_spec.branches
-    xs, target = data[:branches], (data[branches] if len(data) > branches else None)
-    tower, loss = model.tower, model.loss_spec
-    outs = [tower.jvp(p, x, v) for p, x, v in zip(branch_params, xs, branch_vectors,
-                                                    strict=True)]   # (e_b, e_dot_b), (N, D)
-    _, cache = loss.forward(tuple(out for out, _ in outs), target)
-    _, tangent_cache = loss.jvp(tuple(dot for _, dot in outs), cache)
-    grads = loss.backward(1.0, cache)
-    grads_dot = loss.backward_jvp(1.0, 0.0, cache, tangent_cache)
+    along ``branch_vectors[b]``: the sum of :func:`refimpl.hessian.branches.branch_products`."""
     total: Params = {}
-    for p, x, v, g, g_dot in zip(branch_params, xs, branch_vectors, grads, grads_dot,
-                                 strict=True):
-        through_gradient = _complex_step_vjp(tower, p, x, g, v)
-        _, _, through_tangent = tower.vjp(p, x, g_dot)
-        for key in p:
-            term = through_gradient[key] + through_tangent[key]
-            total[key] = total[key] + term if key in total else term
+    for product in branch_products(model, branch_params, data, branch_vectors):
+        for key, value in product.items():
+            total[key] = total[key] + value if key in total else value
     return total
 
 
@@ -348,7 +325,7 @@ def _siamese_rounding(model: Siamese, params: Mapping[str, Any], data: tuple,
     changes: Params = {}
     for x, g, g_moved, dot, dot_moved in zip(xs, grads, moved_grads, grads_dot, moved_dots,
                                              strict=True):
-        through_gradient = _complex_step_vjp(tower, dict(params), x, g_moved - g, vector)
+        through_gradient = vjp_derivative(tower, dict(params), x, g_moved - g, vector)
         _, _, through_tangent = tower.vjp(params, x, dot_moved - dot)
         for key in params:
             change = through_gradient[key] + through_tangent[key]
@@ -382,6 +359,14 @@ def hvp_floors(case: Case, dtype: str, reference: Mapping[str, Any] | None = Non
     ------
     ValueError
         For an unknown dtype, or a case without an HVP expectation.
+
+    Notes
+    -----
+    The floors are a pure function of the configuration, the point, the data, the direction,
+    the reference and the dtype, and they cost about ``2 FLOOR_PERTURBATIONS + 1`` products
+    ``H v``: they are remembered for the last :data:`FLOORS_REMEMBERED` such arguments (keyed
+    by a SHA-256 of their bytes), so that verifying a golden folder again does not recompute
+    them.
     """
     if dtype not in UNIT_ROUNDOFF:
         raise ValueError(f"dtype: expected one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
@@ -392,6 +377,42 @@ def hvp_floors(case: Case, dtype: str, reference: Mapping[str, Any] | None = Non
         reference = expectation.hvp if reference is None else reference
     if reference is None:
         reference = evaluate(case.params, case.inputs, direction)
+    key = _floors_key(case, dtype, reference, direction)
+    if key in _FLOORS:
+        _FLOORS.move_to_end(key)
+        return dict(_FLOORS[key])
+    floors = _derived_floors(case, dtype, reference, direction, evaluate)
+    _FLOORS[key] = floors
+    while len(_FLOORS) > FLOORS_REMEMBERED:
+        _FLOORS.popitem(last=False)
+    return dict(floors)
+
+
+#: How many results of :func:`hvp_floors` are remembered (least recently used dropped).
+FLOORS_REMEMBERED = 1024
+_FLOORS: OrderedDict[str, dict[tuple[str, str], float]] = OrderedDict()
+
+
+def _floors_key(case: Case, dtype: str, reference: Mapping[str, Any],
+                direction: Mapping[str, Any]) -> str:
+    """A SHA-256 of everything the floors depend on: the configuration (as JSON), the point,
+    the data, the reference, the direction (names, dtypes, shapes and bytes) and the dtype."""
+    digest = hashlib.sha256(json.dumps(case.config, sort_keys=True, default=repr).encode())
+    digest.update(dtype.encode())
+    for label, arrays in (("params", case.params), ("inputs", case.inputs),
+                          ("reference", reference), ("direction", direction)):
+        digest.update(label.encode())
+        for name, value in arrays.items():
+            array = np.ascontiguousarray(value)
+            digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _derived_floors(case: Case, dtype: str, reference: Mapping[str, Any],
+                    direction: Mapping[str, Any], evaluate: HVPEvaluate
+                    ) -> dict[tuple[str, str], float]:
+    """:func:`hvp_floors`' derivation (module docstring), not remembered."""
     expected = {key: np.asarray(value, dtype=np.float64) for key, value in reference.items()}
     rng = np.random.default_rng(0)
     relative = FLOOR_ROUNDOFF_UNITS * UNIT_ROUNDOFF[dtype]
