@@ -1251,13 +1251,13 @@ def test_an_edit_of_a_lambda_tolerance_or_shape_in_the_manifest_alone_fails_veri
 
 
 def test_a_float_schema_version_is_refused_by_readers_and_verify(copy):
-    """docs/golden-format.md: schema_version is the integer 2; 2.0 is refused (a typed reader
+    """docs/golden-format.md: schema_version is the integer 3; 3.0 is refused (a typed reader
     refuses it too)."""
-    _tamper(copy, lambda manifest: manifest.__setitem__("schema_version", 2.0))
-    with pytest.raises(golden.GoldenError, match="schema_version 2.0"):
+    _tamper(copy, lambda manifest: manifest.__setitem__("schema_version", 3.0))
+    with pytest.raises(golden.GoldenError, match="schema_version 3.0"):
         golden.read_manifest(copy)
     failed = _failures(golden.verify(copy))
-    assert list(failed) == [golden.MANIFEST] and "schema_version 2.0" in failed[
+    assert list(failed) == [golden.MANIFEST] and "schema_version 3.0" in failed[
         golden.MANIFEST][0], failed
 
 

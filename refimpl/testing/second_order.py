@@ -40,9 +40,10 @@ data and direction rounded to the hand-over dtype, and at ``FLOOR_PERTURBATIONS`
 whose every float parameter, input and direction entry is scaled by ``1 + c u s`` (the arrays
 a probe computes exactly excepted; for a Siamese model also points where every branch has its
 own perturbation, each branch's rounding being its own), plus the loss's rounding carried to
-second order (:func:`hvp_loss_rounding`): the largest change, times ``FLOOR_SAFETY``. In
+second order (:func:`hvp_loss_rounding`; for a metric loss every branch's embedding and every
+intermediate of the loss rounded on its own): the largest change, times ``FLOOR_SAFETY``. In
 float64 these floors are a few units of roundoff of ``H v``, far below a third of its scale,
-so a wrong ``H v`` is never inconclusive there (``tests/test_hvp_oracle.py`` checks every
+so a wrong ``H v`` is never inconclusive there (``tests/test_hvp_cases.py`` checks every
 catalogue case).
 """
 
@@ -109,8 +110,10 @@ class HVPExpectation(NamedTuple):
 
 def has_hvp(case: Any) -> bool:
     """Whether a case has an HVP expectation: its configuration describes a refimpl model
-    (:func:`refimpl.testing.cases.models.describes_model`)."""
-    return isinstance(case, Case) and describes_model(case.config)
+    (:func:`refimpl.testing.cases.models.describes_model`), and it is not a step case (kind
+    "steps": a trajectory of optimizer steps, not one loss at one point)."""
+    return (isinstance(case, Case) and case.kind != "steps"
+            and describes_model(case.config))
 
 
 def direction_seed(case: Case) -> int:
