@@ -368,7 +368,7 @@ def test_a_closed_pipe_prints_nothing_from_a_real_process():
 
 
 def test_verify_fails_a_float_schema_version(tmp_path, capsys):
-    """`refimpl verify` on a folder whose manifest says "schema_version": 2.0, every hash
+    """`refimpl verify` on a folder whose manifest says "schema_version": 3.0, every hash
     redone to match: exit status 1 naming the field (typed readers refuse the float)."""
     import hashlib
 
@@ -377,8 +377,8 @@ def test_verify_fails_a_float_schema_version(tmp_path, capsys):
     folder = golden.write(tmp_path / "one", cases=["mlp-tanh-ce"])
     assert cli.main(["verify", "--quiet", str(folder)]) == 0
     manifest_path = folder / golden.MANIFEST
-    text = manifest_path.read_text().replace('"schema_version": 2,', '"schema_version": 2.0,')
-    assert '"schema_version": 2.0' in text
+    text = manifest_path.read_text().replace('"schema_version": 3,', '"schema_version": 3.0,')
+    assert '"schema_version": 3.0' in text
     manifest_path.write_text(text)
     sums = folder / golden.CHECKSUMS
     lines = sums.read_text().splitlines()
@@ -387,4 +387,4 @@ def test_verify_fails_a_float_schema_version(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["verify", str(folder)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL  manifest.json: schema_version 2.0" in out and "FAILED" in out
+    assert "FAIL  manifest.json: schema_version 3.0" in out and "FAILED" in out
