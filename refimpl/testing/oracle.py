@@ -37,6 +37,13 @@ An implementation under test is any callable::
 Everything must be NumPy: a PyTorch user returns ``loss.item()`` and
 ``{name: p.grad.detach().cpu().numpy() for name, p in module.named_parameters()}``.
 
+Second order (optional): an implementation may also have a method ``hvp(params, inputs,
+vector) -> {name: array}``, the Hessian of its loss times ``vector`` (keyed like ``params``,
+handed over like them), judged by :func:`compare_hvp_with_oracle` /
+:func:`assert_hvp_matches_oracle` along the case's seeded direction
+(:mod:`refimpl.testing.second_order`), by :func:`compare_with_golden` along a golden folder's
+stored direction, and by a conformance run with ``hvp=True``.
+
 The comparison rule, its tolerances and the three verdicts live in
 :mod:`refimpl.testing.comparison`; the resolution floor in :mod:`refimpl.testing.resolution`.
 """
