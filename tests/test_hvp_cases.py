@@ -243,6 +243,29 @@ def test_a_siamese_models_floors_cover_each_branchs_own_rounding(name):
             assert np.abs(change[key]).max() <= floors[("hvp", key)], key
 
 
+def test_a_structurally_zero_product_keeps_a_zero_floor():
+    """A linear tower with a contrastive loss and eps = 0: the first bias cancels in e1 - e2,
+    so its gradient and H v are exactly zero at every point; a backward pass negates exactly,
+    so the floor stays zero (an exact comparison, as the gradients'), not inconclusive. The
+    branch-by-branch rounding alone would give it a floor."""
+    case = drawn_case(59, "siamese")
+    assert case.config["siamese"]["loss"]["eps"] == 0.0
+    expected = hvp_expectation(case)
+    assert not np.any(expected.hvp["fc1.bias"])
+    for dtype in ("float64", "float32"):
+        floors = hvp_floors(case, dtype)
+        assert floors[("hvp", "fc1.bias")] == 0.0
+        assert floors[("hvp", "fc1.weight")] > 0
+    model, data, _, _ = case_model(case)
+    from refimpl.hessian.branches import branch_products
+    from refimpl.testing.resolution import perturbed
+    rng = np.random.default_rng(0)
+    moved = branch_products(model, [perturbed(case.params, 2 ** -52, rng) for _ in range(2)],
+                            data, [perturbed(expected.direction, 2 ** -52, rng)
+                                   for _ in range(2)])
+    assert np.any(moved[0]["fc1.bias"] + moved[1]["fc1.bias"])
+
+
 def test_floors_are_remembered_and_equal_to_a_fresh_derivation():
     case = get_case("shared-tied-autoencoder")
     first = hvp_floors(case, "float32")

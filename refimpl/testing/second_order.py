@@ -426,31 +426,40 @@ def _derived_floors(case: Case, dtype: str, reference: Mapping[str, Any],
                 perturbed(case.inputs, relative, rng, exact),
                 perturbed(direction, relative, rng)) for _ in range(FLOOR_PERTURBATIONS)]
     spread = dict.fromkeys(expected, 0.0)
-    values = [evaluate(point, data, vector) for point, data, vector in points]
+    for point, data, vector in points:
+        for key, value in evaluate(point, data, vector).items():
+            change = np.abs(np.asarray(value, dtype=np.float64) - expected[key])
+            spread[key] = max(spread[key], float(np.max(change, initial=0.0)))
     model = model_from_config(case.config, case.inputs).model
+    # A product exactly zero at the point and at every point above is zero by the model's
+    # structure (a bias that cancels in the difference of two Siamese branches): a backward
+    # pass negates exactly, so it keeps a zero floor and is compared exactly, as a gradient's
+    # structural zero is; the branch-by-branch rounding below would make it inconclusive.
+    structural = {key for key, value in spread.items()
+                  if value == 0.0 and not np.any(expected[key])}
+    changes: list[Mapping[str, Any]] = []
     if isinstance(model, Siamese):
         # Every branch runs the tower on its own, so its rounding is its own: the branches'
         # terms of H v can cancel (a contrastive loss has dL/de1 = -dL/de2), which one
         # perturbation shared by the branches would keep exact. Each branch gets its own.
+        branches = model.loss_spec.branches
         for _ in range(FLOOR_PERTURBATIONS):
             data = model_from_config(case.config,
                                      perturbed(case.inputs, relative, rng, exact)).data
-            values.append(_branch_hvp(
-                model, [perturbed(case.params, relative, rng, exact)
-                        for _ in range(model.loss_spec.branches)], data,
-                [perturbed(direction, relative, rng) for _ in range(model.loss_spec.branches)]))
-    for value_of in values:
-        for key, value in value_of.items():
-            change = np.abs(np.asarray(value, dtype=np.float64) - expected[key])
-            spread[key] = max(spread[key], float(np.max(change, initial=0.0)))
+            moved = _branch_hvp(model, [perturbed(case.params, relative, rng, exact)
+                                        for _ in range(branches)], data,
+                                [perturbed(direction, relative, rng) for _ in range(branches)])
+            changes.append({key: np.asarray(value) - expected[key]
+                            for key, value in moved.items()})
     for k in range(FLOOR_PERTURBATIONS):
-        changes = (_siamese_rounding(model, case.params, model_from_config(
+        changes.append(_siamese_rounding(model, case.params, model_from_config(
             case.config, case.inputs).data, direction, dtype, rng)
             if isinstance(model, Siamese) else
             hvp_loss_rounding(case.config, case.params, case.inputs, direction, dtype, rng,
                               normaliser=k % 2 == 1))
-        for key, change in changes.items():
-            if key in spread:
+    for change_of in changes:
+        for key, change in change_of.items():
+            if key in spread and key not in structural:
                 spread[key] = max(spread[key], float(np.max(np.abs(change), initial=0.0)))
     return {(HVP_ROLE, key): FLOOR_SAFETY * value for key, value in spread.items()}
 
