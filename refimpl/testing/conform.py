@@ -30,7 +30,8 @@ fresh copies in the dtype under test (:mod:`refimpl.testing.second_order`). With
 case) gets a second row per dtype, ``check == "hvp"``: the case's seeded direction ``v`` and
 refimpl's ``H v`` (:func:`refimpl.testing.second_order.hvp_expectation`) against
 ``impl.hvp(params, inputs, v)``, by the ordinary comparison rule with the products' own
-resolution floors. An ``impl`` without ``hvp`` makes those rows **not expressible**; a
+resolution floors. An HVP row builds its own ``impl`` (``build`` is called once per row) and
+runs ``impl.hvp`` once. An ``impl`` without ``hvp`` makes those rows **not expressible**; a
 default run (``hvp=False``) has gradient rows only, as before the capability existed.
 
 The module of a builder may name the framework it runs on: module attributes ``FRAMEWORK``
