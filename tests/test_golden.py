@@ -140,6 +140,8 @@ def test_manifest_describes_every_file(fresh):
         params = [f["name"] for f in entry["files"] if f["role"] == "parameter"]
         grads = [f["name"] for f in entry["files"] if f["role"] == "gradient"]
         assert params == grads == entry["parameters"]
+        for role in ("direction", "hvp"):     # every catalogue case stores its H v
+            assert [f["name"] for f in entry["files"] if f["role"] == role] == params, name
         for file_entry in entry["files"]:
             path = fresh / file_entry["path"]
             data = path.read_bytes()
@@ -1147,7 +1149,7 @@ def test_every_compared_file_carries_a_floor_per_dtype_that_judges_like_the_orac
         if entry["kind"] == "steps":             # tests/test_step_cases.py
             continue
         for file_entry in entry["files"]:
-            if file_entry["role"] not in ("loss", "gradient", "output"):
+            if file_entry["role"] not in ("loss", "gradient", "output", "hvp"):
                 assert "floors" not in file_entry
                 continue
             floors = file_entry["floors"]
@@ -1255,13 +1257,13 @@ def test_an_edit_of_a_lambda_tolerance_or_shape_in_the_manifest_alone_fails_veri
 
 
 def test_a_float_schema_version_is_refused_by_readers_and_verify(copy):
-    """docs/golden-format.md: schema_version is a JSON integer; 2.0 is refused (a typed reader
+    """docs/golden-format.md: schema_version is a JSON integer; 3.0 is refused (a typed reader
     refuses it too)."""
-    _tamper(copy, lambda manifest: manifest.__setitem__("schema_version", 2.0))
-    with pytest.raises(golden.GoldenError, match="schema_version 2.0"):
+    _tamper(copy, lambda manifest: manifest.__setitem__("schema_version", 3.0))
+    with pytest.raises(golden.GoldenError, match="schema_version 3.0"):
         golden.read_manifest(copy)
     failed = _failures(golden.verify(copy))
-    assert list(failed) == [golden.MANIFEST] and "schema_version 2.0" in failed[
+    assert list(failed) == [golden.MANIFEST] and "schema_version 3.0" in failed[
         golden.MANIFEST][0], failed
 
 

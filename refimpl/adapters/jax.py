@@ -15,6 +15,11 @@ JAX user runs them; a micro-batch case is a gradient-accumulation loop (per micr
 loss scaled by ``n_i / N``, the gradient pytrees added with ``jax.tree.map``; a penalty's
 gradient added once per step).
 
+``impl.hvp(params, inputs, vector)`` (the optional capability of :mod:`refimpl.testing.conform`)
+is forward-over-reverse, ``jax.jvp(jax.grad(loss), (leaves,), (vector,))``, jitted, per
+micro-batch (each weighted by its share) and for the penalty once, the products added with
+``jax.tree.map``: the step's Hessian times ``vector``.
+
 JAX's conventions are kept where they differ from refimpl's (PyTorch's): the comparison
 shows them instead of hiding them. Known: ``jax.nn.leaky_relu`` takes the slope 1 at
 exactly 0 (refimpl: ``negative_slope``); ``jnp.abs`` is differentiated by JAX's own rule at 0
@@ -106,8 +111,10 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
     -------
     JaxImplementation
         ``impl(params, inputs) -> (loss, grads, outputs)``: the loss a Python float, grads
-        and outputs NumPy arrays in the dtype under test (float32 for "tf32"); and, for a
-        step case, ``impl.train_steps(params, batches)`` with optax (:class:`JaxSteps`).
+        and outputs NumPy arrays in the dtype under test (float32 for "tf32");
+        ``impl.hvp(params, inputs, vector) -> {name: array}``, the step's Hessian times
+        ``vector`` by ``jax.jvp`` of ``jax.grad``; and, for a step case,
+        ``impl.train_steps(params, batches)`` with optax (:class:`JaxSteps`).
 
     Raises
     ------
@@ -145,26 +152,43 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
         with context():
             return _run(plan, params, inputs, jax_dtype)
 
+    def hvp(params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_keys(params, plan.parameters, what="params")
+        check_keys(vector, plan.parameters, what="vector")
+        with context():
+            return _hvp(plan, params, inputs, vector, jax_dtype)
+
     steps = None
     if config.get("steps") is not None:
         steps = JaxSteps(plan, config["steps"], jax_dtype, context)
-    return JaxImplementation(impl, steps)
+    return JaxImplementation(impl, steps, hvp)
 
 
 class JaxImplementation:
-    """What :func:`build` returns: the gradient protocol, and the step capability.
+    """What :func:`build` returns: the gradient protocol, the second-order capability and the
+    step capability.
 
-    ``impl(params, inputs) -> (loss, grads, outputs)`` (:mod:`refimpl.testing.oracle`) and,
-    for a step case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`),
-    run by a :class:`JaxSteps`.
+    ``impl(params, inputs) -> (loss, grads, outputs)`` (:mod:`refimpl.testing.oracle`),
+    ``impl.hvp(params, inputs, vector)`` (:mod:`refimpl.testing.second_order`) and, for a step
+    case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`), run by a
+    :class:`JaxSteps`.
     """
 
-    def __init__(self, call: Callable[..., tuple[Any, ...]], steps: JaxSteps | None) -> None:
-        self._call, self._steps = call, steps
+    def __init__(self, call: Callable[..., tuple[Any, ...]], steps: JaxSteps | None,
+                 hvp: Callable[..., dict[str, np.ndarray]] | None = None) -> None:
+        self._call, self._steps, self._hvp = call, steps, hvp
 
     def __call__(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
                  ) -> tuple[Any, ...]:
         return self._call(params, inputs)
+
+    def hvp(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The step's Hessian times ``vector``, by ``jax.jvp`` of ``jax.grad``."""
+        if self._hvp is None:
+            raise NotExpressible("hvp: this implementation was built without it")
+        return self._hvp(params, inputs, vector)
 
     def train_steps(self, params: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]]
                     ) -> dict[str, Any]:
@@ -394,6 +418,49 @@ def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, 
         grads = jax.tree.map(jnp.add, grads, penalty_grads)
         total += float(value)
     return total, {key: np.asarray(grads[key]) for key in plan.parameters}, outputs
+
+
+def _batch_loss(plan: CasePlan, leaves: Arrays, data: Arrays, weights: tuple) -> Any:
+    """One micro-batch's loss, each run's weighted by its share ``n_i / N``."""
+    outputs = {run.output: _forward(run.model, leaves, data[run.input]) for run in plan.runs}
+    if plan.metric is not None:          # Siamese: one metric loss of every branch's output
+        return weights[0] * _metric_loss(plan.metric, [outputs[run.output]
+                                                       for run in plan.runs], data)
+    value = 0.0
+    for run, weight in zip(plan.runs, weights, strict=True):
+        target = next(data[key] for key in run.targets if key in data)
+        value = value + weight * _loss(run.model.loss, outputs[run.output], target)
+    return value
+
+
+def _hvp(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+         vector: Mapping[str, np.ndarray], dtype: Any) -> dict[str, np.ndarray]:
+    """The step's Hessian times ``vector``, forward-over-reverse: ``jax.jvp`` of
+    ``jax.grad`` of each micro-batch's weighted loss, and of the penalty once, added."""
+    leaves = {key: jnp.asarray(np.asarray(params[key]), dtype=dtype) for key in plan.parameters}
+    tangent = {key: jnp.asarray(np.asarray(vector[key]), dtype=dtype)
+               for key in plan.parameters}
+
+    def product(loss: Callable[..., Any]) -> Callable[..., Any]:
+        """``(leaves, tangent, *args) -> H v`` of ``loss(leaves, *args)``, jitted."""
+        def hessian_vector(leaves: Arrays, tangent: Arrays, *args: Any) -> Arrays:
+            return jax.jvp(lambda p: jax.grad(loss)(p, *args), (leaves,), (tangent,))[1]
+        return jax.jit(hessian_vector)
+
+    step = product(lambda p, data, weights: _batch_loss(plan, p, data, weights))
+    total = None
+    for batch in micro_batches(plan, inputs):
+        data = {key: _array(value, dtype) for key, value in batch.inputs.items()}
+        found = step(leaves, tangent, data, batch.weights)
+        total = found if total is None else jax.tree.map(jnp.add, total, found)
+    if plan.terms:
+        references = {term.other: _array(inputs[term.other], dtype)
+                      for term in plan.terms if term.from_inputs and term.other in inputs}
+        found = product(lambda p, references: sum(_penalty(plan.penalty, term, p, references)
+                                                  for term in plan.terms))(
+            leaves, tangent, references)
+        total = jax.tree.map(jnp.add, total, found)
+    return {key: np.asarray(total[key]) for key in plan.parameters}
 
 
 # --- the sharded mode: data parallel over N host devices, the embedding sharded ---------------

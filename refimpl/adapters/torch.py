@@ -14,6 +14,11 @@ branch — is one leaf tensor read several times, and autograd sums its uses. A 
 is a gradient-accumulation loop: per micro-batch the loss scaled by ``n_i / N`` and its
 ``backward()``, accumulating in ``.grad``; a penalty's ``backward()`` once per step.
 
+``impl.hvp(params, inputs, vector)`` (the optional capability of :mod:`refimpl.testing.conform`)
+is PyTorch's double backward: ``torch.autograd.grad(loss, leaves, create_graph=True)``, then
+the gradient of ``<grad, vector>``, per micro-batch (each weighted by its share) and for the
+penalty once, summed: the step's Hessian times ``vector``.
+
 dtypes: "float64" and "float32" on any device; "tf32" needs a CUDA device, and runs with
 ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` set for the
 duration of each call (restored afterwards). ``device="cuda"`` is supported in the code but
@@ -82,8 +87,10 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
     -------
     TorchImplementation
         ``impl(params, inputs) -> (loss, grads, outputs)``: the loss a Python float, grads
-        and outputs NumPy arrays in the dtype under test (float32 for "tf32"); and, for a
-        step case, ``impl.train_steps(params, batches)`` (:class:`TorchSteps`).
+        and outputs NumPy arrays in the dtype under test (float32 for "tf32");
+        ``impl.hvp(params, inputs, vector) -> {name: array}``, the step's Hessian times
+        ``vector`` by double backward; and, for a step case,
+        ``impl.train_steps(params, batches)`` (:class:`TorchSteps`).
 
     Raises
     ------
@@ -106,11 +113,18 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
         with _tf32(dtype_name == "tf32"):
             return _run(plan, params, inputs, torch_dtype, target)
 
+    def hvp(params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_keys(params, plan.parameters, what="params")
+        check_keys(vector, plan.parameters, what="vector")
+        with _tf32(dtype_name == "tf32"):
+            return _hvp(plan, params, inputs, vector, torch_dtype, target)
+
     steps = None
     if config.get("steps") is not None:
         steps = (trainer or TorchSteps)(plan, config["steps"], torch_dtype, target,
                                         tf32=dtype_name == "tf32")
-    return TorchImplementation(impl, steps)
+    return TorchImplementation(impl, steps, hvp)
 
 
 def make_builder(device: str = "cpu") -> Callable[..., Any]:
@@ -138,19 +152,29 @@ def _tf32(enabled: bool) -> Iterator[None]:
 
 
 class TorchImplementation:
-    """What :func:`build` returns: the gradient protocol, and the step capability.
+    """What :func:`build` returns: the gradient protocol, the second-order capability and the
+    step capability.
 
-    ``impl(params, inputs) -> (loss, grads, outputs)`` (:mod:`refimpl.testing.oracle`) and,
-    for a step case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`),
-    run by a :class:`TorchSteps`.
+    ``impl(params, inputs) -> (loss, grads, outputs)`` (:mod:`refimpl.testing.oracle`),
+    ``impl.hvp(params, inputs, vector)`` (:mod:`refimpl.testing.second_order`) and, for a step
+    case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`), run by a
+    :class:`TorchSteps`.
     """
 
-    def __init__(self, call: Callable[..., tuple[Any, ...]], steps: TorchSteps | None) -> None:
-        self._call, self._steps = call, steps
+    def __init__(self, call: Callable[..., tuple[Any, ...]], steps: TorchSteps | None,
+                 hvp: Callable[..., dict[str, np.ndarray]] | None = None) -> None:
+        self._call, self._steps, self._hvp = call, steps, hvp
 
     def __call__(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
                  ) -> tuple[Any, ...]:
         return self._call(params, inputs)
+
+    def hvp(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The step's Hessian times ``vector``, by double backward."""
+        if self._hvp is None:
+            raise NotExpressible("hvp: this implementation was built without it")
+        return self._hvp(params, inputs, vector)
 
     def train_steps(self, params: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]]
                     ) -> dict[str, Any]:
@@ -425,6 +449,35 @@ def _total_penalty(plan: CasePlan, tensors: Tensors, inputs: Mapping[str, Any],
     references = {term.other: _tensor(inputs[term.other], dtype, device)
                   for term in plan.terms if term.from_inputs and term.other in inputs}
     return sum(_penalty(plan.penalty, term, tensors, references) for term in plan.terms)
+
+
+def _hvp(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+         vector: Mapping[str, np.ndarray], dtype: torch.dtype, device: torch.device
+         ) -> dict[str, np.ndarray]:
+    """The step's Hessian times ``vector`` by double backward: for each term of the loss (each
+    micro-batch's loss scaled by its share ``n_i / N``, then the penalty once, as :func:`_run`
+    adds them), ``g = grad(term, create_graph=True)`` and ``grad(<g, vector>)``, summed over the
+    terms (a parameter a term does not reach contributes 0 there). NumPy results."""
+    keys = list(plan.parameters)
+    leaves = {key: _tensor(params[key], dtype, device).requires_grad_(True) for key in keys}
+    tangent = {key: _tensor(vector[key], dtype, device) for key in keys}
+    total = {key: torch.zeros_like(leaf) for key, leaf in leaves.items()}
+    read = _reader(leaves)
+    terms = [_batch_loss(plan, lambda run: read, batch, dtype, device)[0]
+             for batch in micro_batches(plan, inputs)]
+    penalty = _total_penalty(plan, leaves, inputs, dtype, device)
+    for term in terms + ([penalty] if penalty is not None else []):
+        grads = torch.autograd.grad(term, [leaves[key] for key in keys], create_graph=True,
+                                    allow_unused=True)
+        inner = sum((grad * tangent[key]).sum() for key, grad in zip(keys, grads, strict=True)
+                    if grad is not None)
+        if not torch.is_tensor(inner) or not inner.requires_grad:
+            continue                 # the term is linear in every parameter: H = 0
+        products = torch.autograd.grad(inner, [leaves[key] for key in keys], allow_unused=True)
+        for key, product in zip(keys, products, strict=True):
+            if product is not None:
+                total[key] = total[key] + product
+    return {key: value.detach().cpu().numpy() for key, value in total.items()}
 
 
 def _tensor(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

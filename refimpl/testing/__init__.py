@@ -6,6 +6,9 @@ do not):
 - :func:`assert_matches_oracle` / :func:`compare_with_oracle`: an implementation against
   refimpl's reference computed in the same process (:mod:`.oracle`, with the implementation
   protocol);
+- :func:`assert_hvp_matches_oracle` / :func:`compare_hvp_with_oracle`: an implementation's
+  Hessian-vector product ``impl.hvp(params, inputs, vector)`` against refimpl's along the
+  case's seeded direction (:mod:`.second_order`: the expectation and its floors);
 - :func:`assert_matches_golden` / :func:`compare_with_golden`: against a golden folder
   (:mod:`.golden` writes, reads and verifies them);
 - the comparison rule, its tolerances and the three verdicts (:mod:`.comparison`), and the
@@ -23,8 +26,8 @@ do not):
   with Hypothesis installed, public strategies (:mod:`.strategies`, imported on its own:
   ``from refimpl.testing import strategies``).
 
-Layers inside the kit, bottom to top: comparison | resolution -> cases -> trajectory -> golden
-| diagnosis -> oracle -> strategies | conform -> pytest_plugin.
+Layers inside the kit, bottom to top: comparison | resolution -> cases -> trajectory |
+second_order -> golden | diagnosis -> oracle -> strategies | conform -> pytest_plugin.
 """
 
 from .comparison import (
@@ -42,8 +45,10 @@ from .comparison import (
 )
 from .conform import ConformanceReport, ConformanceRow, conform
 from .oracle import (
+    assert_hvp_matches_oracle,
     assert_matches_golden,
     assert_matches_oracle,
+    compare_hvp_with_oracle,
     compare_with_golden,
     compare_with_oracle,
     unresolved_tensors,
@@ -59,4 +64,6 @@ __all__ = [
     "conform",
     "ConformanceReport", "ConformanceRow", "assert_steps_match_oracle",
     "compare_steps_with_oracle", "TrajectoryReport",
+    "ConformanceReport", "ConformanceRow", "assert_hvp_matches_oracle",
+    "compare_hvp_with_oracle",
 ]

@@ -9,7 +9,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +247,9 @@ class GoldenCase:
         ``params``).
     loss : float
         The loss the gradients differentiate.
+    direction, hvp : dict of str to np.ndarray
+        The stored direction ``v`` and refimpl's ``H v`` along it, keyed like ``params``
+        (empty for a case that stores none).
     """
 
     name: str
@@ -257,6 +260,8 @@ class GoldenCase:
     outputs: dict[str, np.ndarray]
     loss: float
     grads: dict[str, np.ndarray]
+    direction: dict[str, np.ndarray] = field(default_factory=dict)
+    hvp: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _checked_file(root: Path, entry: Mapping[str, Any], what: str) -> tuple[Path, bytes]:
@@ -320,5 +325,5 @@ def load_case(golden_dir: str | os.PathLike, name: str,
         raise GoldenError(f"{root / MANIFEST}: case {name!r} has no loss file")
     return GoldenCase(name, entry.get("kind", ""), entry.get("config", {}), groups["input"],
                       groups["parameter"], groups["output"], float(groups["loss"]["loss"]),
-                      groups["gradient"])
+                      groups["gradient"], groups["direction"], groups["hvp"])
 

@@ -574,8 +574,10 @@ def check_stored_case(golden_dir: str | os.PathLike, stored: GoldenCase, case: A
     _check_checksums_of(root, manifest, stored.name)
     groups = {"input": stored.inputs, "parameter": stored.params, "output": stored.outputs,
               "loss": {"loss": np.asarray(stored.loss, dtype=np.float64)},
-              "gradient": stored.grads}
+              "gradient": stored.grads, "direction": stored.direction, "hvp": stored.hvp}
     computed = _case_tensors(case)
+    if manifest.get("schema_version") == 2:   # written before cases stored a direction and H v
+        computed = [tensor for tensor in computed if tensor.role not in ("direction", "hvp")]
     wanted = {(tensor.role, tensor.name) for tensor in computed}
     held = {(role, name) for role, tensors in groups.items() for name in tensors}
     where = f"{root / MANIFEST}: case {stored.name!r}"
