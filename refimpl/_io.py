@@ -22,8 +22,8 @@ import re
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["JSON_HELP", "OutputError", "check_destination", "write_text_atomically",
-           "atomic_output", "remove_stale_temporaries"]
+__all__ = ["JSON_HELP", "OutputError", "process_alive", "check_destination",
+           "write_text_atomically", "atomic_output", "remove_stale_temporaries"]
 
 #: Prefix of every temporary file this module creates (recognisable, hidden on POSIX); the
 #: writer's process id and a dash follow it.
@@ -59,7 +59,7 @@ def _output_error(error: OSError, path: str) -> OutputError:
     return OutputError(number, error.strerror or os.strerror(number), path)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (this process included; another user's counts)."""
     if pid == os.getpid():
         return True
@@ -94,7 +94,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
         match = _TEMPORARY_NAME.match(entry.name)
         if match is None or not entry.is_file(follow_symlinks=False):
             continue
-        if _process_alive(int(match.group("pid"))):
+        if process_alive(int(match.group("pid"))):
             continue
         with contextlib.suppress(FileNotFoundError, PermissionError):
             os.unlink(entry.path)

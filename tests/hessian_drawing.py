@@ -8,43 +8,16 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from refimpl import AnchoredModel, Sequential, Siamese, TiedPair
+from refimpl import AnchoredModel
 from refimpl.testing import strategies as rs
 from refimpl.testing.cases import Case
-from refimpl.testing.cases.microbatch import join_inputs
-
-
-def rebuild(config: dict[str, Any]) -> Any:
-    """The model of a case's configuration (a pair, a Siamese model or one Sequential)."""
-    if "pair" in config:
-        return TiedPair.from_config(config["pair"])
-    if "siamese" in config:
-        return Siamese.from_config(config["siamese"])
-    return Sequential.from_config(config["model"])
-
-
-def data_of(model: Any, inputs: dict[str, np.ndarray]) -> tuple:
-    """The ``data`` argument of ``refimpl.hvp`` for a case's inputs."""
-    if isinstance(model, TiedPair):   # no "yb": B is an autoencoder, its target its input
-        return (inputs["xa"], inputs["ya"]), (inputs["xb"], inputs.get("yb", inputs["xb"]))
-    if isinstance(model, Siamese):
-        branches = tuple(inputs[name] for name in model.branch_names)
-        return (*branches, inputs["y"]) if model.loss_spec.needs_target else branches
-    return inputs["x"], inputs["y"]
+from refimpl.testing.cases.models import case_model
 
 
 def model_of(case: Case) -> tuple[Any, tuple, Any, Any]:
-    """``(model, data, splits, splits_b)`` of a drawn case; the splits of a micro-batch case
-    (its inputs ``"<name>.<i>"`` joined back into the full batch), None otherwise."""
-    config = case.config
-    if case.kind != "microbatch":
-        model = rebuild(config)
-        return model, data_of(model, case.inputs), None, None
-    names = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in case.inputs))
-    full = join_inputs(case.inputs, names, len(config["micro_batches"]))
-    model = rebuild(config["base"])
-    return (model, data_of(model, full), config["micro_batches"],
-            config.get("micro_batches_b"))
+    """``(model, data, splits, splits_b)`` of a drawn case: the kit's own rebuild
+    (:func:`refimpl.testing.cases.models.case_model`)."""
+    return tuple(case_model(case))
 
 
 @st.composite

@@ -39,9 +39,9 @@ def test_catalogue_names_kinds_and_configs():
     names = [case.name for case in CASES]
     assert len(set(names)) == len(names)
     assert {case.kind for case in CASES} == {"mlp", "cnn", "tied", "shared", "probe", "sequence",
-                                           "siamese", "microbatch"}
+                                           "siamese", "microbatch", "steps"}
     assert CASE_MODULES == ("mlp", "cnn", "tied", "shared", "probes", "sequence", "siamese",
-                            "microbatch")
+                            "microbatch", "steps", "step_probes")
     assert sum(case.kind == "probe" for case in CASES) == 14
     for case in CASES:
         json.dumps(case.config, allow_nan=False)

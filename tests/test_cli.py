@@ -384,7 +384,7 @@ def test_a_closed_pipe_prints_nothing_from_a_real_process():
 
 
 def test_verify_fails_a_float_schema_version(tmp_path, capsys):
-    """`refimpl verify` on a folder whose manifest says "schema_version": 2.0, every hash
+    """`refimpl verify` on a folder whose manifest says "schema_version": 3.0, every hash
     redone to match: exit status 1 naming the field (typed readers refuse the float)."""
     import hashlib
 
@@ -393,8 +393,10 @@ def test_verify_fails_a_float_schema_version(tmp_path, capsys):
     folder = golden.write(tmp_path / "one", cases=["mlp-tanh-ce"])
     assert cli.main(["verify", "--quiet", str(folder)]) == 0
     manifest_path = folder / golden.MANIFEST
-    text = manifest_path.read_text().replace('"schema_version": 2,', '"schema_version": 2.0,')
-    assert '"schema_version": 2.0' in text
+    version = golden.SCHEMA_VERSION
+    text = manifest_path.read_text().replace(f'"schema_version": {version},',
+                                             f'"schema_version": {version}.0,')
+    assert f'"schema_version": {version}.0' in text
     manifest_path.write_text(text)
     sums = folder / golden.CHECKSUMS
     lines = sums.read_text().splitlines()
@@ -403,4 +405,4 @@ def test_verify_fails_a_float_schema_version(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["verify", str(folder)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL  manifest.json: schema_version 2.0" in out and "FAILED" in out
+    assert f"FAIL  manifest.json: schema_version {version}.0" in out and "FAILED" in out

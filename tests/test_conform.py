@@ -50,9 +50,17 @@ REFERENCES = {_key(case.config): case for case in [*CATALOGUE, *DRAWN]}
 
 def reference_build(config, dtype):
     """refimpl itself as the implementation: the case's own reference at the handed-over
-    point and data (so a float32 run computes in float64 from float32-rounded values)."""
+    point and data (so a float32 run computes in float64 from float32-rounded values); for a
+    step case also its trajectory (the step capability)."""
     case = REFERENCES[_key(config)]
-    return lambda params, inputs: case.evaluate(params, inputs)
+    impl = lambda params, inputs: case.evaluate(params, inputs)   # noqa: E731
+    if case.kind == "steps":
+        def train_steps(params, batches):
+            run = case.trajectory(params, batches)
+            return {"params": run.params, "losses": list(run.losses),
+                    "grad_norms": list(run.grad_norms)}
+        impl.train_steps = train_steps
+    return impl
 
 
 def planted(fault):

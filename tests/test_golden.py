@@ -188,7 +188,7 @@ def test_manifest_describes_every_file(fresh):
         raise AssertionError(f"{name} in the manifest")
 
     manifest = json.loads(text, parse_constant=no_constants)
-    assert manifest["format"] == "refimpl-golden" and manifest["schema_version"] == 2
+    assert manifest["format"] == "refimpl-golden" and manifest["schema_version"] == 3
     generator = manifest["generator"]
     assert generator["numpy"] == np.__version__ and generator["command"].startswith(
         "refimpl golden")
@@ -198,12 +198,16 @@ def test_manifest_describes_every_file(fresh):
     for name, entry in manifest["cases"].items():
         assert entry["tolerances"] == manifest["tolerances"]
         assert entry["conventions"], name
+        if entry["kind"] == "steps":         # tests/test_step_cases.py
+            continue
         roles = [f["role"] for f in entry["files"]]
         assert roles == sorted(roles, key=golden.ROLES.index), name
         assert roles.count("loss") == 1
         params = [f["name"] for f in entry["files"] if f["role"] == "parameter"]
         grads = [f["name"] for f in entry["files"] if f["role"] == "gradient"]
         assert params == grads == entry["parameters"]
+        for role in ("direction", "hvp"):     # every catalogue case stores its H v
+            assert [f["name"] for f in entry["files"] if f["role"] == role] == params, name
         for file_entry in entry["files"]:
             path = fresh / file_entry["path"]
             data = path.read_bytes()
@@ -224,6 +228,8 @@ def test_manifest_describes_every_file(fresh):
 
 def test_golden_arrays_are_the_catalogue_arrays(fresh):
     for case in all_cases():
+        if case.kind == "steps":             # tests/test_step_cases.py
+            continue
         stored = golden.load_case(fresh, case.name)
         loss, grads = case.loss_and_grads(case.params)
         assert stored.loss == loss
@@ -244,7 +250,7 @@ def test_model_configuration_rebuilds_the_model(fresh):
     rebuilt = 0
     for name, entry in manifest["cases"].items():
         config = entry["config"]
-        if "model" not in config or "layers" not in config["model"]:
+        if "model" not in config or "layers" not in config["model"] or entry["kind"] == "steps":
             continue
         model = Sequential.from_config(config["model"])
         data = golden.load_case(fresh, name)
@@ -324,8 +330,8 @@ def test_unparsable_manifest_fails_naming_it(copy):
 
 
 def test_manifest_with_nan_is_refused(copy):
-    text = (copy / "manifest.json").read_text().replace('"schema_version": 2',
-                                                        '"schema_version": NaN')
+    text = (copy / "manifest.json").read_text().replace(
+        f'"schema_version": {golden.SCHEMA_VERSION}', '"schema_version": NaN')
     (copy / "manifest.json").write_text(text)
     failed = _failures(golden.verify(copy))
     assert "NaN" in failed["manifest.json"][0]
@@ -776,7 +782,7 @@ def test_the_manifest_records_each_probe_convention_and_describes_inputs(fresh):
     for case in all_cases():
         entry = manifest["cases"][case.name]
         assert entry["convention"] == case.config.get("convention")
-        assert (entry["convention"] is not None) == (case.kind == "probe")
+        assert (entry["convention"] is not None) == ("convention" in case.config)
         assert entry["inputs"] == case.config["inputs"]
         assert sorted(entry["inputs"]) == sorted(case.inputs)    # the manifest's keys sort
         for name, value in case.inputs.items():
@@ -1286,8 +1292,10 @@ def test_every_compared_file_carries_a_floor_per_dtype_that_judges_like_the_orac
     assert "floors[dtype]" in manifest["comparison_rule"]
     judged = 0
     for entry in manifest["cases"].values():
+        if entry["kind"] == "steps":             # tests/test_step_cases.py
+            continue
         for file_entry in entry["files"]:
-            if file_entry["role"] not in ("loss", "gradient", "output"):
+            if file_entry["role"] not in ("loss", "gradient", "output", "hvp"):
                 assert "floors" not in file_entry
                 continue
             floors = file_entry["floors"]
@@ -1395,13 +1403,13 @@ def test_an_edit_of_a_lambda_tolerance_or_shape_in_the_manifest_alone_fails_veri
 
 
 def test_a_float_schema_version_is_refused_by_readers_and_verify(copy):
-    """docs/golden-format.md: schema_version is the integer 2; 2.0 is refused (a typed reader
+    """docs/golden-format.md: schema_version is a JSON integer; 3.0 is refused (a typed reader
     refuses it too)."""
-    _tamper(copy, lambda manifest: manifest.__setitem__("schema_version", 2.0))
-    with pytest.raises(golden.GoldenError, match="schema_version 2.0"):
+    _tamper(copy, lambda manifest: manifest.__setitem__("schema_version", 3.0))
+    with pytest.raises(golden.GoldenError, match="schema_version 3.0"):
         golden.read_manifest(copy)
     failed = _failures(golden.verify(copy))
-    assert list(failed) == [golden.MANIFEST] and "schema_version 2.0" in failed[
+    assert list(failed) == [golden.MANIFEST] and "schema_version 3.0" in failed[
         golden.MANIFEST][0], failed
 
 

@@ -42,7 +42,14 @@ BUILDERS = textwrap.dedent('''
 
     def reference(config, dtype):
         case = _case(config)
-        return lambda params, inputs: case.evaluate(params, inputs)
+        impl = lambda params, inputs: case.evaluate(params, inputs)
+        if case.kind == "steps":             # the step capability: refimpl's trajectory
+            def train_steps(params, batches):
+                run = case.trajectory(params, batches)
+                return {"params": run.params, "losses": list(run.losses),
+                        "grad_norms": list(run.grad_norms)}
+            impl.train_steps = train_steps
+        return impl
 
     def negated_in_float32(config, dtype):
         case = _case(config)

@@ -15,17 +15,20 @@ The adapters' builders
 
     build(config: dict, dtype: str) -> impl
     impl(params, inputs) -> (loss, grads, outputs)
+    impl.hvp(params, inputs, vector) -> {name: array}    # the step's Hessian times vector
 
 ``dtype`` is "float64", "float32" or "tf32"; ``impl`` follows the implementation protocol of
 :mod:`refimpl.testing.oracle` (params keyed like a ``state_dict``, ``"A:"`` / ``"B:"`` for a
 tied pair; inputs ``x``, ``y`` / ``xa``, ``ya``, ``xb``, ``yb`` / ``w0:<name>`` / ``anchor``,
 ``positive``, ``negative`` or ``x1``, ``x2``, ``y`` for a Siamese model / ``<name>.<i>`` for
-micro-batch ``i`` of a step) and returns NumPy arrays of the dtype under test and the loss as
-a Python float. A micro-batch case's ``impl`` returns the *step*: each micro-batch's loss
-weighted by its share ``n_i / N`` of the batch, its gradients accumulated over the
-micro-batches by the framework's own backward pass, a penalty counted once. A builder raises
-:class:`refimpl.testing.NotExpressible` for what its framework cannot express (TF32 without a
-GPU), never a wrong answer.
+micro-batch ``i`` of a step) and returns NumPy arrays of the dtype under test and the loss as a
+Python float. ``impl.hvp`` (the optional second-order capability of
+:mod:`refimpl.testing.conform`) returns the Hessian of that loss times ``vector`` (keyed like
+``params``): PyTorch's double backward, JAX's ``jax.jvp`` of ``jax.grad``. A micro-batch case's
+``impl`` returns the *step*: each micro-batch's loss weighted by its share ``n_i / N`` of the
+batch, its gradients accumulated over the micro-batches by the framework's own backward pass, a
+penalty counted once. A builder raises :class:`refimpl.testing.NotExpressible` for what its
+framework cannot express (TF32 without a GPU), never a wrong answer.
 
 - :mod:`refimpl.adapters.torch`: ``build(config, dtype, *, device="cpu")`` (PyTorch, the
   ``torch`` extra);

@@ -15,6 +15,11 @@ JAX user runs them; a micro-batch case is a gradient-accumulation loop (per micr
 loss scaled by ``n_i / N``, the gradient pytrees added with ``jax.tree.map``; a penalty's
 gradient added once per step).
 
+``impl.hvp(params, inputs, vector)`` (the optional capability of :mod:`refimpl.testing.conform`)
+is forward-over-reverse, ``jax.jvp(jax.grad(loss), (leaves,), (vector,))``, jitted, per
+micro-batch (each weighted by its share) and for the penalty once, the products added with
+``jax.tree.map``: the step's Hessian times ``vector``.
+
 JAX's conventions are kept where they differ from refimpl's (PyTorch's): the comparison
 shows them instead of hiding them. Known: ``jax.nn.leaky_relu`` takes the slope 1 at
 exactly 0 (refimpl: ``negative_slope``); ``jnp.abs`` is differentiated by JAX's own rule at 0
@@ -50,6 +55,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -65,6 +71,10 @@ try:
     from jax.sharding import PartitionSpec as P  # noqa: N817 (JAX's own spelling)
 except ImportError as error:
     raise ImportError("refimpl.adapters.jax needs JAX: pip install 'refimpl[jax]'") from error
+try:       # the training steps' optimizers (the jax extra installs it); the gradients need JAX only
+    import optax
+except ImportError:
+    optax = None
 
 from .._validate import check_int, check_keys, check_real
 from ..testing.comparison import NotExpressible, resolve_tolerance
@@ -73,7 +83,8 @@ from ._microbatches import micro_batches
 from ._workers import WorkerPool, close_all, shared_pool
 
 __all__ = ["build", "sharded", "build_sharded", "make_sharded_builder", "MATMUL_PRECISION",
-           "DEVICES_VARIABLE", "DEFAULT_DEVICES", "SHARDED_TIMEOUT", "shutdown_sharded"]
+           "DEVICES_VARIABLE", "DEFAULT_DEVICES", "SHARDED_TIMEOUT", "shutdown_sharded",
+           "JaxImplementation", "JaxSteps"]
 FRAMEWORK, FRAMEWORK_VERSION = "jax", jax.__version__  # recorded by refimpl conform
 
 #: ``jax.default_matmul_precision`` per dtype under test.
@@ -83,13 +94,14 @@ Arrays = dict[str, Any]
 
 
 def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "cpu"
-          ) -> Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], tuple[Any, ...]]:
+          ) -> JaxImplementation:
     """A JAX implementation of the case described by ``config``.
 
     Parameters
     ----------
     config : dict
-        A case configuration (``case.config``); unknown top-level keys are ignored.
+        A case configuration (``case.config``); unknown top-level keys are ignored but
+        ``"steps"`` (a step case: the optimizer, the clipping, the number of steps).
     dtype : str
         "float64", "float32" or "tf32" (GPU only).
     device : str
@@ -97,9 +109,12 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
 
     Returns
     -------
-    callable
+    JaxImplementation
         ``impl(params, inputs) -> (loss, grads, outputs)``: the loss a Python float, grads
-        and outputs NumPy arrays in the dtype under test (float32 for "tf32").
+        and outputs NumPy arrays in the dtype under test (float32 for "tf32");
+        ``impl.hvp(params, inputs, vector) -> {name: array}``, the step's Hessian times
+        ``vector`` by ``jax.jvp`` of ``jax.grad``; and, for a step case,
+        ``impl.train_steps(params, batches)`` with optax (:class:`JaxSteps`).
 
     Raises
     ------
@@ -122,14 +137,222 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
         raise ValueError(f"device: no JAX device of platform {device!r}: {error}") from None
     plan = plan_case(config)
 
+    def context() -> contextlib.ExitStack:
+        """x64 for float64 only, the device, the products' precision: for one call."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.enable_x64(dtype_name == "float64"))
+        stack.enter_context(jax.default_device(target))
+        stack.enter_context(jax.default_matmul_precision(MATMUL_PRECISION[dtype_name]))
+        return stack
+
+    jax_dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
+
     def impl(params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> tuple[Any, ...]:
         check_keys(params, plan.parameters, what="params")
-        with jax.enable_x64(dtype_name == "float64"), jax.default_device(target), \
-                jax.default_matmul_precision(MATMUL_PRECISION[dtype_name]):
-            return _run(plan, params, inputs, jnp.float64 if dtype_name == "float64"
-                        else jnp.float32)
+        with context():
+            return _run(plan, params, inputs, jax_dtype)
 
-    return impl
+    def hvp(params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_keys(params, plan.parameters, what="params")
+        check_keys(vector, plan.parameters, what="vector")
+        with context():
+            return _hvp(plan, params, inputs, vector, jax_dtype)
+
+    steps = None
+    if config.get("steps") is not None:
+        steps = JaxSteps(plan, config["steps"], jax_dtype, context)
+    return JaxImplementation(impl, steps, hvp)
+
+
+class JaxImplementation:
+    """What :func:`build` returns: the gradient protocol, the second-order capability and the
+    step capability.
+
+    ``impl(params, inputs) -> (loss, grads, outputs)`` (:mod:`refimpl.testing.oracle`),
+    ``impl.hvp(params, inputs, vector)`` (:mod:`refimpl.testing.second_order`) and, for a step
+    case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`), run by a
+    :class:`JaxSteps`.
+    """
+
+    def __init__(self, call: Callable[..., tuple[Any, ...]], steps: JaxSteps | None,
+                 hvp: Callable[..., dict[str, np.ndarray]] | None = None) -> None:
+        self._call, self._steps, self._hvp = call, steps, hvp
+
+    def __call__(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
+                 ) -> tuple[Any, ...]:
+        return self._call(params, inputs)
+
+    def hvp(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The step's Hessian times ``vector``, by ``jax.jvp`` of ``jax.grad``."""
+        if self._hvp is None:
+            raise NotExpressible("hvp: this implementation was built without it")
+        return self._hvp(params, inputs, vector)
+
+    def train_steps(self, params: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]]
+                    ) -> dict[str, Any]:
+        """``K`` training steps of a step case (:class:`JaxSteps`)."""
+        if self._steps is None:
+            raise ValueError("train_steps: this configuration has no 'steps' (only a step case "
+                             "says the optimizer, the clipping and the number of steps)")
+        return self._steps.train_steps(params, batches)
+
+
+def _clip_by_total_norm(max_norm: float, eps: float, norm_type: float) -> Any:
+    """PyTorch's clipping as an optax transformation, written with ``jnp`` (optax's
+    ``clip_by_global_norm`` has no epsilon and only the 2-norm):
+    ``g * min(max_norm / (||g||_p + eps), 1)``."""
+    def update(updates: Arrays, params: Any = None) -> Arrays:
+        norm = _total_norm(updates, norm_type)
+        coefficient = jnp.minimum(max_norm / (norm + eps), 1.0)
+        return jax.tree.map(lambda g: g * coefficient.astype(g.dtype), updates)
+
+    return optax.stateless(update)
+
+
+def _total_norm(grads: Arrays, norm_type: float) -> Any:
+    """The total ``p``-norm of a pytree, PyTorch's: the norm of the per-leaf norms (``inf``:
+    the largest absolute entry)."""
+    leaves = jax.tree.leaves(grads)
+    if norm_type == 2.0:
+        return optax.tree.norm(grads)
+    if norm_type == float("inf"):
+        return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
+    per_leaf = jnp.stack([jnp.sum(jnp.abs(leaf) ** norm_type) for leaf in leaves])
+    return jnp.sum(per_leaf) ** (1.0 / norm_type)
+
+
+class JaxSteps:
+    """``K`` training steps with optax: ``jax.value_and_grad`` per micro-batch, the gradients
+    added, a penalty's once; the norm before clipping; ``tx.update`` and
+    ``optax.apply_updates``.
+
+    The optimizer is an optax chain, the clipping first (it sees the loss's gradient only)::
+
+        sgd    [clip] [add_decayed_weights(wd)] trace(momentum, nesterov) scale(-lr)
+               = optax.sgd after coupled decay; no dampening (optax's trace has none)
+        adam   [clip] [add_decayed_weights(wd)] scale_by_adam(b1, b2, eps, eps_root) scale(-lr)
+               coupled decay; = optax.adam without decay
+        adamw  [clip] optax.adamw(lr, b1, b2, eps, eps_root, weight_decay)    decoupled decay
+               (also Adam(decoupled_weight_decay=True))
+
+    PyTorch's and optax's Nesterov agree for a constant learning rate
+    (``docs/training-steps.md``); optax's ``eps_root`` is refimpl's. The clipping is
+    ``optax.clip_by_global_norm`` when the configuration's ``eps`` is 0 (optax's form: no
+    epsilon), and PyTorch's form written with ``jnp`` otherwise (optax has no epsilon there).
+    Not expressible: SGD's dampening, Adam without bias correction (``scale_by_adam`` always
+    corrects), and AMSGrad (optax's ``scale_by_amsgrad`` takes the maximum of the
+    bias-corrected second moments; PyTorch's takes the maximum of the raw ones and corrects
+    it at the current step: another rule).
+
+    Parameters
+    ----------
+    plan : CasePlan
+    steps : dict
+        The case's ``config["steps"]``.
+    dtype : jax dtype
+    context : callable
+        ``context()`` -> a context manager (x64, device, precision) for one call.
+    """
+
+    def __init__(self, plan: CasePlan, steps: Mapping[str, Any], dtype: Any,
+                 context: Callable[[], Any]) -> None:
+        check_keys(steps, ["optimizer", "clip", "count"], ["case_kind"], what="config['steps']")
+        self.plan, self.dtype, self.context = plan, dtype, context
+        self.optimizer_config = dict(steps["optimizer"])
+        self.clip_config = None if steps["clip"] is None else dict(steps["clip"])
+        self.count = check_int(steps["count"], "config['steps']['count']", 1)
+
+    def transformation(self) -> Any:
+        """The optax chain of the configuration (class docstring)."""
+        if optax is None:
+            raise NotExpressible("the JAX adapter's training steps need optax: pip install "
+                                 "'refimpl[jax]'")
+        config = self.optimizer_config
+        name, lr = config.get("name"), config["lr"]
+        chain = []
+        clip = self.clip_config
+        if clip is not None:
+            norm_type = clip.get("norm_type", 2.0)
+            norm_type = float("inf") if norm_type == "inf" else float(norm_type)
+            eps = clip.get("eps", 1e-6)
+            chain.append(optax.clip_by_global_norm(clip["max_norm"])
+                         if eps == 0.0 and norm_type == 2.0
+                         else _clip_by_total_norm(clip["max_norm"], eps, norm_type))
+        if name == "sgd":
+            if config["dampening"] != 0.0:
+                raise NotExpressible("optax's trace has no dampening (PyTorch's SGD "
+                                     "dampening)")
+            if config["weight_decay"]:
+                chain.append(optax.add_decayed_weights(config["weight_decay"]))
+            chain.append(optax.sgd(lr, momentum=config["momentum"] or None,
+                                   nesterov=config["nesterov"]))
+            return optax.chain(*chain)
+        if name not in ("adam", "adamw"):
+            raise NotExpressible(f"config['steps']['optimizer']: no optax optimizer for "
+                                 f"{name!r} here")
+        if config["amsgrad"]:
+            raise NotExpressible("optax's scale_by_amsgrad takes the maximum of the "
+                                 "bias-corrected second moments, PyTorch's AMSGrad the maximum "
+                                 "of the raw ones (then corrected): another rule")
+        if not config.get("bias_correction", True):
+            raise NotExpressible("optax's scale_by_adam always corrects its moments' bias")
+        b1, b2 = config["betas"]
+        adam = {"b1": b1, "b2": b2, "eps": config["eps"], "eps_root": config.get("eps_root", 0.0)}
+        if name == "adamw" or config.get("decoupled_weight_decay", False):
+            chain.append(optax.adamw(lr, weight_decay=config["weight_decay"], **adam))
+            return optax.chain(*chain)
+        if config["weight_decay"]:
+            chain.append(optax.add_decayed_weights(config["weight_decay"]))
+        chain.append(optax.adam(lr, **adam))
+        return optax.chain(*chain)
+
+    def train_steps(self, params: Mapping[str, np.ndarray], batches: list[Mapping[str, Any]]
+                    ) -> dict[str, Any]:
+        """Run the ``K`` steps from ``params`` on ``batches`` (one input dict per step).
+
+        Returns
+        -------
+        dict
+            ``{"params": [K dicts of NumPy arrays], "losses": [K floats], "grad_norms": [K
+            floats]}``: after every step, the loss at its start, the norm before clipping.
+        """
+        check_keys(params, self.plan.parameters, what="params")
+        if not isinstance(batches, (list, tuple)) or len(batches) != self.count:
+            raise ValueError(f"batches: expected a list of {self.count} input dicts (one per "
+                             f"step), got {type(batches).__name__} of "
+                             f"{len(batches) if isinstance(batches, (list, tuple)) else '?'}")
+        clip = self.clip_config
+        norm_type = 2.0 if clip is None else clip.get("norm_type", 2.0)
+        norm_type = float("inf") if norm_type == "inf" else float(norm_type)
+        tx = self.transformation()
+
+        def update(grads: Arrays, state: Any, leaves: Arrays) -> tuple[Arrays, Any]:
+            updates, state = tx.update(grads, state, leaves)
+            return optax.apply_updates(leaves, updates), state
+
+        with self.context():
+            # jit: the chain as one XLA computation instead of one dispatch per operation.
+            step = jax.jit(update)
+            leaves = {key: jnp.asarray(np.asarray(params[key]), dtype=self.dtype)
+                      for key in self.plan.parameters}
+            state = tx.init(leaves)
+            result: dict[str, list[Any]] = {"params": [], "losses": [], "grad_norms": []}
+            for inputs in batches:
+                # the step's gradient as the gradient protocol computes it (its micro-batches,
+                # its penalty once), from the parameters as they are now
+                loss, grads, _ = _run(self.plan, {key: np.asarray(value)
+                                                  for key, value in leaves.items()},
+                                      inputs, self.dtype)
+                grads = {key: jnp.asarray(value) for key, value in grads.items()}
+                norm = float(_total_norm(grads, norm_type))
+                leaves, state = step(grads, state, leaves)
+                result["params"].append({key: np.asarray(value).copy()
+                                         for key, value in leaves.items()})
+                result["losses"].append(loss)
+                result["grad_norms"].append(norm)
+        return result
 
 
 def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
@@ -195,6 +418,49 @@ def _run(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, 
         grads = jax.tree.map(jnp.add, grads, penalty_grads)
         total += float(value)
     return total, {key: np.asarray(grads[key]) for key in plan.parameters}, outputs
+
+
+def _batch_loss(plan: CasePlan, leaves: Arrays, data: Arrays, weights: tuple) -> Any:
+    """One micro-batch's loss, each run's weighted by its share ``n_i / N``."""
+    outputs = {run.output: _forward(run.model, leaves, data[run.input]) for run in plan.runs}
+    if plan.metric is not None:          # Siamese: one metric loss of every branch's output
+        return weights[0] * _metric_loss(plan.metric, [outputs[run.output]
+                                                       for run in plan.runs], data)
+    value = 0.0
+    for run, weight in zip(plan.runs, weights, strict=True):
+        target = next(data[key] for key in run.targets if key in data)
+        value = value + weight * _loss(run.model.loss, outputs[run.output], target)
+    return value
+
+
+def _hvp(plan: CasePlan, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+         vector: Mapping[str, np.ndarray], dtype: Any) -> dict[str, np.ndarray]:
+    """The step's Hessian times ``vector``, forward-over-reverse: ``jax.jvp`` of
+    ``jax.grad`` of each micro-batch's weighted loss, and of the penalty once, added."""
+    leaves = {key: jnp.asarray(np.asarray(params[key]), dtype=dtype) for key in plan.parameters}
+    tangent = {key: jnp.asarray(np.asarray(vector[key]), dtype=dtype)
+               for key in plan.parameters}
+
+    def product(loss: Callable[..., Any]) -> Callable[..., Any]:
+        """``(leaves, tangent, *args) -> H v`` of ``loss(leaves, *args)``, jitted."""
+        def hessian_vector(leaves: Arrays, tangent: Arrays, *args: Any) -> Arrays:
+            return jax.jvp(lambda p: jax.grad(loss)(p, *args), (leaves,), (tangent,))[1]
+        return jax.jit(hessian_vector)
+
+    step = product(lambda p, data, weights: _batch_loss(plan, p, data, weights))
+    total = None
+    for batch in micro_batches(plan, inputs):
+        data = {key: _array(value, dtype) for key, value in batch.inputs.items()}
+        found = step(leaves, tangent, data, batch.weights)
+        total = found if total is None else jax.tree.map(jnp.add, total, found)
+    if plan.terms:
+        references = {term.other: _array(inputs[term.other], dtype)
+                      for term in plan.terms if term.from_inputs and term.other in inputs}
+        found = product(lambda p, references: sum(_penalty(plan.penalty, term, p, references)
+                                                  for term in plan.terms))(
+            leaves, tangent, references)
+        total = jax.tree.map(jnp.add, total, found)
+    return {key: np.asarray(total[key]) for key in plan.parameters}
 
 
 # --- the sharded mode: data parallel over N host devices, the embedding sharded ---------------

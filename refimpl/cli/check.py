@@ -1,6 +1,17 @@
 """``refimpl check``: every built-in case (:mod:`refimpl.testing.cases`) through the gradient
 checker with the complex step and with central differences; one table, one summary line, exit
-status 1 on any failure."""
+status 1 on any failure.
+
+A step case (``K`` optimizer steps, :mod:`refimpl.testing.cases.steps`) is checked at every
+step: the gradient at each step's point of refimpl's trajectory, on that step's batch, with
+each method (rows ``step <k>: <parameter>``); and, with the complex step, the trajectory
+itself recomputed from scratch — every step's gradient by the complex step, the norm, the
+clipping and the optimizer's update — and judged by the trajectory rule in float64
+(:mod:`refimpl.testing.trajectory`; one row ``trajectory (K steps)``). The recomputation
+shares no code with :func:`refimpl.train_steps` but the optimizer's and the clipping's
+formulas: it checks the step case's expected values (what ``refimpl golden`` stores and
+``refimpl conform`` compares with) end to end.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +28,10 @@ from .._table import format_table
 from .._validate import did_you_mean
 from .._version import __version__
 from ..gradcheck import check_gradients
+from ..optim import clip_grad_norm, gradient_norm
 from ..testing.cases import Case, all_cases
+from ..testing.cases.steps import StepCase
+from ..testing.trajectory import compare_trajectory, reference_trajectory, trajectory_floors
 
 #: Above this many parameters a case is checked along random directions instead of
 #: coordinate by coordinate, to keep `refimpl check` well under a minute.
@@ -93,6 +107,77 @@ def check_case(case: Case, method: str) -> list[dict[str, Any]]:
     return rows
 
 
+def check_step_case(case: StepCase, method: str) -> list[dict[str, Any]]:
+    """Check a step case with one method (module docstring).
+
+    Returns
+    -------
+    list of dict
+        The rows of :func:`check_case` at every step's point (parameters ``"step <k>:
+        <name>"``), and with ``method == "complex"`` one more row, ``"trajectory (K steps)"``:
+        the trajectory recomputed with complex-step gradients against the case's, by the
+        trajectory rule in float64 (``max_rel_error`` the worst tensor's error over its
+        scale).
+    """
+    reference = reference_trajectory(case)
+    rows = []
+    points = [case.params, *reference["params"][:-1]]
+    for k, (point, batch) in enumerate(zip(points, case.batches, strict=True)):
+        def step_loss(p: dict[str, Any], batch: dict[str, Any] = batch) -> tuple[Any, Any]:
+            return case.evaluate(p, batch)[:2]
+        at_step = Case(case.name, case.kind, case.config, point, batch, step_loss,
+                       case.outputs, case.evaluate)
+        for row in check_case(at_step, method):
+            rows.append({**row, "parameter": f"step {k + 1}: {row['parameter']}"})
+    if method == "complex":
+        rows.append(_trajectory_row(case, reference))
+    return rows
+
+
+def _complex_step_gradient(loss: Any, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every coordinate's ``Im f(p + i h e) / h`` (h = 1e-20): the gradient without any
+    backward formula."""
+    grads = {}
+    work = {key: value.astype(np.complex128) for key, value in params.items()}
+    for key, value in work.items():
+        flat, gradient = value.reshape(-1), np.empty(value.size)
+        for index in range(value.size):
+            original = flat[index]
+            flat[index] = original + 1e-20j
+            gradient[index] = np.imag(loss(work)) / 1e-20
+            flat[index] = original
+        grads[key] = gradient.reshape(value.shape)
+    return grads
+
+
+def _trajectory_row(case: StepCase, reference: dict[str, Any]) -> dict[str, Any]:
+    """The step case's trajectory recomputed from complex-step gradients, as one row."""
+    optimizer, clip = case.optimizer(), case.clip()
+    params = {key: np.asarray(value, dtype=np.float64) for key, value in case.params.items()}
+    state = None
+    result: dict[str, list[Any]] = {"params": [], "losses": [], "grad_norms": []}
+    for batch in case.batches:
+        loss = float(case.evaluate(params, batch)[0])
+        grads = _complex_step_gradient(lambda p, b=batch: case.evaluate(p, b)[0], params)
+        if clip is None:
+            norm = gradient_norm(grads)
+        else:
+            grads, norm = clip_grad_norm(grads, clip.max_norm, clip.norm_type, clip.eps)
+        params, state = optimizer.step(params, grads, state)
+        result["params"].append(params)
+        result["losses"].append(loss)
+        result["grad_norms"].append(norm)
+    report = compare_trajectory(result, case, "float64", start=case.params, reference=reference,
+                                floors=trajectory_floors(case, "float64"))
+    worst = max((row.comparison.relative_error for row in report.rows), default=float("nan"))
+    return {"case": case.name, "kind": case.kind, "method": "complex", "mode": "full",
+            "parameter": f"trajectory ({case.count} steps)", "max_rel_error": worst,
+            "max_abs_error": max((row.comparison.max_abs_error for row in report.rows),
+                                 default=float("nan")),
+            "rtol": report.tolerance.rtol,
+            "status": "ok" if report.ok else f"mismatch: {report.summary()}", "ok": report.ok}
+
+
 def _format_table(rows: list[dict[str, Any]]) -> str:
     """The rows of :func:`check_case` as a plain-text table."""
     return format_table(
@@ -136,7 +221,9 @@ def run_check(args: argparse.Namespace) -> int:
         cases = [case for case in cases if case.name in args.case]
     if args.json and args.json != "-":
         check_destination(args.json)   # before the work, not after it
-    rows = [row for case in cases for method in CHECK_METHODS for row in check_case(case, method)]
+    rows = [row for case in cases for method in CHECK_METHODS
+            for row in (check_step_case(case, method) if isinstance(case, StepCase)
+                        else check_case(case, method))]
     failed_cases = sorted({row["case"] for row in rows if not row["ok"]})
     elapsed = time.perf_counter() - start
     passed = sum(row["ok"] for row in rows)

@@ -1,7 +1,9 @@
 """``refimpl conform MODULE:FUNCTION``: a builder ``build(config, dtype) -> impl`` over every
 built-in case (convention probes included) and N drawn cases, per dtype
-(:func:`refimpl.testing.conform`); one table, exit status 1 on any fail. Any case, drawn or
-built-in, can also be written to a golden folder for an implementation in another language.
+(:func:`refimpl.testing.conform`); one table, exit status 1 on any fail. ``--hvp`` also judges
+the implementation's Hessian-vector products (``impl.hvp``), one more row per case and dtype.
+Any case, drawn or built-in, can also be written to a golden folder for an implementation in
+another language.
 
 ``MODULE`` is imported with the current folder first on ``sys.path``, as ``python -m`` does.
 While the cases run, a progress bar on stderr shows the rows done, the time and the case and
@@ -46,6 +48,10 @@ def add_conform_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help=JSON_HELP.format(what="report"))
     parser.add_argument("--strict-conventions", action="store_true",
                         help="count 'convention differs' as a failure (exit status 1)")
+    parser.add_argument("--hvp", action="store_true",
+                        help="also judge impl.hvp(params, inputs, vector), the Hessian-vector "
+                             "product, along each case's seeded direction: a second row per "
+                             "case and dtype ('not expressible' without impl.hvp)")
     parser.add_argument("--export-golden", metavar="DIR",
                         help="write the cases named by --export to this new golden folder")
     parser.add_argument("--export", action="append", metavar="CASE",
@@ -197,7 +203,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         report = conform(build, dtypes=_dtypes(args.dtype), cases=_cases(args.case),
                          drawn=args.drawn, seed=args.seed,
-                         strict_conventions=args.strict_conventions, progress=progress)
+                         strict_conventions=args.strict_conventions, progress=progress,
+                         hvp=args.hvp)
     except ValueError as error:        # e.g. an unknown drawn kind in --case
         progress.clear()
         print(f"refimpl conform: {error}", file=sys.stderr)

@@ -3,7 +3,13 @@
 contribution (per use, per Siamese branch, per micro-batch, the penalty's pull), the cosine
 between them, and for a tied parameter the ratio of the penalty's pull to the task gradient;
 then the uses inside a layer: per-position maps of a convolution's kernel gradient, per-step
-norms of an RNN's weights, the rows of an embedding its occurrences move most."""
+norms of an RNN's weights, the rows of an embedding its occurrences move most.
+
+``refimpl explain --hessian CASE``: where the curvature comes from (:mod:`refimpl.study.curvature`)
+— along the case's seeded direction ``v`` (its HVP expectation's), every parameter's ``e^T H e``
+(``e``: ``v`` on that parameter, 0 elsewhere) as the sum of its uses' diagonal blocks, the cross
+terms between uses, and a tying or anchoring penalty's Hessian (a soft-tied pair is one
+block)."""
 
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ import numpy as np
 from .._io import JSON_HELP
 from .._table import format_table
 from ..study import Contributions, Term, row_summary, summarize
+from ..study.curvature import Curvature, model_curvature
+from ..testing.cases.models import case_model
 from ..testing.diagnosis import case_contributions
+from ..testing.second_order import direction_seed, has_hvp, hvp_expectation
 from ._cases import (
     PLOT_HELP,
     add_case_arguments,
@@ -30,7 +39,7 @@ from ._cases import (
 )
 
 __all__ = ["add_explain_arguments", "run_explain", "case_contributions",
-           "format_explanation"]
+           "format_explanation", "format_curvature", "curvature_document", "plot_curvature"]
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``CASE``, ``--config``, ``--json`` and ``--plot`` to the ``explain`` sub-parser."""
@@ -41,6 +50,11 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
                              "inside a layer (a convolution's per-position map, an RNN's "
                              "per-step bars, an embedding's top rows), to PATH "
                              f"{PLOT_HELP}")
+    parser.add_argument("--hessian", action="store_true",
+                        help="instead, the curvature along the case's seeded direction v: "
+                             "every parameter's e^T H e split into its uses' diagonal blocks, "
+                             "the cross terms between uses and a penalty's share (the plot: "
+                             "one signed bar per term)")
 
 
 def short_label(term: Term) -> str:
@@ -330,6 +344,8 @@ def run_explain(args: argparse.Namespace) -> int:
         The exit status: 0 once done; 2 for a bad case or configuration, or ``--plot``
         without matplotlib.
     """
+    if getattr(args, "hessian", False):
+        return _run_curvature(args)
     try:
         case = load_case(args)
         found = case_contributions(case)
@@ -342,3 +358,96 @@ def run_explain(args: argparse.Namespace) -> int:
                   explanation_document(case.name, found),
                   lambda path: plot_explanation(case.name, found, path))
     return 0
+
+
+# --- explain --hessian ---------------------------------------------------------------------------
+
+def _run_curvature(args: argparse.Namespace) -> int:
+    """``refimpl explain --hessian``: the table (or the JSON) and the optional plot."""
+    try:
+        case = load_case(args)
+        if not has_hvp(case):
+            raise ValueError(f"case {case.name!r}: its configuration describes no refimpl "
+                             f"model, so it has no Hessian to explain")
+        model, data, _, _ = case_model(case)   # micro-batches: the step's H is the full batch's
+        blocks = model_curvature(model, case.params, data, hvp_expectation(case).direction)
+    except (ValueError, TypeError) as error:
+        print(f"refimpl explain: {error}", file=sys.stderr)
+        return 2
+    if not outputs_ready("explain", args):
+        return 2
+    seed = direction_seed(case)
+    write_outputs(args, format_curvature(case.name, seed, blocks),
+                  curvature_document(case.name, seed, blocks),
+                  lambda path: plot_curvature(case.name, blocks, path))
+    return 0
+
+
+def _block_name(block: Curvature) -> str:
+    """A block's parameter, or a soft-tied pair as ``A:w ~ B:w'``."""
+    return " ~ ".join(block.names)
+
+
+def format_curvature(name: str, seed: int, blocks: list[Curvature]) -> str:
+    """The text of ``refimpl explain --hessian``: one row per parameter (a soft-tied pair:
+    one row), its ``e^T H e`` and every term with its share."""
+    rows = []
+    for block in blocks:
+        cells = ", ".join(f"{term.label} {term.value:+.3g} ({share:+.0%})"
+                          if math.isfinite(share) else f"{term.label} {term.value:+.3g}"
+                          for term, share in zip(block.terms, block.shares(), strict=True))
+        rows.append((_block_name(block), f"{block.value:+.4g}", cells))
+    return "\n".join([
+        f"refimpl explain --hessian {name}: the curvature e^T H e of every parameter along the "
+        f"case's direction v (seed {seed}; e = v on the parameter, 0 elsewhere): each use's "
+        f"diagonal block, the cross terms between uses (2 d_u^T H d_u'), a penalty's Hessian "
+        f"(share = term / e^T H e; the shares sum to +100%)", "",
+        format_table(("parameter", "e^T H e", "terms: value (share)"), rows)])
+
+
+def curvature_document(name: str, seed: int, blocks: list[Curvature]) -> dict[str, Any]:
+    """The JSON of ``refimpl explain --hessian`` (NaN as null)."""
+    return {"case": name, "direction_seed": seed, "parameters": [
+        {"names": list(block.names), "value": block.value, "hvp_check": block.product,
+         "terms": [{"label": term.label, "kind": term.kind, "uses": list(term.uses),
+                    "value": term.value, "share": _finite_or_none(share)}
+                   for term, share in zip(block.terms, block.shares(), strict=True)]}
+        for block in blocks]}
+
+
+#: The colour of each kind of term in the ``--hessian`` plot.
+TERM_COLOURS = {"use": "C0", "cross": "C1", "penalty": "C2"}
+TERM_LABELS = {"use": "a use's diagonal block", "cross": "cross term between two uses",
+               "penalty": "a penalty's Hessian"}
+
+
+def plot_curvature(name: str, blocks: list[Curvature], path: str) -> None:
+    """One signed horizontal bar per term, grouped by parameter (a cross term or a penalty
+    can be negative), coloured by kind, a black tick at each parameter's ``e^T H e``."""
+    plt = pyplot()
+    bar_count = sum(len(block.terms) + 1 for block in blocks)
+    figure = plt.figure(figsize=(FIGURE_WIDTH, 1.2 + 0.22 * bar_count), layout="constrained")
+    axis = figure.add_subplot()
+    position, ticks, names = 0, [], []
+    for block in blocks:
+        for offset, term in enumerate(block.terms):
+            axis.barh(position + offset, term.value, color=TERM_COLOURS[term.kind])
+            axis.text(term.value, position + offset, f" {term.label} ", va="center",
+                      ha="left" if term.value >= 0 else "right", fontsize=7, clip_on=True)
+        axis.plot([block.value], [position - 0.6], "k|", markersize=8)
+        ticks.append(position - 0.6)
+        names.append(_block_name(block))
+        position += len(block.terms) + 1
+    axis.axvline(0.0, color="0.5", linewidth=0.8)
+    axis.set_yticks(ticks, names, fontsize=8)
+    axis.set_ylim(position - 0.5, -1.2)
+    low, high = axis.get_xlim()
+    span = high - low
+    axis.set_xlim(low - 0.35 * span, high + 0.35 * span)   # room for the labels of the bars
+    kinds = {term.kind for block in blocks for term in block.terms}
+    axis.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colour, label=TERM_LABELS[kind])
+                         for kind, colour in TERM_COLOURS.items() if kind in kinds],
+                fontsize=7, loc="lower right")
+    axis.set(xlabel="term of e^T H e (black tick: e^T H e)",
+             title=f"refimpl explain --hessian {name}: where the curvature comes from")
+    save_figure(figure, plt, path)

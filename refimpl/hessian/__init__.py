@@ -19,6 +19,9 @@ other use, and the backward tangents are summed over the uses as the gradients a
 tying penalty ``lam ||wA - wB||^2`` adds the constant Hessian ``2 lam [[I, -I], [-I, I]]``:
 ``+2 lam (vA - vB)`` to A's product, ``-2 lam (vA - vB)`` to B's.
 
+A Siamese model's branches apart (each at its own point and direction, each branch's term of
+``H v``): :mod:`refimpl.hessian.branches`.
+
 Kinks
 -----
 The backward passes' one-sided rules carry over (ReLU's, max pooling's first maximum, the

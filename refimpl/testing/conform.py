@@ -17,14 +17,50 @@ A *builder* is any callable ``build(config, dtype) -> impl``:
 A builder raises :class:`refimpl.testing.NotExpressible` (in ``build`` or in ``impl``) for what
 its framework cannot express (grouped convolutions, a loss it lacks).
 
+The step capability (optional)
+------------------------------
+For a step case (kind "steps", :mod:`refimpl.testing.cases.steps`: ``K`` optimizer steps of
+a base case), ``config`` is the base case's configuration plus ``config["steps"] =
+{"optimizer": ..., "clip": ... | None, "count": K, "case_kind": ...}`` (the optimizer as
+:meth:`refimpl.optim.Optimizer.config`, the clipping as :meth:`refimpl.ClipGradNorm.config`),
+and the object ``build`` returns has a method::
+
+    impl.train_steps(params, batches) -> {"params": [K dicts], "losses": [K numbers],
+                                          "grad_norms": [K numbers]}
+
+``params`` the starting point and ``batches`` ``K`` input dicts keyed like the base case's
+inputs (micro-batches ``<name>.<i>`` included), both in the dtype under test; it returns after
+every step the parameters, the loss at the start of the step and the total gradient norm
+before clipping (:mod:`refimpl.testing.trajectory`, which judges them step by step). A
+builder whose ``impl`` has no ``train_steps`` is "not expressible" on every step case, never a
+failure; a step case is judged by this capability alone.
+
+The optional ``hvp`` capability (second order)
+----------------------------------------------
+``impl`` may also have a method (or callable attribute) ``hvp``::
+
+    impl.hvp(params, inputs, vector) -> {name: array}
+
+the Hessian of the loss ``impl`` returns (the step's loss for a micro-batch case, a penalty
+included) times ``vector``, keyed like ``params``; ``params``, ``inputs`` and ``vector`` are
+fresh copies in the dtype under test (:mod:`refimpl.testing.second_order`). With ``hvp=True``
+(``refimpl conform --hvp``) every case with an HVP expectation (every catalogue, probe and drawn
+case) gets a second row per dtype, ``check == "hvp"``: the case's seeded direction ``v`` and
+refimpl's ``H v`` (:func:`refimpl.testing.second_order.hvp_expectation`) against
+``impl.hvp(params, inputs, v)``, by the ordinary comparison rule with the products' own
+resolution floors. An HVP row builds its own ``impl`` (``build`` is called once per row) and
+runs ``impl.hvp`` once. An ``impl`` without ``hvp`` makes those rows **not expressible**; a
+default run (``hvp=False``) has gradient rows only, as before the capability existed.
+
 The module of a builder may name the framework it runs on: module attributes ``FRAMEWORK``
 (e.g. ``"torch"``) and, optionally, ``FRAMEWORK_VERSION`` (default: the installed
 distribution's version, or the imported module's ``__version__``). The report records them
 (:func:`framework_of`).
 
-Outcomes (one per case and dtype)
----------------------------------
-- **pass**: every tensor matched (:func:`refimpl.testing.compare_with_oracle` says "pass");
+Outcomes (one per case, dtype and check)
+----------------------------------------
+- **pass**: every tensor matched (:func:`refimpl.testing.compare_with_oracle` says "pass"; for
+  a step case every tensor of every step, :func:`refimpl.testing.compare_steps_with_oracle`);
 - **fail**: a tensor did not match, the return value was malformed, or ``build`` / ``impl``
   raised anything but ``NotExpressible`` and ``KeyboardInterrupt`` — ``sys.exit()`` and any
   other ``BaseException`` included (the exception, where the builder's code raised it, is the
@@ -37,10 +73,18 @@ Outcomes (one per case and dtype)
   every gradient, the outputs it returns, their dtypes, the keys) fails against refimpl and
   passes the same comparison, at the same floors, against refimpl's reference with exactly
   one *documented* alternative rule applied (:func:`refimpl.testing.cases.probes.alternatives`):
-  the detail names the rule. Everything else is a fail, with the probe's best guess
+  the detail names the rule (a step probe: the whole trajectory against refimpl's with one
+  optimizer or clipping rule changed, :func:`refimpl.testing.cases.step_probes.step_alternatives`).
+  Everything else is a fail, with the probe's best guess
   (:func:`refimpl.testing.cases.probes.diagnose`) in the detail: a bug, a loss of precision,
   a non-finite value, a value outside a documented family, or a documented rule followed by
-  the gradients while something else is wrong too.
+  the gradients while something else is wrong too. An HVP row of a probe is judged the same
+  way: "convention differs" when its products fail against refimpl's ``H v`` and pass against
+  the ``H v`` of a documented alternative that is another model (the probe's model with one
+  layer or hyper-parameter changed: :func:`refimpl.testing.second_order.alternative_hvp`);
+  a rule of the backward pass alone (a tie's share, a subgradient) or a value between two
+  rules has no ``H v`` of its own, and outside the dtypes that resolve the probe an HVP row
+  that passes is inconclusive, as the gradient row is.
 
 A ``KeyboardInterrupt`` is not a row: it stops the run (it propagates out of
 :func:`conform`; ``refimpl conform`` reports where it stopped and exits with status 130).
@@ -75,15 +119,36 @@ from .._validate import check_seed
 from .._version import __version__
 from .cases import Case, all_cases, probes
 from .cases.drawn import case_named, drawn_case, drawn_name, parse_drawn_name
+from .cases.step_probes import step_alternatives
+from .cases.steps import StepCase
 from .comparison import ComparisonReport, NotExpressible, resolve_tolerance
 from .oracle import _run_and_compare, compare_with_oracle
-from .resolution import case_floors
+from .resolution import HAND_OVER_DTYPE, case_floors
+from .second_order import (
+    alternative_hvp,
+    compare_hvp,
+    has_hvp,
+    hvp_expectation,
+    hvp_floors,
+    hvp_function,
+)
+from .trajectory import (
+    TrajectoryReport,
+    compare_trajectory,
+    reference_trajectory,
+    run_steps,
+    trajectory_floors,
+)
 
-__all__ = ["OUTCOMES", "ConformanceRow", "ConformanceReport", "conform", "conform_case",
-           "load_builder", "builder_name", "framework_of"]
+__all__ = ["OUTCOMES", "CHECKS", "ConformanceRow", "ConformanceReport", "conform",
+           "conform_case", "load_builder", "builder_name", "framework_of"]
 
 #: The outcomes of one (case, dtype), in the order the summary counts them.
 OUTCOMES = ("pass", "fail", "inconclusive", "not expressible", "convention differs")
+
+#: What a row checks: the loss, gradients and outputs ``impl(params, inputs)`` returns, or
+#: the Hessian-vector product ``impl.hvp(params, inputs, vector)``.
+CHECKS = ("gradient", "hvp")
 
 Builder = Callable[[dict[str, Any], str], Any]
 Diagnose = Callable[[Case, Any, Any], "str | None"]
@@ -113,6 +178,9 @@ class ConformanceRow:
     detail : str
         Why: the failing tensor, the exception and where it was raised, the reason, the
         convention followed.
+    check : str
+        One of :data:`CHECKS`: "gradient" (``impl(params, inputs)``) or "hvp"
+        (``impl.hvp(params, inputs, vector)``).
     """
 
     case: str
@@ -123,13 +191,14 @@ class ConformanceRow:
     tensor: str
     seconds: float
     detail: str
+    check: str = "gradient"
 
     def to_dict(self) -> dict[str, Any]:
         """The row as JSON-able values (a non-finite ``worst`` as the string "inf" / "nan")."""
         worst = self.worst if math.isfinite(self.worst) else str(self.worst)
         return {"case": self.case, "kind": self.kind, "dtype": self.dtype,
-                "outcome": self.outcome, "worst": worst, "tensor": self.tensor,
-                "seconds": self.seconds, "detail": self.detail}
+                "check": self.check, "outcome": self.outcome, "worst": worst,
+                "tensor": self.tensor, "seconds": self.seconds, "detail": self.detail}
 
 
 def builder_name(build: Any) -> str:
@@ -174,7 +243,8 @@ class ConformanceReport:
     Attributes
     ----------
     rows : tuple of ConformanceRow
-        One per (case, dtype), cases in order, each case's dtypes together.
+        One per (case, dtype, check), cases in order, each case's dtypes together, a dtype's
+        HVP row after its gradient row.
     builder : str
         The builder (``module:function``).
     dtypes : tuple of str
@@ -186,6 +256,8 @@ class ConformanceReport:
     framework : dict or None
         ``{"name", "version"}`` of the framework the builder's module declares
         (:func:`framework_of`).
+    hvp : bool
+        Whether the Hessian-vector products were judged too (rows with ``check == "hvp"``).
     """
 
     rows: tuple[ConformanceRow, ...]
@@ -195,6 +267,7 @@ class ConformanceReport:
     seed: int
     strict_conventions: bool = False
     framework: dict[str, str] | None = None
+    hvp: bool = False
 
     def counts(self) -> dict[str, int]:
         """How many rows have each outcome (every outcome of :data:`OUTCOMES`, zeros too)."""
@@ -221,14 +294,20 @@ class ConformanceReport:
         strict = "; convention differences fail the run" if self.strict_conventions else ""
         framework = (f" ({self.framework['name']} {self.framework['version']})"
                      if self.framework else "")
+        hvp = "; gradients and Hessian-vector products" if self.hvp else ""
         return (f"refimpl conform {self.builder}{framework}: dtypes {', '.join(self.dtypes)}; "
-                f"{drawn}{strict}")
+                f"{drawn}{hvp}{strict}")
 
     def summary(self) -> str:
-        """One line: the counts per outcome and the verdict."""
+        """One line: the counts per outcome and the verdict (with HVP rows, how many rows of
+        each check)."""
         counts = ", ".join(f"{count} {outcome}" for outcome, count in self.counts().items())
         verdict = "ok" if self.ok else ("FAILED" if self.failed else "NOT OK (nothing passed)")
-        return f"{len(self.rows)} rows: {counts}: {verdict}"
+        checks = ""
+        if self.hvp:
+            checks = " (" + ", ".join(f"{sum(row.check == check for row in self.rows)} {check}"
+                                      for check in CHECKS) + ")"
+        return f"{len(self.rows)} rows{checks}: {counts}: {verdict}"
 
     def table(self, detail_width: int = 100) -> str:
         """The header, one line per row, and the summary, as plain text.
@@ -243,11 +322,15 @@ class ConformanceReport:
                 return line
             return line[:detail_width - 3] + "..."
 
+        # The check column only when a run judged HVPs: a default run's table is unchanged.
+        checked = self.hvp or any(row.check != "gradient" for row in self.rows)
         body = format_table(
-            ("case", "dtype", "outcome", "worst/limit", "tensor", "time", "detail"),
-            [(row.case, row.dtype, row.outcome.upper() if row.outcome == "fail" else
-              row.outcome, f"{row.worst:.2e}", row.tensor, f"{row.seconds:.2f}s",
-              cut(row)) for row in self.rows])
+            ("case", "dtype", *(("check",) if checked else ()), "outcome", "worst/limit",
+             "tensor", "time", "detail"),
+            [(row.case, row.dtype, *((row.check,) if checked else ()),
+              row.outcome.upper() if row.outcome == "fail" else row.outcome,
+              f"{row.worst:.2e}", row.tensor, f"{row.seconds:.2f}s", cut(row))
+             for row in self.rows])
         return "\n".join((self.header(), body, self.summary()))
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,7 +340,7 @@ class ConformanceReport:
                 "framework": dict(self.framework) if self.framework else None,
                 "builder": self.builder, "dtypes": list(self.dtypes), "drawn": self.drawn,
                 "seed": self.seed, "strict_conventions": self.strict_conventions,
-                "ok": self.ok, "counts": self.counts(), "summary": self.summary(),
+                "hvp": self.hvp, "ok": self.ok, "counts": self.counts(), "summary": self.summary(),
                 "rows": [row.to_dict() for row in self.rows]}
 
     def to_json(self) -> str:
@@ -383,15 +466,15 @@ def _raised(where: str, error: BaseException, build: Any) -> str:
 
 
 class _Recorder:
-    """The implementation, recording what it returned (for the convention check) and whether
-    it raised, so that the implementation runs once."""
+    """The implementation (or its ``hvp``), recording what it returned (for the convention
+    check) and whether it raised, so that the implementation runs once."""
 
     def __init__(self, impl: Any) -> None:
         self.impl, self.result, self.raised = impl, None, False
 
-    def __call__(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> Any:
+    def __call__(self, params: dict[str, np.ndarray], *arrays: dict[str, np.ndarray]) -> Any:
         try:
-            self.result = self.impl(params, inputs)
+            self.result = self.impl(params, *arrays)
         except BaseException:
             self.raised = True
             raise
@@ -484,12 +567,8 @@ def _probe_verdict(case: Case, dtype: str, report: ComparisonReport, result: Any
     if dtype not in resolving:
         if report.verdict != "pass":
             return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
-        rules = "; ".join(alternative.describes for alternative in probes.alternatives(case))
-        return _Verdict("inconclusive", (
-            f"{case.config['convention']['name']}: only {', '.join(resolving)} resolves it: "
-            f"refimpl's rule and its alternatives ({rules}) agree within {dtype}'s tolerance "
-            f"at this probe, so no {dtype} implementation can show which it follows "
-            f"({len(report.rows)} tensors match)"), worst, tensor)
+        return _Verdict("inconclusive", _unresolved_probe(case, dtype, len(report.rows),
+                                                          "tensors"), worst, tensor)
     if report.verdict != "fail":
         return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
     against = {alternative.describes: _against(result, alternative, dtype)
@@ -548,8 +627,155 @@ def _oracle_check(build: Builder, case: Case, dtype: str,
     return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
 
 
+# --- step cases: the builder's step capability -------------------------------------------------
+
+#: The detail of a step case whose implementation has no ``train_steps``.
+NO_STEPS = ("the implementation has no train_steps(params, batches) (the step capability of "
+            "the builder protocol)")
+
+
+def _steps_check(build: Builder, case: StepCase, dtype: str) -> _Verdict:
+    """Build the implementation, run its ``train_steps`` once over the case's ``K`` batches,
+    judge the trajectory step by step (:mod:`refimpl.testing.trajectory`); "not expressible"
+    without the capability, never a failure."""
+    where = "build"
+    try:
+        impl = build(copy.deepcopy(case.config), dtype)
+        if not callable(getattr(impl, "train_steps", None)):
+            return _Verdict("not expressible", NO_STEPS)
+        where = "impl.train_steps"
+        result = run_steps(impl, case, dtype)
+        where = ""
+    except KeyboardInterrupt:
+        raise
+    except NotExpressible as reason:
+        return _Verdict("not expressible", str(reason) or "(no reason given)")
+    except BaseException as error:  # noqa: BLE001 - a foreign builder's failure is a row
+        if not where:
+            raise                   # refimpl's own failure: a bug to see, not a row
+        return _Verdict("fail", _raised(where, error, build))
+    start = {name: np.asarray(value).astype(HAND_OVER_DTYPE[dtype]).astype(np.float64)
+             for name, value in case.params.items()}
+    reference = reference_trajectory(case)
+    report = compare_trajectory(result, case, dtype, start=start, reference=reference,
+                                floors=trajectory_floors(case, dtype))
+    if "convention" in case.config:
+        return _step_probe_verdict(case, dtype, report, result, start)
+    worst, tensor = report.worst()
+    return _Verdict(report.verdict, report.summary(), worst, tensor)
+
+
+def _step_probe_verdict(case: StepCase, dtype: str, report: TrajectoryReport, result: Any,
+                        start: Mapping[str, np.ndarray]) -> _Verdict:
+    """A step probe's outcome, as a gradient probe's (:func:`_probe_verdict`): inconclusive
+    outside the dtypes that resolve it (unless it failed); on a failure, "convention differs"
+    when the whole trajectory passes against one documented alternative's (refimpl's
+    trajectory with that one rule changed, its own floors), else a fail."""
+    worst, tensor = report.worst()
+    resolving = probes.resolved_in(case)
+    convention = case.config["convention"]
+    if dtype not in resolving:
+        if report.verdict != "pass":
+            return _Verdict(report.verdict, report.summary(), worst, tensor)
+        rules = "; ".join(alternative.describes for alternative in step_alternatives(case))
+        return _Verdict("inconclusive", (
+            f"{convention['name']}: only {', '.join(resolving)} resolves it: refimpl's rule and "
+            f"its alternatives ({rules}) agree within {dtype}'s tolerance along this "
+            f"trajectory, so no {dtype} implementation can show which it follows "
+            f"({report.summary()})"), worst, tensor)
+    if report.verdict != "fail":
+        return _Verdict(report.verdict, report.summary(), worst, tensor)
+    for alternative in step_alternatives(case):
+        if not alternative.convention:
+            continue
+        against = compare_trajectory(result, alternative.case, dtype, start=start)
+        if against.verdict == "pass":
+            return _Verdict("convention differs", (
+                f"{alternative.describes}: the whole trajectory matches refimpl's with this one "
+                f"documented rule changed; refimpl: {convention['refimpl_rule']}"),
+                worst, tensor)
+    return _Verdict("fail", report.summary(), worst, tensor)
+
+
+def _unresolved_probe(case: Case, dtype: str, rows: int, what: str) -> str:
+    """The detail of a probe that passes in a dtype that cannot resolve it."""
+    rules = "; ".join(alternative.describes for alternative in probes.alternatives(case))
+    return (f"{case.config['convention']['name']}: only {', '.join(probes.resolved_in(case))} "
+            f"resolves it: refimpl's rule and its alternatives ({rules}) agree within {dtype}'s "
+            f"tolerance at this probe, so no {dtype} implementation can show which it follows "
+            f"({rows} {what} match)")
+
+
+def _hvp_probe_verdict(case: Case, dtype: str, report: ComparisonReport, result: Any,
+                       direction: Mapping[str, np.ndarray]) -> _Verdict:
+    """The outcome of a probe's HVP row, as :func:`_probe_verdict` judges its gradients:
+    inconclusive outside the dtypes that resolve the probe (unless it failed); a failure that
+    passes against the ``H v`` of exactly one documented alternative with one (another model:
+    :func:`refimpl.testing.second_order.alternative_hvp`) is "convention differs"."""
+    worst, tensor = _worst(report)
+    if dtype not in probes.resolved_in(case):
+        if report.verdict != "pass":
+            return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
+        return _Verdict("inconclusive", _unresolved_probe(case, dtype, len(report.rows),
+                                                          "products"), worst, tensor)
+    if report.verdict != "fail":
+        return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
+    _, tolerance = resolve_tolerance(dtype)
+    for alternative in probes.alternatives(case):
+        if not alternative.convention:
+            continue
+        reference = alternative_hvp(alternative, direction)
+        if reference is None:
+            continue
+        floors = hvp_floors(alternative.case, dtype, reference, direction)
+        against = compare_hvp(lambda *_: result, case.name, case.params, case.inputs,
+                              direction, reference, dtype, tolerance, floors)
+        if against.verdict == "pass":
+            return _Verdict("convention differs", (
+                f"{alternative.describes}: every product matches refimpl's H v with this one "
+                f"documented rule changed; refimpl: "
+                f"{case.config['convention']['refimpl_rule']}"), worst, tensor)
+    return _Verdict("fail", _fail_detail(report, tensor), worst, tensor)
+
+
+def _hvp_check(build: Builder, case: Case, dtype: str) -> _Verdict:
+    """Build the implementation, run its ``hvp`` once along the case's direction, judge the
+    products (module docstring, "The optional hvp capability")."""
+    expected = hvp_expectation(case)
+    try:
+        impl = build(copy.deepcopy(case.config), dtype)
+    except KeyboardInterrupt:
+        raise
+    except NotExpressible as reason:
+        return _Verdict("not expressible", str(reason) or "(no reason given)")
+    except BaseException as error:  # noqa: BLE001 - a foreign builder's failure is a row
+        return _Verdict("fail", _raised("build", error, build))
+    hvp = hvp_function(impl)
+    if hvp is None:
+        return _Verdict("not expressible", "the implementation has no hvp(params, inputs, "
+                                           "vector): the optional second-order capability")
+    _, tolerance = resolve_tolerance(dtype)
+    floors = hvp_floors(case, dtype, expected.hvp, expected.direction)
+    recorder = _Recorder(hvp)
+    try:
+        report = compare_hvp(recorder, case.name, case.params, case.inputs, expected.direction,
+                             expected.hvp, dtype, tolerance, floors)
+    except KeyboardInterrupt:
+        raise
+    except NotExpressible as reason:
+        return _Verdict("not expressible", str(reason) or "(no reason given)")
+    except BaseException as error:  # noqa: BLE001 - a foreign builder's failure is a row
+        if not recorder.raised:
+            raise                   # refimpl's own failure: a bug to see, not a row
+        return _Verdict("fail", _raised("impl.hvp", error, build))
+    if "convention" in case.config:
+        return _hvp_probe_verdict(case, dtype, report, recorder.result, expected.direction)
+    worst, tensor = _worst(report)
+    return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
+
+
 def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
-                 diagnose: Diagnose | None = None) -> ConformanceRow:
+                 diagnose: Diagnose | None = None, check: str = "gradient") -> ConformanceRow:
     """One case in one dtype: build the implementation, run it once, judge it.
 
     Parameters
@@ -565,6 +791,10 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
         of a failed convention probe (default: :func:`refimpl.testing.cases.probes.diagnose`).
         It never decides the outcome: "convention differs" is granted by comparing the whole
         result with the documented alternatives' references.
+    check : str
+        "gradient" (``impl(params, inputs)``) or "hvp" (``impl.hvp(params, inputs, v)``
+        along the case's direction; the case must have an HVP expectation,
+        :func:`refimpl.testing.second_order.has_hvp`).
 
     Returns
     -------
@@ -576,7 +806,7 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
     Raises
     ------
     ValueError
-        For an unknown dtype.
+        For an unknown dtype or check, or an HVP check of a case without an HVP expectation.
     TypeError
         For a ``case`` that is not a :class:`~refimpl.testing.cases.Case`.
     KeyboardInterrupt
@@ -586,12 +816,23 @@ def conform_case(build: Builder, case: Case, dtype: str = "float64", *,
     if not isinstance(case, Case):
         raise TypeError(f"case: expected a refimpl.testing.cases.Case, got "
                         f"{type(case).__name__}")
+    if check not in CHECKS:
+        raise ValueError(f"check: expected one of {list(CHECKS)}, got {check!r}")
+    if check == "hvp" and not has_hvp(case):
+        raise ValueError(f"check: case {case.name!r} has no Hessian-vector expectation (its "
+                         f"configuration describes no refimpl model)")
     start = time.perf_counter()
-    # One check per case today; another kind of check (a capability of the builder) would
-    # return its own _Verdict here, and the row would take the worst of them.
-    verdict = _oracle_check(build, case, dtype, diagnose)
+    # Each capability of the builder is its own row: a wrong H v never hides behind right
+    # gradients, nor the other way round. A step case is judged by the builder's step
+    # capability alone: its first step is a gradient case of a kind the catalogue has.
+    if check == "hvp":
+        verdict = _hvp_check(build, case, dtype)
+    elif isinstance(case, StepCase):
+        verdict = _steps_check(build, case, dtype)
+    else:
+        verdict = _oracle_check(build, case, dtype, diagnose)
     return ConformanceRow(case.name, case.kind, dtype, verdict.outcome, verdict.worst,
-                          verdict.tensor, time.perf_counter() - start, verdict.detail)
+                          verdict.tensor, time.perf_counter() - start, verdict.detail, check)
 
 
 class _Drawn(NamedTuple):
@@ -626,17 +867,24 @@ def _selected(cases: Iterable[Case | str] | None) -> list[Case | _Drawn]:
 
 
 def _rows(build: Builder, selected: list[Case | _Drawn], dtypes: tuple[str, ...],
-          diagnose: Diagnose | None, progress: Progress | None) -> Iterator[ConformanceRow]:
-    """Every (case, dtype) row in order, each drawn case drawn when its turn comes, with the
-    progress reported before each row and once at the end."""
-    total, done = len(selected) * len(dtypes), 0
+          diagnose: Diagnose | None, progress: Progress | None, hvp: bool = False
+          ) -> Iterator[ConformanceRow]:
+    """Every (case, dtype[, check]) row in order, each drawn case drawn when its turn comes,
+    with the progress reported before each row and once at the end. With ``hvp``, a case
+    with an HVP expectation gets an HVP row after each dtype's gradient row."""
+    per_dtype = 2 if hvp else 1
+    total, done = len(selected) * len(dtypes) * per_dtype, 0
     for item in selected:
         case = item.case() if isinstance(item, _Drawn) else item
+        checks = CHECKS if hvp and has_hvp(case) else CHECKS[:1]
+        total -= len(dtypes) * (per_dtype - len(checks))
         for dtype in dtypes:
-            if progress is not None:
-                progress(done, total, f"{case.name} [{dtype}]")
-            yield conform_case(build, case, dtype, diagnose=diagnose)
-            done += 1
+            for check in checks:
+                if progress is not None:
+                    progress(done, total, f"{case.name} [{dtype}]"
+                                          + (" hvp" if check == "hvp" else ""))
+                yield conform_case(build, case, dtype, diagnose=diagnose, check=check)
+                done += 1
     if progress is not None:
         progress(total, total, "")
 
@@ -644,7 +892,7 @@ def _rows(build: Builder, selected: list[Case | _Drawn], dtypes: tuple[str, ...]
 def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
             cases: Iterable[Case | str] | None = None, drawn: int = 0, seed: int = 0,
             strict_conventions: bool = False, diagnose: Diagnose | None = None,
-            progress: Progress | None = None) -> ConformanceReport:
+            progress: Progress | None = None, hvp: bool = False) -> ConformanceReport:
     """Run a builder's implementations over the catalogue and drawn cases, per dtype.
 
     Parameters
@@ -670,12 +918,17 @@ def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
     progress : callable, optional
         ``progress(done, total, label)``, called before each row with the rows done so far,
         the number of rows and ``"<case> [<dtype>]"``, and once at the end with ``done ==
-        total`` and label "" (``refimpl conform`` draws a progress bar with it).
+        total`` and label "" (``refimpl conform`` draws a progress bar with it); an HVP row's
+        label ends with " hvp".
+    hvp : bool
+        Also judge ``impl.hvp`` (module docstring, "The optional hvp capability"): a second
+        row per dtype, ``check == "hvp"``, for every case with an HVP expectation; "not
+        expressible" for an ``impl`` without ``hvp``.
 
     Returns
     -------
     ConformanceReport
-        One row per (case, dtype); ``report.ok`` when none failed and some passed.
+        One row per (case, dtype[, check]); ``report.ok`` when none failed and some passed.
 
     Raises
     ------
@@ -711,6 +964,8 @@ def conform(build: Builder, *, dtypes: Iterable[str] = ("float64", "float32"),
                         f"got {progress!r}")
     seed, drawn = check_seed(seed, "seed"), check_seed(drawn, "drawn")
     selected = _selected(cases) + [_Drawn(seed + index, None) for index in range(drawn)]
-    rows = tuple(_rows(build, selected, dtypes, diagnose, progress))
+    if not isinstance(hvp, bool):
+        raise TypeError(f"hvp: expected True or False, got {hvp!r}")
+    rows = tuple(_rows(build, selected, dtypes, diagnose, progress, hvp))
     return ConformanceReport(rows, builder_name(build), dtypes, drawn, seed, strict_conventions,
-                             framework_of(build))
+                             framework_of(build), hvp)

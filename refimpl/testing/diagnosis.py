@@ -72,7 +72,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..nn import Sequential, Siamese
+from ..nn import Siamese
 from ..study import (
     Contributions,
     Term,
@@ -84,7 +84,7 @@ from ..study import (
 )
 from ..tying import AnchoredModel, TiedPair
 from .cases import Case
-from .cases.microbatch import join_inputs
+from .cases.models import case_model, describes_model
 from .comparison import (
     DTYPE_TOLERANCES,
     Diagnosis,
@@ -149,30 +149,6 @@ class Candidate(NamedTuple):
 
 # --- the contributions of a case -----------------------------------------------------------
 
-def _model_and_batch(config: Mapping[str, Any], data: Mapping[str, np.ndarray]
-                     ) -> tuple[Any, tuple[Any, ...]]:
-    """The model of a case's configuration and its batch in the form the model takes."""
-    if "model" in config:
-        return Sequential.from_config(config["model"]), (data["x"], data["y"])
-    if "pair" in config:
-        target_b = data["yb"] if "yb" in data else data["xb"]   # no "yb": an autoencoder
-        return (TiedPair.from_config(config["pair"]),
-                ((data["xa"], data["ya"]), (data["xb"], target_b)))
-    if "siamese" in config:
-        model = Siamese.from_config(config["siamese"])
-        extra = ("y",) if model.loss_spec.needs_target else ()
-        return model, tuple(data[name] for name in model.branch_names + extra)
-    if "anchored" in config:
-        anchored = config["anchored"]
-        references = {key[3:]: value for key, value in data.items() if key.startswith("w0:")}
-        model = AnchoredModel(Sequential.from_config(anchored["model"]), anchored["lam"],
-                              reference=references or None, names=anchored["names"],
-                              penalty=anchored["penalty"])
-        return model, (data["x"], data["y"])
-    raise ValueError(f"case.config: expected a key 'model', 'pair', 'siamese', 'anchored' or "
-                     f"'micro_batches', got {sorted(config)}")
-
-
 def case_contributions(case: Case) -> dict[str, Contributions]:
     """The contributions of every parameter of ``case`` (a model, a tied pair, an anchored
     model, a Siamese model, micro-batches of any of them), at its point and on its data.
@@ -194,14 +170,9 @@ def case_contributions(case: Case) -> dict[str, Contributions]:
     ValueError, TypeError, KeyError
         For a configuration that describes none of those models.
     """
-    config, data = case.config, case.inputs
-    if "micro_batches" in config:
-        names = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in data))
-        full = join_inputs(dict(data), names, len(config["micro_batches"]))
-        model, batch = _model_and_batch(config["base"], full)
-        return microbatch_contributions(model, case.params, batch, config["micro_batches"],
-                                        splits_b=config.get("micro_batches_b"))
-    model, batch = _model_and_batch(config, data)
+    model, batch, splits, splits_b = case_model(case)
+    if splits is not None:
+        return microbatch_contributions(model, case.params, batch, splits, splits_b=splits_b)
     if isinstance(model, TiedPair):
         return pair_contributions(model, *model.split(case.params), *batch)
     if isinstance(model, Siamese):
@@ -545,13 +516,6 @@ def _same(name: str, reference: np.ndarray, gradient: np.ndarray) -> bool:
                           DTYPE_TOLERANCES["float64"]).verdict == "pass"
 
 
-def _describable(config: Mapping[str, Any]) -> bool:
-    """Whether a case's configuration names a model :func:`case_contributions` rebuilds."""
-    base = config.get("base", config) if "micro_batches" in config else config
-    return isinstance(base, Mapping) and any(key in base for key in
-                                             ("model", "pair", "siamese", "anchored"))
-
-
 def diagnose(case: Case, rows: Sequence[TensorComparison], grads: Mapping[str, Any],
              expected_grads: Mapping[str, Any], tolerance: Tolerance
              ) -> tuple[Diagnosis, ...]:
@@ -586,7 +550,7 @@ def diagnose(case: Case, rows: Sequence[TensorComparison], grads: Mapping[str, A
     """
     failing = [row for row in rows
                if row.role == "gradient" and row.verdict == "fail" and not row.problem]
-    if not failing or not _describable(case.config):
+    if not failing or not describes_model(case.config):
         return ()
     found = case_contributions(case)
     sizes = _micro_batch_sizes(case.config)

@@ -37,12 +37,20 @@ An implementation under test is any callable::
 Everything must be NumPy: a PyTorch user returns ``loss.item()`` and
 ``{name: p.grad.detach().cpu().numpy() for name, p in module.named_parameters()}``.
 
+Second order (optional): an implementation may also have a method ``hvp(params, inputs,
+vector) -> {name: array}``, the Hessian of its loss times ``vector`` (keyed like ``params``,
+handed over like them), judged by :func:`compare_hvp_with_oracle` /
+:func:`assert_hvp_matches_oracle` along the case's seeded direction
+(:mod:`refimpl.testing.second_order`), by :func:`compare_with_golden` along a golden folder's
+stored direction, and by a conformance run with ``hvp=True``.
+
 The comparison rule, its tolerances and the three verdicts live in
 :mod:`refimpl.testing.comparison`; the resolution floor in :mod:`refimpl.testing.resolution`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -66,10 +74,12 @@ from .comparison import (
 )
 from .diagnosis import diagnose
 from .resolution import HAND_OVER_DTYPE, case_floors
+from .second_order import compare_hvp, hvp_evaluate, hvp_expectation, hvp_floors, hvp_function
 
 __all__ = [
     "Implementation", "compare_with_oracle", "assert_matches_oracle", "compare_with_golden",
-    "assert_matches_golden", "unresolved_tensors",
+    "assert_matches_golden", "unresolved_tensors", "compare_hvp_with_oracle",
+    "assert_hvp_matches_oracle",
 ]
 
 # --- running an implementation -----------------------------------------------------------------
@@ -385,6 +395,108 @@ def assert_matches_oracle(impl: Implementation, case_or_model: Any,
     return report
 
 
+# --- Hessian-vector products ---------------------------------------------------------------------
+
+def compare_hvp_with_oracle(impl: Any, case_or_model: Any,
+                            params: Mapping[str, Any] | None = None,
+                            inputs: Mapping[str, Any] | None = None, *, dtype: Any = "float64",
+                            rtol: float | None = None, atol: float | None = None,
+                            seed: int = 0, direction: Mapping[str, Any] | None = None,
+                            name: str | None = None) -> ComparisonReport:
+    """Like :func:`assert_hvp_matches_oracle` but returns the report (whatever its verdict).
+
+    The parameters are those of :func:`assert_hvp_matches_oracle` (without
+    ``allow_inconclusive``).
+
+    Returns
+    -------
+    ComparisonReport
+        One row per parameter (role ``"hvp"``); ``report.verdict`` is "pass", "fail" or
+        "inconclusive".
+    """
+    dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
+    seed = check_seed(seed, "seed")
+    _check_name(name)
+    hvp = hvp_function(impl)
+    if hvp is None:
+        if not callable(impl):
+            raise TypeError(f"impl: expected an implementation with a method hvp(params, "
+                            f"inputs, vector) or such a callable, got {impl!r}")
+        hvp = impl
+    case = _as_case(case_or_model, params, inputs, seed)
+    if direction is None:
+        expected = hvp_expectation(case)
+        direction, reference = expected.direction, expected.hvp
+    else:
+        if not isinstance(direction, Mapping):
+            raise TypeError(f"direction: expected a dict keyed like params, got "
+                            f"{type(direction).__name__}")
+        reference = hvp_evaluate(case.config)(case.params, case.inputs, direction)
+        direction = {key: np.asarray(direction[key], dtype=np.float64) for key in case.params}
+    floors = hvp_floors(case, dtype_name, reference, direction)
+    return compare_hvp(hvp, name or case.name, case.params, case.inputs, direction, reference,
+                       dtype_name, tolerance, floors)
+
+
+def assert_hvp_matches_oracle(impl: Any, case_or_model: Any,
+                              params: Mapping[str, Any] | None = None,
+                              inputs: Mapping[str, Any] | None = None, *,
+                              dtype: Any = "float64", rtol: float | None = None,
+                              atol: float | None = None, seed: int = 0,
+                              direction: Mapping[str, Any] | None = None,
+                              allow_inconclusive: bool = False,
+                              name: str | None = None) -> ComparisonReport:
+    """Assert that an implementation's Hessian-vector product is refimpl's, for a case.
+
+    The case's seeded direction ``v`` and refimpl's ``H v`` along it
+    (:func:`refimpl.testing.second_order.hvp_expectation`) against ``impl.hvp(params,
+    inputs, v)``, one row per parameter, by the comparison rule with the products' own
+    resolution floors (:func:`refimpl.testing.second_order.hvp_floors`).
+
+    Parameters
+    ----------
+    impl : object or callable
+        An implementation with a method ``hvp(params, inputs, vector) -> {name: array}`` (the
+        loss's Hessian times ``vector``, keyed like ``params``), or that callable itself.
+        ``params``, ``inputs`` and ``vector`` are fresh copies in the dtype under test.
+    case_or_model, params, inputs, dtype, rtol, atol, seed, allow_inconclusive, name
+        As for :func:`assert_matches_oracle`.
+    direction : mapping of str to array_like, optional
+        Your own direction (keyed like the case's params) instead of the case's seeded one.
+
+    Returns
+    -------
+    ComparisonReport
+        When every product passes (or, with ``allow_inconclusive``, none fails).
+
+    Raises
+    ------
+    AssertionError
+        Naming the case and every failing product, its worst index, both values and the
+        limit; or the products the dtype cannot resolve at this point.
+    ValueError
+        For a case whose configuration describes no refimpl model (no expectation).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import refimpl as ri
+    >>> from refimpl.testing import assert_hvp_matches_oracle
+    >>> model = ri.MLP([3, 4, 2], activation="tanh")
+    >>> x, y = np.ones((5, 3)), np.array([0, 1, 1, 0, 1])
+    >>> def hvp(params, inputs, vector):     # refimpl itself stands in for yours
+    ...     return ri.hvp(model, params, (inputs["x"], inputs["y"]), vector)
+    >>> assert_hvp_matches_oracle(hvp, model, inputs={"x": x, "y": y}).ok
+    True
+    """
+    __tracebackhide__ = True   # pytest: the user's test line, not this helper, is the failure
+    report = compare_hvp_with_oracle(impl, case_or_model, params, inputs, dtype=dtype,
+                                     rtol=rtol, atol=atol, seed=seed, direction=direction,
+                                     name=name)
+    _raise_unless_pass([report], allow_inconclusive, "")
+    return report
+
+
 # --- golden folders -----------------------------------------------------------------------------
 
 def compare_with_golden(impl: Implementation, golden_dir: Any,
@@ -393,18 +505,28 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
                         outputs: bool = True) -> list[ComparisonReport]:
     """Like :func:`assert_matches_golden` but returns one report per case.
 
-    The reference is the stored float64 result; the resolution floors are computed by
-    rebuilding the case from refimpl alone (``refimpl.testing.cases.rebuild.rebuild_case(name,
-    config)``: the catalogue's, or a drawn case from its stored seed), whose point and data
-    must equal the stored ones. The folder is not trusted
-    (:func:`refimpl.testing.golden.check_stored_case`): ``SHA256SUMS`` must agree with the
-    manifest, the folder must hold every tensor of the rebuilt case and nothing else, and
-    every stored value must equal the rebuilt case's (the float64 rule), so that every tensor
-    of the case is compared with ``impl``'s.
+    The reference is the stored float64 result; when ``impl`` has an ``hvp(params, inputs,
+    vector)`` and the folder stores the case's direction and ``H v`` (schema 3), the report also
+    holds one row per parameter (role ``"hvp"``) judging ``impl.hvp`` along the stored
+    direction. The resolution floors are computed by rebuilding the case from refimpl alone
+    (``refimpl.testing.cases.rebuild.rebuild_case(name, config)``: the catalogue's, or a drawn
+    case from its stored seed), whose point and data must equal the stored ones. The folder is
+    not trusted (:func:`refimpl.testing.golden.check_stored_case`): ``SHA256SUMS`` must agree
+    with the manifest, the folder must hold every tensor of the rebuilt case and nothing else,
+    and every stored value must equal the rebuilt case's (the float64 rule), so that every
+    tensor of the case is compared with ``impl``'s.
+
+    A step case (manifest ``kind`` "steps") runs ``impl.train_steps(params, batches)``
+    instead, and is judged against the stored trajectory by the trajectory rule
+    (:mod:`refimpl.testing.trajectory`; the floors derived from the rebuilt case): its report
+    is a :class:`refimpl.testing.trajectory.TrajectoryReport` (``verdict``, ``ok`` and the
+    first step where the implementation diverges). With ``case=None`` an ``impl`` without
+    ``train_steps`` is judged on the gradient cases only; a step case named in ``case`` raises
+    :class:`refimpl.testing.NotExpressible` for it.
 
     Returns
     -------
-    list of ComparisonReport
+    list of ComparisonReport or TrajectoryReport
         One per selected case, in the order of ``case`` (the manifest's for None).
 
     Raises
@@ -422,8 +544,17 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
     dtype_name, tolerance = resolve_tolerance(dtype, rtol, atol)
     manifest = golden.read_manifest(golden_dir)
     names = golden.select_cases(manifest, case)
+    if case is None and not callable(getattr(impl, "train_steps", None)):
+        # every case the implementation can be judged on: without the step capability, the
+        # gradient cases (a step case named in ``case`` is not expressible for it instead)
+        names = [name for name in names if manifest["cases"][name].get("kind") != "steps"]
     reports = []
     for name in names:
+        if manifest["cases"][name].get("kind") == "steps":   # an implementation's train_steps
+            reports.append(golden.compare_steps_with_golden(
+                impl, golden_dir, name, manifest=manifest, dtype=dtype_name, rtol=rtol,
+                atol=atol))
+            continue
         data = golden.load_case(golden_dir, name, manifest=manifest)
         rebuilt = rebuild_case(name, manifest["cases"][name].get("config", {}))
         if rebuilt is None:
@@ -436,10 +567,18 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
         # rewritten consistently (values and hashes) or missing an entry is refused here.
         golden.check_stored_case(golden_dir, data, rebuilt, manifest)
         floors = case_floors(rebuilt, dtype_name)
-        reports.append(_run_and_compare(
+        report = _run_and_compare(
             impl, name, data.params, data.inputs,
             (data.loss, data.grads, data.outputs if outputs else {}), dtype_name, tolerance,
-            floors, rebuilt))
+            floors, rebuilt)
+        hvp = hvp_function(impl)
+        if hvp is not None and data.hvp:      # the stored direction and H v, judged too
+            products = compare_hvp(hvp, name, data.params, data.inputs, data.direction,
+                                   data.hvp, dtype_name, tolerance,
+                                   hvp_floors(rebuilt, dtype_name, data.hvp, data.direction))
+            report = dataclasses.replace(report, rows=report.rows + products.rows,
+                                         problems=report.problems + products.problems)
+        reports.append(report)
     return reports
 
 
@@ -476,7 +615,8 @@ def assert_matches_golden(impl: Implementation, golden_dir: Any,
     golden_dir : str or os.PathLike
         A folder written by ``refimpl golden --out DIR``.
     case : str or iterable of str, optional
-        One case by name, several, or all (None).
+        One case by name, several, or all (None: every gradient case, and the step cases when
+        ``impl`` has ``train_steps``; :func:`compare_with_golden`).
     dtype, rtol, atol, outputs, allow_inconclusive
         As for :func:`assert_matches_oracle`.
 

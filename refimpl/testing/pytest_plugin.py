@@ -4,12 +4,14 @@
 
     pytest -p refimpl.testing.pytest_plugin --refimpl-build=MODULE:FUNCTION \\
         [--refimpl-dtypes=float64,float32] [--refimpl-drawn=N] [--refimpl-seed=S] \\
-        [--refimpl-case=NAME ...] [--refimpl-strict-conventions] [-n auto]
+        [--refimpl-case=NAME ...] [--refimpl-strict-conventions] [--refimpl-hvp] [-n auto]
 
 (``-p ...`` is not needed once refimpl is installed: it registers the plugin as the ``refimpl``
 entry point of ``pytest11``). Each item, ``refimpl-conform::<case>[<dtype>]``, runs
 :func:`refimpl.testing.conform.conform_case`; so ``pytest-xdist`` (``-n auto``) spreads a
 large drawn run over cores or machines, ``-k`` selects cases, and ``--lf`` reruns the failures.
+With ``--refimpl-hvp`` every case also gets an item ``<case>[<dtype>-hvp]`` judging the
+implementation's Hessian-vector product (``impl.hvp``, :mod:`refimpl.testing.second_order`).
 
 Outcomes: "pass" passes; "fail" fails with the failing tensor (or the exception); "inconclusive"
 and "not expressible" are skipped with their reason (``-rs`` lists them): never a pass;
@@ -37,6 +39,7 @@ from .cases import all_cases
 from .cases.drawn import case_named, drawn_name, parse_drawn_name
 from .comparison import resolve_tolerance
 from .conform import conform_case, load_builder
+from .second_order import has_hvp
 
 #: The collector every conformance item hangs from (the first part of their node ids).
 COLLECTOR = "refimpl-conform"
@@ -60,6 +63,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "drawn-<kind>-<seed>")
     group.addoption("--refimpl-strict-conventions", action="store_true",
                     help="fail, rather than xfail, a case whose convention differs")
+    group.addoption("--refimpl-hvp", action="store_true",
+                    help="also one item per case and dtype judging impl.hvp(params, inputs, "
+                         "vector), the Hessian-vector product")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,7 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as error:
         raise pytest.UsageError(f"refimpl: {error}") from None
     run = _Run(builder, spec, tuple(dict.fromkeys(dtypes)),
-               bool(config.getoption("refimpl_strict_conventions")))
+               bool(config.getoption("refimpl_strict_conventions")),
+               bool(config.getoption("refimpl_hvp")))
     config.stash[_RUN] = run
     # an xdist worker (``workerinput``) sees a share of the items: its controller decides
     config.pluginmanager.register(_NothingPassedRule(run, not hasattr(config, "workerinput")),
@@ -103,10 +110,13 @@ def _case_names(config: pytest.Config) -> list[str] | None:
 
 
 class _Run:
-    """What every item of one session shares: the builder, the dtypes, strictness."""
+    """What every item of one session shares: the builder, the dtypes, strictness, and
+    whether the Hessian-vector products are judged too."""
 
-    def __init__(self, builder: Any, spec: str, dtypes: tuple[str, ...], strict: bool) -> None:
+    def __init__(self, builder: Any, spec: str, dtypes: tuple[str, ...], strict: bool,
+                 hvp: bool = False) -> None:
         self.builder, self.spec, self.dtypes, self.strict = builder, spec, dtypes, strict
+        self.hvp = hvp
 
 
 _RUN = pytest.StashKey[_Run]()
@@ -117,17 +127,22 @@ class ConformanceFailure(Exception):
 
 
 class ConformanceItem(pytest.Item):
-    """One case in one dtype. ``case`` is a Case, or a drawn case's name (drawn when run)."""
+    """One case in one dtype (and check). ``case`` is a Case, or a drawn case's name (drawn
+    when run)."""
 
-    def __init__(self, *, case: Any, dtype: str, **kwargs: Any) -> None:
+    def __init__(self, *, case: Any, dtype: str, check: str = "gradient", **kwargs: Any
+                 ) -> None:
         super().__init__(**kwargs)
-        self.case, self.dtype = case, dtype
+        self.case, self.dtype, self.check = case, dtype, check
 
     def runtest(self) -> None:
         """Run the case; pass, fail, skip (inconclusive, not expressible) or xfail."""
         run = self.config.stash[_RUN]
         case = case_named(self.case) if isinstance(self.case, str) else self.case
-        row = conform_case(run.builder, case, self.dtype)
+        if self.check == "hvp" and not has_hvp(case):
+            pytest.skip("not expressible: refimpl has no Hessian-vector expectation for this "
+                        "case (its configuration describes no refimpl model)")
+        row = conform_case(run.builder, case, self.dtype, check=self.check)
         self.user_properties.append(("refimpl", row.to_dict()))
         if row.outcome == "pass":
             return
@@ -135,7 +150,8 @@ class ConformanceItem(pytest.Item):
             pytest.skip(f"{row.outcome}: {row.detail}")
         if row.outcome == "convention differs" and not run.strict:
             pytest.xfail(f"convention differs: {row.detail}")
-        raise ConformanceFailure(f"{row.case} [{row.dtype}] with {run.spec}: {row.outcome}: "
+        what = f"{row.dtype}, hvp" if row.check == "hvp" else row.dtype
+        raise ConformanceFailure(f"{row.case} [{what}] with {run.spec}: {row.outcome}: "
                                  f"{row.detail} (worst tensor {row.tensor or '-'}, "
                                  f"error/limit {row.worst:.3e})")
 
@@ -162,10 +178,12 @@ class ConformanceCollector(pytest.Collector):
         seed = self.config.getoption("refimpl_seed")
         cases += [drawn_name(seed + index)
                   for index in range(self.config.getoption("refimpl_drawn"))]
+        checks = ("gradient", "hvp") if run.hvp else ("gradient",)
         return [ConformanceItem.from_parent(
-                    self, name=f"{case if isinstance(case, str) else case.name}[{dtype}]",
-                    case=case, dtype=dtype)
-                for case in cases for dtype in run.dtypes]
+                    self, name=f"{case if isinstance(case, str) else case.name}[{dtype}"
+                               f"{'-hvp' if check == 'hvp' else ''}]",
+                    case=case, dtype=dtype, check=check)
+                for case in cases for dtype in run.dtypes for check in checks]
 
 
 @pytest.hookimpl(tryfirst=True)

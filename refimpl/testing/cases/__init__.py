@@ -35,7 +35,8 @@ class Case:
     name : str
         Unique id, also the golden folder name (``[a-z0-9-]``).
     kind : str
-        "mlp", "cnn", "tied", "shared", "probe", "sequence", "siamese" or "microbatch".
+        "mlp", "cnn", "tied", "shared", "probe", "sequence", "siamese", "microbatch" or
+        "steps" (:class:`.steps.StepCase`: K optimizer steps of a base case).
     config : dict
         JSON-able description (model configuration, data sizes, conventions). Every case's
         config has ``"inputs"``, the description of :attr:`inputs` as data
@@ -183,7 +184,8 @@ def resolved_share(model: Any) -> dict[str, dict[str, Any]]:
 
 
 #: Modules of ``refimpl.testing.cases`` that define ``cases() -> list[Case]``, in catalogue order.
-CASE_MODULES = ("mlp", "cnn", "tied", "shared", "probes", "sequence", "siamese", "microbatch")
+CASE_MODULES = ("mlp", "cnn", "tied", "shared", "probes", "sequence", "siamese", "microbatch",
+                "steps", "step_probes")
 
 
 def all_cases() -> list[Case]:

@@ -59,6 +59,8 @@ from .format import (
     GoldenError,
 )
 from .read import LINK_REFUSED, GoldenCase, load_case, load_npy, read_manifest, select_cases
+from .step_comparison import compare_steps_with_golden
+from .steps import GoldenSteps, load_steps
 from .verification import ABSENT, VerifyEntry, VerifyReport, check_stored_case, verify
 from .writing import write
 
@@ -67,5 +69,6 @@ __all__ = [
     "check_stored_case",
     "GoldenCase", "GoldenError", "VerifyReport", "VerifyEntry", "SCHEMA_VERSION", "FORMAT",
     "MANIFEST", "CHECKSUMS", "COMMAND", "COMPARISON_RULE", "CONVENTIONS", "ALLOWED_DTYPES",
-    "ROLES", "FLOOR_DIGITS", "LINK_REFUSED", "ABSENT",
+    "ROLES", "FLOOR_DIGITS", "LINK_REFUSED", "ABSENT", "GoldenSteps", "load_steps",
+    "compare_steps_with_golden",
 ]

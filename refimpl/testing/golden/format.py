@@ -23,9 +23,14 @@ from ...nn.metric_losses import METRIC_LOSS_TYPES
 from ..cases import describe_inputs
 from ..comparison import DTYPE_TOLERANCES, RESOLVED_FRACTION
 from ..resolution import case_floors
+from ..second_order import direction_seed, has_hvp, hvp_expectation, hvp_floors
 
 FORMAT = "refimpl-golden"
-SCHEMA_VERSION = 2
+#: 3: step cases (kind "steps"), and every case with an HVP expectation also stores its
+#: direction and ``H v`` (roles "direction" and "hvp").
+SCHEMA_VERSION = 3
+#: The schema versions this refimpl reads (2: no step cases, no HVP files).
+READABLE_SCHEMAS = (2, 3)
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
 COMMAND = "refimpl golden --out DIR"
@@ -34,10 +39,13 @@ COMMAND = "refimpl golden --out DIR"
 ALLOWED_DTYPES = {"<f8": np.dtype("<f8"), "<i8": np.dtype("<i8")}
 
 #: Order of the files of a case in the manifest.
-ROLES = ("input", "parameter", "output", "loss", "gradient")
+ROLES = ("input", "parameter", "output", "loss", "gradient", "direction", "hvp")
+
+#: The roles of the compared tensors: each file of these roles carries its floors.
+COMPARED_ROLES = ("output", "loss", "gradient", "hvp")
 
 COMPARISON_RULE = (
-    "per compared tensor (loss, gradient, output), with scale = max_i |expected_i|, "
+    "per compared tensor (loss, gradient, output, hvp), with scale = max_i |expected_i|, "
     "floor = the file entry's floors[dtype] (how finely any implementation in that dtype can "
     "resolve the tensor at this point) and limit = rtol * scale + floor: FAIL if "
     "max_i |actual_i - expected_i| > limit; otherwise, if expected and floor are both exactly "
@@ -82,6 +90,25 @@ CONVENTIONS = {
                "gradient of a unique parameter is the sum over all its uses (a transposed "
                "use's gradient transposed back)",
     "gradients": "gradient.<name>.npy = dLoss/d<name>, the shape of parameter.<name>.npy",
+    "steps": "a step case (kind 'steps') runs K optimizer steps of its base case "
+             "(config['steps']: the optimizer and clipping configurations, PyTorch's "
+             "hyper-parameters, and K): parameter.<name>.npy is the start; step<k>/input.*.npy "
+             "the batch of step k = 1..K; step<k>/loss.npy the loss at the start of step k, "
+             "step<k>/grad_norm.npy the total gradient norm over the unique parameters before "
+             "clipping, step<k>/parameter.<name>.npy the parameters after step k. Each of "
+             "those is judged by the comparison rule with its file's floors; a parameter that "
+             "passes is INCONCLUSIVE when its limit is not below a third of the step's update "
+             "max|after step k - after step k-1| (the reference's), and one whose 'still' is "
+             "true for the dtype must equal the implementation's own parameter before the step "
+             "exactly",
+    "hvp": "direction.<name>.npy = v, a seeded direction over every parameter (standard "
+           "normal, numpy.random.default_rng(cases.<name>.hvp_direction_seed), parameter by "
+           "parameter in the order of cases.<name>.parameters); hvp.<name>.npy = (H v) for "
+           "<name>, H the Hessian of the loss of loss.npy (a tied pair's penalty and an "
+           "anchor included; a micro-batch case's step = the full batch's) with respect to "
+           "every parameter, shaped like parameter.<name>.npy; an implementation computes "
+           "its own H v along the stored v and compares it by the rule with the hvp file's "
+           "floors",
 }
 
 
@@ -203,6 +230,11 @@ def _case_tensors(case: Any) -> list[_Tensor]:
     tensors += [_Tensor("output", name, value) for name, value in outputs.items()]
     tensors.append(_Tensor("loss", "loss", loss_array.reshape(())))
     tensors += [_Tensor("gradient", name, value) for name, value in grads.items()]
+    if has_hvp(case):
+        expected = hvp_expectation(case)
+        tensors += [_Tensor("direction", name, value)
+                    for name, value in expected.direction.items()]
+        tensors += [_Tensor("hvp", name, value) for name, value in expected.hvp.items()]
     return tensors
 
 
@@ -229,6 +261,9 @@ def _case_files(case: Any) -> list[_File]:
     files: list[_File] = []
     seen: dict[str, str] = {}
     floors = {dtype: case_floors(case, dtype) for dtype in DTYPE_TOLERANCES}
+    if has_hvp(case):
+        for dtype, by_tensor in floors.items():
+            by_tensor.update(hvp_floors(case, dtype))
     for tensor in _case_tensors(case):
         array = _golden_array(tensor.array, f"case {case.name!r}, {tensor.role} "
                                             f"{tensor.name!r}")
@@ -246,7 +281,7 @@ def _case_files(case: Any) -> list[_File]:
         }
         if array.ndim == 0 and array.dtype.kind == "f":
             entry.update(_json_value(array.item()))
-        if tensor.role in ("output", "loss", "gradient"):
+        if tensor.role in COMPARED_ROLES:
             key = (tensor.role, tensor.name)
             entry["floors"] = {dtype: float(f"{by_tensor[key]:.{FLOOR_DIGITS}g}")
                                for dtype, by_tensor in floors.items()}
@@ -269,6 +304,8 @@ def _case_entry(case: Any, files: list[_File]) -> dict[str, Any]:
         "loss": _json_value(loss),
         "inputs": _normalised(describe_inputs(case.inputs)),
         "parameters": list(case.params),
+        # the seed of the stored direction (null: the case stores no H v)
+        "hvp_direction_seed": direction_seed(case) if has_hvp(case) else None,
         "files": [file.entry for file in files],
     }
 

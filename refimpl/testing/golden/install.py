@@ -42,7 +42,7 @@ try:
 except ImportError:   # not POSIX: writers are told apart by the pid in their names
     fcntl = None  # type: ignore[assignment]
 
-from ..._io import OutputError
+from ..._io import OutputError, process_alive
 from .read import _looks_like_golden
 
 _LOCKING = fcntl is not None
@@ -51,19 +51,6 @@ _LOCKING = fcntl is not None
 def _leftover_pattern(out: Path) -> re.Pattern[str]:
     """The names a writer of ``out`` gives its temporary and set-aside folders."""
     return re.compile(rf"^\.{re.escape(out.name)}\.(?P<kind>tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (this process included)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:   # e.g. EPERM: the process exists
-        return True
-    return True
 
 
 def _leftovers(out: Path, locked: bool) -> list[tuple[str, Path]]:
@@ -75,7 +62,7 @@ def _leftovers(out: Path, locked: bool) -> list[tuple[str, Path]]:
         match = pattern.match(entry.name)
         if match is None or not entry.is_dir(follow_symlinks=False):
             continue
-        if not locked and _process_alive(int(match.group("pid"))):
+        if not locked and process_alive(int(match.group("pid"))):
             continue
         found.append((entry.stat(follow_symlinks=False).st_mtime, match.group("kind"),
                       parent / entry.name))

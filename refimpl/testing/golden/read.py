@@ -9,7 +9,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from .format import (
     ALLOWED_DTYPES,
     FORMAT,
     MANIFEST,
+    READABLE_SCHEMAS,
     ROLES,
     SCHEMA_VERSION,
     GoldenError,
@@ -123,9 +124,10 @@ def read_manifest(golden_dir: str | os.PathLike) -> dict[str, Any]:
     version = document.get("schema_version")
     # The integer, not any number equal to it: 2.0 == 2 in Python, and a typed reader of
     # the format (serde, nlohmann::json's get<int>) refuses the float.
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise GoldenError(f"{path}: schema_version {version!r}; this refimpl reads version "
-                          f"{SCHEMA_VERSION} (the JSON integer)")
+    if type(version) is not int or version not in READABLE_SCHEMAS:
+        raise GoldenError(f"{path}: schema_version {version!r}; this refimpl reads versions "
+                          f"{', '.join(map(str, READABLE_SCHEMAS))} (the JSON integer; it "
+                          f"writes {SCHEMA_VERSION})")
     cases = document.get("cases")
     if not isinstance(cases, dict) or not all(
             isinstance(entry, dict) and isinstance(entry.get("files"), list)
@@ -245,6 +247,9 @@ class GoldenCase:
         ``params``).
     loss : float
         The loss the gradients differentiate.
+    direction, hvp : dict of str to np.ndarray
+        The stored direction ``v`` and refimpl's ``H v`` along it, keyed like ``params``
+        (empty for a case that stores none).
     """
 
     name: str
@@ -255,6 +260,8 @@ class GoldenCase:
     outputs: dict[str, np.ndarray]
     loss: float
     grads: dict[str, np.ndarray]
+    direction: dict[str, np.ndarray] = field(default_factory=dict)
+    hvp: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _checked_file(root: Path, entry: Mapping[str, Any], what: str) -> tuple[Path, bytes]:
@@ -303,6 +310,9 @@ def load_case(golden_dir: str | os.PathLike, name: str,
         raise ValueError(f"name: unknown case {name!r}; this golden folder has "
                          f"{list(manifest['cases'])}")
     entry = manifest["cases"][name]
+    if entry.get("kind") == "steps":
+        raise ValueError(f"name: case {name!r} is a step case (K batches and a trajectory); "
+                         f"read it with refimpl.testing.golden.load_steps")
     groups: dict[str, dict[str, np.ndarray]] = {role: {} for role in ROLES}
     for file_entry in entry["files"]:
         role = file_entry.get("role")
@@ -315,5 +325,5 @@ def load_case(golden_dir: str | os.PathLike, name: str,
         raise GoldenError(f"{root / MANIFEST}: case {name!r} has no loss file")
     return GoldenCase(name, entry.get("kind", ""), entry.get("config", {}), groups["input"],
                       groups["parameter"], groups["output"], float(groups["loss"]["loss"]),
-                      groups["gradient"])
+                      groups["gradient"], groups["direction"], groups["hvp"])
 

@@ -30,7 +30,6 @@ from .format import (
     COMMAND,
     MANIFEST,
     GoldenError,
-    _case_record,
     _case_tensors,
     _checksums_text,
     _command,
@@ -51,6 +50,7 @@ from .read import (
     _safe_relative,
     read_manifest,
 )
+from .steps import file_key, record
 
 
 @dataclass(frozen=True)
@@ -240,15 +240,16 @@ def _file_problems(path: Path, data: bytes, entry: Mapping[str, Any],
     if digest != entry.get("sha256"):
         problems.append(f"SHA-256 {digest[:16]}... differs from the manifest's "
                         f"{str(entry.get('sha256'))[:16]}... (the file changed)")
-    key = (entry.get("role"), entry.get("name"))
+    key = file_key(entry)
     want = expected.get(key)
     if want is None:
-        problems.append(f"this refimpl computes no {key[0]} named {key[1]!r} for the case")
+        problems.append(f"this refimpl computes no {key[0]} named {key[1]!r}"
+                        f"{f' at step {key[2]!r}' if len(key) > 2 else ''} for the case")
         return problems, "", None
     if set(entry) != set(want.entry):
         problems.append(f"manifest fields {sorted(entry)}, this refimpl writes "
                         f"{sorted(want.entry)}")
-    for name in ("path", "shape", "dtype", "bytes", "floors"):
+    for name in ("path", "shape", "dtype", "bytes", "floors", "step", "still"):
         if not _same_json(entry.get(name), want.entry.get(name)):
             problems.append(_differs(f"manifest {name}", entry.get(name),
                                      want.entry.get(name)))
@@ -298,8 +299,8 @@ def _scalar_problems(entry: Mapping[str, Any], stored: np.ndarray) -> list[str]:
 def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[VerifyEntry]:
     """Every manifest field and file of one case against its recomputation."""
     results = []
-    files, want = _case_record(case)
-    expected = {(file.entry["role"], file.entry["name"]): file for file in files}
+    files, want = record(case)
+    expected = {file_key(file.entry): file for file in files}
     where = f"cases.{case.name}"
     if set(entry) != set(want):
         results.append(VerifyEntry(case.name, MANIFEST, False,
@@ -309,11 +310,13 @@ def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[Verify
         if name not in ("files", "loss") and not _same_json(entry.get(name), value):
             results.append(VerifyEntry(case.name, MANIFEST, False,
                                        _differs(f"{where}.{name}", entry.get(name), value)))
-    listed = [(f.get("role"), f.get("name")) for f in entry["files"]]
-    for role, name in expected:
-        if (role, name) not in listed:
-            results.append(VerifyEntry(case.name, f"{case.name}/{_file_name(role, name)}", False,
-                                       f"the manifest lists no file for {role} {name!r}"))
+    listed = [file_key(f) for f in entry["files"]]
+    for key, file in expected.items():
+        if key not in listed:
+            step = f" at step {key[2]}" if len(key) > 2 else ""
+            results.append(VerifyEntry(case.name, file.entry["path"], False,
+                                       f"the manifest lists no file for {key[0]} {key[1]!r}"
+                                       f"{step}"))
     if len(set(listed)) != len(listed):
         results.append(VerifyEntry(case.name, MANIFEST, False,
                                    f"{where}.files lists a file twice"))
@@ -325,7 +328,7 @@ def _verify_case(root: Path, case: Any, entry: Mapping[str, Any]) -> list[Verify
     for file_entry in entry["files"]:
         verdict, array = _verify_file(root, case.name, file_entry, expected)
         results.append(verdict)
-        stored[(file_entry.get("role"), file_entry.get("name"))] = array
+        stored[file_key(file_entry)] = array
     loss = stored.get(("loss", "loss"))
     if loss is not None and loss.ndim == 0 and not _same_json(entry.get("loss"),
                                                               _json_value(float(loss))):
@@ -571,8 +574,10 @@ def check_stored_case(golden_dir: str | os.PathLike, stored: GoldenCase, case: A
     _check_checksums_of(root, manifest, stored.name)
     groups = {"input": stored.inputs, "parameter": stored.params, "output": stored.outputs,
               "loss": {"loss": np.asarray(stored.loss, dtype=np.float64)},
-              "gradient": stored.grads}
+              "gradient": stored.grads, "direction": stored.direction, "hvp": stored.hvp}
     computed = _case_tensors(case)
+    if manifest.get("schema_version") == 2:   # written before cases stored a direction and H v
+        computed = [tensor for tensor in computed if tensor.role not in ("direction", "hvp")]
     wanted = {(tensor.role, tensor.name) for tensor in computed}
     held = {(role, name) for role, tensors in groups.items() for name in tensors}
     where = f"{root / MANIFEST}: case {stored.name!r}"

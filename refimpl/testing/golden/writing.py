@@ -18,7 +18,6 @@ from .format import (
     FORMAT,
     MANIFEST,
     GoldenError,
-    _case_record,
     _checksums_text,
     _command,
     _manifest_header,
@@ -26,14 +25,16 @@ from .format import (
 )
 from .install import _install, _naming_errors, _recover, _writer_lock
 from .read import _looks_like_golden
+from .steps import record
 
 
 def _write_case(case: Any, folder: Path) -> dict[str, Any]:
     """Write one case's files into ``folder / case.name``; return its manifest entry."""
-    files, entry = _case_record(case)
+    files, entry = record(case)
     case_folder = folder / case.name
     case_folder.mkdir()
     for file in files:
+        (folder / file.entry["path"]).parent.mkdir(exist_ok=True)   # a step case's step<k>/
         with open(folder / file.entry["path"], "xb") as handle:
             handle.write(file.data)
             handle.flush()
