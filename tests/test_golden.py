@@ -54,26 +54,39 @@ def fresh(tmp_path_factory) -> Path:
 
 
 #: The small catalogue: the first two cases (tests name cases by their position), tied pairs
-#: (labels ya and yb) and a convention probe.
-SMALL = ("mlp-tanh-ce", "mlp-relu-ce", "tied-soft-l2", "probe-relu-at-zero")
+#: (labels ya and yb), a convention probe and a step case.
+SMALL = ("mlp-tanh-ce", "mlp-relu-ce", "tied-soft-l2", "probe-relu-at-zero",
+         "probe-steps-clip-eps")
 _SMALL_CASES = [case for case in all_cases() if case.name in SMALL]
 assert [case.name for case in _SMALL_CASES[:2]] == [case.name for case in all_cases()[:2]]
+assert len(_SMALL_CASES) == len(SMALL)
+
+#: Two of the cases cheapest to write and verify, for the writers killed or racing (each
+#: writes and verifies a folder dozens of times).
+_CHEAP_CASES = [case for case in all_cases()
+                if case.name in ("probe-relu-at-zero", "probe-leaky-relu-at-zero")]
+assert len(_CHEAP_CASES) == 2
 
 
-def _small_cases() -> list:
-    return list(_SMALL_CASES)
+def _use_catalogue(monkeypatch: pytest.MonkeyPatch, cases: list) -> None:
+    """Make ``cases`` the catalogue of golden.write, verify, ``refimpl golden`` and of this
+    module's tests (they look it up as ``all_cases()``); forked children inherit it."""
+    for module in (golden_writing, golden_verification, golden_command, sys.modules[__name__]):
+        monkeypatch.setattr(module, "all_cases", lambda: list(cases))
 
 
 def _use_small_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the small catalogue the catalogue of golden.write, verify, ``refimpl golden`` and
-    of this module's tests (they look it up as ``all_cases()``); forked children inherit it."""
-    for module in (golden_writing, golden_verification, golden_command, sys.modules[__name__]):
-        monkeypatch.setattr(module, "all_cases", _small_cases)
+    _use_catalogue(monkeypatch, _SMALL_CASES)
 
 
 @pytest.fixture
 def small_catalogue(monkeypatch) -> None:
     _use_small_catalogue(monkeypatch)
+
+
+@pytest.fixture
+def cheap_catalogue(monkeypatch) -> None:
+    _use_catalogue(monkeypatch, _CHEAP_CASES)
 
 
 @pytest.fixture(scope="module")
@@ -982,7 +995,7 @@ def _write_and_crash_after(step: int, out: Path, cases: list[str], force: bool,
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("scenario", ["fresh", "replace-exchange", "replace-two-renames"])
 def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario,
-                                                              small_catalogue):
+                                                              cheap_catalogue):
     names = [case.name for case in all_cases()]
     old_cases, new_cases = [names[0]], [names[1]]
     exchange = scenario != "replace-two-renames"
@@ -1023,7 +1036,7 @@ def test_a_writer_killed_after_any_step_leaves_a_whole_folder(tmp_path, scenario
     assert crashes >= 5   # mkdtemp, the files' fsyncs, the switch, the clean-up
 
 
-def test_leftovers_of_dead_writers_are_removed_and_others_kept(tmp_path, small_catalogue):
+def test_leftovers_of_dead_writers_are_removed_and_others_kept(tmp_path, cheap_catalogue):
     out = tmp_path / "X"
     golden.write(out, cases=[all_cases()[0].name])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -1039,7 +1052,7 @@ def test_leftovers_of_dead_writers_are_removed_and_others_kept(tmp_path, small_c
 
 
 def test_an_old_copy_set_aside_is_restored_when_the_folder_is_missing(tmp_path,
-                                                                       small_catalogue):
+                                                                       cheap_catalogue):
     name = all_cases()[0].name
     out = tmp_path / "X"
     golden.write(out, cases=[name])
@@ -1137,7 +1150,7 @@ def _forked_writers(out: Path, name: str, force: bool, count: int = 3) -> list[t
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("force", [False, True])
-def test_concurrent_forked_writers_of_a_fresh_folder(tmp_path, force, small_catalogue):
+def test_concurrent_forked_writers_of_a_fresh_folder(tmp_path, force, cheap_catalogue):
     """The race of test_concurrent_writers_of_a_fresh_folder (slow tier: whole processes)
     between forked writers released at once: one writer wins a fresh folder, the others say
     it exists (or all replace it with --force), and the folder is whole."""
