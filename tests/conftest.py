@@ -18,13 +18,16 @@ pytest.mark.slow``; the default tier then does not even import it (see
 
 Hypothesis profiles
 -------------------
-``default`` (40 examples) in the default tier; ``thorough`` (ten times as many) in the slow
-tier, loaded when the ``-m`` expression is exactly ``slow``. ``HYPOTHESIS_PROFILE=NAME`` (or
-Hypothesis's own ``--hypothesis-profile NAME``) chooses a profile for any run, e.g.
+``default`` (``profiles.DEFAULT_EXAMPLES`` = 20 examples per property) in the default tier;
+``thorough`` (ten times as many) in the slow tier, loaded when the ``-m`` expression is
+exactly ``slow``. The slow tier also runs every property test of the default tier again,
+with the thorough profile (:func:`pytest_collection_modifyitems`): the default tier samples
+a property, CI explores it. ``HYPOTHESIS_PROFILE=NAME`` (or Hypothesis's own
+``--hypothesis-profile NAME``) chooses a profile for any run, e.g.
 ``HYPOTHESIS_PROFILE=thorough python -m pytest`` for the default tier with ten times as many
 examples. Numerical tests have no deadline: their run time depends on the drawn sizes, not on
-a bug. A test that sets its own ``max_examples`` and should grow with the profile scales it by
-``settings.default.max_examples / 40`` (tests/test_hessian.py) or leaves it to the profile.
+a bug. A test that sets its own number of examples and should grow with the profile passes it
+through ``profiles.scaled`` (tests/test_hessian.py) or leaves it to the profile.
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ import ast
 import os
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+import pytest
+from hypothesis import HealthCheck, is_hypothesis_test, settings
+from profiles import DEFAULT_EXAMPLES, THOROUGH_EXAMPLES
 
 settings.register_profile(
-    "default", max_examples=40, deadline=None,
+    "default", max_examples=DEFAULT_EXAMPLES, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
-    "thorough", max_examples=400, deadline=None,
+    "thorough", max_examples=THOROUGH_EXAMPLES, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
@@ -49,17 +54,34 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 DEFAULT_TIER, SLOW_TIER = "not slow", "slow"
 
 
+def _tier(config) -> str:
+    """The ``-m`` expression of the run, stripped."""
+    return (config.getoption("markexpr", "") or "").strip()
+
+
 def pytest_configure(config):
     """The thorough profile for the slow tier, unless a profile was chosen explicitly."""
     chosen = "HYPOTHESIS_PROFILE" in os.environ or config.getoption("--hypothesis-profile",
                                                                     None)
-    if not chosen and (config.getoption("markexpr", "") or "").strip() == SLOW_TIER:
+    if not chosen and _tier(config) == SLOW_TIER:
         settings.load_profile("thorough")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """In the slow tier, every property test of the default tier runs again (with the
+    thorough profile): marked slow here, before ``-m`` selects the tier's tests."""
+    if _tier(config) != SLOW_TIER:
+        return
+    for item in items:
+        if isinstance(item, pytest.Function) and is_hypothesis_test(item.obj) \
+                and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 def _marked_slow_as_a_whole(path: Path) -> bool:
-    """Whether a test module assigns ``pytestmark = pytest.mark.slow`` at its top level (read
-    from the source, without importing the module)."""
+    """Whether a test module assigns ``pytestmark = pytest.mark.slow`` (or a list or tuple
+    holding it) at its top level; read from the source, without importing the module."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
@@ -68,7 +90,9 @@ def _marked_slow_as_a_whole(path: Path) -> bool:
         if isinstance(node, ast.Assign) and any(
                 isinstance(target, ast.Name) and target.id == "pytestmark"
                 for target in node.targets):
-            return ast.unparse(node.value) == "pytest.mark.slow"
+            marks = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) \
+                else [node.value]
+            return any(ast.unparse(mark) == "pytest.mark.slow" for mark in marks)
     return False
 
 
@@ -80,7 +104,7 @@ def pytest_ignore_collect(collection_path, config):
     any other ``-m`` collects every module as usual.
     """
     if (collection_path.suffix == ".py" and collection_path.name.startswith("test_")
-            and (config.getoption("markexpr", "") or "").strip() == DEFAULT_TIER
+            and _tier(config) == DEFAULT_TIER
             and _marked_slow_as_a_whole(collection_path)):
         return True
     return None

@@ -25,6 +25,7 @@ import pytest
 from hessian_drawing import anchored_points, model_of
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from profiles import scaled
 
 import refimpl as ri
 from refimpl import nn
@@ -51,14 +52,14 @@ KINDS = {
     "siamese": lambda: rs.siamese_cases(max_batch=3),
     "microbatch": lambda: rs.microbatch_cases(max_batch=3),
 }
-TIERS = [pytest.param(10, id="default"), pytest.param(150, id="slow", marks=pytest.mark.slow)]
+#: Examples at the default profile; the slow tier's thorough profile makes the slow ones 150.
+TIERS = [pytest.param(10, id="default"), pytest.param(15, id="slow", marks=pytest.mark.slow)]
 
 
 def run(check, examples, *strategies):
     """``check(*drawn)`` as a Hypothesis test of ``examples`` examples (scaled by the
-    profile's ``max_examples`` against the default 40)."""
-    scaled = max(1, round(examples * settings.default.max_examples / 40))
-    settings(max_examples=scaled)(given(*strategies)(check))()
+    profile: tests/profiles.py)."""
+    settings(max_examples=scaled(examples))(given(*strategies)(check))()
 
 
 def direction(params, seed):

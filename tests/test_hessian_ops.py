@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from profiles import scaled
 
 from refimpl.gradcheck import assert_close
 from refimpl.hessian import HVP_TOLERANCES
@@ -39,16 +40,17 @@ STEP = 1e-20
 SEEDS = st.integers(0, 2**32 - 1)
 
 #: Examples per op: a few in the default tier (every op's every code path is reached by a
-#: handful of draws), many in the slow tier; both scale with the Hypothesis profile.
+#: handful of draws), many in the slow tier; both scale with the Hypothesis profile (the slow
+#: tier's thorough profile makes the slow ones 80).
 TIERS = [pytest.param(6, id="default"),
-         pytest.param(80, id="slow", marks=pytest.mark.slow)]
+         pytest.param(8, id="slow", marks=pytest.mark.slow)]
 
 
 def run(check, examples, *args):
     """``check(*args, data)`` as a Hypothesis test of ``examples`` examples (scaled by the
-    profile's ``max_examples`` against the default 40)."""
-    scaled = max(1, round(examples * settings.default.max_examples / 40))
-    settings(max_examples=scaled)(given(data=st.data())(lambda data: check(*args, data)))()
+    profile: tests/profiles.py)."""
+    settings(max_examples=scaled(examples))(
+        given(data=st.data())(lambda data: check(*args, data)))()
 
 
 class Op(NamedTuple):
