@@ -53,11 +53,16 @@ simulated-TF32 implementation over the raw spread" where the floor dominates the
 most 1.3 / 1.5; ``tests/oracle_stress.py``), and is pinned by ``tests/test_resolution.py``.
 
 Cost: ``FLOOR_PERTURBATIONS + 1`` extra float64 evaluations of the reference, and
-``FLOOR_PERTURBATIONS`` vector-Jacobian products, per comparison.
+``FLOOR_PERTURBATIONS`` vector-Jacobian products, per comparison. :func:`case_floors`
+remembers what it derived (a pure function of its arguments), so that comparing with the same
+case again, or verifying a golden folder again, costs one evaluation of the reference.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -69,7 +74,7 @@ from ..tying import TiedPair
 
 __all__ = ["UNIT_ROUNDOFF", "ELEMENTWISE_ROUNDOFF", "FLOOR_PERTURBATIONS", "FLOOR_ROUNDOFF_UNITS",
            "FLOOR_SAFETY", "loss_rounding", "Evaluate", "tensors_of", "rounded_to", "perturbed",
-           "resolution_floors", "case_floors"]
+           "resolution_floors", "case_floors", "FLOORS_REMEMBERED"]
 
 #: Unit roundoff of the arithmetic of each dtype under test (TF32: its 10-bit product inputs).
 UNIT_ROUNDOFF: dict[str, float] = {"float64": 2.0 ** -53, "float32": 2.0 ** -24,
@@ -337,7 +342,24 @@ def case_floors(case: Any, dtype: str, reference: Any = None) -> dict[tuple[str,
     -------
     dict
         ``{(role, name): floor}``, as :func:`resolution_floors`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``dtype``, or a name in ``config["exact"]`` that is neither a
+        parameter nor an input.
+
+    Notes
+    -----
+    The floors are a pure function of the configuration, the point, the data, the arrays
+    computed exactly, the reference and the dtype: they are remembered for the last
+    :data:`FLOORS_REMEMBERED` such arguments (keyed by a SHA-256 of their bytes), so that a
+    case compared again, or a golden folder verified again, does not derive them again. The
+    reference is part of the key: another reference at the same point (another
+    implementation behind the same configuration) gets floors of its own.
     """
+    if dtype not in UNIT_ROUNDOFF:
+        raise ValueError(f"dtype: expected one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
     if case.evaluate is not None:
         evaluate, inputs = case.evaluate, case.inputs
     else:
@@ -346,6 +368,38 @@ def case_floors(case: Any, dtype: str, reference: Any = None) -> dict[tuple[str,
         inputs = {}
     exact = [name for name in _check_exact(case.config.get("exact", ()), case.params,
                                            case.inputs) if name in case.params or name in inputs]
-    return resolution_floors(evaluate, case.params, inputs, dtype, reference=reference,
-                             config=case.config if case.evaluate is not None else None,
-                             exact=exact)
+    if reference is None:
+        reference = evaluate(case.params, inputs)
+    key = _floors_key(case, dtype, exact, reference, case.evaluate is not None)
+    if key in _FLOORS:
+        _FLOORS.move_to_end(key)
+        return dict(_FLOORS[key])
+    floors = resolution_floors(evaluate, case.params, inputs, dtype, reference=reference,
+                               config=case.config if case.evaluate is not None else None,
+                               exact=exact)
+    _FLOORS[key] = floors
+    while len(_FLOORS) > FLOORS_REMEMBERED:
+        _FLOORS.popitem(last=False)
+    return dict(floors)
+
+
+#: How many results of :func:`case_floors` are remembered (least recently used dropped).
+FLOORS_REMEMBERED = 1024
+_FLOORS: OrderedDict[str, dict[Key, float]] = OrderedDict()
+
+
+def _floors_key(case: Any, dtype: str, exact: list[str], reference: Any,
+                with_data: bool) -> str:
+    """A SHA-256 of everything :func:`case_floors` depends on: the configuration (as JSON),
+    the dtype, the exact arrays, whether the data is perturbed too, the point, the data and
+    the reference (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256(json.dumps(case.config, sort_keys=True, default=repr).encode())
+    digest.update(json.dumps([dtype, sorted(exact), with_data]).encode())
+    arrays = [("params", name, value) for name, value in case.params.items()]
+    arrays += [("inputs", name, value) for name, value in case.inputs.items()]
+    arrays += [("reference", "/".join(key), value) for key, value in tensors_of(reference)]
+    for label, name, value in arrays:
+        array = np.ascontiguousarray(value)
+        digest.update(f"{label}|{name}|{array.dtype.str}|{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
