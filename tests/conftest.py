@@ -33,6 +33,7 @@ through ``profiles.scaled`` (tests/test_hessian.py) or leaves it to the profile.
 from __future__ import annotations
 
 import ast
+import gc
 import os
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def pytest_collection_modifyitems(config, items):
         if isinstance(item, pytest.Function) and is_hypothesis_test(item.obj) \
                 and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session):
+    """Collecting imported every module and built every test item, strategy and catalogue the
+    session keeps to its end: take them out of the cyclic garbage collector's reach (after a
+    last collection), which would otherwise walk them all at each full collection of the run."""
+    gc.collect()
+    gc.freeze()
 
 
 def _marked_slow_as_a_whole(path: Path) -> bool:
