@@ -290,3 +290,31 @@ def test_micro_batch_floors_include_the_base_case_loss_rounding():
     assert set(joined) == {("loss", "loss"), *(("gradient", name) for name in case.params)}
     for key in direct:
         np.testing.assert_array_equal(joined[key], direct[key])
+
+
+# --- case_floors remembers its floors, keyed by everything they depend on ----------------------
+
+def _derived(case, dtype, reference=None):
+    """The floors derived from scratch (resolution_floors remembers nothing)."""
+    return resolution.resolution_floors(case.evaluate, case.params, case.inputs, dtype,
+                                        reference=reference, config=case.config)
+
+
+def test_remembered_floors_are_the_derived_ones_for_the_same_arguments_only():
+    case = get_case("mlp-tanh-ce")
+    derived = _derived(case, "float32")
+    assert resolution.case_floors(case, "float32") == derived
+    remembered = resolution.case_floors(case, "float32")
+    assert remembered == derived
+    remembered[("loss", "loss")] = 1.0               # a copy: the caller cannot change them
+    assert resolution.case_floors(case, "float32") == derived
+    # Another dtype, another point, another reference at the point: floors of their own.
+    assert resolution.case_floors(case, "tf32") == _derived(case, "tf32") != derived
+    moved = Case(**{**case.__dict__, "params": {k: 1.5 * v for k, v in case.params.items()}})
+    assert resolution.case_floors(moved, "float32") == _derived(moved, "float32") != derived
+    loss, grads, outputs = case.evaluate(case.params, case.inputs)
+    other = (loss, {k: 2.0 * v for k, v in grads.items()}, outputs)
+    assert resolution.case_floors(case, "float32", other) == \
+        _derived(case, "float32", other) != derived
+    with pytest.raises(ValueError, match="dtype"):
+        resolution.case_floors(case, "float16")
