@@ -56,6 +56,21 @@ def test_get_case():
         get_case("nope")
 
 
+def test_get_case_builds_the_catalogues_case_and_a_fresh_one():
+    # get_case builds the catalogue's modules only as far as the one holding the case: a case
+    # from every stretch of the catalogue, its last one included.
+    for case in [*CASES[::5], CASES[-1]]:
+        found = get_case(case.name)
+        assert found.name == case.name and found.kind == case.kind
+        assert found.config == case.config
+        for mine, theirs in ((found.params, case.params), (found.inputs, case.inputs)):
+            assert list(mine) == list(theirs)
+            assert all(np.array_equal(mine[key], theirs[key]) for key in theirs)
+            assert all(mine[key] is not theirs[key] for key in theirs)
+        assert get_case(case.name).params[next(iter(case.params))] is not \
+            found.params[next(iter(case.params))]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_every_input_is_described_as_data(case):
     described = case.config["inputs"]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from . import Case, all_cases
+from . import Case, _catalogue_case
 from .drawn import DRAWN_KINDS, drawn_case
 
 __all__ = ["REBUILDERS", "register_rebuilder", "rebuild_case"]
@@ -69,9 +69,9 @@ def rebuild_case(name: str, config: Mapping[str, Any]) -> Case | None:
         When a rebuilder applies but the config has no integer ``"seed"``, or the rebuilt case
         is called otherwise than ``name``.
     """
-    for case in all_cases():
-        if case.name == name:
-            return case
+    case = _catalogue_case(name)
+    if case is not None:
+        return case
     # the longest matching prefix first: "drawn-mlp-" before "drawn-"
     for prefix in sorted(REBUILDERS, key=len, reverse=True):
         if not name.startswith(prefix):
