@@ -30,7 +30,9 @@ first example whose outputs are cut off before the loss), every embedding table 
 its vocabulary axis (a tied output layer reads the same sharded table), the other parameters
 replicated; XLA's SPMD partitioner inserts the collectives. JAX fixes its device count when
 its backend starts (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), so the sharded
-mode computes in a worker process started with that flag and kept for the next cases.
+mode computes in a worker process started with that flag and kept for the next cases. Its
+``train_steps`` runs :class:`JaxSteps` (optax) in that worker, every step's gradient and
+update computed on the devices.
 
 dtypes: "float64" runs inside ``jax.enable_x64(True)`` (a context around each call: the
 global setting is never changed) and "float32" inside ``jax.enable_x64(False)``; matrix

@@ -22,6 +22,12 @@ Every mode builds the case's model from the framework-neutral plan of
 (:data:`refimpl.adapters.torch.LAYERS`); rank 0 gathers the whole gradient of every unique
 parameter and the outputs of every example, and ``impl`` returns them as NumPy arrays.
 
+For a step case, ``impl.train_steps(params, batches)`` runs the ``K`` optimizer steps in the
+ranks (:meth:`DistributedImplementation.train_steps`): each rank steps its own tensors with
+``torch.optim`` (the DDP replica, FSDP's sharded DTensor parameters, a stage's copies) after
+the clipping by the total norm over the unique parameters, and rank 0 gathers the whole
+parameters after each step.
+
 Processes
 ---------
 The ranks are local processes (the gloo backend, CPU), started on the first call and kept

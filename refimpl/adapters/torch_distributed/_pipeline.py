@@ -16,6 +16,12 @@ layer on that stage reads it (a decoder holds the transposed encoder weight as i
 copies' gradients are all-reduced (summed) in the parameter's own layout within the group of
 the stages holding one: Megatron-LM's "embedding group" (first and last stage), generalised
 to any shared parameter. Then every copy holds the gradient of the one unique parameter.
+
+A training step (``_jobs.run_step_job``): each stage's optimizer steps its own copies — equal
+values, equal gradients, so equal updates keep the copies equal — after the clipping by the
+global gradient norm: each stage's norm over the parameters it holds *first*, combined over
+every stage by an all-reduce, so that a parameter with copies on two stages is counted once
+(Megatron-LM marks the last stage's copy of the tied embedding ``shared`` and leaves it out).
 """
 
 from __future__ import annotations
