@@ -489,3 +489,6 @@ def test_the_documented_torchrun_commands_run_on_one_machine_and_on_two_nodes():
         for process, output in zip(launched, outputs, strict=True):
             assert process.returncode == 0, (command, output[-3000:])
             assert re.search(r"rows: \d+ pass, 0 fail", output), (command, output[-3000:])
+            # the step cases too: each rank ran their K steps, none was not expressible
+            assert re.search(r"\b0 not expressible", output), (command, output[-3000:])
+            assert re.search(r"steps-tied-lm-adamw-clip +float64 +pass", output), output[-3000:]
