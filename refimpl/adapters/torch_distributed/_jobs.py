@@ -87,9 +87,9 @@ class StepJob(NamedTuple):
 
 def step_rules(plan: CasePlan, steps: Mapping[str, Any], dtype: str) -> TorchSteps:
     """The single-process adapter's training rules for ``steps`` (its ``torch.optim``
-    optimizer of the configuration, its clipping settings): every rank builds its optimizer
-    with them. Raises :class:`refimpl.testing.NotExpressible` for an option ``torch.optim``
-    or ``clip_grad_norm_`` lacks, and names the malformed key of ``steps``."""
+    optimizer of the configuration, its clipping settings), with which every rank builds its
+    optimizer. A malformed key of ``steps`` is named here; ``step_rules(...).optimizer(...)``
+    raises :class:`refimpl.testing.NotExpressible` for an option ``torch.optim`` lacks."""
     return TorchSteps(plan, steps, TORCH_DTYPES[dtype], torch.device("cpu"))
 
 
