@@ -1,7 +1,8 @@
 """A job for the JAX sharded mode's worker (``test_distributed_jax.py``), sent by name.
 
-:func:`sharded_collectives` runs ``run_sharded_job`` recording the optimised HLO of every
-computation it compiles, to see that XLA partitioned it over the devices.
+:func:`sharded_collectives` runs ``run_sharded_job`` (or, for a step job,
+``run_sharded_steps``) recording the optimised HLO of every computation it compiles, to see
+that XLA partitioned it over the devices.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from refimpl.adapters import jax as adapter
 
 
 def sharded_collectives(job: Any) -> tuple[Any, list[str]]:
-    """``(run_sharded_job(job), [the HLO text of each compiled computation])``."""
+    """``(run_sharded_job(job), [the HLO text of each compiled computation])`` (for a
+    :class:`~refimpl.adapters.jax.ShardedStepJob`, ``run_sharded_steps``)."""
     texts: list[str] = []
     original = jax.jit
 
@@ -29,6 +31,8 @@ def sharded_collectives(job: Any) -> tuple[Any, list[str]]:
 
     jax.jit = recording_jit
     try:
+        if isinstance(job, adapter.ShardedStepJob):
+            return adapter.run_sharded_steps(job), texts
         return adapter.run_sharded_job(job), texts
     finally:
         jax.jit = original

@@ -3,12 +3,15 @@
 Skipped, visibly, without torch. A framework test: the slow tier (``-m slow``) as a whole.
 
 - the pieces in this process, no rank started: the case as a module, the pipeline's
-  layout and layout map, the batch split, the rules the planted bugs change, and every
-  engine on a one-rank gloo group (their formulas, not yet their collectives);
-- the real thing, N local processes: every catalogue case in every mode
-  and dtype, the planted bugs failing where they must (naming the tensor) and nowhere else,
-  FSDP's refusal as *not expressible*, three ranks, a rank that hangs or dies as a failed row,
-  and ``torchrun`` on one and on two "nodes" (the commands of docs/distributed.md).
+  layout and layout map, the batch split, the rules the planted bugs change (the global
+  norm's count of a tied copy among them), what ``train_steps`` refuses before any rank
+  starts, and every engine on a one-rank gloo group, gradients and training steps (their
+  formulas, not yet their collectives);
+- the real thing, N local processes: every catalogue case in every mode and dtype, every
+  step case in every mode and dtype, the planted bugs failing where they must (naming the
+  tensor, and on a step case the first step) and nowhere else, FSDP's refusal as *not
+  expressible*, three ranks, a rank that hangs or dies as a failed row, and ``torchrun`` on
+  one and on two "nodes" (the commands of docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,6 +36,7 @@ dist = pytest.importorskip("torch.distributed")
 
 from adapter_reference import assert_conforms  # noqa: E402
 
+from refimpl import SGD, Adam, ClipGradNorm  # noqa: E402
 from refimpl.adapters import micro_batches, plan_case  # noqa: E402
 from refimpl.adapters import torch_distributed as td  # noqa: E402
 from refimpl.adapters.torch_distributed import planted  # noqa: E402
@@ -43,15 +48,19 @@ from refimpl.adapters.torch_distributed._data_parallel import (  # noqa: E402
 from refimpl.adapters.torch_distributed._jobs import GradientJob, run_gradient_job  # noqa: E402
 from refimpl.adapters.torch_distributed._modules import CaseModule  # noqa: E402
 from refimpl.adapters.torch_distributed._pipeline import (  # noqa: E402
+    counted_in_norm,
+    global_norm,
     logical_order,
     pipeline_layout,
 )
 from refimpl.adapters.torch_distributed._ranks import shard  # noqa: E402
 from refimpl.testing import NotExpressible, conform  # noqa: E402
 from refimpl.testing.cases import all_cases, get_case  # noqa: E402
+from refimpl.testing.cases.steps import with_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = all_cases()
+STEP_CASES = [case for case in CASES if case.kind == "steps"]
 #: The kinds issue 22 names: every such case must pass in every mode.
 SHARING_KINDS = ("tied", "shared", "sequence", "siamese", "microbatch")
 
@@ -210,6 +219,94 @@ def test_fsdp_refusing_a_tie_across_groups_is_not_expressible(one_rank):
     assert untied.outcome == "pass", report.table()
 
 
+def test_the_global_norm_counts_a_tied_copy_once_and_the_planted_rule_on_every_stage():
+    # The last stage of the tied LM holds a copy of embed.weight (its output layer) besides
+    # its own RNN and output bias: only the first holder counts the embedding.
+    layout = pipeline_layout(plan_case(get_case("steps-tied-lm-adamw-clip").config), 2)
+    rng = np.random.default_rng(0)
+    grads = {key: torch.tensor(rng.standard_normal(3)) for key in layout.stages[1].held}
+
+    def stage(number):
+        held = layout.stages[number].held
+        return SimpleNamespace(stage=number, layout=layout, leaves=dict.fromkeys(held),
+                               gradient=lambda key: grads[key])
+
+    def counted(rule, number):
+        tensors = rule(stage(number))
+        return {key for key in grads if any(tensor is grads[key] for tensor in tensors)}
+
+    assert "embed.weight" in layout.stages[1].held
+    assert counted(counted_in_norm, 1) == set(grads) - {"embed.weight"}
+    assert counted(planted.count_every_copy, 1) == set(grads)
+    assert counted(counted_in_norm, 0) == counted(planted.count_every_copy, 0) == set(grads) & {
+        key for key in layout.stages[0].held}
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
+def test_the_global_norm_on_one_rank_is_torchs_total_norm(one_rank, norm_type):
+    rng = np.random.default_rng(1)
+    grads = [torch.tensor(rng.standard_normal(shape)) for shape in ((3, 2), (4,), (1,))]
+    expected = torch.nn.utils.get_total_norm(grads, norm_type)
+    assert torch.allclose(global_norm(grads, norm_type, torch.float64), expected,
+                          rtol=1e-14, atol=0)
+    # A stage counting nothing adds nothing (and reads no parameter).
+    assert global_norm([], norm_type, torch.float64).item() == 0.0
+
+
+def test_train_steps_refuses_before_any_rank_starts(monkeypatch):
+    def no_rank(*arguments):
+        raise AssertionError("a rank was asked")
+
+    monkeypatch.setattr(td, "_run", no_rank)
+    case = get_case("steps-tied-soft-adam")
+    with pytest.raises(ValueError, match="train_steps: this configuration has no 'steps'"):
+        td.ddp(get_case("sequence-tied-lm").config).train_steps({}, [])
+    impl = td.pipeline(case.config)
+    with pytest.raises(ValueError, match="params"):
+        impl.train_steps({}, list(case.batches))
+    with pytest.raises(ValueError, match="batches: expected a list of 3 input dicts"):
+        impl.train_steps(case.params, list(case.batches[:2]))
+    with pytest.raises(TypeError, match=r"batches\[1\]: expected a dict"):
+        impl.train_steps(case.params, [case.batches[0], 7, case.batches[2]])
+    for optimizer, clip, reason in ((Adam(lr=0.01, eps_root=1e-8), None, "no eps_root"),
+                                    (Adam(lr=0.01, bias_correction=False), None,
+                                     "always corrects"),
+                                    (SGD(lr=0.1), ClipGradNorm(0.1, eps=0.0),
+                                     "total_norm \\+ 1e-6")):
+        custom = with_optimizer(case, optimizer, clip, name="custom")
+        for mode in td.MODES:
+            with pytest.raises(NotExpressible, match=reason):
+                getattr(td, mode)(custom.config).train_steps(custom.params,
+                                                             list(custom.batches))
+    row, = conform(td.fsdp, cases=[with_optimizer(case, Adam(lr=0.01, eps_root=1e-8),
+                                                  name="custom")], dtypes=["float64"]).rows
+    assert row.outcome == "not expressible" and "no eps_root" in row.detail, row
+
+
+@pytest.fixture
+def ranks_here(one_rank, monkeypatch):
+    """Every job of the builders run in this process, on the one-rank group."""
+    monkeypatch.setattr(td, "_run", lambda job, world_size, timeout:
+                        td._JOB_FUNCTIONS[type(job)](job))
+
+
+ONE_RANK_STEP_CASES = ["steps-tied-lm-adamw-clip", "steps-micro-batches-adam-clip",
+                       "steps-shared-autoencoder-sgd-decay"]
+
+
+@pytest.mark.parametrize("mode", td.MODES)
+def test_every_engine_on_one_rank_runs_the_training_steps(ranks_here, mode):
+    report = conform(getattr(td, mode), cases=ONE_RANK_STEP_CASES, dtypes=["float64"])
+    assert report.ok and report.counts()["pass"] == len(ONE_RANK_STEP_CASES), report.table()
+
+
+def test_the_tie_dropped_fails_the_first_step_on_one_rank_naming_the_embedding(ranks_here):
+    row, = conform(planted.fsdp_tie_dropped, cases=["steps-tied-lm-adamw-clip"],
+                   dtypes=["float64"]).rows
+    assert (row.outcome, row.tensor) == ("fail", "step 1: parameter 'embed.weight'"), row
+    assert row.detail.startswith("diverges first at step 1 of 4: parameter 'embed.weight'")
+
+
 # --- slow tier: N local processes --------------------------------------------------------------
 
 slow = pytest.mark.slow
@@ -223,24 +320,55 @@ def test_every_catalogue_case_matches_the_oracle_in_every_mode(case, mode, dtype
     assert_conforms(getattr(td, mode), case, dtype)
 
 
-#: Per planted bug: cases where it must fail (and the tensor it must name) and a case where
-#: it changes nothing and must pass.
+@slow
+@pytest.mark.parametrize("mode", td.MODES)
+def test_every_step_case_passes_in_every_mode_and_dtype(mode):
+    report = conform(getattr(td, mode), cases=STEP_CASES, dtypes=["float64", "float32"])
+    assert {row.outcome for row in report.rows} == {"pass"}, report.table()
+
+
+@slow
+@pytest.mark.parametrize("mode", td.MODES)
+def test_clipping_by_the_max_and_the_3_norm_over_the_ranks(mode):
+    # The catalogue clips by the 2-norm; the stages' norms combine by max and by the sum of
+    # |g|^p too. Both clippings are active here (the tied LM's norms at the start: inf 0.47,
+    # 3-norm 0.65).
+    base = get_case("steps-tied-lm-adamw-clip")
+    cases = [with_optimizer(base, base.optimizer(), ClipGradNorm(max_norm, order),
+                            name=f"tied-lm-clip-{order}")
+             for order, max_norm in (("inf", 0.3), (3.0, 0.4))]
+    report = conform(getattr(td, mode), cases=cases, dtypes=["float64"])
+    assert {row.outcome for row in report.rows} == {"pass"}, report.table()
+
+
+#: Per planted bug: cases where it must fail (and the tensor it must name: on a step case at
+#: step 1) and cases where it changes nothing and must pass.
 PLANTED_ROWS = {
     "fsdp_tie_dropped": ({"sequence-tied-lm": "gradient 'embed.weight'",
                           "shared-tied-autoencoder": "gradient 'enc.weight'",
-                          "tied-hard-lasserre-transposed": "gradient 'A:fc1.weight'"},
-                         "sequence-untied-lm"),
+                          "tied-hard-lasserre-transposed": "gradient 'A:fc1.weight'",
+                          "steps-tied-lm-adamw-clip": "step 1: parameter 'embed.weight'"},
+                         ("sequence-untied-lm", "steps-tied-soft-adam")),
     "pipeline_reduce_skipped": ({"sequence-tied-lm": "gradient 'embed.weight'",
                                  "shared-cnn-kernel": "gradient 'conv1.bias'",
-                                 "tied-soft-l1-transposed": "gradient 'B:dec.weight'"},
-                                "microbatch-tied-soft"),
+                                 "tied-soft-l1-transposed": "gradient 'B:dec.weight'",
+                                 "steps-tied-lm-adamw-clip": "step 1: parameter 'embed.weight'"},
+                                ("microbatch-tied-soft", "steps-tied-hard-sgd-clip")),
     "pipeline_mismatched_layouts": ({"shared-tied-autoencoder": "gradient 'enc.weight'",
-                                     "tied-hard-lasserre-transposed": "gradient 'A:fc1.weight'"},
-                                    "sequence-tied-lm"),
+                                     "tied-hard-lasserre-transposed": "gradient 'A:fc1.weight'",
+                                     "steps-shared-autoencoder-sgd-decay":
+                                         "step 1: parameter 'enc.weight'"},
+                                    ("sequence-tied-lm", "steps-tied-lm-adamw-clip")),
+    "pipeline_norm_counts_copies": ({"steps-tied-lm-adamw-clip": "step 1: gradient norm",
+                                     "steps-shared-autoencoder-sgd-decay": "step 1: gradient norm",
+                                     "steps-micro-batches-adam-clip": "step 1: gradient norm"},
+                                    ("sequence-tied-lm", "shared-tied-autoencoder",
+                                     "steps-tied-hard-sgd-clip")),
     "ddp_no_sync_off_by_one": ({"microbatch-mlp": "gradient 'fc2.bias'",
                                 "microbatch-tied-hard": "gradient 'A:fc1.weight'",
-                                "microbatch-siamese-triplet": "gradient 'fc1.bias'"},
-                               "sequence-tied-lm"),
+                                "microbatch-siamese-triplet": "gradient 'fc1.bias'",
+                                "steps-micro-batches-adam-clip": "step 1: gradient norm"},
+                               ("sequence-tied-lm", "steps-tied-lm-adamw-clip")),
 }
 
 
@@ -248,14 +376,20 @@ PLANTED_ROWS = {
 @pytest.mark.parametrize("name", sorted(planted.PLANTED))
 def test_each_planted_bug_fails_naming_the_tensor_where_it_bites_and_only_there(name):
     failing, untouched = PLANTED_ROWS[name]
-    report = conform(planted.PLANTED[name], cases=[*failing, untouched],
+    report = conform(planted.PLANTED[name], cases=[*failing, *untouched],
                      dtypes=["float64", "float32"])
     rows = {(row.case, row.dtype): row for row in report.rows}
     for case, tensor in failing.items():
         row = rows[case, "float64"]
         assert (row.outcome, row.tensor) == ("fail", tensor), report.table()
+        if tensor.startswith("step 1: "):
+            count = get_case(case).count
+            assert row.detail.startswith(f"diverges first at step 1 of {count}: "
+                                         f"{tensor.removeprefix('step 1: ')}"), row.detail
         assert rows[case, "float32"].outcome == "fail", report.table()
-    assert {rows[untouched, dtype].outcome for dtype in ("float64", "float32")} == {"pass"}
+    for case in untouched:
+        assert {rows[case, dtype].outcome for dtype in ("float64", "float32")} == {"pass"}, \
+            report.table()
 
 
 @slow
@@ -281,6 +415,17 @@ def test_three_ranks(mode):
     report = conform(td.make_builder(mode, world_size=3), cases=cases,
                      dtypes=["float64", "float32"])
     assert report.ok and report.counts()["pass"] == 2 * len(cases), report.table()
+
+
+@slow
+@pytest.mark.parametrize("mode", td.MODES)
+def test_three_ranks_train(mode):
+    # Three stages put the tied LM's embedding on the first and the last (a subgroup of two
+    # for the copies' all-reduce, every rank in the norm's).
+    cases = ["steps-tied-lm-adamw-clip", "steps-micro-batches-adam-clip",
+             "steps-tied-hard-sgd-clip", "steps-siamese-triplet-adamw"]
+    report = conform(td.make_builder(mode, world_size=3), cases=cases, dtypes=["float64"])
+    assert report.ok and report.counts()["pass"] == len(cases), report.table()
 
 
 @slow
@@ -345,3 +490,6 @@ def test_the_documented_torchrun_commands_run_on_one_machine_and_on_two_nodes():
         for process, output in zip(launched, outputs, strict=True):
             assert process.returncode == 0, (command, output[-3000:])
             assert re.search(r"rows: \d+ pass, 0 fail", output), (command, output[-3000:])
+            # the step cases too: each rank ran their K steps, none was not expressible
+            assert re.search(r"\b0 not expressible", output), (command, output[-3000:])
+            assert re.search(r"steps-tied-lm-adamw-clip +float64 +pass", output), output[-3000:]

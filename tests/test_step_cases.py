@@ -153,6 +153,21 @@ def test_every_step_case_is_resolved_by_the_dtypes_conformance_runs_use(dtype):
         assert report.verdict == "pass", (case.name, report.summary())
 
 
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0, float("inf")])
+def test_a_clip_by_any_norm_has_floors_and_its_own_trajectory_passes(norm_type):
+    # The floor model moves every float hyper-parameter by a few units of roundoff, but not
+    # the norm's order: a 1-norm moved below 1 is no norm at all (ClipGradNorm refuses it).
+    base = get_case("steps-tied-hard-sgd-clip")
+    case = with_optimizer(base, base.optimizer(),
+                          ClipGradNorm(base.clip().max_norm, norm_type), name="custom")
+    floors = trajectory_floors(case, "float32")
+    assert len(floors) == case.count
+    reference = reference_trajectory(case)
+    report = compare_trajectory(reference, case, "float32", start=case.params,
+                                reference=reference, floors=floors)
+    assert report.verdict == "pass", report.summary()
+
+
 def _halve_update(result, step, key, start):
     before = result["params"][step - 2][key] if step > 1 else start[key]
     after = result["params"][step - 1][key]

@@ -35,7 +35,9 @@ first example whose outputs are cut off before the loss), every embedding table 
 its vocabulary axis (a tied output layer reads the same sharded table), the other parameters
 replicated; XLA's SPMD partitioner inserts the collectives. JAX fixes its device count when
 its backend starts (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), so the sharded
-mode computes in a worker process started with that flag and kept for the next cases.
+mode computes in a worker process started with that flag and kept for the next cases. Its
+``train_steps`` runs :class:`JaxSteps` (optax) in that worker, every step's gradient and
+update computed on the devices.
 
 dtypes: "float64" runs inside ``jax.enable_x64(True)`` (a context around each call: the
 global setting is never changed) and "float32" inside ``jax.enable_x64(False)``; matrix
@@ -84,7 +86,7 @@ from ._workers import WorkerPool, close_all, shared_pool
 
 __all__ = ["build", "sharded", "build_sharded", "make_sharded_builder", "MATMUL_PRECISION",
            "DEVICES_VARIABLE", "DEFAULT_DEVICES", "SHARDED_TIMEOUT", "shutdown_sharded",
-           "JaxImplementation", "JaxSteps"]
+           "JaxImplementation", "JaxSteps", "ShardedImplementation"]
 FRAMEWORK, FRAMEWORK_VERSION = "jax", jax.__version__  # recorded by refimpl conform
 
 #: ``jax.default_matmul_precision`` per dtype under test.
@@ -254,12 +256,16 @@ class JaxSteps:
     dtype : jax dtype
     context : callable
         ``context()`` -> a context manager (x64, device, precision) for one call.
+    mesh : jax.sharding.Mesh, optional
+        The sharded mode's devices: every step's gradient computed as :func:`_run` computes it
+        on the mesh, and the update with the gradient and the parameters placed as
+        :func:`_placement` places them (None: one device).
     """
 
     def __init__(self, plan: CasePlan, steps: Mapping[str, Any], dtype: Any,
-                 context: Callable[[], Any]) -> None:
+                 context: Callable[[], Any], mesh: Mesh | None = None) -> None:
         check_keys(steps, ["optimizer", "clip", "count"], ["case_kind"], what="config['steps']")
-        self.plan, self.dtype, self.context = plan, dtype, context
+        self.plan, self.dtype, self.context, self.mesh = plan, dtype, context, mesh
         self.optimizer_config = dict(steps["optimizer"])
         self.clip_config = None if steps["clip"] is None else dict(steps["clip"])
         self.count = check_int(steps["count"], "config['steps']['count']", 1)
@@ -328,9 +334,12 @@ class JaxSteps:
         norm_type = float("inf") if norm_type == "inf" else float(norm_type)
         tx = self.transformation()
 
+        place = _placement(self.plan, self.mesh)
+
         def update(grads: Arrays, state: Any, leaves: Arrays) -> tuple[Arrays, Any]:
+            grads, leaves = place(grads), place(leaves)
             updates, state = tx.update(grads, state, leaves)
-            return optax.apply_updates(leaves, updates), state
+            return place(optax.apply_updates(leaves, updates)), state
 
         with self.context():
             # jit: the chain as one XLA computation instead of one dispatch per operation.
@@ -344,7 +353,7 @@ class JaxSteps:
                 # its penalty once), from the parameters as they are now
                 loss, grads, _ = _run(self.plan, {key: np.asarray(value)
                                                   for key, value in leaves.items()},
-                                      inputs, self.dtype)
+                                      inputs, self.dtype, self.mesh)
                 grads = {key: jnp.asarray(value) for key, value in grads.items()}
                 norm = float(_total_norm(grads, norm_type))
                 leaves, state = step(grads, state, leaves)
@@ -516,22 +525,55 @@ class ShardedJob(NamedTuple):
     devices: int
 
 
+class ShardedStepJob(NamedTuple):
+    """One ``impl.train_steps(params, batches)`` call of the sharded mode, for its worker
+    process: ``steps`` is the case's ``config["steps"]``."""
+
+    plan: CasePlan
+    dtype: str
+    steps: Mapping[str, Any]
+    params: dict[str, np.ndarray]
+    batches: list[dict[str, np.ndarray]]
+    devices: int
+
+
+def _mesh(count: int) -> Mesh:
+    """The first ``count`` CPU devices as a one-axis mesh (in the worker)."""
+    devices = jax.devices("cpu")
+    if len(devices) < count:
+        raise RuntimeError(f"the sharded mode needs {count} CPU devices, JAX has "
+                           f"{len(devices)}: XLA_FLAGS must hold "
+                           f"--xla_force_host_platform_device_count={count} before JAX "
+                           f"starts its backend")
+    return Mesh(np.array(devices[:count]), (AXIS,))
+
+
+def _sharded_context(dtype: str) -> contextlib.ExitStack:
+    """x64 for float64 only, the products' precision: for one job in the worker."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.enable_x64(dtype == "float64"))
+    stack.enter_context(jax.default_matmul_precision(MATMUL_PRECISION[dtype]))
+    return stack
+
+
 def run_sharded_job(job: ShardedJob) -> tuple[float, dict, dict]:
     """In the worker: the job on a mesh of the first ``job.devices`` CPU devices."""
-    devices = jax.devices("cpu")
-    if len(devices) < job.devices:
-        raise RuntimeError(f"the sharded mode needs {job.devices} CPU devices, JAX has "
-                           f"{len(devices)}: XLA_FLAGS must hold "
-                           f"--xla_force_host_platform_device_count={job.devices} before JAX "
-                           f"starts its backend")
-    mesh = Mesh(np.array(devices[:job.devices]), (AXIS,))
-    with jax.enable_x64(job.dtype == "float64"), \
-            jax.default_matmul_precision(MATMUL_PRECISION[job.dtype]):
+    mesh = _mesh(job.devices)
+    with _sharded_context(job.dtype):
         return _run(job.plan, job.params, job.inputs,
                     jnp.float64 if job.dtype == "float64" else jnp.float32, mesh)
 
 
-def sharded(config: Mapping[str, Any], dtype: Any = "float64") -> Callable[..., Any]:
+def run_sharded_steps(job: ShardedStepJob) -> dict[str, list[Any]]:
+    """In the worker: the ``K`` steps of :class:`JaxSteps` (optax) on a mesh of the first
+    ``job.devices`` CPU devices, each step's gradient and update computed on the mesh."""
+    mesh = _mesh(job.devices)
+    dtype = jnp.float64 if job.dtype == "float64" else jnp.float32
+    steps = JaxSteps(job.plan, job.steps, dtype, lambda: _sharded_context(job.dtype), mesh)
+    return steps.train_steps(job.params, job.batches)
+
+
+def sharded(config: Mapping[str, Any], dtype: Any = "float64") -> ShardedImplementation:
     """The sharded mode on the default number of host devices (:func:`build_sharded`)."""
     return build_sharded(config, dtype)
 
@@ -545,7 +587,8 @@ def make_sharded_builder(devices: int | None = None, timeout: float | None = Non
     if timeout is not None:
         check_real(timeout, "timeout", minimum=1e-3)
 
-    def build_on_devices(config: Mapping[str, Any], dtype: Any = "float64") -> Callable:
+    def build_on_devices(config: Mapping[str, Any], dtype: Any = "float64"
+                         ) -> ShardedImplementation:
         return build_sharded(config, dtype, devices=devices, timeout=timeout)
 
     build_on_devices.__qualname__ = f"make_sharded_builder({devices!r}, {timeout!r})"
@@ -554,7 +597,7 @@ def make_sharded_builder(devices: int | None = None, timeout: float | None = Non
 
 def build_sharded(config: Mapping[str, Any], dtype: Any = "float64", *,
                   devices: int | None = None, timeout: float | None = None
-                  ) -> Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], tuple[Any, ...]]:
+                  ) -> ShardedImplementation:
     """A JAX implementation of the case on ``devices`` host CPU devices: data parallel over
     the batch, every embedding table sharded over its vocabulary axis.
 
@@ -579,8 +622,11 @@ def build_sharded(config: Mapping[str, Any], dtype: Any = "float64", *,
 
     Returns
     -------
-    callable
-        ``impl(params, inputs) -> (loss, grads, outputs)``, as :func:`build`'s.
+    ShardedImplementation
+        ``impl(params, inputs) -> (loss, grads, outputs)``, as :func:`build`'s; for a step
+        case also ``impl.train_steps(params, batches)``: :class:`JaxSteps` (optax) in the
+        worker, every step's gradient and update computed on the devices (an embedding
+        table and its update split over the vocabulary).
 
     Raises
     ------
@@ -601,16 +647,66 @@ def build_sharded(config: Mapping[str, Any], dtype: Any = "float64", *,
     if dtype_name == "tf32":
         raise NotExpressible("tf32 needs a GPU; the sharded mode runs on host CPU devices")
     plan = plan_case(config)
+    return ShardedImplementation(plan, dtype_name, devices, timeout, config.get("steps"))
 
-    def impl(params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> tuple[Any, ...]:
-        check_keys(params, plan.parameters, what="params")
-        job = ShardedJob(plan, dtype_name, {key: np.asarray(value) for key, value in
-                                            params.items()},
-                         {key: np.asarray(value) for key, value in inputs.items()}, devices)
+
+class ShardedImplementation:
+    """What :func:`build_sharded` returns: the gradient protocol and, for a step case, the
+    step capability, each call one job for the worker of ``devices`` host devices.
+
+    Attributes
+    ----------
+    plan : CasePlan
+    dtype : str
+    devices : int
+    timeout : float
+    steps : dict or None
+        A step case's ``config["steps"]``; None for a gradient case.
+    """
+
+    def __init__(self, plan: CasePlan, dtype: str, devices: int, timeout: float,
+                 steps: Mapping[str, Any] | None) -> None:
+        self.plan, self.dtype, self.devices, self.timeout = plan, dtype, devices, timeout
+        self.steps = None if steps is None else dict(steps)
+
+    def __call__(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
+                 ) -> tuple[Any, ...]:
+        check_keys(params, self.plan.parameters, what="params")
+        job = ShardedJob(self.plan, self.dtype, {key: np.asarray(value) for key, value in
+                                                 params.items()},
+                         {key: np.asarray(value) for key, value in inputs.items()},
+                         self.devices)
+        return self._call("run_sharded_job", job)
+
+    def train_steps(self, params: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]]
+                    ) -> dict[str, Any]:
+        """``K`` training steps of a step case in the worker (:func:`run_sharded_steps`);
+        what optax cannot express (:class:`JaxSteps`) is not expressible before the worker
+        is asked."""
+        if self.steps is None:
+            raise ValueError("train_steps: this configuration has no 'steps' (only a step case "
+                             "says the optimizer, the clipping and the number of steps)")
+        check_keys(params, self.plan.parameters, what="params")
+        # The worker's chain, built here once: its options are checked before any job.
+        rules = JaxSteps(self.plan, self.steps, None, contextlib.nullcontext)
+        rules.transformation()
+        if not isinstance(batches, (list, tuple)) or len(batches) != rules.count:
+            raise ValueError(f"batches: expected a list of {rules.count} input dicts (one per "
+                             f"step), got {type(batches).__name__} of "
+                             f"{len(batches) if isinstance(batches, (list, tuple)) else '?'}")
+        job = ShardedStepJob(self.plan, self.dtype, self.steps,
+                             {key: np.asarray(value) for key, value in params.items()},
+                             [{key: np.asarray(value) for key, value in inputs.items()}
+                              for inputs in batches], self.devices)
+        return self._call("run_sharded_steps", job)
+
+    def _call(self, function: str, job: Any) -> Any:
+        devices = self.devices
         pool = shared_pool((_POOL_KIND, devices), lambda: _sharded_worker(devices))
-        return pool.call(f"{__name__}:run_sharded_job", [job], timeout)[0]
+        return pool.call(f"{__name__}:{function}", [job], self.timeout)[0]
 
-    return impl
+    def __repr__(self) -> str:
+        return f"ShardedImplementation({self.dtype!r}, devices={self.devices})"
 
 
 def _sharded_worker(devices: int) -> WorkerPool:

@@ -157,12 +157,20 @@ class StepFloors:
     still: frozenset[str]
 
 
+#: Float fields of a configuration that choose a formula rather than scale one: never moved
+#: (a clipping by the 1-norm rounded to 0.9999999999999998 is not a near-1-norm, and
+#: ``ClipGradNorm`` refuses a norm below 1).
+EXACT_HYPER = frozenset({"norm_type"})
+
+
 def _moved_hyper(config: Mapping[str, Any], move: Any) -> dict[str, Any]:
-    """A hyper-parameter configuration with every float moved by ``move`` (booleans, names
-    and ints as they are)."""
+    """A hyper-parameter configuration with every float moved by ``move`` (booleans, names,
+    ints and the fields of :data:`EXACT_HYPER` as they are)."""
     moved: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, float):
+        if key in EXACT_HYPER:
+            moved[key] = value
+        elif isinstance(value, float):
             moved[key] = move(value)
         elif isinstance(value, list) and all(isinstance(v, float) for v in value):
             moved[key] = [move(v) for v in value]

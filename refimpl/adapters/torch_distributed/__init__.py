@@ -22,6 +22,12 @@ Every mode builds the case's model from the framework-neutral plan of
 (:data:`refimpl.adapters.torch.LAYERS`); rank 0 gathers the whole gradient of every unique
 parameter and the outputs of every example, and ``impl`` returns them as NumPy arrays.
 
+For a step case, ``impl.train_steps(params, batches)`` runs the ``K`` optimizer steps in the
+ranks (:meth:`DistributedImplementation.train_steps`): each rank steps its own tensors with
+``torch.optim`` (the DDP replica, FSDP's sharded DTensor parameters, a stage's copies) after
+the clipping by the total norm over the unique parameters, and rank 0 gathers the whole
+parameters after each step.
+
 Processes
 ---------
 The ranks are local processes (the gloo backend, CPU), started on the first call and kept
@@ -79,7 +85,7 @@ from .._config import CasePlan, plan_case
 from .._workers import WorkerError, WorkerPool, close_all, shared_pool
 from . import _data_parallel, _pipeline
 from ._data_parallel import FSDP_GROUPS
-from ._jobs import GradientJob, run_gradient_job
+from ._jobs import GradientJob, StepJob, run_gradient_job, run_step_job, step_rules
 from ._pipeline import PipelineLayout, pipeline_layout
 from ._ranks import join_from_environment
 
@@ -189,7 +195,7 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, mode: str,
                              "with the gloo backend")
     plan = plan_case(config)
     return DistributedImplementation(mode, plan, dtype_name, world_size, timeout, hooks,
-                                     {"groups": fsdp_groups})
+                                     {"groups": fsdp_groups}, steps=config.get("steps"))
 
 
 def make_builder(mode: str, *, world_size: int | None = None, timeout: float | None = None,
@@ -237,10 +243,11 @@ def _setting(value: Any, variable: str, name: str, *, integer: bool) -> Any:
 
 
 class DistributedImplementation:
-    """``impl(params, inputs) -> (loss, grads, outputs)`` of one case, computed by the ranks.
+    """``impl(params, inputs) -> (loss, grads, outputs)`` of one case, computed by the ranks,
+    and for a step case ``impl.train_steps(params, batches)``.
 
-    Each call is one :class:`~._jobs.GradientJob` sent to every rank (the training-step cases
-    will add a method ``train_steps(params, batches)`` sending one more kind of job).
+    Each call is one :class:`~._jobs.GradientJob` sent to every rank; each ``train_steps``
+    call one :class:`~._jobs.StepJob` (:meth:`train_steps`).
 
     Attributes
     ----------
@@ -250,14 +257,19 @@ class DistributedImplementation:
         The ranks asked for (None: torchrun's, else :data:`DEFAULT_WORLD_SIZE`).
     timeout : float or None
         Seconds per call (None: :data:`DEFAULT_TIMEOUT`).
+    steps : dict or None
+        A step case's ``config["steps"]`` (the optimizer, the clipping, ``K``); None for a
+        gradient case.
     """
 
     def __init__(self, mode: str, plan: CasePlan, dtype: str, world_size: int | None,
-                 timeout: float | None, hooks: Any, options: Mapping[str, Any]) -> None:
+                 timeout: float | None, hooks: Any, options: Mapping[str, Any],
+                 steps: Mapping[str, Any] | None = None) -> None:
         self.mode, self.plan, self.dtype = mode, plan, dtype
         # None: not asked for (torchrun's, else the default).
         self.world_size, self.timeout = world_size, timeout
         self.hooks, self.options = hooks, dict(options)
+        self.steps = None if steps is None else dict(steps)
 
     def __call__(self, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]
                  ) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -270,6 +282,69 @@ class DistributedImplementation:
                           self.hooks, self.options)
         return _run(job, self.world_size, self.timeout)
 
+    def train_steps(self, params: Mapping[str, np.ndarray],
+                    batches: list[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+        """``K`` training steps of a step case, run by the ranks (the step capability of
+        :mod:`refimpl.testing.trajectory`).
+
+        Every rank runs the mode's engine for each batch, the total gradient norm over the
+        unique parameters (``ddp``: ``get_total_norm`` over ``module.parameters()``, whose
+        gradients are already averaged; ``fsdp``: the same over the sharded DTensor gradients,
+        an all-reduce of the shards' norms; ``pipeline``: each stage's norm over the
+        parameters it holds first, all-reduced over the stages, a tied copy counted once),
+        the clipping (``clip_grads_with_norm_``, the second half of ``clip_grad_norm_``) and
+        ``torch.optim``'s step over its own tensors (``ddp``: the replica; ``fsdp``: the
+        sharded DTensor parameters; ``pipeline``: the stage's copies, whose gradients the
+        all-reduce made equal). Rank 0 gathers the whole parameters after each step.
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            The starting point, keyed by unique parameter.
+        batches : list of dict
+            ``K`` input dicts (``K`` = ``config["steps"]["count"]``).
+
+        Returns
+        -------
+        dict
+            ``{"params": [K dicts of NumPy arrays], "losses": [K floats], "grad_norms": [K
+            floats]}``: after every step the parameters, the loss at its start and the norm
+            before clipping.
+
+        Raises
+        ------
+        refimpl.testing.NotExpressible
+            For an optimizer or clipping option ``torch.optim`` or ``clip_grad_norm_`` lacks
+            (the single-process adapter's reasons), before any rank starts.
+        ValueError
+            For a configuration without ``"steps"``, or params or batches that do not fit it.
+        """
+        if self.steps is None:
+            raise ValueError("train_steps: this configuration has no 'steps' (only a step case "
+                             "says the optimizer, the clipping and the number of steps)")
+        check_keys(params, self.plan.parameters, what="params")
+        rules = step_rules(self.plan, self.steps, self.dtype)
+        if not isinstance(batches, (list, tuple)) or len(batches) != rules.count:
+            raise ValueError(f"batches: expected a list of {rules.count} input dicts (one per "
+                             f"step), got {type(batches).__name__} of "
+                             f"{len(batches) if isinstance(batches, (list, tuple)) else '?'}")
+        for index, inputs in enumerate(batches):
+            if not isinstance(inputs, Mapping):
+                raise TypeError(f"batches[{index}]: expected a dict of arrays, got "
+                                f"{type(inputs).__name__}")
+        # The ranks' optimizer, built once here on a placeholder tensor: an option torch.optim
+        # lacks is not expressible before any rank starts.
+        rules.optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)])
+        clip = rules.clip_config
+        if clip is not None and clip.get("eps", 1e-6) != 1e-6:
+            raise NotExpressible(f"torch.nn.utils.clip_grad_norm_ divides by total_norm + 1e-6; "
+                                 f"this case's clip eps is {clip['eps']!r}")
+        job = StepJob(self.mode, self.plan, self.dtype, self.steps,
+                      {key: np.asarray(value) for key, value in params.items()},
+                      [{key: np.asarray(value) for key, value in inputs.items()}
+                       for inputs in batches], self.hooks, self.options)
+        return _run(job, self.world_size, self.timeout)
+
     def __repr__(self) -> str:
         return (f"DistributedImplementation({self.mode!r}, {self.dtype!r}, "
                 f"world_size={self.world_size})")
@@ -280,13 +355,17 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
 
 
-def _run(job: GradientJob, world_size: int | None, timeout: float | None) -> Any:
+#: The function of ``_jobs`` that runs each kind of job.
+_JOB_FUNCTIONS = {GradientJob: run_gradient_job, StepJob: run_step_job}
+
+
+def _run(job: GradientJob | StepJob, world_size: int | None, timeout: float | None) -> Any:
     timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     if under_torchrun():
         return _run_here(job, world_size, timeout)
     world_size = DEFAULT_WORLD_SIZE if world_size is None else world_size
     ranks = shared_pool((_POOL_KIND, world_size), lambda: _LocalRanks(world_size))
-    return ranks.run(f"{_JOBS}:run_gradient_job", job, timeout)
+    return ranks.run(f"{_JOBS}:{_JOB_FUNCTIONS[type(job)].__name__}", job, timeout)
 
 
 class _LocalRanks:
@@ -321,7 +400,7 @@ class _LocalRanks:
         self.pool.close()
 
 
-def _run_here(job: GradientJob, world_size: int | None, timeout: float) -> Any:
+def _run_here(job: GradientJob | StepJob, world_size: int | None, timeout: float) -> Any:
     """Under torchrun: this process's part of the job, then every rank's outcome at every
     rank, so that all of them return rank 0's result or raise the same error."""
     join_from_environment(timeout)
@@ -329,7 +408,7 @@ def _run_here(job: GradientJob, world_size: int | None, timeout: float) -> Any:
         raise ValueError(f"world_size: {world_size} ranks asked for, but torchrun started "
                          f"{dist.get_world_size()}")
     try:
-        outcome: tuple[Any, ...] = ("ok", run_gradient_job(job))
+        outcome: tuple[Any, ...] = ("ok", _JOB_FUNCTIONS[type(job)](job))
     except NotExpressible as reason:
         outcome = ("not expressible", str(reason))
     except Exception as error:  # noqa: BLE001 - reported by every rank alike

@@ -87,9 +87,12 @@ class _DataParallel:
     def synchronising(self, synchronise: bool) -> contextlib.AbstractContextManager:
         raise NotImplementedError
 
-    def step(self, inputs: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+    def step(self, inputs: Mapping[str, np.ndarray], start: int = 0
+             ) -> tuple[float, dict[str, np.ndarray]]:
         """One step's forward and backward passes over its micro-batches: the gradients are
-        left reduced in the parameters. Returns the step's loss and, at rank 0, the outputs
+        left reduced in the parameters. ``start``: how many micro-batches the run passed
+        before this step (a training loop counts them over the whole run, as
+        ``Hooks.synchronises`` sees them). Returns the step's loss and, at rank 0, the outputs
         of every example (``{}`` elsewhere)."""
         plan = self.plan
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -102,7 +105,7 @@ class _DataParallel:
             weights = tuple(weight * share * world_size
                             for weight, share in zip(batch.weights, part.shares, strict=True))
             last = index == len(batches) - 1
-            with self.synchronising(self.hooks.synchronises(index, len(batches))):
+            with self.synchronising(self.hooks.synchronises(start + index, len(batches))):
                 objective, loss, outs = self.wrapped(tensors(part.inputs, self.dtype), weights,
                                                      last, references)
                 objective.backward()
@@ -121,6 +124,25 @@ class _DataParallel:
         """Every unique parameter's gradient, whole, at rank 0 (None elsewhere)."""
         raise NotImplementedError
 
+    # --- the training steps (``_jobs.run_step_job``) ---------------------------------------------
+
+    def trained(self) -> list[torch.Tensor]:
+        """The tensors this rank's optimizer steps: ``module.parameters()``, which lists a tied
+        parameter once (one ``nn.Parameter`` held by two layers)."""
+        return list(self.module.parameters())
+
+    def gradient_norm(self, norm_type: float) -> torch.Tensor:
+        """The total norm of the step's gradient over the unique parameters, as a user of the
+        wrapper computes it: ``get_total_norm`` (``clip_grad_norm_``'s first half) over
+        ``module.parameters()``. The gradients are already reduced: every rank's is the
+        whole, so is its norm."""
+        return torch.nn.utils.get_total_norm([tensor.grad for tensor in self.trained()],
+                                             norm_type)
+
+    def parameters(self) -> dict[str, np.ndarray] | None:
+        """Every unique parameter's value, whole, at rank 0 (None elsewhere)."""
+        raise NotImplementedError
+
 
 class Replicated(_DataParallel):
     """``DistributedDataParallel``: the whole model on every rank, gradients all-reduced
@@ -136,6 +158,13 @@ class Replicated(_DataParallel):
         if dist.get_rank() != 0:
             return None
         return {key: _numpy(self.module.parameter(key).grad, self.module.parameter(key))
+                for key in self.plan.parameters}
+
+    def parameters(self) -> dict[str, np.ndarray] | None:
+        # every rank stepped the same averaged gradient: rank 0's replica is the model
+        if dist.get_rank() != 0:
+            return None
+        return {key: self.module.parameter(key).detach().numpy().copy()
                 for key in self.plan.parameters}
 
 
@@ -169,9 +198,10 @@ class Sharded(_DataParallel):
         self.wrapped.set_requires_gradient_sync(synchronise)
         yield
 
-    def step(self, inputs: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+    def step(self, inputs: Mapping[str, np.ndarray], start: int = 0
+             ) -> tuple[float, dict[str, np.ndarray]]:
         try:
-            return super().step(inputs)
+            return super().step(inputs, start)
         except ValueError as error:
             # FSDP2 checks its groups at the first forward pass, on every rank alike.
             if _REFUSAL in str(error):
@@ -184,6 +214,12 @@ class Sharded(_DataParallel):
         grads = {key: _numpy(_full(self.module.parameter(key).grad),
                              self.module.parameter(key)) for key in self.plan.parameters}
         return grads if dist.get_rank() == 0 else None
+
+    def parameters(self) -> dict[str, np.ndarray] | None:
+        # full_tensor() all-gathers the shards of the stepped parameter: every rank takes part
+        values = {key: self.module.parameter(key).full_tensor().detach().numpy().copy()
+                  for key in self.plan.parameters}
+        return values if dist.get_rank() == 0 else None
 
 
 def _full(grad: Any) -> Any:

@@ -16,10 +16,17 @@ layer on that stage reads it (a decoder holds the transposed encoder weight as i
 copies' gradients are all-reduced (summed) in the parameter's own layout within the group of
 the stages holding one: Megatron-LM's "embedding group" (first and last stage), generalised
 to any shared parameter. Then every copy holds the gradient of the one unique parameter.
+
+A training step (``_jobs.run_step_job``): each stage's optimizer steps its own copies — equal
+values, equal gradients, so equal updates keep the copies equal — after the clipping by the
+global gradient norm: each stage's norm over the parameters it holds *first*, combined over
+every stage by an all-reduce, so that a parameter with copies on two stages is counted once
+(Megatron-LM marks the last stage's copy of the tied embedding ``shared`` and leaves it out).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -34,7 +41,7 @@ from ._modules import tensors
 from ._ranks import concatenate_outputs, gather_to_first
 
 __all__ = ["StagePlan", "PipelineLayout", "pipeline_layout", "logical_order", "Stage", "Hooks",
-           "HOOKS", "reduce_shared_copies"]
+           "HOOKS", "reduce_shared_copies", "counted_in_norm", "global_norm"]
 
 
 class StagePlan(NamedTuple):
@@ -152,14 +159,41 @@ def reduce_shared_copies(stage: Stage) -> None:
             flat[order] = logical
 
 
+def counted_in_norm(stage: Stage) -> list[torch.Tensor]:
+    """The gradients this stage counts in the global gradient norm: those of the parameters
+    whose first holder it is, so that each unique parameter is counted once over the stages
+    however many copies it has (Megatron-LM marks the last stage's copy of the tied embedding
+    ``shared`` and leaves it out of the norm)."""
+    return [stage.gradient(key) for key in stage.leaves
+            if stage.layout.holders[key][0] == stage.stage]
+
+
+def global_norm(gradients: list[torch.Tensor], norm_type: float, dtype: torch.dtype
+                ) -> torch.Tensor:
+    """The total ``p``-norm over every stage of the gradients each stage counts: this stage's
+    ``get_total_norm`` (``clip_grad_norm_``'s first half), then ``(sum_s n_s^p)^(1/p)`` over
+    the stages by an all-reduce (``max_s n_s`` for ``p = inf``), as Megatron-LM's
+    ``get_grad_norm_fp32`` combines the pipeline's stages. Every rank returns the same."""
+    local = (torch.nn.utils.get_total_norm(gradients, norm_type) if gradients
+             else torch.zeros((), dtype=dtype))
+    if math.isinf(norm_type):
+        total = local.reshape(1).clone()
+        dist.all_reduce(total, op=dist.ReduceOp.MAX)
+        return total[0]
+    total = (local ** norm_type).reshape(1)
+    dist.all_reduce(total)
+    return total[0] ** (1.0 / norm_type)
+
+
 class Hooks(NamedTuple):
-    """The line of the pipeline step that the planted bugs change (a function, sent to the
+    """The lines of the pipeline step that the planted bugs change (functions, sent to the
     ranks by reference)."""
 
     reduce_shared_copies: Callable[[Stage], None]
+    counted_in_norm: Callable[[Stage], list[torch.Tensor]]
 
 
-HOOKS = Hooks(reduce_shared_copies)
+HOOKS = Hooks(reduce_shared_copies, counted_in_norm)
 
 #: Length of the header sent before an activation: float or not, the number of axes, the
 #: shape (up to 8 axes).
@@ -214,9 +248,11 @@ class Stage:
             leaf.grad = leaf.grad.contiguous()
         return leaf.grad
 
-    def step(self, inputs: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+    def step(self, inputs: Mapping[str, np.ndarray], start: int = 0
+             ) -> tuple[float, dict[str, np.ndarray]]:
         """One step over the micro-batches, then the copies' all-reduce. Returns the step's
-        loss and, at rank 0, the outputs (``{}`` elsewhere)."""
+        loss and, at rank 0, the outputs (``{}`` elsewhere). ``start`` (the micro-batches of
+        earlier steps) changes nothing here: every micro-batch's gradient flows back alike."""
         plan, stage, last = self.plan, self.stage, self.stages - 1
         total, outputs = 0.0, {}
         for batch in micro_batches(plan, inputs):
@@ -278,8 +314,31 @@ class Stage:
     def gradients(self) -> dict[str, np.ndarray] | None:
         """Every unique parameter's gradient, in its own layout, at rank 0 (from the first
         stage holding it; after the all-reduce every copy holds the same)."""
-        mine = {key: _logical(self.gradient(key), self.mine.held[key]).detach().numpy().copy()
-                for key in self.leaves if self.layout.holders[key][0] == self.stage}
+        return self._gather({key: self.gradient(key) for key in self.leaves})
+
+    # --- the training steps (``_jobs.run_step_job``) ---------------------------------------------
+
+    def trained(self) -> list[torch.Tensor]:
+        """The tensors this stage's optimizer steps: its copies. The copies of a shared
+        parameter hold the same values and, after the all-reduce, the same gradient: the same
+        update keeps them equal."""
+        return list(self.leaves.values())
+
+    def gradient_norm(self, norm_type: float) -> torch.Tensor:
+        """The global gradient norm (:func:`global_norm`) over the gradients each stage counts
+        (``Hooks.counted_in_norm``)."""
+        return global_norm(self.hooks.counted_in_norm(self), norm_type, self.dtype)
+
+    def parameters(self) -> dict[str, np.ndarray] | None:
+        """Every unique parameter's value, in its own layout, at rank 0 (from the first stage
+        holding it)."""
+        return self._gather(self.leaves)
+
+    def _gather(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
+        """``tensors`` (this stage's, keyed by parameter, as its copies are held) in each
+        parameter's own layout at rank 0, each from the first stage holding it."""
+        mine = {key: _logical(tensor, self.mine.held[key]).detach().numpy().copy()
+                for key, tensor in tensors.items() if self.layout.holders[key][0] == self.stage}
         pieces = gather_to_first(mine)
         if pieces is None:
             return None
