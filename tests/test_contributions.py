@@ -36,7 +36,8 @@ EPS = np.finfo(np.float64).eps
 #: untied twin, whose forward and backward passes add the same products in another order (a
 #: convolution's positions one by one instead of in one matrix product), so the sum agrees
 #: with ``loss_and_grads`` to the rounding of those sums: a few eps relative to the size of
-#: the summands, not to the (possibly cancelling) total. Because a convolution's twin is a
+#: the summands (a term's parts when it has them: a convolution's positions can cancel to a
+#: term 1000 times smaller than they are), not to the (possibly cancelling) total. Because a convolution's twin is a
 #: locally connected layer, every activation *above* it is computed in another order too, so
 #: even an unshared parameter's single term (a later Dense bias) differs from the gradient by
 #: the forward pass's rounding carried through the layers, a few tens of eps for the small
@@ -51,6 +52,15 @@ def contributions_of(case: Case) -> dict[str, Contributions]:
     return case_contributions(case)
 
 
+def _summands_size(term: Term) -> float:
+    """The size of the products a term adds: the sum of its parts' magnitudes when it has
+    parts (a convolution's positions, which may cancel to a term far smaller than they are),
+    else the term's norm."""
+    if term.parts is not None:
+        return float(np.abs(term.parts.gradients).sum())
+    return float(np.linalg.norm(term.gradient))
+
+
 def assert_terms_sum_to_gradients(case: Case) -> dict[str, Contributions]:
     _, grads = case.loss_and_grads(case.params)
     found = contributions_of(case)
@@ -61,7 +71,7 @@ def assert_terms_sum_to_gradients(case: Case) -> dict[str, Contributions]:
         # micro-batches: `gradient` is the full batch's, `grads` the accumulated step's, and
         # the terms must sum to the step's gradient (below).
         assert contributions.terms, name
-        scale = sum(np.linalg.norm(term.gradient) for term in contributions.terms)
+        scale = sum(_summands_size(term) for term in contributions.terms)
         error = np.linalg.norm(contributions.total() - grads[name])
         assert error <= SUM_RTOL * scale, (name, error, scale)
         for term in contributions.terms:
