@@ -32,17 +32,18 @@ from refimpl.testing.cases.sequence import sequence_case
 from refimpl.testing.cases.tied import pair_case
 
 EPS = np.finfo(np.float64).eps
-#: ``||sum of terms - gradient|| <= SUM_RTOL * sum_i ||term_i||``. The terms come from the
-#: untied twin, whose forward and backward passes add the same products in another order (a
-#: convolution's positions one by one instead of in one matrix product), so the sum agrees
-#: with ``loss_and_grads`` to the rounding of those sums: a few eps relative to the size of
-#: the summands (a term's parts when it has them: a convolution's positions can cancel to a
-#: term 1000 times smaller than they are), not to the (possibly cancelling) total. Because a convolution's twin is a
-#: locally connected layer, every activation *above* it is computed in another order too, so
-#: even an unshared parameter's single term (a later Dense bias) differs from the gradient by
-#: the forward pass's rounding carried through the layers, a few tens of eps for the small
-#: drawn CNNs, hence 64 eps. A dropped term or a use not transposed back is wrong by the size
-#: of a term, ~1e13 times more.
+#: ``||sum of terms - gradient|| <= SUM_RTOL * sum_i size(term_i)``, where a term's size is
+#: the sum of its parts' magnitudes when it has parts, else its norm (``_summands_size``).
+#: The terms come from the untied twin, whose forward and backward passes add the same
+#: products in another order (a convolution's positions one by one instead of in one matrix
+#: product), so the sum agrees with ``loss_and_grads`` to the rounding of those sums: a few
+#: eps relative to the size of the summands (a convolution's positions can cancel to a term
+#: 1000 times smaller than they are), not to the (possibly cancelling) total. Because a
+#: convolution's twin is a locally connected layer, every activation *above* it is computed
+#: in another order too, so even an unshared parameter's single term (a later Dense bias)
+#: differs from the gradient by the forward pass's rounding carried through the layers, a few
+#: tens of eps for the small drawn CNNs, hence 64 eps. A dropped term or a use not
+#: transposed back is wrong by the size of a term, ~1e13 times more.
 SUM_RTOL = 64 * EPS
 
 
