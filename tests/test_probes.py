@@ -4,12 +4,19 @@ breaks exactly its convention, and `diagnose` names that convention."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import independent_numpy as ind
 import numpy as np
 import pytest
 from planted_conventions import PLANTED, VARIANTS, planted
 
-from refimpl.testing import compare_with_oracle
+from refimpl.testing import (
+    assert_matches_oracle,
+    compare_with_golden,
+    compare_with_oracle,
+    golden,
+)
 from refimpl.testing.cases import get_case, probes
 from refimpl.testing.resolution import case_floors
 
@@ -62,9 +69,12 @@ def test_planted_convention_fails_in_float32(name):
 def test_resolved_in_is_where_every_alternative_fails_refimpls_comparison(name, dtype):
     # A dtype resolves a probe iff refimpl's reference under every alternative rule, handed
     # in as an implementation's result, fails the ordinary comparison with refimpl's own.
+    # (The comparison rule's own verdict: without the report's ``unresolved``, which is set
+    # from ``resolved_in`` and would make this circular.)
     case = PROBES[name]
-    verdicts = [compare_with_oracle(lambda params, inputs, a=alternative: a.reference, case,
-                                    dtype=dtype).verdict
+    verdicts = [dataclasses.replace(
+        compare_with_oracle(lambda params, inputs, a=alternative: a.reference, case,
+                            dtype=dtype), unresolved=None).verdict
                 for alternative in probes.alternatives(case)]
     assert set(verdicts) <= {"pass", "fail"}, verdicts
     resolved = dtype in case.config["convention"]["resolved_in"]
@@ -85,12 +95,61 @@ def test_other_values_of_a_family_are_read_off_and_flagged(variant):
 @pytest.mark.parametrize("dtype", ["float64", "float32", "tf32"])
 @pytest.mark.parametrize("name", sorted(PROBES))
 def test_refimpl_rule_passes_every_probe(name, dtype):
+    # ... in every dtype that resolves it; elsewhere every tensor matches and the verdict is
+    # inconclusive (no implementation in that dtype can show which rule it follows).
     case = PROBES[name]
     report = compare_with_oracle(ind.make_impl(case.config, dtype=dtype), case, dtype=dtype)
-    assert report.verdict == "pass", report
+    if dtype in probes.resolved_in(case):
+        assert report.verdict == "pass", report
+    else:
+        assert report.verdict == "inconclusive" and not report.inconclusive, report
+        assert all(row.verdict == "pass" for row in report.rows), report
     loss, grads, _ = ind.make_impl(case.config, dtype=dtype)(dict(case.params),
                                                            dict(case.inputs))
     assert probes.diagnose(case, loss, grads) is None
+
+
+FLOAT64_ONLY = sorted(set(PLANTED) - set(FLOAT32_RESOLVED))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "tf32"])
+@pytest.mark.parametrize("name", FLOAT64_ONLY)
+def test_a_probe_the_dtype_cannot_decide_is_inconclusive_for_every_implementation(name, dtype):
+    # compare_with_oracle and assert_matches_oracle, as conform: refimpl's rule and the
+    # planted one (TensorFlow's float32 slope, softplus's threshold, lam as float32) both
+    # match refimpl's reference within float32's tolerance, so neither is a pass.
+    case = PROBES[name]
+    with planted(case, dtype=dtype) as planted_impl:
+        for impl in (ind.make_impl(case.config, dtype=dtype), planted_impl):
+            report = compare_with_oracle(impl, case, dtype=dtype)
+            assert report.verdict == "inconclusive" and not report.ok, report
+            assert "only float64 resolves it" in str(report), report
+            with pytest.raises(AssertionError, match="inconclusive"):
+                assert_matches_oracle(impl, case, dtype=dtype)
+            allowed = assert_matches_oracle(impl, case, dtype=dtype, allow_inconclusive=True)
+            assert allowed.verdict == "inconclusive"
+    # a wrong implementation still fails there, and the dtype that resolves it decides
+    reference = ind.make_impl(case.config, dtype=dtype)
+
+    def negated(params, inputs):
+        loss, grads, outputs = reference(params, inputs)
+        return loss, {key: -value for key, value in grads.items()}, outputs
+
+    assert compare_with_oracle(negated, case, dtype=dtype).verdict == "fail"
+    assert compare_with_oracle(ind.make_impl(case.config), case).verdict == "pass"
+    with planted(case) as planted_impl:
+        assert compare_with_oracle(planted_impl, case).verdict == "fail"
+
+
+def test_a_golden_comparison_of_a_probe_the_dtype_cannot_decide_is_inconclusive(tmp_path):
+    name = FLOAT64_ONLY[0]
+    case = PROBES[name]
+    folder = golden.write(tmp_path / "probe", cases=[name])
+    [report] = compare_with_golden(ind.make_impl(case.config, dtype="float32"), folder,
+                                   dtype="float32")
+    assert report.verdict == "inconclusive" and "only float64 resolves it" in str(report)
+    [report] = compare_with_golden(ind.make_impl(case.config), folder)
+    assert report.verdict == "pass", report
 
 
 def test_a_refused_exact_dilated_fit_is_an_error_not_a_pass():

@@ -138,13 +138,19 @@ def test_pytorch_example():
 #: (|z| / sum|terms| = 6e-4 and 7e-4 in two hidden layers of mlp-deep-relu-ce; u = 4.9e-4):
 #: a TF32 implementation may land on either side, so those gradients are inconclusive.
 TF32_INCONCLUSIVE = {"mlp-deep-relu-ce", "cnn-lenet-like-directional"}
+#: The convention probes only float64 resolves (tests/test_probes.py).
+FLOAT64_ONLY_PROBES = {"probe-l2-lambda-float64", "probe-leaky-relu-slope-float64",
+                       "probe-softplus-above-20"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_independent_implementation_matches_every_case(case):
     for dtype in DTYPE_TOLERANCES:
+        # (a convention probe only float64 resolves is inconclusive in float32 and TF32 for
+        # every implementation: tests/test_probes.py)
         expected = "inconclusive" if (dtype, case.name) in \
-            {("tf32", name) for name in TF32_INCONCLUSIVE} else "pass"
+            {("tf32", name) for name in TF32_INCONCLUSIVE} \
+            or (dtype != "float64" and case.name in FLOAT64_ONLY_PROBES) else "pass"
         report = assert_matches_oracle(make_impl(case.config, dtype), case, dtype=dtype,
                                        allow_inconclusive=expected == "inconclusive")
         assert report.verdict == expected, str(report)

@@ -344,7 +344,12 @@ class ComparisonReport:
     ``diagnoses``: for failing gradients of a model with shared, tied, recurrent, Siamese or
     micro-batch contributions, the named bug a documented candidate explains
     (:class:`Diagnosis`; empty when none fits); :attr:`diagnosis` is their text, also shown
-    by ``str(report)``. A diagnosis never changes the verdict."""
+    by ``str(report)``. A diagnosis never changes the verdict.
+
+    ``unresolved``: why no implementation in this dtype can be judged on the case as a whole
+    (a convention probe only float64 resolves: refimpl's rule and its documented alternatives
+    agree within the dtype's tolerance), or None. A report that would pass is then
+    "inconclusive", never a pass; a failure is still a failure."""
 
     case: str
     dtype: str
@@ -352,6 +357,7 @@ class ComparisonReport:
     rows: tuple[TensorComparison, ...]
     problems: tuple[str, ...] = ()  # problems not tied to one tensor (bad return value)
     diagnoses: tuple[Diagnosis, ...] = ()  # failing gradients a named candidate explains
+    unresolved: str | None = None  # why this dtype cannot decide the case as a whole
 
     @property
     def diagnosis(self) -> str | None:
@@ -360,10 +366,11 @@ class ComparisonReport:
 
     @property
     def verdict(self) -> str:
-        """"fail" if anything failed, else "inconclusive" if any tensor was, else "pass"."""
+        """"fail" if anything failed, else "inconclusive" if any tensor was or the dtype
+        cannot decide the case (:attr:`unresolved`), else "pass"."""
         if self.problems or any(row.verdict == "fail" for row in self.rows):
             return "fail"
-        if any(row.verdict == "inconclusive" for row in self.rows):
+        if self.unresolved or any(row.verdict == "inconclusive" for row in self.rows):
             return "inconclusive"
         return "pass"
 
@@ -398,6 +405,9 @@ class ComparisonReport:
             lines += [f"  {problem}" for problem in self.problems]
             lines += [f"  {row.describe()}" for row in self.failures]
             lines += [f"  diagnosis: {item.message}" for item in self.diagnoses]
+        elif self.unresolved and not self.inconclusive:
+            lines = [f"case {self.case!r}: inconclusive ({rule}): every tensor matches, but "
+                     f"{self.unresolved}"]
         else:
             lines = [f"case {self.case!r}: inconclusive ({rule}): "
                      f"{len(self.inconclusive)} tensor(s) lie below what {self.dtype} can "

@@ -565,7 +565,7 @@ def _probe_verdict(case: Case, dtype: str, report: ComparisonReport, result: Any
     worst, tensor = _worst(report)
     resolving = probes.resolved_in(case)
     if dtype not in resolving:
-        if report.verdict != "pass":
+        if report.verdict == "fail" or report.inconclusive:
             return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
         return _Verdict("inconclusive", _unresolved_probe(case, dtype, len(report.rows),
                                                           "tensors"), worst, tensor)
@@ -699,11 +699,7 @@ def _step_probe_verdict(case: StepCase, dtype: str, report: TrajectoryReport, re
 
 def _unresolved_probe(case: Case, dtype: str, rows: int, what: str) -> str:
     """The detail of a probe that passes in a dtype that cannot resolve it."""
-    rules = "; ".join(alternative.describes for alternative in probes.alternatives(case))
-    return (f"{case.config['convention']['name']}: only {', '.join(probes.resolved_in(case))} "
-            f"resolves it: refimpl's rule and its alternatives ({rules}) agree within {dtype}'s "
-            f"tolerance at this probe, so no {dtype} implementation can show which it follows "
-            f"({rows} {what} match)")
+    return f"{probes.unresolved(case, dtype)} ({rows} {what} match)"
 
 
 def _hvp_probe_verdict(case: Case, dtype: str, report: ComparisonReport, result: Any,
@@ -714,7 +710,7 @@ def _hvp_probe_verdict(case: Case, dtype: str, report: ComparisonReport, result:
     :func:`refimpl.testing.second_order.alternative_hvp`) is "convention differs"."""
     worst, tensor = _worst(report)
     if dtype not in probes.resolved_in(case):
-        if report.verdict != "pass":
+        if report.verdict == "fail" or report.inconclusive:
             return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
         return _Verdict("inconclusive", _unresolved_probe(case, dtype, len(report.rows),
                                                           "products"), worst, tensor)

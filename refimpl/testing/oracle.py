@@ -59,7 +59,7 @@ import numpy as np
 from .._validate import check_seed
 from ..tying import AnchoredModel
 from . import golden
-from .cases import Case, describe_inputs, get_case, resolved_share
+from .cases import Case, describe_inputs, get_case, probes, resolved_share
 from .cases.drawn import unresolved_tensors
 from .cases.rebuild import rebuild_case
 from .cases.tied import anchored_case_at, tied_case
@@ -297,9 +297,10 @@ def compare_with_oracle(impl: Implementation, case_or_model: Any,
     loss, grads = case.loss_and_grads(case.params)
     expected_outputs = case.outputs(case.params)
     floors = case_floors(case, dtype_name, (loss, grads, expected_outputs))
-    return _run_and_compare(impl, name or case.name, case.params, case.inputs,
-                            (loss, grads, expected_outputs if outputs else {}), dtype_name,
-                            tolerance, floors, case)
+    report = _run_and_compare(impl, name or case.name, case.params, case.inputs,
+                              (loss, grads, expected_outputs if outputs else {}), dtype_name,
+                              tolerance, floors, case)
+    return dataclasses.replace(report, unresolved=probes.unresolved(case, dtype_name))
 
 
 def _raise_unless_pass(reports: list[ComparisonReport], allow_inconclusive: bool,
@@ -578,7 +579,8 @@ def compare_with_golden(impl: Implementation, golden_dir: Any,
                                    hvp_floors(rebuilt, dtype_name, data.hvp, data.direction))
             report = dataclasses.replace(report, rows=report.rows + products.rows,
                                          problems=report.problems + products.problems)
-        reports.append(report)
+        reports.append(dataclasses.replace(report,
+                                           unresolved=probes.unresolved(rebuilt, dtype_name)))
     return reports
 
 

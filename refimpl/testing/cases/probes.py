@@ -64,8 +64,8 @@ from . import Case
 from .mlp import model_case_at
 from .tied import tied_case
 
-__all__ = ["cases", "alternatives", "resolved_in", "guess", "diagnose", "Family", "Rule",
-           "Alternative", "Guess", "MATCH_RESIDUAL", "MATCH_T", "FAMILY_WINDOW",
+__all__ = ["cases", "alternatives", "resolved_in", "unresolved", "guess", "diagnose", "Family",
+           "Rule", "Alternative", "Guess", "MATCH_RESIDUAL", "MATCH_T", "FAMILY_WINDOW",
            "PROBE_ALTERNATIVES", "ALL_DTYPES"]
 
 #: An alternative matches when the fit's residual is below this fraction of ``|a - r|``.
@@ -673,6 +673,21 @@ def resolved_in(case: Any) -> tuple[str, ...]:
     convention = case.config.get("convention") if isinstance(case.config, Mapping) else None
     declared = convention.get("resolved_in") if isinstance(convention, Mapping) else None
     return tuple(declared) if declared is not None else ALL_DTYPES
+
+
+def unresolved(case: Any, dtype: str) -> str | None:
+    """Why ``dtype`` cannot show which rule an implementation follows at the probe ``case``
+    (a dtype outside :func:`resolved_in`), or None: a case that is no gradient probe (a step
+    probe's convention is the optimizer's, which its gradient does not depend on), or a dtype
+    that resolves it. A comparison in such a dtype that matches is inconclusive, never a
+    pass."""
+    if getattr(case, "kind", None) != "probe" or dtype in resolved_in(case):
+        return None
+    convention = case.config["convention"]
+    rules = "; ".join(alternative.describes for alternative in alternatives(case))
+    return (f"{convention['name']}: only {', '.join(resolved_in(case))} resolves it: "
+            f"refimpl's rule and its alternatives ({rules}) agree within {dtype}'s tolerance "
+            f"at this probe, so no {dtype} implementation can show which it follows")
 
 
 def _flat(grads: Mapping[str, Any], names: list[str]) -> np.ndarray | None:
