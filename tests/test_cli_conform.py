@@ -166,6 +166,7 @@ def test_a_builder_that_cannot_be_loaded_is_a_one_line_usage_error(builders, cap
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--case", "no-such-case"], "unknown case 'no-such-case'"),
+    (["--case", "tied-sof-l2"], "unknown case 'tied-sof-l2' (did you mean 'tied-soft-l2'"),
     (["--case", "drawn-rnn-1"], "unknown drawn kind 'rnn'"),
     (["--dtype", "float16"], "dtype: expected one of"),
     (["--drawn", "-1"], "--drawn and --seed: expected non-negative ints"),

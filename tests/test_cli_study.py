@@ -83,6 +83,8 @@ def test_explain_config_file_rebuilds_the_case(tmp_path, capsys):
 
 @pytest.mark.parametrize("arguments, message", [
     (["explain", "no-such-case"], "unknown case 'no-such-case'"),
+    (["explain", "shared-tied-autoencodr"],
+     "unknown case 'shared-tied-autoencodr' (did you mean 'shared-tied-autoencoder'"),
     (["explain"], "expected a built-in CASE or --config PATH"),
     (["steps", "mlp-tanh-ce", "--param", "fc1.weight", "--direction", "1"],
      "--direction: a random direction takes no --param or --index"),

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._validate import check_seed
+from ..._validate import check_seed, did_you_mean
 from ...nn import (
     CNN,
     MLP,
@@ -54,7 +54,7 @@ from ...nn.losses import MSE
 from ...tying import TiedPair
 from ..comparison import compare_tensor, resolve_tolerance
 from ..resolution import case_floors, tensors_of
-from . import Case, get_case
+from . import Case, all_cases, get_case
 from .microbatch import microbatch_case
 from .mlp import model_case
 from .sequence import sequence_case
@@ -446,7 +446,9 @@ def case_named(name: str) -> Case:
         try:
             return get_case(name)
         except ValueError:
-            raise ValueError(f"case: unknown case {name!r}; expected a built-in case name "
+            known = [case.name for case in all_cases()]
+            raise ValueError(f"case: unknown case {name!r}{did_you_mean(name, known)}; "
+                             f"expected a built-in case name "
                              f"(refimpl check --list) or drawn-<kind>-<seed> with kind in "
                              f"{list(DRAWN_KINDS)}") from None
     return drawn_case(parsed[1], parsed[0])
