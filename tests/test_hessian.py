@@ -93,7 +93,25 @@ def test_hvp_of_anchored_models_is_the_complex_step_of_the_gradient(examples):
     run(_anchored_agrees, examples, anchored_points(), SEEDS)
 
 
+#: How far every distance a Siamese loss takes must be from 0, where the Euclidean norm has a
+#: kink of its own: central differences of the gradient (a step ~6e-6) are truncated by
+#: ~h^2 / d^3 near it, so their two estimates disagree (a drawn triplet at d(a, n) = 0.016 was
+#: inconclusive in the slow tier). The complex-step tests above keep such points.
+NORM_KINK_GAP = 0.1
+
+
+def _distances(case):
+    """Every distance a Siamese case's loss takes, per row (an empty list for other kinds)."""
+    if case.kind != "siamese":
+        return []
+    out = case.outputs(case.params)
+    pairs = ([("out_anchor", "out_positive"), ("out_anchor", "out_negative")]
+             if "out_anchor" in out else [("out_x1", "out_x2")])
+    return [np.sqrt(((out[u] - out[v]) ** 2).sum(axis=1)) for u, v in pairs]
+
+
 def _central_agrees(case, seed):
+    assume(all(d.min() >= NORM_KINK_GAP for d in _distances(case)))
     model, data, splits, splits_b = model_of(case)
     report = check_hvp(model, case.params, data, splits=splits, splits_b=splits_b,
                        method="central", directions=1, seed=seed)
