@@ -18,6 +18,10 @@ pytest.mark.slow``; the default tier then does not even import it (see
 
 Hypothesis profiles
 -------------------
+Under CI (:data:`IN_CI`) both profiles are derandomized, as Hypothesis's own "ci" profile is:
+CI checks the same examples on every run of a commit; local runs draw fresh ones and find
+what CI does not look at.
+
 ``default`` (``profiles.DEFAULT_EXAMPLES`` = 20 examples per property) in the default tier;
 ``thorough`` (ten times as many) in the slow tier, loaded when the ``-m`` expression is
 exactly ``slow``. The slow tier also runs every property test of the default tier again,
@@ -41,13 +45,21 @@ import pytest
 from hypothesis import HealthCheck, is_hypothesis_test, settings
 from profiles import DEFAULT_EXAMPLES, THOROUGH_EXAMPLES
 
+#: Whether this is a CI run: Hypothesis loads its built-in "ci" profile when it detects one
+#: (the ``CI`` environment variable and the like; .ci/run sets ``CI``).
+IN_CI = getattr(settings, "get_current_profile_name", lambda: None)() == "ci"
+#: Under CI both profiles follow Hypothesis's "ci" profile: derandomized (every CI run of a
+#: commit draws the same examples, so its verdict depends on the code, not on the draw), no
+#: example database, a failure's reproduction blob printed. A local run explores fresh ones.
+CI_SETTINGS = {"derandomize": True, "database": None, "print_blob": True} if IN_CI else {}
+
 settings.register_profile(
     "default", max_examples=DEFAULT_EXAMPLES, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow], **CI_SETTINGS,
 )
 settings.register_profile(
     "thorough", max_examples=THOROUGH_EXAMPLES, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow], **CI_SETTINGS,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
