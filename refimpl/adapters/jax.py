@@ -81,6 +81,7 @@ except ImportError:
 from .._validate import check_int, check_keys, check_real
 from ..testing.comparison import NotExpressible, resolve_tolerance
 from ._config import CasePlan, Metric, ModelPlan, Term, plan_case
+from ._implementation import BuiltImplementation
 from ._microbatches import micro_batches
 from ._workers import WorkerPool, close_all, shared_pool
 
@@ -167,7 +168,7 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
     return JaxImplementation(impl, steps, hvp)
 
 
-class JaxImplementation:
+class JaxImplementation(BuiltImplementation):
     """What :func:`build` returns: the gradient protocol, the second-order capability and the
     step capability.
 
@@ -176,29 +177,6 @@ class JaxImplementation:
     case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`), run by a
     :class:`JaxSteps`.
     """
-
-    def __init__(self, call: Callable[..., tuple[Any, ...]], steps: JaxSteps | None,
-                 hvp: Callable[..., dict[str, np.ndarray]] | None = None) -> None:
-        self._call, self._steps, self._hvp = call, steps, hvp
-
-    def __call__(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
-                 ) -> tuple[Any, ...]:
-        return self._call(params, inputs)
-
-    def hvp(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
-            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The step's Hessian times ``vector``, by ``jax.jvp`` of ``jax.grad``."""
-        if self._hvp is None:
-            raise NotExpressible("hvp: this implementation was built without it")
-        return self._hvp(params, inputs, vector)
-
-    def train_steps(self, params: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]]
-                    ) -> dict[str, Any]:
-        """``K`` training steps of a step case (:class:`JaxSteps`)."""
-        if self._steps is None:
-            raise ValueError("train_steps: this configuration has no 'steps' (only a step case "
-                             "says the optimizer, the clipping and the number of steps)")
-        return self._steps.train_steps(params, batches)
 
 
 def _clip_by_total_norm(max_norm: float, eps: float, norm_type: float) -> Any:

@@ -53,6 +53,7 @@ except ImportError as error:
 from .._validate import check_int, check_keys
 from ..testing.comparison import NotExpressible, resolve_tolerance
 from ._config import CasePlan, Metric, ModelPlan, Run, Term, Use, plan_case
+from ._implementation import BuiltImplementation
 from ._microbatches import MicroBatch, micro_batches
 
 __all__ = ["build", "make_builder", "TORCH_DTYPES", "TorchImplementation", "TorchSteps"]
@@ -151,7 +152,7 @@ def _tf32(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-class TorchImplementation:
+class TorchImplementation(BuiltImplementation):
     """What :func:`build` returns: the gradient protocol, the second-order capability and the
     step capability.
 
@@ -160,29 +161,6 @@ class TorchImplementation:
     case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`), run by a
     :class:`TorchSteps`.
     """
-
-    def __init__(self, call: Callable[..., tuple[Any, ...]], steps: TorchSteps | None,
-                 hvp: Callable[..., dict[str, np.ndarray]] | None = None) -> None:
-        self._call, self._steps, self._hvp = call, steps, hvp
-
-    def __call__(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
-                 ) -> tuple[Any, ...]:
-        return self._call(params, inputs)
-
-    def hvp(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
-            vector: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The step's Hessian times ``vector``, by double backward."""
-        if self._hvp is None:
-            raise NotExpressible("hvp: this implementation was built without it")
-        return self._hvp(params, inputs, vector)
-
-    def train_steps(self, params: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]]
-                    ) -> dict[str, Any]:
-        """``K`` training steps of a step case (:class:`TorchSteps`)."""
-        if self._steps is None:
-            raise ValueError("train_steps: this configuration has no 'steps' (only a step case "
-                             "says the optimizer, the clipping and the number of steps)")
-        return self._steps.train_steps(params, batches)
 
 
 #: A slot of a layer: ``(model, layer index, local name)``, the model numbered in the order of
