@@ -95,8 +95,9 @@ def test_hvp_of_anchored_models_is_the_complex_step_of_the_gradient(examples):
 
 #: How far every distance a Siamese loss takes must be from 0, where the Euclidean norm has a
 #: kink of its own: central differences of the gradient (a step ~6e-6) are truncated by
-#: ~h^2 / d^3 near it, so their two estimates disagree (a drawn triplet at d(a, n) = 0.016 was
-#: inconclusive in the slow tier). The complex-step tests above keep such points.
+#: ~h^2 / d^3 near it, so their two estimates disagree (at d(a, n) = 0.016 a triplet's H v
+#: from steps h and h/2 differ by ~1e-6 relative: inconclusive). The complex-step tests above
+#: keep such points.
 NORM_KINK_GAP = 0.1
 
 

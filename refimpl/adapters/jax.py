@@ -169,14 +169,8 @@ def build(config: Mapping[str, Any], dtype: Any = "float64", *, device: str = "c
 
 
 class JaxImplementation(BuiltImplementation):
-    """What :func:`build` returns: the gradient protocol, the second-order capability and the
-    step capability.
-
-    ``impl(params, inputs) -> (loss, grads, outputs)`` (:mod:`refimpl.testing.oracle`),
-    ``impl.hvp(params, inputs, vector)`` (:mod:`refimpl.testing.second_order`) and, for a step
-    case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`), run by a
-    :class:`JaxSteps`.
-    """
+    """What :func:`build` returns (:class:`~refimpl.adapters._implementation.BuiltImplementation`):
+    ``hvp`` by ``jax.jvp`` of ``jax.grad``, ``train_steps`` with optax (a :class:`JaxSteps`)."""
 
 
 def _clip_by_total_norm(max_norm: float, eps: float, norm_type: float) -> Any:

@@ -153,14 +153,8 @@ def _tf32(enabled: bool) -> Iterator[None]:
 
 
 class TorchImplementation(BuiltImplementation):
-    """What :func:`build` returns: the gradient protocol, the second-order capability and the
-    step capability.
-
-    ``impl(params, inputs) -> (loss, grads, outputs)`` (:mod:`refimpl.testing.oracle`),
-    ``impl.hvp(params, inputs, vector)`` (:mod:`refimpl.testing.second_order`) and, for a step
-    case, ``impl.train_steps(params, batches)`` (:mod:`refimpl.testing.trajectory`), run by a
-    :class:`TorchSteps`.
-    """
+    """What :func:`build` returns (:class:`~refimpl.adapters._implementation.BuiltImplementation`):
+    ``hvp`` by double backward, ``train_steps`` with ``torch.optim`` (a :class:`TorchSteps`)."""
 
 
 #: A slot of a layer: ``(model, layer index, local name)``, the model numbered in the order of

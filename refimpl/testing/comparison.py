@@ -83,7 +83,7 @@ vector-Jacobian products per comparison.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -336,6 +336,19 @@ class Diagnosis:
         return len(self.candidates) == 1
 
 
+def verdict_of(rows: Iterable[Any], problems: Sequence[str] = (),
+               unresolved: bool = False) -> str:
+    """A report's verdict from its rows' (each with a ``verdict``): "fail" if there is a
+    problem or a row failed, else "inconclusive" if a row was or the whole is ``unresolved``,
+    else "pass"."""
+    verdicts = {row.verdict for row in rows}
+    if problems or "fail" in verdicts:
+        return "fail"
+    if unresolved or "inconclusive" in verdicts:
+        return "inconclusive"
+    return "pass"
+
+
 @dataclass(frozen=True)
 class ComparisonReport:
     """Result of comparing one case: one :class:`TensorComparison` per tensor, a
@@ -368,11 +381,7 @@ class ComparisonReport:
     def verdict(self) -> str:
         """"fail" if anything failed, else "inconclusive" if any tensor was or the dtype
         cannot decide the case (:attr:`unresolved`), else "pass"."""
-        if self.problems or any(row.verdict == "fail" for row in self.rows):
-            return "fail"
-        if self.unresolved or any(row.verdict == "inconclusive" for row in self.rows):
-            return "inconclusive"
-        return "pass"
+        return verdict_of(self.rows, self.problems, bool(self.unresolved))
 
     @property
     def ok(self) -> bool:

@@ -562,13 +562,10 @@ def _probe_verdict(case: Case, dtype: str, report: ComparisonReport, result: Any
     """The outcome of a convention probe: inconclusive outside the dtypes that resolve it
     (unless it failed); on a failure, "convention differs" when the whole result passes
     against exactly one documented alternative's reference, else a fail with the best guess."""
+    unresolved = _unresolved_verdict(case, dtype, report, "tensors")
+    if unresolved is not None:
+        return unresolved
     worst, tensor = _worst(report)
-    resolving = probes.resolved_in(case)
-    if dtype not in resolving:
-        if report.verdict == "fail" or report.inconclusive:
-            return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
-        return _Verdict("inconclusive", _unresolved_probe(case, dtype, len(report.rows),
-                                                          "tensors"), worst, tensor)
     if report.verdict != "fail":
         return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
     against = {alternative.describes: _against(result, alternative, dtype)
@@ -697,9 +694,17 @@ def _step_probe_verdict(case: StepCase, dtype: str, report: TrajectoryReport, re
     return _Verdict("fail", report.summary(), worst, tensor)
 
 
-def _unresolved_probe(case: Case, dtype: str, rows: int, what: str) -> str:
-    """The detail of a probe that passes in a dtype that cannot resolve it."""
-    return f"{probes.unresolved(case, dtype)} ({rows} {what} match)"
+def _unresolved_verdict(case: Case, dtype: str, report: ComparisonReport, what: str
+                        ) -> _Verdict | None:
+    """A probe's row in a dtype that cannot resolve it (None in one that does): a failure or
+    an inconclusive tensor as the report says, else inconclusive, never a pass."""
+    if dtype in probes.resolved_in(case):
+        return None
+    worst, tensor = _worst(report)
+    if report.verdict == "fail" or report.inconclusive:
+        return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
+    return _Verdict("inconclusive", f"{probes.unresolved(case, dtype)} ({len(report.rows)} "
+                                    f"{what} match)", worst, tensor)
 
 
 def _hvp_probe_verdict(case: Case, dtype: str, report: ComparisonReport, result: Any,
@@ -708,12 +713,10 @@ def _hvp_probe_verdict(case: Case, dtype: str, report: ComparisonReport, result:
     inconclusive outside the dtypes that resolve the probe (unless it failed); a failure that
     passes against the ``H v`` of exactly one documented alternative with one (another model:
     :func:`refimpl.testing.second_order.alternative_hvp`) is "convention differs"."""
+    unresolved = _unresolved_verdict(case, dtype, report, "products")
+    if unresolved is not None:
+        return unresolved
     worst, tensor = _worst(report)
-    if dtype not in probes.resolved_in(case):
-        if report.verdict == "fail" or report.inconclusive:
-            return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
-        return _Verdict("inconclusive", _unresolved_probe(case, dtype, len(report.rows),
-                                                          "products"), worst, tensor)
     if report.verdict != "fail":
         return _Verdict(report.verdict, _detail(report, tensor), worst, tensor)
     _, tolerance = resolve_tolerance(dtype)

@@ -90,6 +90,7 @@ from .comparison import (
     _structural,
     compare_tensor,
     resolve_tolerance,
+    verdict_of,
 )
 from .resolution import (
     ELEMENTWISE_ROUNDOFF,
@@ -446,11 +447,7 @@ class TrajectoryReport:
     @property
     def verdict(self) -> str:
         """"fail" if anything failed, else "inconclusive" if any row was, else "pass"."""
-        if self.problems or any(row.verdict == "fail" for row in self.rows):
-            return "fail"
-        if any(row.verdict == "inconclusive" for row in self.rows):
-            return "inconclusive"
-        return "pass"
+        return verdict_of(self.rows, self.problems)
 
     @property
     def ok(self) -> bool:

@@ -264,6 +264,15 @@ class GoldenCase:
     hvp: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _case_entry(manifest: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The manifest's entry of the case ``name``; a ``ValueError`` naming the folder's cases
+    when it holds none."""
+    if name not in manifest["cases"]:
+        raise ValueError(f"name: unknown case {name!r}; this golden folder has "
+                         f"{list(manifest['cases'])}")
+    return manifest["cases"][name]
+
+
 def _checked_file(root: Path, entry: Mapping[str, Any], what: str) -> tuple[Path, bytes]:
     """The path and bytes of a manifest file entry, checked against its SHA-256."""
     path = _safe_relative(entry.get("path"), root, what)
@@ -306,10 +315,7 @@ def load_case(golden_dir: str | os.PathLike, name: str,
     """
     root = Path(golden_dir)
     manifest = read_manifest(root) if manifest is None else manifest
-    if name not in manifest["cases"]:
-        raise ValueError(f"name: unknown case {name!r}; this golden folder has "
-                         f"{list(manifest['cases'])}")
-    entry = manifest["cases"][name]
+    entry = _case_entry(manifest, name)
     if entry.get("kind") == "steps":
         raise ValueError(f"name: case {name!r} is a step case (K batches and a trajectory); "
                          f"read it with refimpl.testing.golden.load_steps")

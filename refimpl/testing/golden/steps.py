@@ -50,7 +50,7 @@ from .format import (
     _sha256,
     _tolerances_json,
 )
-from .read import _checked_file, _load_npy_bytes, read_manifest
+from .read import _case_entry, _checked_file, _load_npy_bytes, read_manifest
 
 __all__ = ["STEP_ROLES", "GoldenSteps", "record", "load_steps", "step_file_name", "file_key"]
 
@@ -187,10 +187,7 @@ def load_steps(golden_dir: str | os.PathLike, name: str,
     """
     root = Path(golden_dir)
     manifest = read_manifest(root) if manifest is None else manifest
-    if name not in manifest["cases"]:
-        raise ValueError(f"name: unknown case {name!r}; this golden folder has "
-                         f"{list(manifest['cases'])}")
-    entry = manifest["cases"][name]
+    entry = _case_entry(manifest, name)
     if entry.get("kind") != "steps":
         raise ValueError(f"name: case {name!r} is a gradient case (kind "
                          f"{entry.get('kind')!r}), not a step case; read it with load_case")
